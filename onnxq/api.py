@@ -1,0 +1,111 @@
+"""The Python API: ``quantize(model_or_path, recipe, data=None)`` and ``save``.
+
+Dispatch is on the recipe's type (``functools.singledispatch``); each recipe module
+registers its implementation."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxq import modelio
+from onnxq.errors import NothingToQuantizeError, OnnxqError
+from onnxq.inspect import quantized_nodes
+from onnxq.recipes import DynamicInt8, Recipe
+from onnxq.selection import Decision
+
+__all__ = ["QuantizeReport", "quantize", "quantize_with_report", "save"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeReport:
+    """What a quantize call did: per-node decisions and notes for the user."""
+
+    recipe: Recipe
+    decisions: tuple[Decision, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def quantized(self) -> list[Decision]:
+        return [d for d in self.decisions if d.selected]
+
+    @property
+    def skipped(self) -> list[Decision]:
+        return [d for d in self.decisions if not d.selected]
+
+
+def _as_model(model_or_path: ir.Model | str | os.PathLike) -> ir.Model:
+    if isinstance(model_or_path, ir.Model):
+        return model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return modelio.load(model_or_path)
+    import onnx
+
+    if isinstance(model_or_path, onnx.ModelProto):
+        return ir.serde.deserialize_model(model_or_path)
+    raise OnnxqError(f"expected an onnx_ir.Model, an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
+
+
+def _refuse_quantized(model: ir.Model) -> None:
+    found = quantized_nodes(model)
+    if found:
+        kinds = sorted({n.op_type for n in found})
+        raise NothingToQuantizeError(
+            f"the model is already quantized ({len(found)} nodes such as {', '.join(kinds[:4])}); "
+            "onnxq leaves it unchanged — start from the float model"
+        )
+
+
+@functools.singledispatch
+def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
+    raise OnnxqError(f"recipe {type(recipe).__name__} is not implemented in this version of onnxq")
+
+
+@_run.register
+def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeReport:
+    from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
+
+    decisions = tuple(plan_dynamic(model, recipe))
+    if not any(d.selected for d in decisions):
+        raise NothingToQuantizeError(_nothing_message(recipe, decisions))
+    notes = []
+    if data is not None:
+        notes.append("int8-dynamic needs no calibration data; the data given was not used")
+    DynamicQuantizePass(recipe)(model)
+    return QuantizeReport(recipe, decisions, tuple(notes))
+
+
+def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...]) -> str:
+    if not decisions:
+        return f"nothing to quantize: the model has no {'/'.join(recipe.op_types)} nodes"
+    reasons = sorted({d.reason for d in decisions})
+    return f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
+
+
+def quantize_with_report(
+    model_or_path: ir.Model | str | os.PathLike, recipe: Recipe, data: Any = None
+) -> tuple[ir.Model, QuantizeReport]:
+    """Quantize in place (a path is loaded first) and say what was done."""
+    if not isinstance(recipe, Recipe):
+        raise OnnxqError(f"recipe must be an onnxq recipe (DynamicInt8, StaticInt8, WeightOnlyInt4), got {recipe!r}")
+    model = _as_model(model_or_path)
+    _refuse_quantized(model)
+    report = _run(recipe, model, data)
+    return model, report
+
+
+def quantize(model_or_path: ir.Model | str | os.PathLike, recipe: Recipe, data: Any = None) -> ir.Model:
+    """Quantize a model with ``recipe``; ``data`` feeds calibration where the recipe needs it."""
+    return quantize_with_report(model_or_path, recipe, data)[0]
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> os.PathLike:
+    """Save atomically; external data beside the output when the weights exceed ~1.8 GB."""
+    return modelio.save(model, path, protect=protect)

@@ -1,0 +1,183 @@
+"""`onnxq` command line: thin commands over the Python API (imports deferred)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from onnxq import __version__
+
+
+class _Group(click.Group):
+    """Turns onnxq errors into one-line messages and other failures into a short notice."""
+
+    def invoke(self, ctx: click.Context):
+        from onnxq.errors import OnnxqError
+
+        try:
+            return super().invoke(ctx)
+        except OnnxqError as e:
+            raise click.ClickException(str(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as e:  # a bug, not bad input: short notice, traceback with --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(
+                f"internal error ({type(e).__name__}: {str(e)[:200]}); rerun with --debug and report it"
+            ) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="onnxq")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """onnxq: quantize ONNX models (int8 static/dynamic, block-int4 weight-only)."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+
+
+def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        out.extend(p.strip() for p in v.split(",") if p.strip())
+    return tuple(out)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str), help="Output .onnx path.")
+@click.option("--recipe", "recipe_name", default=None, help="int8-dynamic, int8-static or int4-weight-only.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=str), help="Recipe TOML file.")
+@click.option("--exclude", multiple=True, help="Node names or regexes to leave in float (repeatable, comma-separated).")
+@click.option("--include", multiple=True, help="Only quantize nodes with these names or regexes.")
+@click.option("--op-types", multiple=True, help="Op types to quantize, e.g. MatMul,Gemm.")
+@click.option("--fused", is_flag=True, default=None, help="int8-dynamic: emit ORT's fused com.microsoft op.")
+@click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
+def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify):
+    """Quantize MODEL and write the result to OUTPUT."""
+    import dataclasses
+    import os
+    import time
+
+    from onnxq import api, modelio, recipes
+    from onnxq.errors import RecipeError
+    from onnxq.verify import check_model_file
+
+    if config_path:
+        recipe = recipes.load_recipe(config_path, default_name=recipe_name)
+        if recipe_name and recipe.name != recipe_name:
+            raise RecipeError(f"--recipe {recipe_name} disagrees with {config_path}, which is a {recipe.name} recipe")
+    else:
+        recipe = recipes.recipe_class(recipe_name or "int8-dynamic")()
+    overrides: dict = {}
+    if exclude:
+        overrides["exclude"] = tuple(recipe.exclude) + _split_csv(exclude)
+    if include:
+        overrides["include"] = _split_csv(include)
+    if op_types:
+        overrides["op_types"] = _split_csv(op_types)
+    if fused is not None:
+        if not isinstance(recipe, recipes.DynamicInt8):
+            raise RecipeError("--fused applies to the int8-dynamic recipe only")
+        overrides["fused"] = fused
+    if overrides:
+        try:
+            recipe = dataclasses.replace(recipe, **overrides)
+        except TypeError as e:
+            raise RecipeError(str(e)) from None
+
+    in_bytes = os.path.getsize(model) if os.path.isfile(model) else None
+    modelio.check_output_path(output, protect=(model,))
+    t0 = time.perf_counter()
+    qmodel, report = api.quantize_with_report(model, recipe)
+    elapsed = time.perf_counter() - t0
+    modelio.save(qmodel, output, protect=(model,))
+    if not no_verify:
+        check_model_file(output)
+    _print_summary(report, model, output, in_bytes, elapsed)
+
+
+def _print_summary(report, model: str, output: str, in_bytes: int | None, elapsed: float) -> None:
+    import collections
+    import os
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    out_bytes = os.path.getsize(output)
+    data = output + ".data"
+    if os.path.exists(data):
+        out_bytes += os.path.getsize(data)
+    table = Table(title=f"onnxq {report.recipe.name}: {os.path.basename(model)} → {os.path.basename(output)}")
+    table.add_column("op type")
+    table.add_column("quantized", justify="right")
+    table.add_column("skipped", justify="right")
+    table.add_column("why skipped")
+    by_op: dict[str, list] = collections.defaultdict(list)
+    for d in report.decisions:
+        by_op[d.node.op_type].append(d)
+    for op, ds in sorted(by_op.items()):
+        reasons = collections.Counter(d.reason for d in ds if not d.selected)
+        why = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+        table.add_row(op, str(sum(d.selected for d in ds)), str(sum(not d.selected for d in ds)), why)
+    console.print(table)
+    if in_bytes:
+        console.print(
+            f"size {in_bytes / 1e6:.2f} MB → {out_bytes / 1e6:.2f} MB ({out_bytes / in_bytes:.1%}), {elapsed:.1f} s"
+        )
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(model, as_json):
+    """Show opsets, op histogram, quantizable and already-quantized nodes, size."""
+    import json
+
+    from onnxq import modelio
+    from onnxq.inspect import summarize
+
+    summary = summarize(modelio.load(model), model)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{model}[/bold]  ir_version {summary.ir_version}  opsets {summary.opsets}")
+    console.print(
+        f"file {summary.file_bytes / 1e6:.2f} MB, weights {summary.weight_bytes / 1e6:.2f} MB, "
+        f"{summary.subgraphs} subgraph(s)"
+    )
+    for title, values in (("inputs", summary.inputs), ("outputs", summary.outputs)):
+        console.print(f"{title}: " + ", ".join(f"{v['name']} {v['dtype']} {v['shape']}" for v in values))
+    table = Table(title="ops")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    table.add_column("with constant weight", justify="right")
+    for op, n in summary.op_histogram.items():
+        table.add_row(op, str(n), str(summary.quantizable.get(op, "")))
+    console.print(table)
+    if summary.is_quantized:
+        console.print(f"already quantized: {summary.quantized}")
+    else:
+        console.print("not quantized")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

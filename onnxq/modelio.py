@@ -1,0 +1,164 @@
+"""Load and save models through onnx_ir: lazy external data in, atomic writes out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxq.errors import ModelLoadError, OnnxqError
+
+__all__ = ["load", "save", "check_output_path", "EXTERNAL_DATA_THRESHOLD_BYTES", "model_weight_bytes"]
+
+logger = logging.getLogger(__name__)
+
+# Protobuf refuses messages of 2 GiB; stay well below it.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+
+
+def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors_of_graph(attr.g)
+            for g in attr.graphs:
+                yield from _tensors_of_graph(g)
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external-data locations that leave the model's folder or do not exist."""
+    base = base_dir.resolve()
+    for tensor in _tensors_of_graph(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location or os.path.isabs(location) or Path(location).is_absolute():
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} points to external data at {location!r}: only paths "
+                "relative to the model's folder are allowed"
+            )
+        target = (base / location).resolve()
+        if base != target and base not in target.parents:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} points to external data {location!r} outside the model's "
+                f"folder {base}; refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} needs external data file {location!r}, which is missing "
+                f"from {base}; copy it beside the model"
+            )
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > target.stat().st_size:
+            raise ModelLoadError(
+                f"external data file {location!r} is shorter than tensor {tensor.name!r} needs "
+                f"({end} bytes); the file is truncated"
+            )
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Load a model; external tensors stay on disk (memory-mapped on use)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder; give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as e:
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise ModelLoadError(f"{path} is not an ONNX model (no graph found); is it the right file?")
+    _check_external_data(proto, path.parent)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx_ir raises several types on malformed graphs
+        raise ModelLoadError(f"{path} could not be read as an ONNX graph: {str(e)[:200]}") from None
+    from onnx_ir import external_data as _ext
+
+    _ext.set_base_dir(model.graph, str(path.parent))
+    return model
+
+
+def model_weight_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Raise unless ``path`` can be written without touching any ``protect`` path."""
+    path = Path(path)
+    for p in protect:
+        p = Path(p)
+        if path.resolve() == p.resolve() or _same_file(path, p):
+            raise OnnxqError(f"refusing to overwrite the input model {p}; choose another output path with -o")
+        data = path.with_name(path.name + ".data")
+        if data.exists() and _same_file(data, p):
+            raise OnnxqError(f"the output's external data file {data} would overwrite the input {p}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OnnxqError(f"output folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OnnxqError(f"output folder {parent} is not writable; choose another -o")
+    if path.is_dir():
+        raise OnnxqError(f"output path {path} is a folder; give a file name ending in .onnx")
+    return path
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    protect: tuple[str | os.PathLike, ...] = (),
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically (temp folder + rename).
+
+    ``protect``: paths (the input model) that must never be overwritten. ``external_data``:
+    None chooses by size (weights over ~1.8 GB go to ``<name>.data`` beside the output).
+    """
+    path = check_output_path(path, protect=protect)
+    parent = path.parent
+    data_name = path.name + ".data"
+    if external_data is None:
+        external_data = model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        tmp_model = tmpdir / path.name
+        if external_data:
+            ir.save(model, tmp_model, external_data=data_name)
+        else:
+            ir.save(model, tmp_model)
+        tmp_data = tmpdir / data_name
+        if tmp_data.exists():
+            os.replace(tmp_data, parent / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        for leftover in tmpdir.iterdir() if tmpdir.exists() else ():
+            leftover.unlink()
+        if tmpdir.exists():
+            tmpdir.rmdir()
+    logger.info("saved %s%s", path, " (+ external data)" if external_data else "")
+    return path

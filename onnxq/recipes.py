@@ -1,0 +1,223 @@
+"""Recipes: frozen, versioned, validated descriptions of what to quantize and how.
+
+Dispatch happens on the recipe's type (``functools.singledispatch`` in ``onnxq.api``),
+never on a string. ``load_recipe`` reads TOML and rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from onnxq.errors import RecipeError
+
+__all__ = [
+    "Recipe",
+    "NodeSelection",
+    "DynamicInt8",
+    "StaticInt8",
+    "WeightOnlyInt4",
+    "RECIPE_NAMES",
+    "recipe_class",
+    "load_recipe",
+    "recipe_from_mapping",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSelection:
+    """Which nodes a recipe may touch: op types, then excludes (names or regexes).
+
+    ``exclude`` entries match a node's name exactly, or as a full regex when they contain
+    regex metacharacters; ``include`` (if given) restricts to matching names."""
+
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field in ("op_types", "exclude", "include"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                raise RecipeError(f"{field} must be a list of strings, got the string {value!r}")
+            object.__setattr__(self, field, tuple(value))
+        for pattern in (*self.exclude, *self.include):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise RecipeError(f"bad name pattern {pattern!r}: {e}") from None
+
+
+def _tuple_fields(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            raise RecipeError(f"{name} must be a list, got the string {value!r}")
+        object.__setattr__(obj, name, tuple(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Base of every recipe. ``name`` is the CLI spelling, ``version`` the schema version."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuple_fields(self, "op_types", "exclude", "include")
+        NodeSelection(self.op_types, self.exclude, self.include)  # validates patterns
+
+    @property
+    def selection(self) -> NodeSelection:
+        return NodeSelection(self.op_types, self.exclude, self.include)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"recipe": self.name, "version": self.version}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicInt8(Recipe):
+    """Weights int8 offline (per output channel), activations quantized at run time.
+
+    ``fused``: emit ORT's ``com.microsoft.DynamicQuantizeMatMul`` instead of the standard
+    DynamicQuantizeLinear + MatMulInteger chain. ``reduce_range``: 7-bit weights, only for
+    CPUs whose u8s8 dot product saturates (no VNNI)."""
+
+    name: ClassVar[str] = "int8-dynamic"
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    per_channel: bool = True
+    reduce_range: bool = False
+    fused: bool = False
+    min_weight_elements: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv"}
+        if unsupported:
+            raise RecipeError(
+                f"int8-dynamic cannot quantize {sorted(unsupported)}; choose from MatMul, Gemm, Conv"
+            )
+        if self.min_weight_elements < 0:
+            raise RecipeError("min_weight_elements must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticInt8(Recipe):
+    """QDQ int8 with activation ranges calibrated on representative data."""
+
+    name: ClassVar[str] = "int8-static"
+    op_types: tuple[str, ...] = (
+        "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "Resize",
+    )
+    calibration: str = "minmax"  # minmax | percentile | entropy | mse
+    percentile: float = 99.999
+    activation_type: str = "uint8"  # uint8 | int8 | uint16 | int16
+    weight_type: str = "int8"
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    max_samples: int = 0  # 0: all
+    batch_size: int = 1
+    tensor_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.calibration not in self._CALIBRATIONS:
+            raise RecipeError(
+                f"unknown calibration method {self.calibration!r}; choose one of {', '.join(self._CALIBRATIONS)}"
+            )
+        if self.activation_type not in ("uint8", "int8", "uint16", "int16"):
+            raise RecipeError(f"activation_type must be uint8, int8, uint16 or int16, not {self.activation_type!r}")
+        if self.weight_type not in ("int8", "uint8"):
+            raise RecipeError(f"weight_type must be int8 or uint8, not {self.weight_type!r}")
+        if not 0 < self.percentile <= 100:
+            raise RecipeError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.batch_size < 1 or self.max_samples < 0:
+            raise RecipeError("batch_size must be >= 1 and max_samples >= 0")
+        object.__setattr__(self, "tensor_overrides", dict(self.tensor_overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightOnlyInt4(Recipe):
+    """Block-int4 weight-only quantization of MatMul weights."""
+
+    name: ClassVar[str] = "int4-weight-only"
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")
+    block_size: int = 128
+    symmetric: bool = True
+    algorithm: str = "rtn"  # rtn | hqq | gptq | awq
+    format: str = "qdq"  # qdq | matmulnbits | onnxq
+    accuracy_level: int | None = None  # MatMulNBits only; None: chosen by measured parity
+    keep_8bit: tuple[str, ...] = ()  # node-name patterns quantized to int8 instead
+    keep_float: tuple[str, ...] = ()  # node-name patterns left in float
+
+    _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq")
+    _FORMATS: ClassVar[tuple[str, ...]] = ("qdq", "matmulnbits", "onnxq")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _tuple_fields(self, "keep_8bit", "keep_float")
+        from onnxq.formats import SUPPORTED_BLOCK_SIZES
+
+        if self.block_size not in SUPPORTED_BLOCK_SIZES:
+            raise RecipeError(f"block_size {self.block_size} is not supported; use one of {SUPPORTED_BLOCK_SIZES}")
+        if self.algorithm not in self._ALGORITHMS:
+            raise RecipeError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(self._ALGORITHMS)}")
+        if self.format not in self._FORMATS:
+            raise RecipeError(f"unknown format {self.format!r}; choose one of {', '.join(self._FORMATS)}")
+        if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise RecipeError("accuracy_level must be 0..4")
+
+
+_RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (DynamicInt8, StaticInt8, WeightOnlyInt4)}
+RECIPE_NAMES = tuple(_RECIPES)
+
+
+def recipe_class(name: str) -> type[Recipe]:
+    try:
+        return _RECIPES[name]
+    except KeyError:
+        raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPE_NAMES)}") from None
+
+
+def recipe_from_mapping(data: Mapping[str, Any], *, default_name: str | None = None) -> Recipe:
+    """Build a recipe from a mapping (e.g. parsed TOML); unknown keys are an error."""
+    data = dict(data)
+    name = data.pop("recipe", default_name)
+    if name is None:
+        raise RecipeError("the recipe file must say which recipe it is: recipe = \"int8-dynamic\" (or int8-static, int4-weight-only)")
+    cls = recipe_class(name)
+    version = data.pop("version", cls.version)
+    if version != cls.version:
+        raise RecipeError(f"recipe {name!r} version {version} is not supported (this onnxq reads version {cls.version})")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(f"unknown key(s) {', '.join(unknown)} for recipe {name!r}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise RecipeError(f"bad value in recipe {name!r}: {e}") from None
+
+
+def load_recipe(path: str | Path, *, default_name: str | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"recipe file {path} is not valid TOML: {e}") from None
+    return recipe_from_mapping(data, default_name=default_name)

@@ -1,0 +1,222 @@
+"""DynamicQuantizePass: int8 weights offline, activations quantized at run time.
+
+Emits only ops that ORT CPU executes:
+
+- MatMul / Gemm → ``DynamicQuantizeLinear`` (uint8 activation, shared by every consumer of
+  the same tensor) + ``MatMulInteger`` with int8 weights, per-output-channel scales folded
+  into one float ``Mul`` after the integer product (zero point 0, so per-channel needs no
+  per-channel zero-point support from the kernel), + ``Add`` for a Gemm bias. With
+  ``fused=True`` a single ``com.microsoft.DynamicQuantizeMatMul`` instead.
+- Conv → ``DynamicQuantizeLinear`` + ``ConvInteger`` (int8 weights, scalar zero point 0:
+  ORT's ConvInteger refuses per-channel zero points but not per-channel scales applied
+  afterwards) + ``Mul`` + bias ``Add``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import irutil
+from onnxq import qparams as qp
+from onnxq.recipes import DynamicInt8
+from onnxq.selection import Decision, select
+
+__all__ = ["DynamicQuantizePass", "plan_dynamic"]
+
+logger = logging.getLogger(__name__)
+
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def _float32_input(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype in (None, ir.DataType.FLOAT)
+
+
+def _check(node: ir.Node, recipe: DynamicInt8) -> str | None:
+    if not node.inputs or not _float32_input(node.inputs[0]):
+        return "activation is not float32 (DynamicQuantizeLinear takes float32 only)"
+    weight_index = 1
+    w = irutil.const_array(node.inputs[weight_index] if len(node.inputs) > 1 else None)
+    if w is None:
+        return "second input is not a constant weight (activation x activation stays float)"
+    if w.dtype != np.float32:
+        return f"weight is {w.dtype}, not float32"
+    if w.size < recipe.min_weight_elements:
+        return f"weight has {w.size} elements (< min_weight_elements={recipe.min_weight_elements})"
+    if not np.all(np.isfinite(w)):
+        return "weight contains NaN or Inf"
+    if node.op_type == "MatMul":
+        if w.ndim != 2:
+            return f"weight has rank {w.ndim}; only 2-D MatMul weights are quantized"
+    elif node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0):
+            return "Gemm with transA=1 is left in float"
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = irutil.const_array(node.inputs[2])
+            if c is None and node.attributes.get_float("beta", 1.0) != 1.0:
+                return "Gemm with a non-constant C and beta != 1 is left in float"
+    elif node.op_type == "Conv":
+        if w.ndim != 4:
+            return f"Conv weight has rank {w.ndim}; only 2-D convolutions are quantized"
+        if len(node.inputs) > 2 and node.inputs[2] is not None and irutil.const_array(node.inputs[2]) is None:
+            return "Conv bias is not constant"
+    return None
+
+
+def plan_dynamic(model: ir.Model, recipe: DynamicInt8) -> list[Decision]:
+    """What ``DynamicQuantizePass(recipe)`` would quantize, and why it skips the rest."""
+    return select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, recipe))
+
+
+@dataclasses.dataclass
+class _RunState:
+    names: irutil.FreshNames
+    activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
+    weights: dict[tuple, tuple[ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
+
+
+class DynamicQuantizePass(ir.passes.InPlacePass):
+    """Rewrite float MatMul/Gemm/Conv with constant weights to dynamic int8."""
+
+    def __init__(self, recipe: DynamicInt8) -> None:
+        super().__init__()
+        self.recipe = recipe
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        decisions = [d for d in plan_dynamic(model, self.recipe) if d.selected]
+        if not decisions:
+            return ir.passes.PassResult(model, modified=False)
+        state = _RunState(irutil.FreshNames(model.graph))
+        originals: list[tuple[ir.Graph, ir.Value]] = []
+        for decision in decisions:
+            node = decision.node
+            graph = node.graph
+            originals.extend((graph, v) for v in node.inputs[1:] if v is not None)
+            if node.op_type == "Conv":
+                self._rewrite_conv(graph, node, state)
+            else:
+                self._rewrite_matmul(graph, node, state)
+        for graph, value in originals:
+            irutil.remove_if_unused(graph, value)
+        if self.recipe.fused:
+            irutil.ensure_opset(model, "com.microsoft", 1)
+        logger.debug("dynamic int8: rewrote %d nodes", len(decisions))
+        return ir.passes.PassResult(model, modified=True)
+
+    # -- shared pieces ------------------------------------------------------------------
+
+    def _weight_qparams(self, w: np.ndarray, axis: int) -> qp.QParams:
+        block = qp.per_channel(w.shape, axis) if self.recipe.per_channel else qp.per_tensor(w.shape)
+        rmin, rmax = qp.block_reduce_min_max(w, block)
+        if self.recipe.reduce_range:  # 7-bit weights: [-63, 63]
+            rmin, rmax = rmin * (127 / 63), rmax * (127 / 63)
+        return qp.qparams_from_range(rmin, rmax, qp.INT8, symmetric=True, block_size=block)
+
+    def _quantized_weight(
+        self,
+        graph: ir.Graph,
+        state: _RunState,
+        key: tuple,
+        w: np.ndarray,
+        axis: int,
+        label: str,
+        scale_shape: tuple[int, ...] = (-1,),
+    ) -> tuple[ir.Value, ir.Value]:
+        """int8 weight initializer and its per-channel scale, shaped ``scale_shape`` so it
+        broadcasts against the integer product."""
+        if key not in state.weights:
+            params = self._weight_qparams(w, axis)
+            w_q = qp.quantize(w, params)
+            scale = np.broadcast_to(params.scale.reshape(-1), (w.shape[axis],)).reshape(scale_shape).astype(np.float32)
+            state.weights[key] = (
+                irutil.add_initializer(graph, state.names(f"{label}_weight_int8"), w_q),
+                irutil.add_initializer(graph, state.names(f"{label}_weight_scale"), scale),
+            )
+        return state.weights[key]
+
+    def _quantized_activation(
+        self, graph: ir.Graph, state: _RunState, x: ir.Value, anchor: ir.Node
+    ) -> tuple[ir.Value, ir.Value, ir.Value]:
+        key = (id(graph), id(x))
+        if key not in state.activations:
+            b = irutil.NodeBuilder(state.names, f"{x.name or 'x'}_dynq")
+            q, s, z = b.op("DynamicQuantizeLinear", [x], outputs=("q", "scale", "zero_point"))
+            q.dtype, s.dtype, z.dtype = ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8
+            s.shape = z.shape = ir.Shape([])
+            q.shape = x.shape
+            b.insert_before(graph, anchor)
+            state.activations[key] = (q, s, z)
+        return state.activations[key]
+
+    # -- MatMul / Gemm ------------------------------------------------------------------
+
+    def _rewrite_matmul(self, graph: ir.Graph, node: ir.Node, state: _RunState) -> None:
+        x, w_value = node.inputs[0], node.inputs[1]
+        w = irutil.const_array(w_value)
+        alpha, beta, bias_value = 1.0, 1.0, None
+        trans_b = False
+        if node.op_type == "Gemm":
+            alpha = node.attributes.get_float("alpha", 1.0)
+            beta = node.attributes.get_float("beta", 1.0)
+            trans_b = bool(node.attributes.get_int("transB", 0))
+            if len(node.inputs) > 2:
+                bias_value = node.inputs[2]
+        w_kn = (w.T if trans_b else w) * np.float32(alpha)
+        label = node.name or (node.outputs[0].name or "matmul")
+        w_q, w_scale = self._quantized_weight(
+            graph, state, (id(w_value), trans_b, alpha), np.ascontiguousarray(w_kn, dtype=np.float32), 1, label
+        )
+        bias_const = irutil.const_array(bias_value) if bias_value is not None else None
+        b = irutil.NodeBuilder(state.names, label)
+        if self.recipe.fused:
+            inputs: list[ir.Value | None] = [x, w_q, w_scale]
+            if bias_const is not None:
+                bias = (bias_const * np.float32(beta)).astype(np.float32)
+                if bias.ndim == 1:
+                    inputs += [None, irutil.add_initializer(graph, state.names(f"{label}_bias"), bias)]
+                    bias_const, bias_value = None, None
+            y = b.op("DynamicQuantizeMatMul", inputs, domain="com.microsoft")
+        else:
+            q, s, z = self._quantized_activation(graph, state, x, node)
+            acc = b.op("MatMulInteger", [q, w_q, z])
+            acc_f = b.op("Cast", [acc], {"to": ir.DataType.FLOAT})
+            scale = b.op("Mul", [s, w_scale])
+            y = b.op("Mul", [acc_f, scale])
+        if bias_const is not None:
+            bias = irutil.add_initializer(
+                graph, state.names(f"{label}_bias"), (bias_const * np.float32(beta)).astype(np.float32)
+            )
+            y = b.op("Add", [y, bias])
+        elif bias_value is not None:
+            y = b.op("Add", [y, bias_value])  # non-constant C with beta == 1 (checked)
+        b.insert_before(graph, node)
+        irutil.replace_node_output(graph, node, y)
+
+    # -- Conv -----------------------------------------------------------------------------
+
+    def _rewrite_conv(self, graph: ir.Graph, node: ir.Node, state: _RunState) -> None:
+        x, w_value = node.inputs[0], node.inputs[1]
+        w = irutil.const_array(w_value).astype(np.float32)
+        label = node.name or (node.outputs[0].name or "conv")
+        c_out = w.shape[0]
+        spatial = w.ndim - 2
+        w_q, w_scale = self._quantized_weight(
+            graph, state, (id(w_value), "conv"), w, 0, label, scale_shape=(c_out,) + (1,) * spatial
+        )
+        q, s, z = self._quantized_activation(graph, state, x, node)
+        attrs = {a: node.attributes[a].value for a in _CONV_ATTRS if a in node.attributes}
+        b = irutil.NodeBuilder(state.names, label)
+        acc = b.op("ConvInteger", [q, w_q, z], attrs)
+        acc_f = b.op("Cast", [acc], {"to": ir.DataType.FLOAT})
+        scale = b.op("Mul", [s, w_scale])
+        y = b.op("Mul", [acc_f, scale])
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias_value is not None:
+            bias = irutil.const_array(bias_value).astype(np.float32).reshape([c_out] + [1] * spatial)
+            y = b.op("Add", [y, irutil.add_initializer(graph, state.names(f"{label}_bias"), bias)])
+        b.insert_before(graph, node)
+        irutil.replace_node_output(graph, node, y)

@@ -1,0 +1,25 @@
+"""int8-dynamic end to end on a real model from the corpus (runs in CI)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from click.testing import CliRunner
+
+from onnxq.cli import main
+
+
+def test_mobilenet_int8_dynamic_cli(mobilenet_path, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(mobilenet_path), "-o", str(out), "--recipe", "int8-dynamic"])
+    assert r.exit_code == 0, r.output
+    onnx.checker.check_model(str(out), full_check=True)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("ConvInteger") >= 40 and ops.count("MatMulInteger") == 1
+    assert out.stat().st_size < 0.3 * mobilenet_path.stat().st_size
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    ref = ort.InferenceSession(str(mobilenet_path), so).run(None, {"input": x})[0]
+    got = ort.InferenceSession(str(out), so).run(None, {"input": x})[0]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.98

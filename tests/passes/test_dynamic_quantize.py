@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+
+from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
+from onnxq.recipes import DynamicInt8
+from tests.helpers import assert_pass_idempotent, check_full, model_from_text, run_ort
+
+RNG = np.random.default_rng(0)
+
+MLP = """
+<ir_version: 8, opset_import: ["" : 17]>
+mlp (float[B, S, 64] x) => (float[B, S, 48] y) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    z = MatMul(r, w2)
+    q = MatMul(x, w3)
+    y = Add(z, q)
+}
+"""
+
+
+def _mlp():
+    return model_from_text(
+        MLP,
+        {
+            "w1": RNG.standard_normal((64, 96)).astype(np.float32) * 0.1,
+            "w2": RNG.standard_normal((96, 48)).astype(np.float32) * 0.1,
+            "w3": RNG.standard_normal((64, 48)).astype(np.float32) * 0.1,
+        },
+    )
+
+
+def _rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_matmul_rewrite_counts_and_matches_float(fused):
+    model = _mlp()
+    x = RNG.standard_normal((2, 5, 64)).astype(np.float32)
+    (expected,) = run_ort(model, {"x": x})
+    recipe = DynamicInt8(min_weight_elements=0, fused=fused)
+    out = assert_pass_idempotent(lambda: DynamicQuantizePass(recipe), model)
+    check_full(out)
+    ops = [n.op_type for n in out.graph]
+    if fused:
+        assert ops.count("DynamicQuantizeMatMul") == 3 and "MatMul" not in ops
+    else:
+        assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops
+        # x feeds two MatMuls: quantized once
+        assert ops.count("DynamicQuantizeLinear") == 2
+    assert not any(name in out.graph.initializers for name in ("w1", "w2", "w3"))
+    (got,) = run_ort(out, {"x": x})
+    assert _rel_err(got, expected) < 0.03
+
+
+def test_gemm_trans_b_alpha_beta_bias():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 32] x) => (float[N, 24] y) {
+        y = Gemm <transB: int = 1, alpha: float = 0.5, beta: float = 2.0> (x, w, c)
+    }
+    """
+    model = model_from_text(
+        text,
+        {"w": RNG.standard_normal((24, 32)).astype(np.float32), "c": RNG.standard_normal(24).astype(np.float32)},
+    )
+    x = RNG.standard_normal((4, 32)).astype(np.float32)
+    (expected,) = run_ort(model, {"x": x})
+    out = assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=0)), model)
+    (got,) = run_ort(out, {"x": x})
+    assert _rel_err(got, expected) < 0.03
+
+
+def test_conv_per_channel_scales_and_bias():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    c (float[1, 8, 10, 10] x) => (float[1, 8, 10, 10] y) {
+        h = Conv <pads: ints = [1, 1, 1, 1], group: int = 8> (x, wd, bd)
+        y = Conv <pads: ints = [1, 1, 1, 1]> (h, w, b)
+    }
+    """
+    w = RNG.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    w[0] *= 20  # very different channel ranges: per-channel scales must matter
+    model = model_from_text(
+        text,
+        {
+            "wd": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32),
+            "bd": RNG.standard_normal(8).astype(np.float32),
+            "w": w,
+            "b": RNG.standard_normal(8).astype(np.float32),
+        },
+    )
+    x = RNG.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    (expected,) = run_ort(model, {"x": x})
+    out = assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=0)), model)
+    check_full(out)
+    assert [n.op_type for n in out.graph].count("ConvInteger") == 2
+    (got,) = run_ort(out, {"x": x})
+    for c in range(1, 8):  # small channels keep their own precision
+        assert _rel_err(got[0, c], expected[0, c]) < 0.05
+
+
+def test_skips_activation_matmul_and_excluded_names_with_reasons():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    a (float[4, 16] x, float[16, 4] k) => (float[4, 4] y, float[4, 16] z) {
+        y = MatMul(x, k)
+        z = MatMul(x, w)
+    }
+    """
+    model = model_from_text(text, {"w": RNG.standard_normal((16, 16)).astype(np.float32)})
+    decisions = plan_dynamic(model, DynamicInt8(min_weight_elements=0))
+    reasons = sorted(d.reason for d in decisions)
+    assert reasons[0] == "" and "not a constant weight" in reasons[1]
+    model.graph.node(1).name = "proj"
+    decisions = plan_dynamic(model, DynamicInt8(min_weight_elements=0, exclude=("pr.*",)))
+    assert not any(d.selected for d in decisions)
+    assert any(d.reason == "excluded by name" for d in decisions)
+
+
+def test_nothing_selected_means_not_modified():
+    model = _mlp()
+    out = assert_pass_idempotent(
+        lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=10**9)), model, expect_modified=False
+    )
+    assert [n.op_type for n in out.graph].count("MatMul") == 3

@@ -1,0 +1,107 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from onnxq.cli import main
+from tests.helpers import model_from_text, to_bytes
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[N, 64] x) => (float[N, 32] y) {
+    y = MatMul(x, w)
+}
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    p = tmp_path / "tiny.onnx"
+    p.write_bytes(to_bytes(model_from_text(TEXT, {"w": np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)})))
+    return p
+
+
+def _digest(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_quantize_writes_checked_model(tiny, tmp_path):
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(out), "--recipe", "int8-dynamic"])
+    assert r.exit_code == 0, r.output
+    assert "MatMul" in r.output and "size" in r.output
+    onnx.checker.check_model(str(out), full_check=True)
+    ort.InferenceSession(str(out))
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t, tmp: [str(tmp / "missing.onnx"), "-o", str(tmp / "o.onnx")], "does not exist"),
+        (lambda t, tmp: [str(t), "-o", str(t)], "refusing to overwrite"),
+        (lambda t, tmp: [str(t), "-o", str(tmp / "nodir" / "o.onnx")], "does not exist"),
+        (lambda t, tmp: [str(t), "-o", str(tmp / "o.onnx"), "--recipe", "int3"], "unknown recipe"),
+        (lambda t, tmp: [str(t), "-o", str(tmp / "o.onnx"), "--op-types", "Softmax"], "cannot quantize"),
+    ],
+)
+def test_bad_input_one_line_error_nonzero_exit_input_untouched(tiny, tmp_path, make_args, message):
+    before = _digest(tiny)
+    r = CliRunner().invoke(main, ["quantize", *make_args(tiny, tmp_path)])
+    assert r.exit_code != 0
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert _digest(tiny) == before
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_garbage_file_via_real_process(tmp_path):
+    g = tmp_path / "garbage.onnx"
+    g.write_bytes(os.urandom(300))
+    before = _digest(g)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxq.cli", "quantize", str(g), "-o", str(tmp_path / "o.onnx")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0
+    assert "not a readable ONNX model" in proc.stderr or "not an ONNX model" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert _digest(g) == before
+    assert sorted(os.listdir(tmp_path)) == ["garbage.onnx"]
+
+
+def test_already_quantized_is_left_alone(tiny, tmp_path):
+    out = tmp_path / "q.onnx"
+    assert CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(out)]).exit_code == 0
+    r = CliRunner().invoke(main, ["quantize", str(out), "-o", str(tmp_path / "qq.onnx")])
+    assert r.exit_code != 0 and "already quantized" in r.output
+
+
+def test_inspect_json(tiny):
+    r = CliRunner().invoke(main, ["inspect", str(tiny), "--json"])
+    assert r.exit_code == 0
+    data = json.loads(r.output)
+    assert data["op_histogram"] == {"MatMul": 1}
+    assert data["quantizable"] == {"MatMul": 1}
+    assert data["quantized"] == {}
+
+
+def test_config_file_and_exclude(tiny, tmp_path):
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('recipe = "int8-dynamic"\nmin_weight_elements = 0\nfused = true\n')
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(out), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert any(n.op_type == "DynamicQuantizeMatMul" for n in onnx.load(str(out)).graph.node)
+
+
+def test_version():
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and "0.1.0" in r.output

@@ -1,0 +1,73 @@
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxq import modelio
+from onnxq.errors import ModelLoadError, OnnxqError
+from tests.helpers import model_from_text, run_ort
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[2, 4] x) => (float[2, 3] y) {
+    y = MatMul(x, w)
+}
+"""
+
+
+def _model():
+    return model_from_text(TEXT, {"w": np.arange(12, dtype=np.float32).reshape(4, 3)})
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    out = tmp_path / "m.onnx"
+    modelio.save(_model(), out)
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    assert modelio.load(out).graph.node(0).op_type == "MatMul"
+
+
+def test_external_data_roundtrip_and_reload(tmp_path):
+    out = tmp_path / "m.onnx"
+    modelio.save(_model(), out, external_data=True)
+    assert (tmp_path / "m.onnx.data").exists()
+    x = np.ones((2, 4), np.float32)
+    (y,) = run_ort(modelio.load(out), {"x": x})
+    np.testing.assert_allclose(y, x @ np.arange(12, dtype=np.float32).reshape(4, 3))
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    src = tmp_path / "in.onnx"
+    modelio.save(_model(), src)
+    with pytest.raises(OnnxqError, match="refusing to overwrite"):
+        modelio.save(modelio.load(src), src, protect=(src,))
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "missing.bin"])
+def test_external_data_outside_folder_or_missing_is_refused(tmp_path, location):
+    proto = onnx.parser.parse_model(TEXT)
+    t = onnx.numpy_helper.from_array(np.zeros((4, 3), np.float32), "w")
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "48")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    proto.graph.initializer.append(t)
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelLoadError, match="external data"):
+        modelio.load(p)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    g = tmp_path / "g.onnx"
+    g.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ModelLoadError):
+        modelio.load(g)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        modelio.load(tmp_path / "nope.onnx")
+
+
+def test_missing_output_folder(tmp_path):
+    with pytest.raises(OnnxqError, match="does not exist"):
+        modelio.save(_model(), tmp_path / "no" / "m.onnx")

@@ -19,7 +19,7 @@ from onnxq.inspect import quantized_nodes
 from onnxq.recipes import DynamicInt8, Recipe
 from onnxq.selection import Decision
 
-__all__ = ["QuantizeReport", "quantize", "quantize_with_report", "save"]
+__all__ = ["QuantizeReport", "prepare", "quantize", "quantize_with_report", "save"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ def _refuse_quantized(model: ir.Model) -> None:
         )
 
 
+def prepare(model: ir.Model) -> None:
+    """Passes every recipe runs first: types and shapes for every value we can infer."""
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(model)
+
+
 @functools.singledispatch
 def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
     raise OnnxqError(f"recipe {type(recipe).__name__} is not implemented in this version of onnxq")
@@ -72,6 +79,7 @@ def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
 def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
+    prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
         raise NothingToQuantizeError(_nothing_message(recipe, decisions))

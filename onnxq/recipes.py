@@ -87,14 +87,15 @@ class Recipe:
 
 @dataclasses.dataclass(frozen=True)
 class DynamicInt8(Recipe):
-    """Weights int8 offline (per output channel), activations quantized at run time.
+    """Weights int8 offline (per output channel), activations quantized at run time;
+    embedding tables (Gather) int8 with one scale per row.
 
     ``fused``: emit ORT's ``com.microsoft.DynamicQuantizeMatMul`` instead of the standard
     DynamicQuantizeLinear + MatMulInteger chain. ``reduce_range``: 7-bit weights, only for
     CPUs whose u8s8 dot product saturates (no VNNI)."""
 
     name: ClassVar[str] = "int8-dynamic"
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv")
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv", "Gather")
     per_channel: bool = True
     reduce_range: bool = False
     fused: bool = False
@@ -102,10 +103,10 @@ class DynamicInt8(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv"}
+        unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv", "Gather"}
         if unsupported:
             raise RecipeError(
-                f"int8-dynamic cannot quantize {sorted(unsupported)}; choose from MatMul, Gemm, Conv"
+                f"int8-dynamic cannot quantize {sorted(unsupported)}; choose from MatMul, Gemm, Conv, Gather"
             )
         if self.min_weight_elements < 0:
             raise RecipeError("min_weight_elements must be >= 0")

@@ -7,6 +7,9 @@ Emits only ops that ORT CPU executes:
   into one float ``Mul`` after the integer product (zero point 0, so per-channel needs no
   per-channel zero-point support from the kernel), + ``Add`` for a Gemm bias. With
   ``fused=True`` a single ``com.microsoft.DynamicQuantizeMatMul`` instead.
+- Gather from a constant float table (embeddings) → the table stored int8 with one scale
+  per row; ``Gather`` of the int8 rows and of their scales, ``Cast`` + ``Mul``: exact
+  per-row dequantization of only the rows looked up.
 - Conv → ``DynamicQuantizeLinear`` + ``ConvInteger`` (int8 weights, scalar zero point 0:
   ORT's ConvInteger refuses per-channel zero points but not per-channel scales applied
   afterwards) + ``Mul`` + bias ``Add``.
@@ -36,7 +39,28 @@ def _float32_input(value: ir.Value | None) -> bool:
     return value is not None and value.dtype in (None, ir.DataType.FLOAT)
 
 
+def _check_gather(node: ir.Node, recipe: DynamicInt8) -> str | None:
+    table = irutil.const_array(node.inputs[0])
+    if table is None:
+        return "data is not a constant table"
+    if irutil.is_constant(node.inputs[1]):
+        return "indices are constant (constant folding, not quantization, applies)"
+    if table.dtype != np.float32 or table.ndim != 2:
+        return f"table is {table.dtype} of rank {table.ndim}; only 2-D float32 tables are quantized"
+    if node.attributes.get_int("axis", 0) != 0:
+        return "Gather along an axis other than 0 is left in float"
+    if table.shape[1] < 2:
+        return "rows of one element gain nothing from per-row int8 (the scale is as large as the value)"
+    if table.size < recipe.min_weight_elements:
+        return f"table has {table.size} elements (< min_weight_elements={recipe.min_weight_elements})"
+    if not np.all(np.isfinite(table)):
+        return "table contains NaN or Inf"
+    return None
+
+
 def _check(node: ir.Node, recipe: DynamicInt8) -> str | None:
+    if node.op_type == "Gather":
+        return _check_gather(node, recipe)
     if not node.inputs or not _float32_input(node.inputs[0]):
         return "activation is not float32 (DynamicQuantizeLinear takes float32 only)"
     weight_index = 1
@@ -95,6 +119,10 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         for decision in decisions:
             node = decision.node
             graph = node.graph
+            if node.op_type == "Gather":
+                originals.append((graph, node.inputs[0]))
+                self._rewrite_gather(graph, node, state)
+                continue
             originals.extend((graph, v) for v in node.inputs[1:] if v is not None)
             if node.op_type == "Conv":
                 self._rewrite_conv(graph, node, state)
@@ -109,8 +137,9 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
 
     # -- shared pieces ------------------------------------------------------------------
 
-    def _weight_qparams(self, w: np.ndarray, axis: int) -> qp.QParams:
-        block = qp.per_channel(w.shape, axis) if self.recipe.per_channel else qp.per_tensor(w.shape)
+    def _weight_qparams(self, w: np.ndarray, axis: int, per_row: bool = False) -> qp.QParams:
+        per_channel = self.recipe.per_channel or per_row
+        block = qp.per_channel(w.shape, axis) if per_channel else qp.per_tensor(w.shape)
         rmin, rmax = qp.block_reduce_min_max(w, block)
         if self.recipe.reduce_range:  # 7-bit weights: [-63, 63]
             rmin, rmax = rmin * (127 / 63), rmax * (127 / 63)
@@ -125,11 +154,12 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         axis: int,
         label: str,
         scale_shape: tuple[int, ...] = (-1,),
+        per_row: bool = False,
     ) -> tuple[ir.Value, ir.Value]:
         """int8 weight initializer and its per-channel scale, shaped ``scale_shape`` so it
         broadcasts against the integer product."""
         if key not in state.weights:
-            params = self._weight_qparams(w, axis)
+            params = self._weight_qparams(w, axis, per_row)
             w_q = qp.quantize(w, params)
             scale = np.broadcast_to(params.scale.reshape(-1), (w.shape[axis],)).reshape(scale_shape).astype(np.float32)
             state.weights[key] = (
@@ -218,5 +248,23 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         if bias_value is not None:
             bias = irutil.const_array(bias_value).astype(np.float32).reshape([c_out] + [1] * spatial)
             y = b.op("Add", [y, irutil.add_initializer(graph, state.names(f"{label}_bias"), bias)])
+        b.insert_before(graph, node)
+        irutil.replace_node_output(graph, node, y)
+
+    # -- Gather (embedding tables) ----------------------------------------------------------
+
+    def _rewrite_gather(self, graph: ir.Graph, node: ir.Node, state: _RunState) -> None:
+        table_value, indices = node.inputs[0], node.inputs[1]
+        table = irutil.const_array(table_value)
+        label = node.name or (node.outputs[0].name or "gather")
+        # one scale per row, whatever per_channel says: rows are looked up independently
+        q_table, row_scale = self._quantized_weight(
+            graph, state, (id(table_value), "gather"), table, 0, label, scale_shape=(table.shape[0], 1), per_row=True
+        )
+        b = irutil.NodeBuilder(state.names, label)
+        rows = b.op("Gather", [q_table, indices], {"axis": 0})
+        scales = b.op("Gather", [row_scale, indices], {"axis": 0})
+        rows_f = b.op("Cast", [rows], {"to": ir.DataType.FLOAT})
+        y = b.op("Mul", [rows_f, scales])
         b.insert_before(graph, node)
         irutil.replace_node_output(graph, node, y)

@@ -125,3 +125,24 @@ def test_nothing_selected_means_not_modified():
         lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=10**9)), model, expect_modified=False
     )
     assert [n.op_type for n in out.graph].count("MatMul") == 3
+
+
+def test_gather_embedding_table_per_row():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    e (int64[B, S] ids) => (float[B, S, 16] y) {
+        y = Gather <axis: int = 0> (table, ids)
+    }
+    """
+    table = RNG.standard_normal((100, 16)).astype(np.float32)
+    table[3] *= 100  # one loud row must not cost the others precision
+    model = model_from_text(text, {"table": table})
+    ids = np.array([[0, 3, 99], [5, 5, 1]], dtype=np.int64)
+    out = assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=0)), model)
+    check_full(out)
+    (got,) = run_ort(out, {"ids": ids})
+    expected = table[ids]
+    rel = np.abs(got - expected).max(axis=-1) / np.abs(expected).max(axis=-1)
+    assert rel.max() < 1 / 127
+    q = [v for v in out.graph.initializers.values() if v.const_value.dtype.name == "INT8"]
+    assert len(q) == 1 and q[0].shape == (100, 16)

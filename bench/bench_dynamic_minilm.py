@@ -1,0 +1,74 @@
+"""all-MiniLM-L6-v2 int8-dynamic: onnxq vs ORT's quantize_dynamic, same sentences.
+
+Mean cosine between fp32 and int8 sentence embeddings on N sentences of
+bible_web_dev.txt, file size, and latency (1 thread, interleaved in one process).
+
+    python -m bench.bench_dynamic_minilm [--sentences 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import interleaved_median_ms, markdown_table, ort_session, write_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sentences", type=int, default=512)
+    args = ap.parse_args()
+
+    import onnxq
+    from models import minilm
+    from onnxruntime.quantization import quantize_dynamic
+
+    fp32 = minilm.build()
+    sentences = minilm.bible_sentences(args.sentences)
+    tmp = Path(tempfile.mkdtemp(prefix="onnxq-minilm-"))
+    variants = {
+        "onnxq int8-dynamic": onnxq.DynamicInt8(),
+        "onnxq int8-dynamic --fused": onnxq.DynamicInt8(fused=True),
+    }
+    paths = {"fp32": fp32}
+    for label, recipe in variants.items():
+        out = tmp / (label.replace(" ", "_").replace("-", "") + ".onnx")
+        onnxq.save(onnxq.quantize(fp32, recipe), out)
+        paths[label] = out
+    ort_out = tmp / "ort_dynamic.onnx"
+    quantize_dynamic(str(fp32), str(ort_out))
+    paths["ORT quantize_dynamic"] = ort_out
+
+    ref = minilm.embed(fp32, sentences)
+    feeds = minilm.encode(sentences[:32])
+    sessions = {k: ort_session(p) for k, p in paths.items()}
+    names = {k: {i.name for i in s.get_inputs()} for k, s in sessions.items()}
+    latency = interleaved_median_ms(
+        {k: (lambda s=s, n=names[k]: s.run(None, {i: v for i, v in feeds.items() if i in n})) for k, s in sessions.items()},
+        repeats=10,
+    )
+    rows = []
+    for label, path in paths.items():
+        emb = ref if label == "fp32" else minilm.embed(path, sentences)
+        cos = np.sum(emb * ref, axis=1)  # both L2-normalised
+        rows.append(
+            {
+                "model": label,
+                "mean cosine": float(cos.mean()),
+                "min cosine": float(cos.min()),
+                "size MB": Path(path).stat().st_size / 1e6,
+                "latency ms (32 sent., 1 thr)": latency[label],
+                "speed-up vs fp32": latency["fp32"] / latency[label],
+            }
+        )
+    cols = list(rows[0])
+    print(f"all-MiniLM-L6-v2, {len(sentences)} sentences of bible_web_dev.txt")
+    print(markdown_table(rows, cols))
+    write_results("dynamic_minilm", {"sentences": len(sentences), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

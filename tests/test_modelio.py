@@ -71,3 +71,13 @@ def test_garbage_and_missing_files(tmp_path):
 def test_missing_output_folder(tmp_path):
     with pytest.raises(OnnxqError, match="does not exist"):
         modelio.save(_model(), tmp_path / "no" / "m.onnx")
+
+
+def test_large_weights_go_to_external_data_automatically(tmp_path, monkeypatch):
+    monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD_BYTES", 16)
+    out = tmp_path / "big.onnx"
+    modelio.save(_model(), out)
+    assert (tmp_path / "big.onnx.data").stat().st_size >= 48
+    x = np.ones((2, 4), np.float32)
+    (y,) = run_ort(modelio.load(out), {"x": x})
+    assert y.shape == (2, 3)

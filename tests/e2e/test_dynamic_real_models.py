@@ -1,6 +1,7 @@
 """int8-dynamic end to end on a real model from the corpus (runs in CI)."""
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 from click.testing import CliRunner
@@ -23,3 +24,22 @@ def test_mobilenet_int8_dynamic_cli(mobilenet_path, tmp_path):
     got = ort.InferenceSession(str(out), so).run(None, {"input": x})[0]
     cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
     assert cos.min() > 0.98
+
+
+@pytest.mark.slow
+def test_minilm_int8_dynamic_embeddings_match(corpus, tmp_path):
+    minilm = pytest.importorskip("models.minilm")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import onnxq
+
+    fp32 = minilm.build()
+    out = tmp_path / "minilm_int8.onnx"
+    onnxq.save(onnxq.quantize(fp32, onnxq.DynamicInt8()), out)
+    onnx.checker.check_model(str(out), full_check=True)
+    sentences = minilm.bible_sentences(64)
+    ref = minilm.embed(fp32, sentences)
+    got = minilm.embed(out, sentences)
+    cos = (ref * got).sum(axis=1)
+    assert cos.mean() >= 0.99, cos.mean()
+    assert out.stat().st_size < 0.3 * fp32.stat().st_size

@@ -76,8 +76,9 @@ def test_missing_output_folder(tmp_path):
 def test_large_weights_go_to_external_data_automatically(tmp_path, monkeypatch):
     monkeypatch.setattr(modelio, "EXTERNAL_DATA_THRESHOLD_BYTES", 16)
     out = tmp_path / "big.onnx"
-    modelio.save(_model(), out)
-    assert (tmp_path / "big.onnx.data").stat().st_size >= 48
-    x = np.ones((2, 4), np.float32)
-    (y,) = run_ort(modelio.load(out), {"x": x})
-    assert y.shape == (2, 3)
+    text = TEXT.replace("float[2, 3] y", "float[2, 256] y")
+    w = np.ones((4, 256), np.float32)
+    modelio.save(model_from_text(text, {"w": w}), out)
+    assert (tmp_path / "big.onnx.data").stat().st_size >= w.nbytes
+    (y,) = run_ort(modelio.load(out), {"x": np.ones((2, 4), np.float32)})
+    np.testing.assert_array_equal(y, np.full((2, 256), 4.0, np.float32))

@@ -1,0 +1,214 @@
+"""How far a quantized model is from its float original, per output and per layer.
+
+Streams samples through both models; per tensor it keeps only running sums (signal and
+noise energy, dot products, max error), so memory does not grow with the sample count.
+Layers are matched by tensor name: onnxq's passes keep the float tensor names of the
+original graph (a QDQ pair hangs off a tensor; a rewritten node's output keeps its name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+__all__ = ["TensorError", "Comparison", "ErrorAccumulator", "compare_models", "shared_float_tensors"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorError:
+    name: str
+    sqnr_db: float
+    cosine: float
+    max_abs_error: float
+    top1_agreement: float | None = None
+    op_type: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ErrorAccumulator:
+    """Running error statistics of ``got`` against ``ref`` over many samples."""
+
+    def __init__(self, name: str, op_type: str = "") -> None:
+        self.name = name
+        self.op_type = op_type
+        self.signal = 0.0
+        self.noise = 0.0
+        self.dot = 0.0
+        self.got_energy = 0.0
+        self.max_abs = 0.0
+        self.top1_same = 0
+        self.top1_total = 0
+
+    def update(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref64 = np.asarray(ref, dtype=np.float64)
+        got64 = np.asarray(got, dtype=np.float64)
+        if ref64.shape != got64.shape:
+            raise ValueError(f"tensor {self.name}: float shape {ref64.shape} != quantized shape {got64.shape}")
+        diff = got64 - ref64
+        self.signal += float(np.sum(ref64 * ref64))
+        self.noise += float(np.sum(diff * diff))
+        self.dot += float(np.sum(ref64 * got64))
+        self.got_energy += float(np.sum(got64 * got64))
+        if diff.size:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
+        if ref64.ndim == 2 and ref64.shape[-1] >= 2:  # classifier-shaped [N, classes]
+            self.top1_same += int(np.sum(ref64.argmax(-1) == got64.argmax(-1)))
+            self.top1_total += ref64.shape[0]
+
+    def result(self) -> TensorError:
+        if self.noise == 0:
+            sqnr = math.inf
+        elif self.signal == 0:
+            sqnr = -math.inf
+        else:
+            sqnr = 10 * math.log10(self.signal / self.noise)
+        denom = math.sqrt(self.signal * self.got_energy)
+        cosine = self.dot / denom if denom else (1.0 if self.noise == 0 else 0.0)
+        top1 = self.top1_same / self.top1_total if self.top1_total else None
+        return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    samples: int
+    outputs: tuple[TensorError, ...]
+    layers: tuple[TensorError, ...]  # in the float graph's order
+
+    def worst_layers(self, n: int = 5) -> list[TensorError]:
+        finite = [layer for layer in self.layers if not math.isinf(layer.sqnr_db) or layer.sqnr_db < 0]
+        return sorted(finite, key=lambda t: t.sqnr_db)[:n]
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "layers": [layer.to_dict() for layer in self.layers],
+            "worst_layers": [layer.name for layer in self.worst_layers()],
+        }
+
+
+def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str]]:
+    """(name, producing op type) of float tensors computed by nodes in both models, in the
+    float model's order; graph inputs, initializers and outputs are left out."""
+    import onnx_ir as ir
+
+    def produced(model) -> dict[str, ir.Value]:
+        out = {}
+        for node in model.graph:
+            for v in node.outputs:
+                if v.name:
+                    out[v.name] = v
+        return out
+
+    float_values = produced(float_model)
+    quant_values = produced(quant_model)
+    outputs = {v.name for v in float_model.graph.outputs}
+    shared = []
+    for name, v in float_values.items():
+        if name in outputs or name not in quant_values:
+            continue
+        producer = v.producer()
+        if producer is None or producer.op_type in ("Constant", "Shape", "QuantizeLinear", "DequantizeLinear"):
+            continue
+        q = quant_values[name]
+        if v.dtype != ir.DataType.FLOAT or q.dtype not in (None, ir.DataType.FLOAT):
+            continue
+        shared.append((name, producer.op_type))
+    return shared
+
+
+def _instrumented(model, names: list[str]) -> bytes:
+    """Serialized copy of ``model`` with ``names`` added as graph outputs."""
+    import onnx
+    import onnx_ir as ir
+
+    clone = ir.serde.serialize_model(model)
+    existing = {o.name for o in clone.graph.output}
+    for name in names:
+        if name not in existing:
+            clone.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return clone.SerializeToString()
+
+
+def compare_models(
+    float_path: str | Path,
+    quant_path: str | Path,
+    data: Iterable[Mapping[str, np.ndarray]],
+    *,
+    per_layer: bool = True,
+    max_samples: int | None = None,
+    session_factory: Callable[[str | bytes], object] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Comparison:
+    """Run both models on ``data`` and measure the quantized model's error.
+
+    ``session_factory(path_or_bytes)`` builds an ORT session (default: CPU, with the onnxq
+    custom-op library when the quantized model needs it)."""
+    from onnxq import modelio
+
+    if session_factory is None:
+        session_factory = _default_session
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    float_model = modelio.load(float_path)
+    quant_model = modelio.load(quant_path)
+    InferShapesPass()(float_model)  # types of intermediate tensors pick what is comparable
+    InferShapesPass()(quant_model)
+    output_names = [v.name for v in float_model.graph.outputs]
+    quant_outputs = [v.name for v in quant_model.graph.outputs]
+    if output_names != quant_outputs:
+        raise ValueError(f"the models' outputs differ: {output_names} vs {quant_outputs}")
+    layers = shared_float_tensors(float_model, quant_model) if per_layer else []
+    layer_names = [n for n, _ in layers]
+    if layer_names:
+        f_sess = session_factory(_instrumented(float_model, layer_names))
+        q_sess = session_factory(_instrumented(quant_model, layer_names))
+    else:
+        f_sess = session_factory(str(float_path))
+        q_sess = session_factory(str(quant_path))
+    del float_model, quant_model
+    fetch = output_names + layer_names
+    out_acc = {n: ErrorAccumulator(n) for n in output_names}
+    layer_acc = {n: ErrorAccumulator(n, op) for n, op in layers}
+    samples = 0
+    for feeds in data:
+        if max_samples is not None and samples >= max_samples:
+            break
+        ref = dict(zip(fetch, f_sess.run(fetch, dict(feeds))))
+        got = dict(zip(fetch, q_sess.run(fetch, dict(feeds))))
+        for n in output_names:
+            out_acc[n].update(ref[n], got[n])
+        for n in layer_names:
+            layer_acc[n].update(ref[n], got[n])
+        samples += 1
+        if progress is not None:
+            progress(samples)
+    if samples == 0:
+        raise ValueError("no samples to compare: the data was empty")
+    return Comparison(
+        samples=samples,
+        outputs=tuple(a.result() for a in out_acc.values()),
+        layers=tuple(a.result() for a in layer_acc.values()),
+    )
+
+
+def _default_session(model: str | bytes):
+    """ORT CPU session; registers the onnxq custom-op library when the model needs it."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    if any(o.domain == "com.onnxq" for o in proto.opset_import):
+        from onnxq import runtime
+
+        return runtime.session(model)
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])

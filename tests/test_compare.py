@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+
+import onnxq
+from onnxq.compare import ErrorAccumulator, compare_models
+from tests.helpers import model_from_text, to_bytes
+
+RNG = np.random.default_rng(7)
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[N, 32] x) => (float[N, 10] y) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    y = MatMul(r, w2)
+}
+"""
+
+
+def test_accumulator_matches_direct_formulas():
+    ref = RNG.standard_normal((6, 10))
+    got = ref + 0.01 * RNG.standard_normal((6, 10))
+    acc = ErrorAccumulator("t")
+    acc.update(ref[:3], got[:3])
+    acc.update(ref[3:], got[3:])
+    r = acc.result()
+    expected_sqnr = 10 * math.log10((ref**2).sum() / ((got - ref) ** 2).sum())
+    assert abs(r.sqnr_db - expected_sqnr) < 1e-9
+    cos = (ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)
+    assert abs(r.cosine - cos) < 1e-12
+    assert r.max_abs_error == np.abs(got - ref).max()
+    assert r.top1_agreement == np.mean(ref.argmax(1) == got.argmax(1))
+
+
+def test_identical_models_have_infinite_sqnr(tmp_path):
+    model = model_from_text(TEXT, {"w1": RNG.standard_normal((32, 64)).astype(np.float32), "w2": RNG.standard_normal((64, 10)).astype(np.float32)})
+    p = tmp_path / "f.onnx"
+    p.write_bytes(to_bytes(model))
+    data = [{"x": RNG.standard_normal((2, 32)).astype(np.float32)} for _ in range(3)]
+    c = compare_models(p, p, data)
+    assert c.samples == 3 and math.isinf(c.outputs[0].sqnr_db) and c.outputs[0].top1_agreement == 1.0
+
+
+def test_quantized_layers_are_matched_by_name(tmp_path):
+    model = model_from_text(TEXT, {"w1": RNG.standard_normal((32, 64)).astype(np.float32), "w2": RNG.standard_normal((64, 10)).astype(np.float32)})
+    f = tmp_path / "f.onnx"
+    f.write_bytes(to_bytes(model))
+    q = tmp_path / "q.onnx"
+    onnxq.save(onnxq.quantize(f, onnxq.DynamicInt8(min_weight_elements=0)), q)
+    data = [{"x": RNG.standard_normal((4, 32)).astype(np.float32)} for _ in range(4)]
+    c = compare_models(f, q, data)
+    assert [layer.name for layer in c.layers] == ["h", "r"]
+    assert 20 < c.outputs[0].sqnr_db < 60
+    assert all(20 < layer.sqnr_db < 60 for layer in c.layers)
+    assert c.worst_layers(1)[0].name in ("h", "r")

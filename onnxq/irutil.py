@@ -82,7 +82,10 @@ class FreshNames:
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as an initializer of ``graph`` under ``name`` (make it fresh
     with ``FreshNames`` first)."""
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    array = np.asarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")  # (np.ascontiguousarray would turn a 0-d array 1-d)
+    tensor = ir.tensor(array, name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value

@@ -1,0 +1,48 @@
+import numpy as np
+
+import onnxq
+from onnxq.sensitivity import AccuracyTarget, auto_exclude
+from tests.helpers import model_from_text, to_bytes
+
+RNG = np.random.default_rng(11)
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[N, 64] x) => (float[N, 16] y) {
+    a = MatMul(x, w1)
+    b = Relu(a)
+    y = MatMul(b, w2)
+}
+"""
+
+
+def test_worst_layer_is_kept_in_float_until_target_holds(tmp_path):
+    w1 = RNG.standard_normal((64, 64)).astype(np.float32)
+    w1[:, 0] *= 1000  # one huge column: per-tensor activation quantization after it hurts w2
+    model = model_from_text(TEXT, {"w1": w1, "w2": RNG.standard_normal((64, 16)).astype(np.float32)})
+    proto = to_bytes(model)
+    import onnx
+
+    onnx_model = onnx.load_from_string(proto)
+    for i, node in enumerate(onnx_model.graph.node):
+        node.name = f"n{i}"
+    f = tmp_path / "f.onnx"
+    f.write_bytes(onnx_model.SerializeToString())
+    data = lambda: ({"x": RNG.standard_normal((8, 64)).astype(np.float32)} for _ in range(4))  # noqa: E731
+
+    def quantize(excluded):
+        return onnxq.quantize_with_report(f, onnxq.DynamicInt8(min_weight_elements=0, exclude=excluded))
+
+    baseline = onnxq.compare.compare_models(f, _save(quantize(())[0], tmp_path / "q0.onnx"), data())
+    only_n2 = onnxq.compare.compare_models(f, _save(quantize(("n2",))[0], tmp_path / "q1.onnx"), data())
+    assert only_n2.outputs[0].sqnr_db > baseline.outputs[0].sqnr_db + 1
+    target = AccuracyTarget(min_sqnr_db=only_n2.outputs[0].sqnr_db - 0.5)
+    model, result = auto_exclude(f, quantize, data, target)
+    assert result.target_met
+    assert result.excluded == ("n2",)  # the MatMul fed by the wide-range activation
+    assert result.comparison.outputs[0].sqnr_db >= target.min_sqnr_db
+
+
+def _save(model, path):
+    onnxq.save(model, path)
+    return path

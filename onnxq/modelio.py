@@ -100,6 +100,17 @@ def model_weight_bytes(model: ir.Model) -> int:
     return total
 
 
+def _external_sources(model: ir.Model) -> set[Path]:
+    """Files the model's lazily loaded tensors still read from."""
+    sources = set()
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                sources.add(Path(tensor.path))
+    return sources
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -142,9 +153,18 @@ def save(
     path = check_output_path(path, protect=protect)
     parent = path.parent
     data_name = path.name + ".data"
+    for source in _external_sources(model):
+        if (parent / data_name).resolve() == source.resolve():
+            raise OnnxqError(
+                f"the output's external data file {parent / data_name} is where the input keeps its "
+                "weights; choose another output name"
+            )
     if external_data is None:
         external_data = model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    except OSError as e:
+        raise OnnxqError(f"cannot write in output folder {parent}: {e.strerror}") from None
     try:
         tmp_model = tmpdir / path.name
         if external_data:
@@ -155,6 +175,8 @@ def save(
         if tmp_data.exists():
             os.replace(tmp_data, parent / data_name)
         os.replace(tmp_model, path)
+    except OSError as e:
+        raise OnnxqError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         for leftover in tmpdir.iterdir() if tmpdir.exists() else ():
             leftover.unlink()

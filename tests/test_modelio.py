@@ -85,3 +85,28 @@ def test_large_weights_go_to_external_data_automatically(tmp_path, monkeypatch):
     (y,) = ort.InferenceSession(str(out)).run(None, {"x": np.ones((2, 4), np.float32)})
     np.testing.assert_array_equal(y, np.full((2, 256), 4.0, np.float32))
     assert modelio.load(out).graph.initializers["w"].const_value.numpy().sum() == w.sum()
+
+
+def test_output_data_file_may_not_be_the_inputs_weights(tmp_path):
+    src = tmp_path / "a.onnx"
+    big = model_from_text(TEXT.replace("float[2, 3] y", "float[2, 256] y"), {"w": np.ones((4, 256), np.float32)})
+    modelio.save(big, src, external_data=True)  # writes a.onnx.data
+    import onnx
+
+    proto = onnx.load(str(src), load_external_data=False)
+    # a model whose weights live in "b.onnx.data"
+    (tmp_path / "a.onnx.data").rename(tmp_path / "b.onnx.data")
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "b.onnx.data"
+    src.write_bytes(proto.SerializeToString())
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    with pytest.raises(OnnxqError, match="where the input keeps its weights"):
+        modelio.save(modelio.load(src), tmp_path / "b.onnx", external_data=True)
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+
+
+def test_unwritable_folder_is_a_clean_error():
+    with pytest.raises(OnnxqError, match="cannot write|not writable"):
+        modelio.save(_model(), "/proc/onnxq_test_output.onnx")

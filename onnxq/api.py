@@ -53,6 +53,23 @@ def _as_model(model_or_path: ir.Model | str | os.PathLike) -> ir.Model:
     raise OnnxqError(f"expected an onnx_ir.Model, an onnx.ModelProto or a path, got {type(model_or_path).__name__}")
 
 
+def _refuse_unsupported_opset(model: ir.Model) -> None:
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if version is not None and version > newest:
+        raise OnnxqError(
+            f"the model imports ai.onnx opset {version}, newer than this installation knows "
+            f"(up to {newest}); upgrade the onnx package or export the model at opset <= {newest}"
+        )
+    if version is not None and version < 7:
+        raise OnnxqError(
+            f"the model imports ai.onnx opset {version}; opsets below 7 are not supported — "
+            "re-export it at a recent opset (17 or newer)"
+        )
+
+
 def _refuse_quantized(model: ir.Model) -> None:
     found = quantized_nodes(model)
     if found:
@@ -104,6 +121,7 @@ def quantize_with_report(
     if not isinstance(recipe, Recipe):
         raise OnnxqError(f"recipe must be an onnxq recipe (DynamicInt8, StaticInt8, WeightOnlyInt4), got {recipe!r}")
     model = _as_model(model_or_path)
+    _refuse_unsupported_opset(model)
     _refuse_quantized(model)
     report = _run(recipe, model, data)
     return model, report

@@ -105,3 +105,50 @@ def test_config_file_and_exclude(tiny, tmp_path):
 def test_version():
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and "0.1.0" in r.output
+
+
+@pytest.mark.parametrize("opset, message", [(99, "newer than this installation knows"), (5, "below 7")])
+def test_unsupported_opset_is_refused(tmp_path, opset, message):
+    proto = onnx.parser.parse_model(TEXT.replace('"" : 17', f'"" : {opset}'))
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((64, 32), np.float32), "w"))
+    src = tmp_path / "old.onnx"
+    src.write_bytes(proto.SerializeToString())
+    before = _digest(src)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1
+    assert _digest(src) == before and not (tmp_path / "o.onnx").exists()
+
+
+def test_truncated_model_file(tiny, tmp_path):
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(tiny.read_bytes()[: tiny.stat().st_size // 2])
+    r = CliRunner().invoke(main, ["quantize", str(cut), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code != 0 and "ONNX model" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_external_data_escaping_folder_via_cli(tmp_path):
+    proto = onnx.parser.parse_model(TEXT)
+    t = onnx.numpy_helper.from_array(np.zeros((64, 32), np.float32), "w")
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "8192")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    proto.graph.initializer.append(t)
+    src = tmp_path / "evil.onnx"
+    src.write_bytes(proto.SerializeToString())
+    before = _digest(src)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code != 0 and "outside the model's folder" in r.output
+    assert _digest(src) == before and not (tmp_path / "o.onnx").exists()
+
+
+def test_all_zero_weights_quantize_cleanly(tmp_path):
+    src = tmp_path / "zeros.onnx"
+    src.write_bytes(to_bytes(model_from_text(TEXT, {"w": np.zeros((64, 32), np.float32)})))
+    out = tmp_path / "o.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    y = ort.InferenceSession(str(out)).run(None, {"x": np.ones((2, 64), np.float32)})[0]
+    np.testing.assert_array_equal(y, np.zeros((2, 32), np.float32))

@@ -179,5 +179,67 @@ def inspect(model, as_json):
         console.print("not quantized")
 
 
+@main.command()
+@click.argument("float_model", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("quant_model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--data", "data_path", type=click.Path(path_type=str), help="Samples: an .npz or a folder of .npy/.npz.")
+@click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=str), help="A folder of images.")
+@click.option("--preprocess", default=None, help='With --images: e.g. "imagenet" or "resize=256 crop=224 layout=NHWC".')
+@click.option("--max-samples", type=int, default=None, help="Compare on at most this many samples.")
+@click.option("--no-layers", is_flag=True, help="Only the outputs, not the per-layer table.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), help="Write an HTML report.")
+def compare(float_model, quant_model, data_path, images_dir, preprocess, max_samples, no_layers, as_json, html_path):
+    """Measure how far QUANT_MODEL is from FLOAT_MODEL: per output and per layer."""
+    import json
+    import math
+    from pathlib import Path
+
+    from onnxq import data as data_mod
+    from onnxq import modelio
+    from onnxq.compare import compare_models
+    from onnxq.errors import OnnxqError
+
+    if (data_path is None) == (images_dir is None):
+        raise OnnxqError("give the samples to compare on: --data FILE_OR_FOLDER or --images FOLDER")
+    if images_dir is not None:
+        from onnxq.preprocess import from_images, parse_preprocess
+
+        source = from_images(images_dir, parse_preprocess(preprocess))
+    else:
+        source = data_mod.as_calibration_data(data_path)
+    specs = data_mod.input_specs(modelio.load(float_model))
+    source.precheck(specs)
+    comparison = compare_models(
+        float_model, quant_model, source.feeds(specs), per_layer=not no_layers, max_samples=max_samples
+    )
+    if html_path:
+        from onnxq.modelio import atomic_write_text
+        from onnxq.report import render_html
+
+        atomic_write_text(html_path, render_html(comparison, float_name=Path(float_model).name, quant_name=Path(quant_model).name))
+    if as_json:
+        click.echo(json.dumps(comparison.to_dict(), indent=2, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{Path(quant_model).name} vs {Path(float_model).name}, {comparison.samples} samples")
+    for col in ("output", "cosine", "SQNR dB", "max abs error", "top-1 agreement"):
+        table.add_column(col, justify="right" if col != "output" else "left")
+    for o in comparison.outputs:
+        top1 = "" if o.top1_agreement is None else f"{o.top1_agreement:.1%}"
+        table.add_row(o.name, f"{o.cosine:.6f}", f"{o.sqnr_db:.1f}", f"{o.max_abs_error:.4g}", top1)
+    console.print(table)
+    worst = comparison.worst_layers(5)
+    if worst:
+        console.print("worst layers (lowest SQNR; exclude by node name with --exclude):")
+        for t in worst:
+            console.print(f"  {t.sqnr_db:6.1f} dB  node {t.node or '?'} ({t.op_type}) → {t.name}")
+    if html_path:
+        console.print(f"report written to {html_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

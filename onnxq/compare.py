@@ -29,6 +29,7 @@ class TensorError:
     max_abs_error: float
     top1_agreement: float | None = None
     op_type: str = ""
+    node: str = ""  # the float model's node that produces the tensor
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -37,9 +38,10 @@ class TensorError:
 class ErrorAccumulator:
     """Running error statistics of ``got`` against ``ref`` over many samples."""
 
-    def __init__(self, name: str, op_type: str = "") -> None:
+    def __init__(self, name: str, op_type: str = "", node: str = "") -> None:
         self.name = name
         self.op_type = op_type
+        self.node = node
         self.signal = 0.0
         self.noise = 0.0
         self.dot = 0.0
@@ -74,7 +76,7 @@ class ErrorAccumulator:
         denom = math.sqrt(self.signal * self.got_energy)
         cosine = self.dot / denom if denom else (1.0 if self.noise == 0 else 0.0)
         top1 = self.top1_same / self.top1_total if self.top1_total else None
-        return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type)
+        return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type, self.node)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +98,8 @@ class Comparison:
         }
 
 
-def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str]]:
-    """(name, producing op type) of float tensors computed by nodes in both models, in the
+def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]:
+    """(name, producing op type, producing node name) of float tensors computed by nodes in both models, in the
     float model's order; graph inputs, initializers and outputs are left out."""
     import onnx_ir as ir
 
@@ -122,7 +124,7 @@ def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str]]:
         q = quant_values[name]
         if v.dtype != ir.DataType.FLOAT or q.dtype not in (None, ir.DataType.FLOAT):
             continue
-        shared.append((name, producer.op_type))
+        shared.append((name, producer.op_type, producer.name or ""))
     return shared
 
 
@@ -168,7 +170,7 @@ def compare_models(
     if output_names != quant_outputs:
         raise ValueError(f"the models' outputs differ: {output_names} vs {quant_outputs}")
     layers = shared_float_tensors(float_model, quant_model) if per_layer else []
-    layer_names = [n for n, _ in layers]
+    layer_names = [n for n, _, _ in layers]
     if layer_names:
         f_sess = session_factory(_instrumented(float_model, layer_names))
         q_sess = session_factory(_instrumented(quant_model, layer_names))
@@ -178,7 +180,7 @@ def compare_models(
     del float_model, quant_model
     fetch = output_names + layer_names
     out_acc = {n: ErrorAccumulator(n) for n in output_names}
-    layer_acc = {n: ErrorAccumulator(n, op) for n, op in layers}
+    layer_acc = {n: ErrorAccumulator(n, op, node) for n, op, node in layers}
     samples = 0
     for feeds in data:
         if max_samples is not None and samples >= max_samples:

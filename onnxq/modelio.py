@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelLoadError, OnnxqError
 
-__all__ = ["load", "save", "check_output_path", "EXTERNAL_DATA_THRESHOLD_BYTES", "model_weight_bytes"]
+__all__ = ["load", "save", "check_output_path", "atomic_write_text", "EXTERNAL_DATA_THRESHOLD_BYTES", "model_weight_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,4 +183,19 @@ def save(
         if tmpdir.exists():
             tmpdir.rmdir()
     logger.info("saved %s%s", path, " (+ external data)" if external_data else "")
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (a report) through a temp file + rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OnnxqError(f"folder {path.parent} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OnnxqError(f"cannot write {path}: {e.strerror or e}") from None
     return path

@@ -55,7 +55,8 @@ def render_html(comparison: Comparison, *, float_name: str, quant_name: str) -> 
             f"<td>{o.max_abs_error:.4g}</td><td>{top1}</td></tr>"
         )
     worst = "".join(
-        f"<li><code>{html.escape(t.name)}</code> ({html.escape(t.op_type)}): {_fmt_db(t.sqnr_db)} dB</li>"
+        f"<li>node <code>{html.escape(t.node)}</code> ({html.escape(t.op_type)}) → <code>{html.escape(t.name)}</code>: "
+        f"{_fmt_db(t.sqnr_db)} dB</li>"
         for t in comparison.worst_layers(5)
     )
     chart = sqnr_svg(comparison.layers) if comparison.layers else "<p>No layers matched by name.</p>"

@@ -54,3 +54,47 @@ def test_quantized_layers_are_matched_by_name(tmp_path):
     assert 20 < c.outputs[0].sqnr_db < 60
     assert all(20 < layer.sqnr_db < 60 for layer in c.layers)
     assert c.worst_layers(1)[0].name in ("h", "r")
+
+
+def test_cli_compare_json_and_html(tmp_path):
+    from html.parser import HTMLParser
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxq.cli import main
+
+    model = model_from_text(TEXT, {"w1": RNG.standard_normal((32, 64)).astype(np.float32), "w2": RNG.standard_normal((64, 10)).astype(np.float32)})
+    f = tmp_path / "f.onnx"
+    f.write_bytes(to_bytes(model))
+    q = tmp_path / "q.onnx"
+    onnxq.save(onnxq.quantize(f, onnxq.DynamicInt8(min_weight_elements=0)), q)
+    np.savez(tmp_path / "d.npz", x=RNG.standard_normal((6, 32)).astype(np.float32))
+    r = CliRunner().invoke(main, ["compare", str(f), str(q), "--data", str(tmp_path / "d.npz"), "--json", "--html", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["samples"] == 6 and data["outputs"][0]["name"] == "y"
+    assert len(data["worst_layers"]) == 2
+
+    class Collect(HTMLParser):
+        tags: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    parser = Collect()
+    parser.feed((tmp_path / "r.html").read_text())
+    assert any(t == "svg" and a.get("class") == "sqnr-chart" for t, a in parser.tags)
+    assert sum(t == "rect" for t, _ in parser.tags) == 2  # one bar per layer
+    assert any(t == "table" and a.get("id") == "summary" for t, a in parser.tags)
+
+
+def test_cli_compare_needs_data(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxq.cli import main
+
+    f = tmp_path / "f.onnx"
+    f.write_bytes(to_bytes(model_from_text(TEXT, {"w1": np.ones((32, 64), np.float32), "w2": np.ones((64, 10), np.float32)})))
+    r = CliRunner().invoke(main, ["compare", str(f), str(f)])
+    assert r.exit_code != 0 and "--data" in r.output

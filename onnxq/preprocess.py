@@ -1,0 +1,245 @@
+"""Images → model inputs for calibrating image models (Pillow).
+
+``ImagePreprocess`` describes the classic pipeline: resize the shorter side (bilinear,
+antialiased, as torchvision does on PIL images), centre-crop, scale pixel values, subtract a
+mean and divide by a std per channel, order channels RGB or BGR, and lay the result out
+NCHW or NHWC with a batch axis of 1.
+
+``parse_preprocess("resize=256 crop=224 mean=0.485,0.456,0.406 ...")`` reads the command
+line spelling; the preset ``imagenet`` is torchvision's ImageNet pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from onnxq.errors import CalibrationDataError
+
+__all__ = [
+    "ImagePreprocess",
+    "IMAGENET",
+    "IMAGE_SUFFIXES",
+    "parse_preprocess",
+    "image_files",
+    "load_image",
+    "from_images",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """resize: shorter side in pixels (0: no resize); crop: centre crop size (0: none),
+    an int or (height, width); scale multiplies raw 0..255 pixels first; then
+    ``(x - mean) / std`` per channel in the output channel order."""
+
+    resize: int = 256
+    crop: int | tuple[int, int] = 224
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    scale: float = 1 / 255
+    layout: str = "NCHW"
+    channel_order: str = "RGB"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if isinstance(self.crop, (list, tuple)):
+            object.__setattr__(self, "crop", tuple(int(c) for c in self.crop))
+        if self.layout not in ("NCHW", "NHWC"):
+            raise CalibrationDataError(f"layout must be NCHW or NHWC, not {self.layout!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise CalibrationDataError(f"channel order must be RGB or BGR, not {self.channel_order!r}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) not in (1, 3):
+                raise CalibrationDataError(f"{name} needs 1 or 3 values, got {getattr(self, name)}")
+        if any(s == 0 for s in self.std):
+            raise CalibrationDataError("std values must be non-zero")
+        if self.resize < 0:
+            raise CalibrationDataError("resize must be >= 0")
+
+    @property
+    def crop_hw(self) -> tuple[int, int] | None:
+        if not self.crop:
+            return None
+        if isinstance(self.crop, tuple):
+            return self.crop  # type: ignore[return-value]
+        return (int(self.crop), int(self.crop))
+
+
+IMAGENET = ImagePreprocess()
+
+_PRESETS = {"imagenet": IMAGENET}
+_KEYS = {"resize", "crop", "mean", "std", "scale", "layout", "order", "channel_order", "dtype"}
+
+
+def _number(text: str) -> float:
+    text = text.strip()
+    if "/" in text:
+        a, b = text.split("/", 1)
+        return float(a) / float(b)
+    return float(text)
+
+
+def parse_preprocess(spec: str | Sequence[str] | None, base: ImagePreprocess = IMAGENET) -> ImagePreprocess:
+    """Read ``"imagenet crop=256 layout=NHWC order=BGR mean=104,117,123 std=1 scale=1"``:
+    an optional preset name then ``key=value`` words (space- or semicolon-separated)."""
+    if spec is None:
+        return base
+    words: list[str] = []
+    for part in [spec] if isinstance(spec, str) else list(spec):
+        words.extend(w for w in part.replace(";", " ").split() if w)
+    fields: dict = {}
+    current = base
+    for w in words:
+        if "=" not in w:
+            if w.lower() in _PRESETS:
+                current = _PRESETS[w.lower()]
+                continue
+            raise CalibrationDataError(
+                f"--preprocess: {w!r} is neither a preset ({', '.join(_PRESETS)}) nor key=value; keys: {', '.join(sorted(_KEYS))}"
+            )
+        key, value = (s.strip() for s in w.split("=", 1))
+        key = key.lower().replace("-", "_")
+        if key not in _KEYS:
+            raise CalibrationDataError(f"--preprocess: unknown key {key!r}; keys: {', '.join(sorted(_KEYS))}")
+        try:
+            if key == "resize":
+                fields["resize"] = int(value)
+            elif key == "crop":
+                parts = [int(v) for v in value.replace("x", ",").split(",") if v]
+                fields["crop"] = parts[0] if len(parts) == 1 else tuple(parts[:2])
+            elif key in ("mean", "std"):
+                fields[key] = tuple(_number(v) for v in value.split(",") if v.strip())
+            elif key == "scale":
+                fields["scale"] = _number(value)
+            elif key == "layout":
+                fields["layout"] = value.upper()
+            elif key in ("order", "channel_order"):
+                fields["channel_order"] = value.upper()
+            elif key == "dtype":
+                fields["dtype"] = value
+        except ValueError:
+            raise CalibrationDataError(f"--preprocess: bad value for {key}: {value!r}") from None
+    return dataclasses.replace(current, **fields)
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CalibrationDataError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationDataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        raise CalibrationDataError("reading images needs Pillow: pip install pillow") from None
+    return Image
+
+
+def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.ndarray:
+    """One image as a ``[1, C, H, W]`` (or ``[1, H, W, C]``) array."""
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if pp.resize:
+                w, h = im.size
+                if w <= h:
+                    size = (pp.resize, int(pp.resize * h / w))
+                else:
+                    size = (int(pp.resize * w / h), pp.resize)
+                if size != (w, h):
+                    im = im.resize(size, Image.BILINEAR)
+            if pp.crop_hw:
+                ch, cw = pp.crop_hw
+                w, h = im.size
+                if ch > h or cw > w:
+                    raise CalibrationDataError(
+                        f"{path}: image {w}x{h} is smaller than the crop {cw}x{ch}; raise resize= or lower crop="
+                    )
+                top = int(round((h - ch) / 2.0))
+                left = int(round((w - cw) / 2.0))
+                im = im.crop((left, top, left + cw, top + ch))
+            a = np.asarray(im, dtype=np.float32)  # H, W, 3 RGB
+    except CalibrationDataError:
+        raise
+    except Exception as e:
+        raise CalibrationDataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:120]})") from None
+    if pp.channel_order == "BGR":
+        a = a[:, :, ::-1]
+    a = a * np.float32(pp.scale)
+    a = (a - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
+    if pp.layout == "NCHW":
+        a = a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a[None], dtype=np.dtype(pp.dtype))
+
+
+def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
+    """Check (and where the user left it open, adapt) the pipeline to the model input."""
+    if spec.rank is not None and spec.rank != 4:
+        raise CalibrationDataError(
+            f"--calib-images needs a model whose input is an image batch of rank 4; input {spec.describe()} is not"
+        )
+    if spec.dtype is not None and spec.dtype != np.dtype(pp.dtype):
+        raise CalibrationDataError(
+            f"input {spec.describe()} is {spec.dtype}; add dtype={spec.dtype} to --preprocess if that is right"
+        )
+    if spec.shape is not None:
+        c_axis = 1 if pp.layout == "NCHW" else 3
+        if spec.shape[c_axis] not in (None, 3):
+            other = "NHWC" if pp.layout == "NCHW" else "NCHW"
+            raise CalibrationDataError(
+                f"input {spec.describe()} does not have 3 channels at axis {c_axis} ({pp.layout}); try layout={other}"
+            )
+        hw = (spec.shape[2], spec.shape[3]) if pp.layout == "NCHW" else (spec.shape[1], spec.shape[2])
+        if all(isinstance(d, int) for d in hw) and pp.crop_hw != hw:
+            raise CalibrationDataError(
+                f"input {spec.describe()} needs {hw[0]}x{hw[1]} images but the crop is {pp.crop_hw}; set crop="
+                f"{hw[0]}" + ("" if hw[0] == hw[1] else f"x{hw[1]}")
+            )
+    return pp
+
+
+def from_images(folder: str | os.PathLike, pp: ImagePreprocess = IMAGENET, *, input_name: str | None = None):
+    """Calibration data from every image under ``folder`` (one feed per image)."""
+    from onnxq.data import CalibrationData
+
+    files = image_files(folder)
+
+    def pick(specs):
+        if input_name is not None:
+            found = [s for s in specs if s.name == input_name]
+            if not found:
+                raise CalibrationDataError(f"the model has no input {input_name!r}")
+            if len(specs) > 1:
+                raise CalibrationDataError("--calib-images feeds single-input models only")
+            return found[0]
+        if len(specs) != 1:
+            raise CalibrationDataError(
+                "--calib-images feeds single-input models only; this one has " + ", ".join(s.name for s in specs)
+            )
+        return specs[0]
+
+    def precheck(specs) -> None:
+        _fit_to_input(pp, pick(specs))
+
+    def factory(specs) -> Iterator[tuple[str, dict]]:
+        spec = pick(specs)
+        for p in files:
+            yield str(p), {spec.name: load_image(p, pp)}
+
+    return CalibrationData(factory, description=f"images in {folder}", length=len(files), precheck=precheck)

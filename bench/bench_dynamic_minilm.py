@@ -67,7 +67,16 @@ def main() -> None:
     cols = list(rows[0])
     print(f"all-MiniLM-L6-v2, {len(sentences)} sentences of bible_web_dev.txt")
     print(markdown_table(rows, cols))
-    write_results("dynamic_minilm", {"sentences": len(sentences), "rows": rows})
+    write_results(
+        "dynamic_minilm",
+        {
+            "title": f"all-MiniLM-L6-v2 int8-dynamic, {len(sentences)} sentences of bible_web_dev.txt (1 thread)",
+            "command": f"python -m bench.bench_dynamic_minilm --sentences {args.sentences}",
+            "columns": cols,
+            "rows": rows,
+            "sentences": len(sentences),
+        },
+    )
 
 
 if __name__ == "__main__":

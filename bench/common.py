@@ -41,11 +41,38 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], repeats: int = 2
 
 
 def write_results(name: str, payload: dict) -> Path:
+    """bench/results/<name>.json. For the suite summary give ``title``, ``command``,
+    ``columns`` and ``rows`` (a list of dicts), optionally ``notes``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(), **payload}
+    payload = {"machine": _cpu_name(), "python": platform.python_version(), **payload}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=float))
     return path
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def peak_rss_of(cmd: list[str], cwd: Path = REPO) -> tuple[int, float, str]:
+    """Run ``cmd`` in a fresh process; (return code, its peak RSS in GiB, its stdout)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    return proc.returncode, usage.ru_maxrss / 2**20, text  # ru_maxrss is KiB on Linux
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -13,10 +13,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxq import modelio
+from onnxq import irutil, modelio
 from onnxq.errors import NothingToQuantizeError, OnnxqError
 from onnxq.inspect import quantized_nodes
-from onnxq.recipes import DynamicInt8, Recipe
+from onnxq.recipes import DynamicInt8, Recipe, StaticInt8, WeightOnlyInt4
 from onnxq.selection import Decision
 
 __all__ = ["QuantizeReport", "prepare", "quantize", "quantize_with_report", "save"]
@@ -103,8 +103,34 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
     notes = []
     if data is not None:
         notes.append("int8-dynamic needs no calibration data; the data given was not used")
+    if "Conv" not in recipe.op_types:
+        convs = sum(
+            1 for n in model.graph.all_nodes()
+            if n.op_type == "Conv" and n.domain == "" and len(n.inputs) > 1 and irutil.is_constant(n.inputs[1])
+        )
+        if convs:
+            notes.append(
+                f"{convs} Conv node(s) left in float: dynamic Conv (ConvInteger) runs several times slower "
+                "than float Conv in ONNX Runtime CPU. Use --recipe int8-static for convolutions, or "
+                "--op-types MatMul,Gemm,Gather,Conv to force dynamic Conv"
+            )
     DynamicQuantizePass(recipe)(model)
     return QuantizeReport(recipe, decisions, tuple(notes))
+
+
+@_run.register
+def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeReport:
+    from onnxq.calib.static import quantize_static
+
+    result = quantize_static(model, recipe, data)
+    return QuantizeReport(recipe, result.decisions, result.notes)
+
+
+@_run.register
+def _run_int4(recipe: WeightOnlyInt4, model: ir.Model, data: Any) -> QuantizeReport:
+    from onnxq.int4.driver import run_weight_only_int4
+
+    return run_weight_only_int4(recipe, model, data)
 
 
 def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...]) -> str:

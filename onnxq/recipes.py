@@ -95,7 +95,8 @@ class DynamicInt8(Recipe):
     CPUs whose u8s8 dot product saturates (no VNNI)."""
 
     name: ClassVar[str] = "int8-dynamic"
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Conv", "Gather")
+    # Conv is opt-in: ORT CPU runs ConvInteger several times slower than a float Conv
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
     per_channel: bool = True
     reduce_range: bool = False
     fused: bool = False
@@ -129,9 +130,18 @@ class StaticInt8(Recipe):
     symmetric_activations: bool = False
     max_samples: int = 0  # 0: all
     batch_size: int = 1
+    # per tensor name: activation_type, symmetric, calibration, percentile, range = [lo, hi]
     tensor_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # shift Conv/Gemm biases by the mean error that weight rounding causes (needs the
+    # per-channel input means, gathered during calibration at almost no cost)
+    bias_correction: bool = True
 
     _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")
+    _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")
+    _OP_TYPES: ClassVar[frozenset[str]] = frozenset(
+        {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "AveragePool",
+         "GlobalAveragePool", "Resize"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,25 +157,76 @@ class StaticInt8(Recipe):
             raise RecipeError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.batch_size < 1 or self.max_samples < 0:
             raise RecipeError("batch_size must be >= 1 and max_samples >= 0")
-        object.__setattr__(self, "tensor_overrides", dict(self.tensor_overrides))
+        unsupported = set(self.op_types) - self._OP_TYPES
+        if unsupported:
+            raise RecipeError(
+                f"int8-static cannot quantize {sorted(unsupported)}; choose from {', '.join(sorted(self._OP_TYPES))}"
+            )
+        overrides = {}
+        for tensor, entry in dict(self.tensor_overrides).items():
+            if not isinstance(entry, Mapping):
+                raise RecipeError(f"tensor_overrides[{tensor!r}] must be a table of settings")
+            unknown = sorted(set(entry) - set(self._OVERRIDE_KEYS))
+            if unknown:
+                raise RecipeError(
+                    f"tensor_overrides[{tensor!r}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(self._OVERRIDE_KEYS)}"
+                )
+            entry = dict(entry)
+            if "activation_type" in entry and entry["activation_type"] not in ("uint8", "int8", "uint16", "int16"):
+                raise RecipeError(f"tensor_overrides[{tensor!r}]: bad activation_type {entry['activation_type']!r}")
+            if "calibration" in entry and entry["calibration"] not in self._CALIBRATIONS:
+                raise RecipeError(f"tensor_overrides[{tensor!r}]: bad calibration {entry['calibration']!r}")
+            if "percentile" in entry and not 0 < float(entry["percentile"]) <= 100:
+                raise RecipeError(f"tensor_overrides[{tensor!r}]: percentile must be in (0, 100]")
+            if "range" in entry:
+                r = entry["range"]
+                if isinstance(r, str) or len(r) != 2 or not float(r[0]) <= float(r[1]):
+                    raise RecipeError(f"tensor_overrides[{tensor!r}]: range must be [lo, hi] with lo <= hi")
+                entry["range"] = (float(r[0]), float(r[1]))
+            overrides[tensor] = entry
+        object.__setattr__(self, "tensor_overrides", overrides)
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightOnlyInt4(Recipe):
-    """Block-int4 weight-only quantization of MatMul weights."""
+    """Block-int4 weight-only quantization of MatMul weights.
+
+    ``algorithm``: ``rtn`` (min/max round to nearest), ``hqq`` (half-quadratic scale/zero
+    optimisation, no data), ``gptq`` (Hessian-guided rounding, needs calibration data),
+    ``awq`` (activation-aware channel scaling + activation-weighted clip search, needs data),
+    or ``awq+gptq`` / ``awq+hqq`` (AWQ scaling, then that algorithm). ``scale_search``: pick
+    each block's scale by a clip search (rtn/gptq). ``keep_8bit``/``keep_float``: node-name
+    patterns (e.g. ``/lm_head/MatMul``) kept in int8 (per-channel DequantizeLinear) or float.
+    ``calib_samples`` windows of ``calib_seq_len`` tokens feed GPTQ/AWQ from calibration text.
+    ``accuracy_tolerance``: largest relative output error vs the reference that MatMulNBits
+    ``accuracy_level`` 4 (int8 activations) may add on a layer before level 1 (fp32) is used.
+    """
 
     name: ClassVar[str] = "int4-weight-only"
     op_types: tuple[str, ...] = ("MatMul", "Gemm")
     block_size: int = 128
     symmetric: bool = True
-    algorithm: str = "rtn"  # rtn | hqq | gptq | awq
+    algorithm: str = "rtn"  # rtn | hqq | gptq | awq | awq+gptq | awq+hqq
     format: str = "qdq"  # qdq | matmulnbits | onnxq
     accuracy_level: int | None = None  # MatMulNBits only; None: chosen by measured parity
     keep_8bit: tuple[str, ...] = ()  # node-name patterns quantized to int8 instead
     keep_float: tuple[str, ...] = ()  # node-name patterns left in float
+    scale_search: bool = False
+    act_order: bool = False
+    percdamp: float = 0.01
+    hqq_iters: int = 20
+    awq_grid: int = 20
+    awq_activation_mul: bool = True
+    calib_samples: int = 16
+    calib_seq_len: int = 512
+    accuracy_tolerance: float = 0.01
 
-    _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq")
+    _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq")
     _FORMATS: ClassVar[tuple[str, ...]] = ("qdq", "matmulnbits", "onnxq")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return "gptq" in self.algorithm or "awq" in self.algorithm
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -180,6 +241,14 @@ class WeightOnlyInt4(Recipe):
             raise RecipeError(f"unknown format {self.format!r}; choose one of {', '.join(self._FORMATS)}")
         if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
             raise RecipeError("accuracy_level must be 0..4")
+        if not 0 <= self.percdamp < 1:
+            raise RecipeError(f"percdamp must be in [0, 1), got {self.percdamp}")
+        if self.hqq_iters < 0 or self.awq_grid < 1:
+            raise RecipeError("hqq_iters must be >= 0 and awq_grid >= 1")
+        if self.calib_samples < 1 or self.calib_seq_len < 2:
+            raise RecipeError("calib_samples must be >= 1 and calib_seq_len >= 2")
+        if not self.accuracy_tolerance > 0:
+            raise RecipeError("accuracy_tolerance must be > 0")
 
 
 _RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (DynamicInt8, StaticInt8, WeightOnlyInt4)}

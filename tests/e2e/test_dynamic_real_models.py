@@ -11,7 +11,9 @@ from onnxq.cli import main
 
 def test_mobilenet_int8_dynamic_cli(mobilenet_path, tmp_path):
     out = tmp_path / "m.onnx"
-    r = CliRunner().invoke(main, ["quantize", str(mobilenet_path), "-o", str(out), "--recipe", "int8-dynamic"])
+    r = CliRunner().invoke(
+        main, ["quantize", str(mobilenet_path), "-o", str(out), "--recipe", "int8-dynamic", "--op-types", "MatMul,Gemm,Conv"]
+    )
     assert r.exit_code == 0, r.output
     onnx.checker.check_model(str(out), full_check=True)
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
@@ -43,3 +45,12 @@ def test_minilm_int8_dynamic_embeddings_match(corpus, tmp_path):
     cos = (ref * got).sum(axis=1)
     assert cos.mean() >= 0.99, cos.mean()
     assert out.stat().st_size < 0.3 * fp32.stat().st_size
+
+
+def test_mobilenet_int8_dynamic_default_says_conv_stays_float(mobilenet_path, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(mobilenet_path), "-o", str(out), "--recipe", "int8-dynamic"])
+    assert r.exit_code == 0, r.output
+    assert "52 Conv node(s) left in float" in " ".join(r.output.split())
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("MatMulInteger") == 1 and ops.count("Conv") == 52

@@ -93,7 +93,8 @@ def test_conv_per_channel_scales_and_bias():
     )
     x = RNG.standard_normal((1, 8, 10, 10)).astype(np.float32)
     (expected,) = run_ort(model, {"x": x})
-    out = assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=0)), model)
+    recipe = DynamicInt8(min_weight_elements=0, op_types=("Conv",))
+    out = assert_pass_idempotent(lambda: DynamicQuantizePass(recipe), model)
     check_full(out)
     assert [n.op_type for n in out.graph].count("ConvInteger") == 2
     (got,) = run_ort(out, {"x": x})

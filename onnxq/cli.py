@@ -64,7 +64,14 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--op-types", multiple=True, help="Op types to quantize, e.g. MatMul,Gemm.")
 @click.option("--fused", is_flag=True, default=None, help="int8-dynamic: emit ORT's fused com.microsoft op.")
 @click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
-def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify):
+@click.option("--calib-data", type=click.Path(path_type=str), help="int8-static: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
+@click.option("--calib-images", type=click.Path(path_type=str), help="int8-static: a folder of images (searched recursively) for an image model.")
+@click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR.")
+@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
+@click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
+@click.option("--target", default=None, help="Runtime to quantize for: ort-cpu (default), ort-mobile, openvino, tensorrt, qnn (README: Targets).")
+def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,
+             calib_data, calib_images, preprocess, calibration, max_samples, target=None):
     """Quantize MODEL and write the result to OUTPUT."""
     import dataclasses
     import os
@@ -79,7 +86,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if recipe_name and recipe.name != recipe_name:
             raise RecipeError(f"--recipe {recipe_name} disagrees with {config_path}, which is a {recipe.name} recipe")
     else:
-        recipe = recipes.recipe_class(recipe_name or "int8-dynamic")()
+        default = "int8-static" if (calib_data or calib_images) else "int8-dynamic"
+        recipe = recipes.recipe_class(recipe_name or default)()
     overrides: dict = {}
     if exclude:
         overrides["exclude"] = tuple(recipe.exclude) + _split_csv(exclude)
@@ -91,21 +99,77 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if not isinstance(recipe, recipes.DynamicInt8):
             raise RecipeError("--fused applies to the int8-dynamic recipe only")
         overrides["fused"] = fused
+    static_options = {"calibration": calibration, "max_samples": max_samples}
+    for key, value in static_options.items():
+        if value is not None:
+            if not isinstance(recipe, recipes.StaticInt8):
+                raise RecipeError(f"--{key.replace('_', '-')} applies to the int8-static recipe only")
+            overrides[key] = value
+    data = None
+    if calib_data or calib_images or preprocess:
+        if not isinstance(recipe, recipes.StaticInt8):
+            raise RecipeError("--calib-data/--calib-images/--preprocess apply to the int8-static recipe only")
+        from onnxq.data import open_calibration_source
+
+        data = open_calibration_source(calib_data, calib_images, preprocess)
     if overrides:
         try:
             recipe = dataclasses.replace(recipe, **overrides)
         except TypeError as e:
             raise RecipeError(str(e)) from None
 
+    target_notes: tuple[str, ...] = ()
+    if target is not None:
+        from onnxq.targets import apply_target
+
+        recipe, target_notes = apply_target(recipe, target)
     in_bytes = os.path.getsize(model) if os.path.isfile(model) else None
     modelio.check_output_path(output, protect=(model,))
     t0 = time.perf_counter()
-    qmodel, report = api.quantize_with_report(model, recipe)
+    with _calibration_progress(data) as data:
+        qmodel, report = api.quantize_with_report(model, recipe, data)
     elapsed = time.perf_counter() - t0
+    if target is not None:
+        from onnxq.targets import finalize_for_target
+
+        target_notes += finalize_for_target(qmodel, target)
+        report = dataclasses.replace(report, notes=tuple(report.notes) + tuple(target_notes))
     modelio.save(qmodel, output, protect=(model,))
     if not no_verify:
         check_model_file(output)
+    if target is not None:
+        from onnxq.targets import export_for_target
+
+        report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
     _print_summary(report, model, output, in_bytes, elapsed)
+
+
+class _calibration_progress:
+    """A rich progress bar fed by the calibration data's per-sample callback."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.progress = None
+
+    def __enter__(self):
+        if self.data is None:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        )
+        task = self.progress.add_task("calibrating", total=self.data.length)
+        self.progress.start()
+
+        def advance(done: int, total: int | None) -> None:
+            self.progress.update(task, completed=done, total=total)
+
+        return self.data.with_progress(advance)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def _print_summary(report, model: str, output: str, in_bytes: int | None, elapsed: float) -> None:
@@ -239,6 +303,84 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
             console.print(f"  {t.sqnr_db:6.1f} dB  node {t.node or '?'} ({t.op_type}) → {t.name}")
     if html_path:
         console.print(f"report written to {html_path}")
+
+
+@main.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--target", default="ort-cpu", show_default=True, help="ort-cpu, ort-mobile, openvino (run here); tensorrt, qnn (rule checks).")
+@click.option("--data", "data_path", type=click.Path(path_type=str), help="Inputs: an .npz, a folder of .npy/.npz, or a folder of images (random inputs when absent).")
+@click.option("--float", "float_model", type=click.Path(dir_okay=False, path_type=str), help="The float model: output error and speed against it.")
+@click.option("--preprocess", default=None, help='With an image folder: "imagenet" (default) or "resize=256 crop=224 layout=NHWC ...".')
+@click.option("--max-samples", type=int, default=16, show_default=True, help="Run at most this many samples.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Inference threads (both models).")
+@click.option("--no-latency", is_flag=True, help="Skip the timing runs.")
+@click.option("--keep", "keep_dir", type=click.Path(file_okay=False, path_type=str), help="ort-mobile: keep the .ort file and its reduced-ops config in this folder.")
+@click.option("--strict", is_flag=True, help="Exit non-zero when nodes fall back to float, too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify_cmd(model, target, data_path, float_model, preprocess, max_samples, threads, no_latency, keep_dir, strict, as_json):
+    """Check MODEL in the TARGET runtime (or against its QDQ rules): does it load, which
+    nodes fall back to float or are unsupported, the error against --float."""
+    import json
+    import os
+
+    from onnxq.deploy import verify
+    from onnxq.errors import OnnxqError
+
+    if max_samples < 1 or threads < 1:
+        raise OnnxqError("--max-samples and --threads must be >= 1")
+    if keep_dir is not None:
+        os.makedirs(keep_dir, exist_ok=True)
+    report = verify(
+        model, target, data=data_path, float_model=float_model, max_samples=max_samples, threads=threads,
+        latency=not no_latency, preprocess=preprocess, workdir=keep_dir,
+    )
+    failed = not report.ok or (strict and report.fallbacks)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        _print_verify(report)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _print_verify(report) -> None:
+    import collections
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"[bold]{report.model}[/bold] on {report.runtime}: {status} "
+                  f"(loaded: {'yes' if report.loaded else 'no'}, {len(report.errors)} errors, "
+                  f"{len(report.fallbacks)} float fallbacks)")
+    if report.findings:
+        table = Table(title="findings")
+        for col in ("rule", "severity", "count", "nodes", "what"):
+            table.add_column(col)
+        groups: dict = collections.defaultdict(list)
+        for f in report.findings:
+            groups[(f.rule, f.severity, f.message)].append(f.node)
+        for (rule, sev, msg), nodes in sorted(groups.items()):
+            shown = ", ".join(n for n in nodes[:3] if n) + (f", ... (+{len(nodes) - 3})" if len(nodes) > 3 else "")
+            table.add_row(rule, sev, str(len(nodes)), shown, msg)
+        console.print(table)
+    m = report.metrics
+    for name, e in (m.get("error_vs_float") or {}).items():
+        top1 = "" if e.get("top1_agreement") is None else f", top-1 agreement {e['top1_agreement']:.1%}"
+        sqnr = "inf" if e.get("sqnr_db") is None else f"{e['sqnr_db']:.1f}"
+        console.print(f"vs float, output {name}: cosine {e['cosine']:.5f}, SQNR {sqnr} dB, max abs error {e['max_abs_error']:.4g}{top1}")
+    for name, e in (m.get("ort_vs_onnx") or {}).items():
+        console.print(f".ort vs .onnx, output {name}: cosine {e['cosine']:.6f}, max abs error {e['max_abs_error']:.3g}")
+    for key in ("int8_compute_layers", "compute_layers", "ort_file", "reduced_ops_config"):
+        if key in m:
+            console.print(f"{key.replace('_', ' ')}: {m[key]}")
+    if "latency_ms" in m:
+        lat = ", ".join(f"{k} {v:.2f} ms" for k, v in m["latency_ms"].items())
+        ratio = f" (speed-up vs float x{m['speedup_vs_float']:.2f})" if "speedup_vs_float" in m else ""
+        console.print(f"latency, median, same process: {lat}{ratio}")
+    for note in report.notes:
+        console.print(f"note: {note}")
 
 
 if __name__ == "__main__":  # pragma: no cover

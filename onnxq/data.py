@@ -442,3 +442,20 @@ def _concat(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def take(it: Iterable, n: int) -> list:
     return list(itertools.islice(it, n))
+
+
+def open_calibration_source(
+    calib_data: str | None, calib_images: str | None, preprocess: Sequence[str] = ()
+) -> CalibrationData:
+    """The command line's ``--calib-data`` / ``--calib-images`` + ``--preprocess``."""
+    if calib_data and calib_images:
+        raise CalibrationDataError("give either --calib-data or --calib-images, not both")
+    if preprocess and not calib_images:
+        raise CalibrationDataError("--preprocess applies to --calib-images")
+    if calib_images:
+        from onnxq.preprocess import from_images, parse_preprocess
+
+        return from_images(calib_images, parse_preprocess(list(preprocess) or None))
+    if calib_data:
+        return as_calibration_data(calib_data)
+    raise CalibrationDataError("int8-static needs --calib-data or --calib-images")

@@ -135,6 +135,10 @@ class StaticInt8(Recipe):
     # shift Conv/Gemm biases by the mean error that weight rounding causes (needs the
     # per-channel input means, gathered during calibration at almost no cost)
     bias_correction: bool = True
+    # scale the channels of a Relu/Clip output that feeds depthwise convolutions so that
+    # every channel uses the whole uint8 range (the factor moves, exactly, into the
+    # per-channel weight scales on both sides)
+    channel_equalization: bool = True
 
     _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")
     _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")

@@ -1,0 +1,179 @@
+"""int8-static on MobileNetV2: accuracy, agreement, speed and size, next to ORT's quantizer.
+
+Calibrates on every photo under ../shared/corpus/images (sub-folders included), evaluates on
+../shared/corpus/imagenet_dev (labels.json): top-1 agreement with fp32 and top-1 accuracy.
+Speed: ORT CPU, 1 thread, fp32 and int8 timed in one process, interleaved (rounds of each),
+median per-image latency. Also counts, in ORT's optimized graph, how many Conv stay float.
+
+    .venv/bin/python bench/bench_static_mobilenet.py [--methods minmax,percentile] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "corpus"
+MODEL = CORPUS / "models" / "mobilenet_v2_tv_imagenet.onnx"
+
+
+def _session(path, threads=1, optimized_path=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def optimized_op_counts(path) -> collections.Counter:
+    """Op histogram of the graph ORT actually runs (after its QDQ fusions)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "opt.onnx"
+        _session(path, optimized_path=out)
+        m = onnx.load(str(out))
+    return collections.Counter((f"{n.domain}." if n.domain else "") + n.op_type for n in m.graph.node)
+
+
+def evaluate(paths: dict[str, Path], eval_dir: Path) -> dict[str, dict]:
+    from onnxq.preprocess import load_image
+
+    labels = json.loads((eval_dir / "labels.json").read_text())
+    sessions = {k: _session(p, threads=2) for k, p in paths.items()}
+    preds = {k: [] for k in paths}
+    truth = []
+    for e in labels:
+        x = load_image(eval_dir / e["file"])
+        truth.append(e["imagenet_idx"])
+        for k, s in sessions.items():
+            preds[k].append(int(s.run(None, {"input": x})[0][0].argmax()))
+    truth = np.array(truth)
+    ref = np.array(preds["fp32"])
+    out = {}
+    for k, p in preds.items():
+        p = np.array(p)
+        out[k] = {"top1": float((p == truth).mean()), "agreement": float((p == ref).mean()), "n": len(truth)}
+    return out
+
+
+def latency(paths: dict[str, Path], rounds: int = 7, per_round: int = 10) -> dict[str, float]:
+    """Median per-image latency (s), 1 thread, models interleaved round by round."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    sessions = {k: _session(p, threads=1) for k, p in paths.items()}
+    times = {k: [] for k in paths}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, {"input": x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            for _ in range(per_round):
+                s.run(None, {"input": x})
+            times[k].append((time.perf_counter() - t) / per_round)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def ort_quantize(out: Path, calib_dir: Path) -> float:
+    """ORT's quantize_static on the same photos: MinMax, per-channel, QDQ, u8 activations."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from onnxq.preprocess import image_files, load_image
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(image_files(calib_dir))
+
+        def get_next(self):
+            p = next(self.it, None)
+            return None if p is None else {"input": load_image(p)}
+
+    t = time.perf_counter()
+    quantize_static(
+        str(MODEL), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+    )
+    return time.perf_counter() - t
+
+
+def onnxq_quantize(out: Path, calib_dir: Path, **recipe_kw) -> float:
+    import onnxq
+    from onnxq.preprocess import from_images
+
+    t = time.perf_counter()
+    model = onnxq.quantize(str(MODEL), onnxq.StaticInt8(**recipe_kw), data=from_images(calib_dir))
+    onnxq.save(model, out)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    ap.add_argument("--activations", default="uint8", help="comma list: uint8,int8")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if not MODEL.exists():
+        print(f"{MODEL} not found; skipping", file=sys.stderr)
+        return 0
+    calib_dir, eval_dir = CORPUS / "images", CORPUS / "imagenet_dev"
+    from onnxq.preprocess import image_files
+
+    n_calib = len(image_files(calib_dir))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_mnv2_"))
+    paths = {"fp32": MODEL}
+    quant_seconds = {}
+    for act in args.activations.split(","):
+        for method in args.methods.split(","):
+            key = f"onnxq-{method}" + ("" if act == "uint8" else f"-{act}")
+            paths[key] = tmp / f"{key}.onnx"
+            quant_seconds[key] = onnxq_quantize(paths[key], calib_dir, calibration=method, activation_type=act)
+    paths["ort-minmax"] = tmp / "ort.onnx"
+    quant_seconds["ort-minmax"] = ort_quantize(paths["ort-minmax"], calib_dir)
+
+    acc = evaluate(paths, eval_dir)
+    lat = latency(paths)
+    fp32_bytes = MODEL.stat().st_size
+    rows = []
+    for k, p in paths.items():
+        ops = optimized_op_counts(p)
+        rows.append(
+            {
+                "model": k,
+                "top1": acc[k]["top1"],
+                "agreement": acc[k]["agreement"],
+                "latency_ms": lat[k] * 1e3,
+                "speedup_vs_fp32": lat["fp32"] / lat[k],
+                "size_ratio": p.stat().st_size / fp32_bytes,
+                "float_conv_in_ort": sum(n for op, n in ops.items() if op.endswith("Conv") and "QLinear" not in op),
+                "qlinear_conv_in_ort": ops.get("com.microsoft.QLinearConv", 0),
+                "quantize_s": quant_seconds.get(k, 0.0),
+            }
+        )
+    print(f"MobileNetV2: calibration {n_calib} photos ({calib_dir}), evaluation {acc['fp32']['n']} labelled photos")
+    print(f"{'model':<22}{'top-1':>7}{'agree':>8}{'ms/img':>8}{'speedup':>9}{'size':>7}{'float Conv':>11}{'QLinearConv':>12}{'quant s':>9}")
+    for r in rows:
+        print(
+            f"{r['model']:<22}{r['top1']:>7.1%}{r['agreement']:>8.1%}{r['latency_ms']:>8.2f}{r['speedup_vs_fp32']:>8.2f}x"
+            f"{r['size_ratio']:>7.1%}{r['float_conv_in_ort']:>11}{r['qlinear_conv_in_ort']:>12}{r['quantize_s']:>9.1f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"calibration_photos": n_calib, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The probe model: a copy of the model whose outputs are the statistics observers need.
+
+For every watched tensor the copy computes, inside the graph, ``ReduceMin`` and
+``ReduceMax`` (two scalars: for min/max calibration nothing else leaves ORT) and, for
+histogram observers, a strided sample of at most ``sample_size`` values. Only these small
+tensors become outputs, so memory and copying stay small whatever the activation sizes.
+
+Tensors inside ``If`` branches and ``Loop`` bodies are lifted out level by level: a Loop
+gets new scan outputs (one row per iteration), an If gets new outputs in both branches (the
+branch that does not hold the tensor yields neutral placeholders: +inf, -inf and NaNs, which
+the observers skip). Other subgraph holders (Scan, custom ops) are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import irutil
+from onnxq.errors import OnnxqError
+
+__all__ = ["Probe", "MeanProbe", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners"]
+
+DEFAULT_SAMPLE_SIZE = 4096
+
+_FLOAT = ir.DataType.FLOAT
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Names of the probe model outputs that carry one tensor's statistics."""
+
+    tensor: str
+    min_output: str
+    max_output: str
+    sample_output: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanProbe:
+    """The probe output holding the per-channel mean of a tensor (channel ``axis``)."""
+
+    tensor: str
+    axis: int
+    output: str
+
+
+def subgraph_owners(model: ir.Model) -> dict[int, ir.Node]:
+    """id(subgraph) -> the node whose attribute holds it."""
+    owners: dict[int, ir.Node] = {}
+    for node in irutil.iter_nodes(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                owners[id(attr.value)] = node
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for g in attr.value:
+                    owners[id(g)] = node
+    return owners
+
+
+def _value_map(model: ir.Model) -> dict[str, ir.Value]:
+    out: dict[str, ir.Value] = {}
+    for g in irutil.iter_graphs(model.graph):
+        for v in g.inputs:
+            out.setdefault(v.name, v)
+        for node in g:
+            for v in node.outputs:
+                if v.name:
+                    out.setdefault(v.name, v)
+    return out
+
+
+def _static_size(v: ir.Value) -> int | None:
+    if v.shape is None:
+        return None
+    n = 1
+    for d in v.shape:
+        if not isinstance(d, int):
+            return None
+        n *= d
+    return n
+
+
+def _thinned_size(n: int, h: int, w: int, step: int) -> int:
+    """Elements left after a stride-``step`` 1x1 MaxPool over an [N, C, h, w] tensor."""
+    return (n // (h * w)) * len(range(0, h, step)) * len(range(0, w, step))
+
+
+class _Builder:
+    """Adds probe nodes right after the observed tensor's producer: executed early, the
+    big activation is released early (appended at the end of the graph, every observed
+    activation would stay alive to the end of the run)."""
+
+    def __init__(self, names: irutil.FreshNames, sample_size: int) -> None:
+        self.names = names
+        self.sample_size = sample_size
+        self.anchor: ir.Node | None = None
+
+    def place_after(self, v: ir.Value | None) -> None:
+        self.anchor = v.producer() if v is not None else None
+
+    def node(self, graph: ir.Graph, op: str, inputs, attrs=None, *, dtype=_FLOAT, shape=None, base="probe") -> ir.Value:
+        out = ir.Value(name=self.names(f"{base}/{op}"), type=ir.TensorType(dtype), shape=ir.Shape(shape) if shape is not None else None)
+        node = ir.node(op, inputs, attrs or {}, outputs=[out], name=self.names(f"{base}/{op}_node"))
+        if self.anchor is not None and self.anchor.graph is graph:
+            graph.insert_after(self.anchor, node)
+        elif len(graph) > 0 and self.anchor is None:
+            graph.insert_before(next(iter(graph)), node)
+        else:
+            graph.append(node)
+        self.anchor = node
+        return out
+
+    def const(self, graph: ir.Graph, array: np.ndarray, base: str) -> ir.Value:
+        array = np.asarray(array)
+        t = ir.tensor(array, name=self.names(f"{base}/const"))
+        return self.node(graph, "Constant", [], {"value": t}, dtype=t.dtype, shape=list(array.shape), base=base)
+
+    def stats(self, graph: ir.Graph, v: ir.Value, want_sample: bool, nonnegative: bool = False) -> tuple[list[ir.Value], int | None]:
+        """[min, max(, sample)] values computed in ``graph``; and the sample length."""
+        base = f"{v.name}/probe"
+        self.place_after(v)
+        rank = len(v.shape) if v.shape is not None else None
+        if rank is not None and rank >= 3:
+            # GlobalMaxPool runs on ORT's blocked (NCHWc) layout: no reorder of the big
+            # tensor; the per-channel result is then tiny
+            top = self.node(graph, "GlobalMaxPool", [v], base=base)
+            top = self.node(graph, "ReduceMax", [top], {"keepdims": 0}, shape=[], base=base)
+        else:
+            top = self.node(graph, "ReduceMax", [v], {"keepdims": 0}, shape=[], base=base)
+        if nonnegative:  # a Relu/Clip(0, .) output: its minimum only matters through 0
+            bottom = self.const(graph, np.array(0.0, np.float32), base)
+        elif rank is not None and rank >= 3:
+            neg = self.node(graph, "Neg", [v], base=base)
+            bottom = self.node(graph, "GlobalMaxPool", [neg], base=base)
+            bottom = self.node(graph, "ReduceMax", [bottom], {"keepdims": 0}, shape=[], base=base)
+            bottom = self.node(graph, "Neg", [bottom], shape=[], base=base)
+        else:
+            bottom = self.node(graph, "ReduceMin", [v], {"keepdims": 0}, shape=[], base=base)
+        outs = [bottom, top]
+        if not want_sample:
+            return outs, None
+        k = self.sample_size
+        n = _static_size(v)
+        if n is not None and n > k and rank == 4:
+            # thin out the spatial grid first with a 1x1 MaxPool of stride s: it runs on
+            # ORT's blocked layout, so only the thinned tensor is reordered and copied
+            h, w = v.shape[2], v.shape[3]
+            step = min(int(math.sqrt(n / k)), h, w)
+            if step >= 2:
+                v = self.node(graph, "MaxPool", [v], {"kernel_shape": [1, 1], "strides": [step, step]}, base=base)
+                n = _thinned_size(n, h, w, step)
+        flat = self.node(graph, "Reshape", [v, self.const(graph, np.array([-1], np.int64), base)], base=base)
+        if n is not None:
+            if n <= k:
+                flat.shape = ir.Shape([n])
+                outs.append(flat)
+                return outs, n
+            stride = math.ceil(n / k)
+            stride += 1 - stride % 2  # odd strides alias less with power-of-two dimensions
+            length = len(range(0, n, stride))
+            sample = self.node(
+                graph,
+                "Slice",
+                [
+                    flat,
+                    self.const(graph, np.array([0], np.int64), base),
+                    self.const(graph, np.array([n], np.int64), base),
+                    self.const(graph, np.array([0], np.int64), base),
+                    self.const(graph, np.array([stride], np.int64), base),
+                ],
+                shape=[length],
+                base=base,
+            )
+            outs.append(sample)
+            return outs, length
+        # dynamic size: k evenly spaced indices (mod n when the tensor is smaller than k)
+        size = self.node(graph, "Size", [v], dtype=ir.DataType.INT64, shape=[], base=base)
+        stride = self.node(graph, "Div", [size, self.const(graph, np.array(k, np.int64), base)], dtype=ir.DataType.INT64, shape=[], base=base)
+        stride = self.node(graph, "Max", [stride, self.const(graph, np.array(1, np.int64), base)], dtype=ir.DataType.INT64, shape=[], base=base)
+        idx = self.node(graph, "Mul", [self.const(graph, np.arange(k, dtype=np.int64), base), stride], dtype=ir.DataType.INT64, shape=[k], base=base)
+        idx = self.node(graph, "Mod", [idx, size], dtype=ir.DataType.INT64, shape=[k], base=base)
+        outs.append(self.node(graph, "Gather", [flat, idx], {"axis": 0}, shape=[k], base=base))
+        return outs, k
+
+    def channel_reduce(self, graph: ir.Graph, v: ir.Value, op: str, axis: int, rank: int, opset: int) -> ir.Value:
+        axes = [a for a in range(rank) if a != axis % rank]
+        base = f"{v.name}/probe"
+        self.place_after(v)
+        if opset >= 18:
+            return self.node(graph, op, [v, self.const(graph, np.array(axes, np.int64), base)], {"keepdims": 0}, base=base)
+        return self.node(graph, op, [v], {"axes": axes, "keepdims": 0}, base=base)
+
+    def placeholders(self, graph: ir.Graph, sample_length: int | None, base: str) -> list[ir.Value]:
+        self.anchor = None
+        outs = [
+            self.const(graph, np.array(np.inf, np.float32), base),
+            self.const(graph, np.array(-np.inf, np.float32), base),
+        ]
+        if sample_length is not None:
+            outs.append(self.const(graph, np.full(sample_length, np.nan, np.float32), base))
+        return outs
+
+
+def build_probe_model(
+    model: ir.Model,
+    tensors: Mapping[str, bool],
+    *,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    channel_stats: Mapping[tuple[str, str], tuple[int, int, int]] | None = None,
+    nonnegative: frozenset[str] = frozenset(),
+) -> tuple[ir.Model, dict[str, Probe], dict[tuple[str, str], MeanProbe]]:
+    """A copy of ``model`` (weights shared, not copied) whose outputs are the statistics of
+    ``tensors`` (name -> whether a value sample is needed) and per-channel statistics
+    ``channel_stats`` ((name, "mean" | "max") -> (channel axis, rank, channels)). For
+    tensors in ``nonnegative`` (Relu/Clip outputs) the minimum is reported as 0 without
+    reading the tensor. Raises OnnxqError for a tensor that
+    does not exist or sits in a subgraph other than If/Loop."""
+    probe = model.clone()
+    values = _value_map(probe)
+    owners = subgraph_owners(probe)
+    names = irutil.FreshNames(probe.graph)
+    b = _Builder(names, sample_size)
+    root = probe.graph
+    opset = probe.opset_imports.get("", 1)
+
+    def lift(name: str, graph: ir.Graph, outs: list[ir.Value], placeholders) -> list[ir.Value]:
+        while graph is not root:
+            owner = owners.get(id(graph))
+            if owner is None or owner.op_type not in ("If", "Loop") or owner.domain not in ("", "ai.onnx"):
+                kind = owner.op_type if owner is not None else "unknown"
+                raise OnnxqError(f"calibration: tensor {name!r} is inside a {kind} subgraph, which onnxq cannot observe")
+            parent = owner.graph
+            first_new = len(owner.outputs)
+            graph.outputs.extend(outs)
+            if owner.op_type == "If":
+                then_g = owner.attributes["then_branch"].value
+                else_g = owner.attributes["else_branch"].value
+                other = else_g if graph is then_g else then_g
+                other.outputs.extend(placeholders(other))
+            owner.resize_outputs(first_new + len(outs))
+            lifted = []
+            for i, inner in enumerate(outs):
+                out = owner.outputs[first_new + i]
+                out.name = names(f"{inner.name}/lifted")
+                out.type = ir.TensorType(_FLOAT)
+                lifted.append(out)
+            outs, graph = lifted, parent
+        root.outputs.extend(outs)
+        return outs
+
+    def find(name: str) -> ir.Value:
+        v = values.get(name)
+        if v is None or v.graph is None:
+            raise OnnxqError(f"calibration: the model has no tensor named {name!r}")
+        return v
+
+    probes: dict[str, Probe] = {}
+    for name, want_sample in tensors.items():
+        v = find(name)
+        outs, length = b.stats(v.graph, v, want_sample, name in nonnegative)
+        outs = lift(name, v.graph, outs, lambda g, n=name, L=length: b.placeholders(g, L, f"{n}/probe"))
+        probes[name] = Probe(name, outs[0].name, outs[1].name, outs[2].name if len(outs) > 2 else None)
+    mean_probes: dict[tuple[str, str], MeanProbe] = {}
+    for (name, kind), (axis, rank, channels) in (channel_stats or {}).items():
+        v = find(name)
+        out = b.channel_reduce(v.graph, v, {"mean": "ReduceMean", "max": "ReduceMax"}[kind], axis, rank, opset)
+        (out,) = lift(
+            name, v.graph, [out],
+            lambda g, n=name, c=channels: [b.const(g, np.full(c, np.nan, np.float32), f"{n}/probe")],
+        )
+        mean_probes[(name, kind)] = MeanProbe(name, axis, out.name)
+    return probe, probes, mean_probes

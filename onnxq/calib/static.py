@@ -1,0 +1,272 @@
+"""The int8-static recipe end to end: plan → calibrate → insert QDQ → fold scales."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxq import qparams as qp
+import numpy as np
+
+from onnxq import irutil
+from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer, make_observer
+from onnxq.calib.stream import CalibrationStats, calibrate
+from onnxq.errors import NothingToQuantizeError, OnnxqError
+from onnxq.recipes import StaticInt8
+from onnxq.selection import Decision
+
+__all__ = ["quantize_static", "StaticResult", "calibrate_plan"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticResult:
+    decisions: tuple[Decision, ...]
+    notes: tuple[str, ...]
+    stats: CalibrationStats | None
+    qparams: dict[str, qp.QParams]
+    biases: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    weight_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Equalization:
+    """Tensor ``tensor`` = act(Conv ``producer``) feeds only depthwise convs ``consumers``."""
+
+    tensor: str
+    producer: Any  # WeightSpec of the producing Conv
+    consumers: tuple  # WeightSpecs of the depthwise Convs
+    channels: int
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    try:
+        ShapeInferencePass(strict_mode=False)(model)
+    except Exception as e:  # shapes help (sample sizes, dtypes) but are not required
+        logger.info("shape inference failed (%s); continuing without it", str(e)[:200])
+
+
+def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
+    """(weight spec, input tensor, channel axis, rank, channels) of every Conv/Gemm whose
+    bias FoldScalesPass can rewrite, for bias correction."""
+    out = []
+    for spec in plan.weights:
+        node = spec.node
+        if spec.index != 1 or node.op_type not in ("Conv", "Gemm"):
+            continue
+        w = irutil.const_array(node.inputs[1])
+        if node.op_type == "Conv":
+            channels = w.shape[1] * node.attributes.get_int("group", 1)
+            out.append((spec, node.inputs[0].name, 1, w.ndim, channels))
+        else:
+            if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
+                continue
+            c = node.inputs[2] if len(node.inputs) > 2 else None
+            if c is None or irutil.const_array(c) is None or irutil.const_array(c).ndim != 1:
+                continue
+            channels = w.shape[1] if node.attributes.get_int("transB", 0) else w.shape[0]
+            out.append((spec, node.inputs[0].name, 1, 2, channels))
+    return out
+
+
+def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
+    """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)."""
+    from onnxq.passes.insert_qdq import quantize_weight
+
+    node = spec.node
+    w = irutil.const_array(node.inputs[1]).astype(np.float32)
+    _, _, _, wq = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
+    dw = (wq - w).astype(np.float64)
+    if node.op_type == "Conv":
+        groups = node.attributes.get_int("group", 1)
+        o, cpg = w.shape[0], w.shape[1]
+        dsum = dw.sum(axis=tuple(range(2, w.ndim)))
+        shift = np.einsum("goc,gc->go", dsum.reshape(groups, o // groups, cpg), mean.reshape(groups, cpg)).reshape(o)
+    else:
+        dw_kn = dw.T if node.attributes.get_int("transB", 0) else dw
+        shift = mean @ dw_kn
+    b_value = node.inputs[2] if len(node.inputs) > 2 else None
+    b = irutil.const_array(b_value) if b_value is not None else np.zeros(shift.shape, np.float32)
+    return (b.astype(np.float64) - shift).astype(np.float32)
+
+
+def _equalization_targets(plan, values) -> list[_Equalization]:
+    from onnxq.passes.insert_qdq import _activation_bounds
+
+    specs = {id(sp.node): sp for sp in plan.weights if sp.index == 1}
+    out = []
+    for g in plan.groups:
+        if len(g.members) != 1 or g.fixed_range is not None:
+            continue
+        t = values.get(g.key)
+        act = t.producer() if t is not None else None
+        if act is None or act.op_type not in ("Relu", "Clip") or t.is_graph_output():
+            continue
+        bounds = _activation_bounds(act)
+        if bounds is None or bounds[0] != 0.0:
+            continue
+        conv = act.inputs[0].producer() if act.inputs[0] is not None else None
+        spec_a = specs.get(id(conv)) if conv is not None else None
+        if spec_a is None or conv.op_type != "Conv" or spec_a.axis != 0 or len(conv.outputs[0].uses()) != 1:
+            continue
+        if len(conv.inputs[1].uses()) != 1:
+            continue
+        channels = irutil.const_array(conv.inputs[1]).shape[0]
+        consumers = []
+        for user, index in t.uses():
+            sp = specs.get(id(user))
+            w = irutil.const_array(user.inputs[1]) if sp is not None else None
+            if (
+                sp is None or index != 0 or user.op_type != "Conv" or sp.axis != 0 or w is None
+                or user.attributes.get_int("group", 1) != channels or w.shape[:2] != (channels, 1)
+                or len(user.inputs[1].uses()) != 1
+            ):
+                consumers = []
+                break
+            consumers.append(sp)
+        if consumers:
+            out.append(_Equalization(g.key, spec_a, tuple(consumers), channels))
+    return out
+
+
+def _nonnegative(values, tensors) -> frozenset[str]:
+    """Observed tensors that come out of a Relu or a Clip with a lower bound >= 0."""
+    from onnxq.passes.insert_qdq import _activation_bounds
+
+    out = set()
+    for name in tensors:
+        v = values.get(name)
+        p = v.producer() if v is not None else None
+        if p is not None and p.op_type in ("Relu", "Clip") and p.domain in ("", "ai.onnx"):
+            b = _activation_bounds(p)
+            if b is not None and b[0] >= 0:
+                out.add(name)
+    return frozenset(out)
+
+
+def _plan_values(plan) -> dict[str, Any]:
+    """Name -> value for every input/output of a candidate node of the plan."""
+    values: dict[str, Any] = {}
+    for d in plan.decisions:
+        for v in (*d.node.inputs, *d.node.outputs):
+            if v is not None and v.name:
+                values.setdefault(v.name, v)
+    return values
+
+
+def _weight_scale(spec) -> np.ndarray:
+    from onnxq.passes.insert_qdq import quantize_weight
+
+    w = irutil.const_array(spec.node.inputs[1]).astype(np.float32)
+    return quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[1]
+
+
+def calibrate_plan(
+    model: ir.Model, plan, recipe: StaticInt8, data: Any
+) -> tuple[dict[str, qp.QParams], dict[str, np.ndarray], dict[str, np.ndarray], CalibrationStats | None]:
+    """Observe every scale group of ``plan`` on ``data``. Returns qparams for every member
+    tensor, float biases (bias correction, equalization) and weight scales (equalization)
+    keyed by node output name, and the run statistics."""
+    from onnxq.passes.insert_qdq import group_qparams
+
+    observers: dict[str, Observer] = {}
+    per_group: dict[str, Observer] = {}
+    for g in plan.groups:
+        if g.fixed_range is not None:
+            continue
+        obs = make_observer(g.calibration or recipe.calibration, percentile=float(g.override.get("percentile", recipe.percentile)))
+        per_group[g.key] = obs
+        for t in g.observe:
+            observers[t] = obs
+    channel_stats: dict[str, list] = {}
+    means: dict[str, ChannelMeanObserver] = {}
+    targets = _bias_targets(plan) if recipe.bias_correction else []
+    for _, tensor, axis, rank, channels in targets:
+        if tensor not in means:
+            means[tensor] = ChannelMeanObserver(axis, rank, channels)
+            channel_stats.setdefault(tensor, []).append(means[tensor])
+    values = _plan_values(plan)
+    equalize = _equalization_targets(plan, values) if recipe.channel_equalization else []
+    maxima: dict[str, ChannelMaxObserver] = {}
+    for eq in equalize:
+        rank = len(irutil.const_array(eq.producer.node.inputs[1]).shape)
+        maxima[eq.tensor] = ChannelMaxObserver(1, rank, eq.channels)
+        channel_stats.setdefault(eq.tensor, []).append(maxima[eq.tensor])
+    stats = None
+    if observers or channel_stats:
+        stats = calibrate(
+            model, observers, data, batch_size=recipe.batch_size, max_samples=recipe.max_samples,
+            channel_stats=channel_stats, nonnegative=_nonnegative(values, observers),
+        )
+    out: dict[str, qp.QParams] = {}
+    for g in plan.groups:
+        if g.fixed_range is not None:
+            lo, hi = g.fixed_range
+        else:
+            obs = per_group[g.key]
+            if not obs.seen:
+                raise OnnxqError(
+                    f"calibration saw no finite values for tensor {g.key!r} (a branch never taken, or NaN/Inf "
+                    "activations); give it a range in tensor_overrides or exclude its consumers"
+                )
+            lo, hi = obs.range(g.qtype, symmetric=g.symmetric)
+        p = group_qparams(g, lo, hi)
+        for t in g.members:
+            out[t] = p
+    biases: dict[str, np.ndarray] = {}
+    for spec, tensor, *_ in targets:
+        mean = means[tensor].mean
+        if mean is not None:
+            biases[spec.node.outputs[0].name] = _corrected_bias(spec, mean)
+    weight_scales: dict[str, np.ndarray] = {}
+    for eq in equalize:
+        m = maxima[eq.tensor].max
+        top = float(np.max(m)) if np.isfinite(m).all() else 0.0
+        if top <= 0:
+            continue
+        # every channel stretched to the tensor's maximum: s >= 1, so a Clip(0, hi) after
+        # the producer clips nothing new within the calibrated range
+        s = np.where(m > top * 1e-4, top / np.maximum(m, 1e-30), 1.0)
+        # the scaled tensor reaches ``top`` in every channel: its range is [0, top]
+        group = plan.group_of(eq.tensor)
+        out[eq.tensor] = group_qparams(group, 0.0, top)
+        a = eq.producer.node
+        key_a = a.outputs[0].name
+        weight_scales[key_a] = (_weight_scale(eq.producer) * s).astype(np.float32)
+        bias_a = biases.get(key_a)
+        if bias_a is None and len(a.inputs) > 2 and a.inputs[2] is not None:
+            bias_a = irutil.const_array(a.inputs[2])
+        if bias_a is not None:
+            biases[key_a] = (bias_a.astype(np.float64) * s).astype(np.float32)
+        for sp in eq.consumers:
+            weight_scales[sp.node.outputs[0].name] = (_weight_scale(sp) / s).astype(np.float32)
+    return out, biases, weight_scales, stats
+
+
+def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticResult:
+    from onnxq.passes.fold_scales import FoldScalesPass
+    from onnxq.passes.insert_qdq import InsertQdqPass, plan_static
+
+    InsertQdqPass(recipe).requires(model)
+    _infer_shapes(model)
+    plan = plan_static(model, recipe)
+    if not any(d.selected for d in plan.decisions):
+        from onnxq.api import _nothing_message
+
+        raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions))
+    qparams, biases, weight_scales, stats = calibrate_plan(model, plan, recipe, data)
+    InsertQdqPass(recipe)(model)
+    FoldScalesPass(qparams, biases, weight_scales)(model)
+    notes = list(plan.notes)
+    if stats is not None:
+        notes.append(
+            f"calibrated {len(plan.groups)} scale groups with {recipe.calibration} on {stats.rows} samples "
+            f"({stats.feeds} runs, {stats.seconds:.1f} s)"
+        )
+    return StaticResult(plan.decisions, tuple(notes), stats, qparams, biases, weight_scales)

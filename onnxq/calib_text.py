@@ -1,0 +1,134 @@
+"""Calibration samples for language models from text: token windows as model feeds.
+
+Two ways in:
+
+- tokenizer-free: a ``.npy`` file of token ids (int, 1-D: one long stream, cut into
+  windows; 2-D: one sample per row);
+- text (any other file, UTF-8): tokenised with a ``tokenizer.json`` (the ``tokenizers``
+  package, installed with ``pip install tokenizers``); by default the ``tokenizer.json``
+  beside the model.
+
+Each sample is one window of ``seq_len`` consecutive tokens (non-overlapping, from the
+start of the stream, at most ``n_samples``). Feeds are built from the model's own inputs:
+``input_ids`` gets the window, ``attention_mask`` ones, ``position_ids`` ``0..seq_len-1``,
+``token_type_ids`` zeros; any other input is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from onnxq.errors import CalibrationDataError
+
+__all__ = ["TextCalibration", "load_token_ids", "token_windows", "lm_feeds"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_token_ids(path: str | Path, tokenizer: str | Path | None = None) -> np.ndarray:
+    """Token ids of ``path``: int64, 1-D (a stream) or 2-D (one sample per row)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationDataError(f"calibration text {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise CalibrationDataError(f"{path} is not a readable .npy file: {e}") from None
+        if ids.ndim not in (1, 2) or not np.issubdtype(ids.dtype, np.integer):
+            raise CalibrationDataError(
+                f"{path} must hold integer token ids, 1-D or 2-D; it holds {ids.dtype} {ids.shape}"
+            )
+        if ids.size and ids.min() < 0:
+            raise CalibrationDataError(f"{path} holds negative token ids")
+        return ids.astype(np.int64)
+    if tokenizer is None:
+        raise CalibrationDataError(
+            f"{path} is text: give a tokenizer.json (--tokenizer), or token ids in a .npy file"
+        )
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise CalibrationDataError(
+            "tokenising text needs the tokenizers package (pip install tokenizers); or pass token ids as .npy"
+        ) from None
+    tok_path = Path(tokenizer)
+    if not tok_path.is_file():
+        raise CalibrationDataError(f"tokenizer file {tok_path} does not exist")
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # tokenizers raises its own exception type
+        raise CalibrationDataError(f"{tok_path} is not a tokenizers tokenizer.json: {str(e)[:200]}") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CalibrationDataError(f"{path} is not UTF-8 text") from None
+    ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+    logger.info("tokenised %s: %d tokens", path.name, ids.size)
+    return ids
+
+
+def token_windows(ids: np.ndarray, seq_len: int, n_samples: int, offset: int = 0) -> np.ndarray:
+    """``[n, seq_len]`` windows: rows of a 2-D array, or consecutive cuts of a 1-D stream
+    starting at ``offset``."""
+    if seq_len < 1 or n_samples < 1:
+        raise CalibrationDataError("seq_len and n_samples must be >= 1")
+    if ids.ndim == 2:
+        rows = ids[:n_samples, :seq_len]
+        if rows.shape[0] == 0:
+            raise CalibrationDataError("the token-id array has no rows")
+        return rows
+    stream = ids[offset:]
+    n = min(n_samples, stream.size // seq_len)
+    if n == 0:
+        if stream.size < 2:
+            raise CalibrationDataError(f"the calibration text has only {stream.size} tokens")
+        return stream[None, :]
+    if n < n_samples:
+        logger.warning("calibration text gives %d windows of %d tokens, fewer than the %d asked", n, seq_len, n_samples)
+    return stream[: n * seq_len].reshape(n, seq_len)
+
+
+def lm_feeds(input_names: Mapping[str, object] | list[str], windows: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+    """One feed per window for a causal LM whose inputs are named like Hugging Face's."""
+    names = list(input_names)
+    if "input_ids" not in names:
+        raise CalibrationDataError(f"text calibration needs a model input named input_ids; the model has {names}")
+    unknown = [n for n in names if n not in ("input_ids", "attention_mask", "position_ids", "token_type_ids")]
+    if unknown:
+        raise CalibrationDataError(
+            f"text calibration cannot fill the model input(s) {unknown}; give calibration feeds instead"
+        )
+    for row in windows:
+        ids = np.asarray(row, dtype=np.int64)[None, :]
+        feed = {"input_ids": ids}
+        if "attention_mask" in names:
+            feed["attention_mask"] = np.ones_like(ids)
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        yield feed
+
+
+@dataclasses.dataclass(frozen=True)
+class TextCalibration:
+    """Calibration text for the int4 recipe: a ``.npy`` of token ids or a text file with a
+    tokenizer; ``n_samples`` windows of ``seq_len`` tokens from ``offset`` on."""
+
+    path: str | Path
+    tokenizer: str | Path | None = None
+    seq_len: int = 512
+    n_samples: int = 16
+    offset: int = 0
+
+    def windows(self) -> np.ndarray:
+        return token_windows(load_token_ids(self.path, self.tokenizer), self.seq_len, self.n_samples, self.offset)
+
+    def feeds(self, input_names: list[str]) -> Iterator[dict[str, np.ndarray]]:
+        return lm_feeds(input_names, self.windows())

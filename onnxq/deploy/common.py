@@ -1,0 +1,149 @@
+"""Pieces every runtime check shares: input feeds, output comparison, side-by-side timing."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from onnxq.compare import ErrorAccumulator
+from onnxq.errors import CalibrationDataError, OnnxqError
+
+__all__ = ["Runner", "input_feeds", "compare_runners", "interleaved_latency", "ort_runner", "output_names"]
+
+logger = logging.getLogger(__name__)
+
+Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
+
+_RANDOM_SEED = 0
+
+
+def _is_image_folder(p: Path) -> bool:
+    from onnxq.preprocess import IMAGE_SUFFIXES
+
+    if not p.is_dir():
+        return False
+    has_images = False
+    for f in p.rglob("*"):
+        if f.suffix.lower() in (".npy", ".npz"):
+            return False
+        if f.suffix.lower() in IMAGE_SUFFIXES:
+            has_images = True
+    return has_images
+
+
+def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: str | None = None) -> tuple[list[dict], str]:
+    """Up to ``max_samples`` feeds for ``model`` (an onnx_ir.Model) and where they came
+    from. ``data``: None (seeded random inputs, symbolic dimensions as 1), an image folder
+    (ImageNet preprocessing unless ``preprocess`` says otherwise), or anything
+    :func:`onnxq.data.as_calibration_data` accepts."""
+    from onnxq import data as datamod
+
+    specs = datamod.input_specs(model)
+    if data is None:
+        rng = np.random.default_rng(_RANDOM_SEED)
+        feeds = []
+        for _ in range(max(1, min(max_samples, 4))):
+            feed = {}
+            for s in specs:
+                if s.shape is None:
+                    raise CalibrationDataError(f"input {s.name} has no known shape; give --data")
+                shape = tuple(d if isinstance(d, int) else 1 for d in s.shape)
+                dtype = s.dtype or np.dtype(np.float32)
+                if np.issubdtype(dtype, np.floating):
+                    feed[s.name] = rng.standard_normal(shape).astype(dtype)
+                elif dtype == np.bool_:
+                    feed[s.name] = rng.integers(0, 2, shape).astype(dtype)
+                else:
+                    feed[s.name] = rng.integers(0, 8, shape).astype(dtype)
+            feeds.append(feed)
+        return feeds, "random inputs (seed 0); pass --data for real ones"
+    if isinstance(data, (str, os.PathLike)) and _is_image_folder(Path(data)):
+        from onnxq.preprocess import IMAGENET, from_images, parse_preprocess
+
+        pp = parse_preprocess(preprocess, IMAGENET) if preprocess else IMAGENET
+        source = from_images(data, pp)
+    else:
+        source = datamod.as_calibration_data(data)
+    source.precheck(specs)
+    feeds = list(source.feeds(specs, limit=max_samples))
+    return feeds, f"{len(feeds)} samples from {source.description}"
+
+
+def output_names(session) -> list[str]:
+    return [o.name for o in session.get_outputs()]
+
+
+def ort_runner(model: str | os.PathLike | bytes, *, threads: int = 1, options=None) -> tuple[Runner, Any]:
+    """An ORT CPU session as a runner (registers the onnxq op library when needed)."""
+    import onnxruntime as ort
+
+    if not isinstance(model, bytes) and str(model).endswith(".onnx"):
+        import onnx
+
+        proto = onnx.load(str(model), load_external_data=False)
+        if any(o.domain == "com.onnxq" for o in proto.opset_import):
+            from onnxq import runtime  # registers the onnxq custom-op library
+
+            sess = runtime.session(model)
+            return (lambda feed: sess.run(None, dict(feed))), sess
+    so = options or ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    src = model if isinstance(model, bytes) else str(model)
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return (lambda feed: sess.run(None, dict(feed))), sess
+
+
+def compare_runners(
+    ref: Runner, got: Runner, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Per output: SQNR (dB), cosine, max abs error, top-1 agreement (classifier-shaped)."""
+    acc = {n: ErrorAccumulator(n) for n in names}
+    for feed in feeds:
+        r = ref(feed)
+        g = got(feed)
+        for n, a, b in zip(names, r, g):
+            acc[n].update(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    out = {}
+    for n, a in acc.items():
+        res = a.result()
+        out[n] = {
+            "sqnr_db": None if math.isinf(res.sqnr_db) else round(res.sqnr_db, 3),
+            "cosine": round(res.cosine, 6),
+            "max_abs_error": res.max_abs_error,
+            "top1_agreement": res.top1_agreement,
+        }
+    return out
+
+
+def interleaved_latency(
+    runners: Mapping[str, Runner], feed: Mapping[str, np.ndarray], *, rounds: int = 40, warmup: int = 5
+) -> dict[str, float]:
+    """Median milliseconds per run of each runner, timed alternately in one process so a
+    noisy machine slows them alike."""
+    for r in runners.values():
+        for _ in range(warmup):
+            r(feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r(feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def require_file(path: str | os.PathLike, what: str = "model") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise OnnxqError(f"{what} file {p} does not exist")
+    if p.is_dir():
+        raise OnnxqError(f"{p} is a folder; give the path of an .onnx file")
+    return p

@@ -1,0 +1,106 @@
+"""ORT CPU: load the model, find the quantized nodes ORT's graph optimizer did not fuse
+into integer kernels (they run in float between DequantizeLinear and QuantizeLinear), run
+it, and compare with the float reference.
+
+ORT fuses a DQ→op→Q group into QLinearConv/QLinearMatMul/QGemm/QLinearAdd/... at the
+"extended" optimization level; what is left next to a DequantizeLinear afterwards is the
+float fallback. The optimized graph is saved with ``optimized_model_filepath``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from onnxq.deploy.report import FALLBACK, DeployReport, Finding
+from onnxq.targets import TargetProfile
+
+__all__ = ["optimized_graph_fallbacks", "verify_ort_cpu", "quiet_session_options"]
+
+logger = logging.getLogger(__name__)
+
+_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def quiet_session_options(config: Mapping[str, str] | None = None, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
+    return so
+
+
+def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tuple[str, ...], rule: str) -> tuple[list[Finding], dict[str, int]]:
+    """Findings for nodes of ``quantizable`` op types that still read a DequantizeLinear
+    output in an ORT-optimized graph, and the optimized graph's op histogram."""
+    import collections
+
+    import onnx
+
+    proto = onnx.load(str(optimized_path), load_external_data=False)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    hist = collections.Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    findings = []
+    for n in proto.graph.node:
+        if n.domain not in ("", "ai.onnx") or n.op_type not in (*quantizable, *_PASS_THROUGH):
+            continue
+        dq_inputs = [i for i in n.input if i in producer and producer[i].op_type == "DequantizeLinear"]
+        if dq_inputs:
+            findings.append(Finding(rule, FALLBACK, n.name or f"<unnamed {n.op_type}>", n.op_type,
+                                    "not fused into an integer kernel: runs in float between DequantizeLinear "
+                                    "and QuantizeLinear"))
+    return findings, dict(sorted(hist.items()))
+
+
+def verify_ort_cpu(
+    path: Path,
+    profile: TargetProfile,
+    report: DeployReport,
+    feeds: list,
+    float_path: Path | None,
+    *,
+    threads: int = 1,
+    latency: bool = True,
+    session_config: Mapping[str, str] | None = None,
+) -> None:
+    """Fill ``report`` for ORT CPU (also used by ort-mobile on the ``.ort`` file)."""
+    import onnxruntime as ort
+
+    from onnxq.deploy.common import compare_runners, interleaved_latency, ort_runner
+
+    with tempfile.TemporaryDirectory(prefix="onnxq-ort-") as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        so = quiet_session_options(session_config, threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(opt)
+        try:
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            report.findings.append(Finding("ORT-LOAD", "error", "", "", f"ONNX Runtime cannot load the model: "
+                                           f"{str(e).splitlines()[0][:300]}"))
+            return
+        findings, hist = optimized_graph_fallbacks(opt, profile.qdq_op_types, "ORT-FUSE")
+    report.findings.extend(findings)
+    report.metrics["optimized_ops"] = hist
+    run, sess = ort_runner(path, threads=threads, options=quiet_session_options(session_config, threads))
+    report.loaded = True
+    names = [o.name for o in sess.get_outputs()]
+    for feed in feeds[:1]:
+        run(feed)
+    if float_path is not None:
+        ref, _ = ort_runner(float_path, threads=threads, options=quiet_session_options(None, threads))
+        report.metrics["error_vs_float"] = compare_runners(ref, run, feeds, names)
+        if latency and feeds:
+            ms = interleaved_latency({"float": ref, "model": run}, feeds[0])
+            report.metrics["latency_ms"] = {k: round(v, 3) for k, v in ms.items()}
+            report.metrics["speedup_vs_float"] = round(ms["float"] / ms["model"], 3)
+    elif latency and feeds:
+        ms = interleaved_latency({"model": run}, feeds[0])
+        report.metrics["latency_ms"] = {k: round(v, 3) for k, v in ms.items()}

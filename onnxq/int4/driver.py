@@ -1,0 +1,103 @@
+"""The int4-weight-only recipe end to end: prepare, calibrate, quantize, choose accuracy levels.
+
+Called by ``onnxq.api`` (dispatch on :class:`~onnxq.recipes.WeightOnlyInt4`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.errors import CalibrationDataError, NothingToQuantizeError
+from onnxq.recipes import WeightOnlyInt4
+
+__all__ = ["run_weight_only_int4", "calibration_feeds"]
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_feeds(model: ir.Model, data: Any, recipe: WeightOnlyInt4) -> Iterable[Mapping[str, np.ndarray]]:
+    """Feeds from ``data``: a :class:`~onnxq.calib_text.TextCalibration`, a path to a ``.npy``
+    of token ids, or any iterable of ``{input_name: array}``."""
+    from pathlib import Path
+
+    from onnxq.calib_text import TextCalibration
+
+    names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    if isinstance(data, (str, Path)):
+        data = TextCalibration(data, seq_len=recipe.calib_seq_len, n_samples=recipe.calib_samples)
+    if isinstance(data, TextCalibration):
+        return data.feeds(names)
+    if isinstance(data, Mapping):
+        return [data]
+    try:
+        iter(data)
+    except TypeError:
+        raise CalibrationDataError(
+            f"calibration data must be a TextCalibration, a .npy of token ids or an iterable of feeds, "
+            f"not {type(data).__name__}"
+        ) from None
+    return data
+
+
+def run_weight_only_int4(
+    recipe: WeightOnlyInt4,
+    model: ir.Model,
+    data: Any,
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+):
+    from onnxq.api import QuantizeReport, _nothing_message, prepare
+    from onnxq.int4.accuracy import choose_accuracy_levels
+    from onnxq.int4.calibrate import collect_activation_stats
+    from onnxq.passes.quantize_matmul_int4 import INT8_REASON, QuantizeMatMulInt4Pass, plan_int4
+    from onnxq.passes.upgrade_opset import UpgradeOpsetPass
+
+    notes: list[str] = []
+    prepare(model)
+    decisions = tuple(plan_int4(model, recipe))
+    selected = [d for d in decisions if d.selected]
+    if not selected:
+        raise NothingToQuantizeError(_nothing_message(recipe, decisions))
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    if recipe.format == "qdq" or (recipe.keep_8bit and opset < 13):
+        target = 21 if recipe.format == "qdq" else 13
+        if UpgradeOpsetPass(target)(model).modified:
+            notes.append(f"opset upgraded {opset} → {target} (blocked DequantizeLinear needs 21)")
+            decisions = tuple(plan_int4(model, recipe))
+    stats = None
+    if recipe.needs_calibration:
+        if data is None:
+            raise CalibrationDataError(
+                f"algorithm {recipe.algorithm} needs calibration data: pass --calib-text FILE (token ids .npy, "
+                "or text with a tokenizer.json), or use rtn/hqq"
+            )
+        feeds = calibration_feeds(model, data, recipe)
+        values = []
+        for d in decisions:
+            if d.selected and d.reason != INT8_REASON:
+                w = ir.convenience.get_const_tensor(d.node.inputs[1])
+                k = w.shape[1] if d.node.op_type == "Gemm" and d.node.attributes.get_int("transB", 0) else w.shape[0]
+                values.append((d.node.inputs[0], int(k)))
+        t0 = time.perf_counter()
+        stats = collect_activation_stats(model, values, feeds)
+        notes.append(
+            f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
+    elif data is not None:
+        notes.append(f"algorithm {recipe.algorithm} needs no calibration data; the data given was not used")
+    t0 = time.perf_counter()
+    QuantizeMatMulInt4Pass(recipe, stats, progress=progress)(model)
+    notes.append(f"{recipe.algorithm} on {len(selected)} weights in {time.perf_counter() - t0:.1f} s")
+    if recipe.format == "matmulnbits" and recipe.accuracy_level is None:
+        levels = choose_accuracy_levels(model, stats, recipe.accuracy_tolerance)
+        fast = sum(1 for v in levels.values() if v == 4)
+        notes.append(
+            f"MatMulNBits accuracy_level 4 (int8 activations) on {fast} of {len(levels)} layers, "
+            f"level 1 (fp32) where level 4 lost more than {recipe.accuracy_tolerance:.1%} parity"
+        )
+    return QuantizeReport(recipe, decisions, tuple(notes))

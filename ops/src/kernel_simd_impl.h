@@ -1,0 +1,605 @@
+// SIMD kernels of MatMulBlockInt4, written once over a vector wrapper `V` (V256: AVX2,
+// V512: AVX-512) and `kVnni`. Included by kernel_avx2.cc / kernel_avx512.cc /
+// kernel_vnni.cc inside their own namespace, after a target pragma, so every function
+// here is compiled for that ISA. No standard-library templates are used here.
+//
+// Notation: L = lanes per vector; a "group" is 8 consecutive k (one dword = 8 nibbles of a
+// column); a "chunk" is L groups (L*8 k, L*4 bytes of a column).
+//
+// Exact path (accuracy_level 0):
+//   y[m,n] = sum_chunks sum_lanes s(n, blk) * sum_j code * a  -  sum_blk zp*s(n,blk) * asum(m,blk)
+// int8 path (accuracy_level 4): A quantized per block (kernel.h), integer dot products:
+//   y[m,n] = sum_blk sa(m,blk) s(n,blk) dot_i32  -  sum_blk zp*s(n,blk) * sa(m,blk) qsum(m,blk)
+//
+// Small M (GEMV): columns are streamed once; each 64-byte (AVX-512) load of a column is
+// expanded in registers and multiplied with MR rows of A pre-permuted to the nibble order.
+// Large M (GEMM): a tile of NT columns x KT k is expanded once into a panel (floats, or
+// u8 codes in VNNI order) in L1 and reused across all rows of A by a register-blocked
+// micro-kernel.
+
+static_assert(V::L == 8 || V::L == 16, "8 or 16 lanes");
+
+constexpr int L = V::L;
+constexpr int kChunkK = L * 8;      // k per chunk
+constexpr int kChunkBytes = L * 4;  // bytes of a column per chunk
+constexpr int NV = 2;               // vectors of columns per GEMM panel
+constexpr int NT = NV * L;          // columns per GEMM panel
+constexpr int kKtInt8 = 512;        // k per panel (int8): NT*KT bytes
+constexpr int kKtF32 = 256;         // k per panel (fp32): NT*KT*4 bytes
+constexpr int kMrInt8 = (L == 16) ? 8 : 2;
+constexpr int kMrF32 = (L == 16) ? 14 : 6;
+constexpr int64_t kGemvColsPerTask = 64;
+constexpr int kPrefetchBytes = 8192;
+constexpr int kPrefetchTiles = 2;  // GEMM: how many column panels ahead B is prefetched  // software prefetch distance of the streamed columns
+
+inline int ilog2(int64_t x) {
+  int r = 0;
+  while ((int64_t{1} << (r + 1)) <= x) ++r;
+  return r;
+}
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// ---- per-block values expanded to the lanes of chunk c -------------------------------
+// Lane i of chunk c covers k in [c*kChunkK + 8i, +8): block (c*kChunkK + 8i) / bs.
+struct LaneExpand {
+  int64_t bs;
+  int chunk_to_block_shift;  // bs >= kChunkK: block of chunk c = c >> shift
+  int64_t blocks_per_chunk;  // 0 when a chunk lies inside one block (bs >= kChunkK)
+  typename V::I idx;         // lane -> block within the chunk
+  explicit LaneExpand(int64_t block_size) : bs(block_size) {
+    chunk_to_block_shift = bs >= kChunkK ? ilog2(bs / kChunkK) : 0;
+    if (bs >= kChunkK) {
+      blocks_per_chunk = 0;
+      idx = V::zeroi();
+    } else {
+      blocks_per_chunk = kChunkK / bs;
+      idx = V::lane_shift_idx(ilog2(bs / 8));
+    }
+  }
+  // values: per-block array with n_valid readable entries.
+  typename V::F operator()(const float* values, int64_t n_valid, int64_t c) const {
+    if (blocks_per_chunk == 0) return V::set1(values[c >> chunk_to_block_shift]);
+    const int64_t b0 = c * blocks_per_chunk;
+    const int64_t cnt = imin(blocks_per_chunk, n_valid - b0);
+    return V::permute(V::load_n(values + b0, static_cast<int>(cnt)), idx);
+  }
+};
+
+// Zero points of blocks [b0, b0 + cnt) of column n as floats (cnt <= L; lanes >= cnt are
+// arbitrary finite values, callers multiply them by zero scales).
+inline typename V::F zero_points(const Weights& w, int64_t n, int64_t b0, int cnt) {
+  if (w.zp_packed) {
+    uint64_t bytes = 0;
+    std::memcpy(&bytes, w.zp_packed + n * w.zp_bytes + b0 / 2, static_cast<size_t>((cnt + 1) / 2));
+    return V::nibbles_to_f(bytes);
+  }
+  if (w.zp_float) return V::load_n(w.zp_float + n * w.n_blocks + b0, cnt);
+  return V::set1(8.0f);
+}
+
+// ---- A preparation ------------------------------------------------------------------
+// int8 quantization of one row into linear order q[0..kp) (zero padded), sa/rb [nbp].
+inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int64_t nbp, int8_t* q, float* sa,
+                         float* rb) {
+  const int64_t nb = ceil_div(K, bs);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k0 = b * bs, len = imin(bs, K - k0);
+    typename V::F vmax = V::zero();
+    for (int64_t k = 0; k < len; k += L) vmax = V::max(vmax, V::abs(V::load_n(a + k0 + k, static_cast<int>(imin(L, len - k)))));
+    const float amax = V::reduce_max(vmax);
+    const float inv = amax > 0.f ? kInt8AMax / amax : 0.f;
+    const typename V::F vinv = V::set1(inv);
+    typename V::I qs = V::zeroi();
+    for (int64_t k = 0; k < len; k += L) {
+      const int cnt = static_cast<int>(imin(L, len - k));
+      const typename V::I qi = V::cvt_round(V::mul(V::load_n(a + k0 + k, cnt), vinv));
+      qs = V::add_i32(qs, qi);
+      V::store_i8(q + k0 + k, qi);  // writes L bytes; the buffer has kp + L of room
+    }
+    sa[b] = amax / kInt8AMax;
+    rb[b] = sa[b] * static_cast<float>(V::reduce_add_i32(qs));
+  }
+  for (int64_t k = K; k < kp; ++k) q[k] = 0;
+  for (int64_t b = nb; b < nbp; ++b) sa[b] = rb[b] = 0.f;
+}
+
+// Linear q -> per group [q0 q2 q4 q6 | q1 q3 q5 q7] (the GEMM layout: even-k dword, odd-k dword).
+inline void interleave_groups(int8_t* q, int64_t kp) {
+  for (int64_t k = 0; k < kp; k += 16) V::shuffle_groups16(q + k);
+}
+
+// GEMM layout -> GEMV layout: per chunk, the L even-k dwords then the L odd-k dwords.
+inline void groups_to_chunks(const int8_t* src, int8_t* dst, int64_t kp) {
+  for (int64_t c = 0; c < kp / kChunkK; ++c) {
+    const int8_t* s = src + c * kChunkK;
+    int8_t* d = dst + c * kChunkK;
+    for (int i = 0; i < L; ++i) {
+      std::memcpy(d + 4 * i, s + 8 * i, 4);
+      std::memcpy(d + 4 * (L + i), s + 8 * i + 4, 4);
+    }
+  }
+}
+
+// fp GEMV: ap[c*kChunkK + j*L + i] = a[c*kChunkK + 8i + j] (zero padded), rb = block sums.
+inline void permute_row_f32(const float* a, int64_t K, int64_t bs, int64_t kp, int64_t nbp, float* ap, float* rb) {
+  for (int64_t c = 0; c < kp / kChunkK; ++c) {
+    const int64_t base = c * kChunkK;
+    for (int j = 0; j < 8; ++j)
+      for (int i = 0; i < L; ++i) {
+        const int64_t k = base + 8 * i + j;
+        ap[base + j * L + i] = k < K ? a[k] : 0.f;
+      }
+  }
+  const int64_t nb = ceil_div(K, bs);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t k0 = b * bs, len = imin(bs, K - k0);
+    typename V::F s = V::zero();
+    for (int64_t k = 0; k < len; k += L) s = V::add(s, V::load_n(a + k0 + k, static_cast<int>(imin(L, len - k))));
+    rb[b] = V::reduce_add(s);
+  }
+  for (int64_t b = nb; b < nbp; ++b) rb[b] = 0.f;
+}
+
+// ---- GEMV ---------------------------------------------------------------------------
+struct GemvCtx {
+  const Weights* w;
+  const Problem* p;
+  const float* ap;   // fp: [M][kp]
+  const int8_t* q;   // int8: [M][kp]
+  const float* sa;   // int8: [M][nbp]
+  const float* rb;   // [M][nbp]
+  int64_t kp, nbp, n_chunks, full_chunks;
+  LaneExpand expand;
+};
+
+// One chunk of one column against MR rows: returns nothing, accumulates into tot[m].
+template <int MR, bool INT8>
+inline void gemv_chunk(const GemvCtx& g, int64_t m0, int64_t c, typename V::I x, typename V::F s,
+                       typename V::F tot[MR]) {
+  using F = typename V::F;
+  using I = typename V::I;
+  if constexpr (!INT8) {
+    F acc[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = V::zero();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const F cf = V::nib_f(V::srl32(x, 4 * j));
+      for (int m = 0; m < MR; ++m) {
+        const float* a = g.ap + (m0 + m) * g.kp + c * kChunkK + j * L;
+        acc[m][j & 3] = V::fma(V::load(a), cf, acc[m][j & 3]);
+      }
+    }
+    for (int m = 0; m < MR; ++m)
+      tot[m] = V::fma(V::add(V::add(acc[m][0], acc[m][1]), V::add(acc[m][2], acc[m][3])), s, tot[m]);
+  } else {
+    const I mask = V::set1_i32(0x0F0F0F0F);
+    const I lo = V::and_i(x, mask), hi = V::and_i(V::srl32(x, 4), mask);
+    for (int m = 0; m < MR; ++m) {
+      const int8_t* qa = g.q + (m0 + m) * g.kp + c * kChunkK;
+      const I d = V::dot2(V::zeroi(), lo, V::load_i(qa), hi, V::load_i(qa + kChunkBytes));
+      tot[m] = V::fma(V::cvt(d), V::mul(s, g.expand(g.sa + (m0 + m) * g.nbp, g.nbp, c)), tot[m]);
+    }
+  }
+}
+
+// Column n against rows [m0, m0 + MR): streams the column once, two chunks per step.
+template <int MR, bool INT8>
+void gemv_tile(const GemvCtx& g, int64_t m0, int64_t n) {
+  const Weights& w = *g.w;
+  using F = typename V::F;
+  using I = typename V::I;
+  F tot0[MR], tot1[MR];
+  for (int m = 0; m < MR; ++m) tot0[m] = tot1[m] = V::zero();
+  const uint8_t* col = w.packed + n * w.row_bytes;
+  const float* sc = w.scales + n * w.n_blocks;
+  int64_t c = 0;
+  for (; c + 2 <= g.full_chunks; c += 2) {
+    for (int64_t off = 0; off < 2 * kChunkBytes; off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(col + c * kChunkBytes + kPrefetchBytes + off), _MM_HINT_T0);
+    const I x0 = V::load_i(col + c * kChunkBytes), x1 = V::load_i(col + (c + 1) * kChunkBytes);
+    gemv_chunk<MR, INT8>(g, m0, c, x0, g.expand(sc, w.n_blocks, c), tot0);
+    gemv_chunk<MR, INT8>(g, m0, c + 1, x1, g.expand(sc, w.n_blocks, c + 1), tot1);
+  }
+  for (; c < g.n_chunks; ++c) {
+    const I x = c < g.full_chunks ? V::load_i(col + c * kChunkBytes)
+                                  : V::load_i_n(col + c * kChunkBytes, static_cast<int>(w.row_bytes - c * kChunkBytes));
+    gemv_chunk<MR, INT8>(g, m0, c, x, g.expand(sc, w.n_blocks, c), tot0);
+  }
+  // zero-point correction: - sum_blk zp*s * rb[m][blk]
+  for (int64_t b0 = 0; b0 < w.n_blocks; b0 += L) {
+    const int cnt = static_cast<int>(imin(L, w.n_blocks - b0));
+    const F zs = V::mul(V::load_n(sc + b0, cnt), zero_points(w, n, b0, cnt));
+    for (int m = 0; m < MR; ++m) tot1[m] = V::fnma(zs, V::load(g.rb + (m0 + m) * g.nbp + b0), tot1[m]);
+  }
+  const Problem& p = *g.p;
+  for (int m = 0; m < MR; ++m) p.Y[(m0 + m) * p.ldy + n] = V::reduce_add(V::add(tot0[m], tot1[m]));
+}
+
+template <bool INT8>
+void gemv_task(void* ctx, size_t t) {
+  const GemvCtx& g = *static_cast<const GemvCtx*>(ctx);
+  const int64_t n_begin = static_cast<int64_t>(t) * kGemvColsPerTask;
+  const int64_t n_end = imin(g.w->N, n_begin + kGemvColsPerTask);
+  const int64_t M = g.p->M;
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    int64_t m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) gemv_tile<4, INT8>(g, m0, n);
+    switch (M - m0) {
+      case 3: gemv_tile<3, INT8>(g, m0, n); break;
+      case 2: gemv_tile<2, INT8>(g, m0, n); break;
+      case 1: gemv_tile<1, INT8>(g, m0, n); break;
+      default: break;
+    }
+  }
+}
+
+struct RowPrepCtx {
+  const Weights* w;
+  const Problem* p;
+  float* ap;
+  int8_t* q;
+  int8_t* q_tmp;  // GEMV int8: per-row scratch of kp + 64 bytes, one per task
+  float* sa;
+  float* rb;
+  int64_t kp, nbp;
+  bool gemv;
+};
+
+void prep_rows_task(void* ctx, size_t t) {
+  const RowPrepCtx& r = *static_cast<const RowPrepCtx*>(ctx);
+  const Problem& p = *r.p;
+  const int64_t m = static_cast<int64_t>(t);
+  const float* a = p.A + m * p.lda;
+  const int64_t K = r.w->K, bs = r.w->block_size;
+  if (!p.int8_a) {
+    if (r.gemv) {
+      permute_row_f32(a, K, bs, r.kp, r.nbp, r.ap + m * r.kp, r.rb + m * r.nbp);
+    } else {
+      float* dst = r.ap + m * r.kp;
+      std::memcpy(dst, a, sizeof(float) * static_cast<size_t>(K));
+      for (int64_t k = K; k < r.kp; ++k) dst[k] = 0.f;
+    }
+    return;
+  }
+  int8_t* dst = r.q + m * r.kp;
+  int8_t* lin = r.gemv ? r.q_tmp + m * (r.kp + 64) : dst;
+  quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m * r.nbp, r.rb + m * r.nbp);
+  interleave_groups(lin, r.kp);
+  if (r.gemv) groups_to_chunks(lin, dst, r.kp);
+}
+
+int gemv(const Weights& w, const Problem& p, const Runner& runner) {
+  const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
+  const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
+  const int64_t M = p.M;
+  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * kp));
+  Scratch q(1, p.int8_a ? static_cast<size_t>(M * kp + 64) : 64);
+  Scratch q_tmp(2, p.int8_a ? static_cast<size_t>(M * (kp + 64)) : 64);
+  Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
+  Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
+  if (!ap.p || !q.p || !q_tmp.p || !sa.p || !rb.p) return kOutOfMemory;
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp, true};
+  runner.run(static_cast<size_t>(M), prep_rows_task, &r);
+
+  GemvCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp,
+            kp / kChunkK, w.row_bytes / kChunkBytes, LaneExpand(w.block_size)};
+  const size_t tasks = static_cast<size_t>(ceil_div(w.N, kGemvColsPerTask));
+  runner.run(tasks, p.int8_a ? gemv_task<true> : gemv_task<false>, &g);
+  return kOk;
+}
+
+// ---- GEMM ---------------------------------------------------------------------------
+struct GemmCtx {
+  const Weights* w;
+  const Problem* p;
+  const float* ap;  // fp: [M][kp] zero padded
+  const int8_t* q;  // int8: [M][kp] GEMM layout
+  const float* sa;  // int8: [M][nbp]
+  const float* rb;  // int8: [M][nbp]
+  int64_t kp, nbp;
+  int* failed;  // set when a task cannot allocate its panel
+};
+
+// Scales of one column panel, transposed: sT[b][NT] = s(n0 + j, b), zsT = zp * s, for
+// blocks [0, nblk) (zero outside the weight). Vectorized: L columns x L blocks at a time.
+inline void tile_scales(const Weights& w, int64_t n0, int64_t nblk, float* sT, float* zsT) {
+  using I = typename V::I;
+  using F = typename V::F;
+  for (int v = 0; v < NV; ++v) {
+    for (int64_t b0 = 0; b0 < nblk; b0 += L) {
+      const int cnt = static_cast<int>(imax(0, imin(L, w.n_blocks - b0)));
+      I rs[L], rz[L];
+      for (int i = 0; i < L; ++i) {
+        const int64_t n = n0 + v * L + i;
+        if (n < w.N && cnt > 0) {
+          const F sv = V::load_n(w.scales + n * w.n_blocks + b0, cnt);
+          rs[i] = V::castf2i(sv);
+          rz[i] = V::castf2i(V::mul(sv, zero_points(w, n, b0, cnt)));
+        } else {
+          rs[i] = rz[i] = V::zeroi();
+        }
+      }
+      V::transpose(rs);
+      V::transpose(rz);
+      for (int j = 0; j < L && b0 + j < nblk; ++j) {
+        V::store(sT + (b0 + j) * NT + v * L, V::casti2f(rs[j]));
+        V::store(zsT + (b0 + j) * NT + v * L, V::casti2f(rz[j]));
+      }
+    }
+  }
+}
+
+// Loads chunk c of L columns [n0, n0 + L) and transposes: r[j] = dword j of each column.
+inline void load_transposed(const Weights& w, int64_t n0, int64_t c, typename V::I r[L]) {
+  const int64_t off = c * kChunkBytes;
+  const int64_t avail = w.row_bytes - off;
+  const uint8_t* src = w.packed + n0 * w.row_bytes + off;
+  if (n0 + L <= w.N && avail >= kChunkBytes) {  // the common case
+    for (int i = 0; i < L; ++i) r[i] = V::load_i(src + i * w.row_bytes);
+  } else {
+    for (int i = 0; i < L; ++i) {
+      if (n0 + i >= w.N)
+        r[i] = V::zeroi();
+      else if (avail >= kChunkBytes)
+        r[i] = V::load_i(src + i * w.row_bytes);
+      else
+        r[i] = V::load_i_n(src + i * w.row_bytes, static_cast<int>(avail));
+    }
+  }
+  V::transpose(r);
+}
+
+// int8 panel: for group gl (k = kt0 + 8 gl ..): [gl][lo/hi][v] vectors of L dwords.
+inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, uint8_t* panel) {
+  using I = typename V::I;
+  const I mask = V::set1_i32(0x0F0F0F0F);
+  for (int v = 0; v < NV; ++v) {
+    for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
+      I r[L];
+      load_transposed(w, n0 + v * L, c, r);
+      const int64_t g0 = c * L - kt0 / 8;
+      for (int j = 0; j < L; ++j) {
+        uint8_t* dst = panel + ((g0 + j) * 2 * NV + v) * kChunkBytes;
+        V::store_i(dst, V::and_i(r[j], mask));
+        V::store_i(dst + NV * kChunkBytes, V::and_i(V::srl32(r[j], 4), mask));
+      }
+    }
+  }
+}
+
+// fp panel: panel[kl][NT] = dequantized weights (code * s - zp * s), kl = k - kt0.
+inline void build_panel_f32(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, const float* sT,
+                            const float* zsT, float* panel) {
+  using F = typename V::F;
+  using I = typename V::I;
+  const int64_t bs = w.block_size, b_first = kt0 / bs;
+  for (int v = 0; v < NV; ++v) {
+    for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
+      I r[L];
+      load_transposed(w, n0 + v * L, c, r);
+      for (int j = 0; j < L; ++j) {
+        const int64_t k = (c * L + j) * 8;
+        const int64_t bi = k / bs - b_first;
+        const F s = V::load(sT + bi * NT + v * L), zs = V::load(zsT + bi * NT + v * L);
+        float* dst = panel + (k - kt0) * NT + v * L;
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; ++t) V::store(dst + t * NT, V::fms(V::nib_f(V::srl32(r[j], 4 * t)), s, zs));
+      }
+    }
+  }
+}
+
+template <int MR>
+void micro_f32(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt1, const float* panel) {
+  using F = typename V::F;
+  const Problem& p = *g.p;
+  const int64_t ncols = imin(NT, g.w->N - n0);
+  F c[MR][NV];
+  if (kt0 == 0) {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) c[m][v] = V::zero();
+  } else {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v)
+        c[m][v] = V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L))));
+  }
+  const float* a = g.ap + m0 * g.kp;
+  for (int64_t k = kt0; k < kt1; ++k) {
+    const float* pk = panel + (k - kt0) * NT;
+    const F b0 = V::load(pk), b1 = V::load(pk + L);
+    for (int m = 0; m < MR; ++m) {
+      const F am = V::set1(a[m * g.kp + k]);
+      c[m][0] = V::fma(am, b0, c[m][0]);
+      c[m][1] = V::fma(am, b1, c[m][1]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v)
+      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, c[m][v], static_cast<int>(imax(0, imin(L, ncols - v * L))));
+}
+
+template <int MR>
+void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel,
+                const float* sT, const float* zsT) {
+  using F = typename V::F;
+  using I = typename V::I;
+  const Problem& p = *g.p;
+  const int64_t bs = g.w->block_size;
+  const int64_t ncols = imin(NT, g.w->N - n0);
+  // Float accumulators live in L1 (registers hold the int32 block sums).
+  alignas(64) float c[MR][NT];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v)
+      V::store(c[m] + v * L, kt0 == 0 ? V::zero()
+                                      : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L,
+                                                  static_cast<int>(imax(0, imin(L, ncols - v * L)))));
+  const int8_t* qa = g.q + m0 * g.kp;
+  const int64_t b_first = kt0 / bs;
+  for (int64_t b = b_first; b * bs < kt1; ++b) {
+    const int64_t g_begin = imax(b * bs, kt0) / 8, g_end = imin((b + 1) * bs, kt1) / 8;
+    I acc[MR][NV];
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = V::zeroi();
+    const uint8_t* pp = panel + (g_begin - kt0 / 8) * 2 * NV * kChunkBytes;
+    const int8_t* qg = qa + g_begin * 8;
+#pragma GCC unroll 1
+    for (int64_t gi = g_begin; gi < g_end; ++gi, pp += 2 * NV * kChunkBytes, qg += 8) {
+      const I lo0 = V::load_i(pp), lo1 = V::load_i(pp + kChunkBytes);
+      for (int m = 0; m < MR; ++m) {
+        const I alo = V::bcast32(qg + m * g.kp);
+        acc[m][0] = V::dot(acc[m][0], lo0, alo);
+        acc[m][1] = V::dot(acc[m][1], lo1, alo);
+      }
+      const I hi0 = V::load_i(pp + 2 * kChunkBytes), hi1 = V::load_i(pp + 3 * kChunkBytes);
+      for (int m = 0; m < MR; ++m) {
+        const I ahi = V::bcast32(qg + m * g.kp + 4);
+        acc[m][0] = V::dot(acc[m][0], hi0, ahi);
+        acc[m][1] = V::dot(acc[m][1], hi1, ahi);
+      }
+    }
+    const int64_t bi = b - b_first;
+    const F s0 = V::load(sT + bi * NT), s1 = V::load(sT + bi * NT + L);
+    const F z0 = V::load(zsT + bi * NT), z1 = V::load(zsT + bi * NT + L);
+    for (int m = 0; m < MR; ++m) {
+      const F sam = V::set1(g.sa[(m0 + m) * g.nbp + b]);
+      const F rbm = V::set1(g.rb[(m0 + m) * g.nbp + b]);
+      V::store(c[m], V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), V::load(c[m]))));
+      V::store(c[m] + L, V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), V::load(c[m] + L))));
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v)
+      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, V::load(c[m] + v * L),
+                 static_cast<int>(imax(0, imin(L, ncols - v * L))));
+}
+
+template <int MR>
+void micro_f32_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, const float* panel) {
+  const int64_t M = g.p->M;
+  int64_t m0 = 0;
+  for (; m0 + MR <= M; m0 += MR) micro_f32<MR>(g, m0, n0, kt0, kt1, panel);
+  switch (M - m0) {  // remainder rows, one call
+#define ONNXQ_CASE(R) \
+  case R:             \
+    if constexpr (R < MR) micro_f32<R>(g, m0, n0, kt0, kt1, panel); \
+    break;
+    ONNXQ_CASE(1) ONNXQ_CASE(2) ONNXQ_CASE(3) ONNXQ_CASE(4) ONNXQ_CASE(5) ONNXQ_CASE(6) ONNXQ_CASE(7)
+    ONNXQ_CASE(8) ONNXQ_CASE(9) ONNXQ_CASE(10) ONNXQ_CASE(11) ONNXQ_CASE(12) ONNXQ_CASE(13)
+#undef ONNXQ_CASE
+    default:
+      break;
+  }
+}
+
+template <int MR>
+void micro_int8_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel, const float* sT,
+                     const float* zsT) {
+  const int64_t M = g.p->M;
+  int64_t m0 = 0;
+  for (; m0 + MR <= M; m0 += MR) micro_int8<MR>(g, m0, n0, kt0, kt1, panel, sT, zsT);
+  switch (M - m0) {
+#define ONNXQ_CASE(R) \
+  case R:             \
+    if constexpr (R < MR) micro_int8<R>(g, m0, n0, kt0, kt1, panel, sT, zsT); \
+    break;
+    ONNXQ_CASE(1) ONNXQ_CASE(2) ONNXQ_CASE(3) ONNXQ_CASE(4) ONNXQ_CASE(5) ONNXQ_CASE(6) ONNXQ_CASE(7)
+    ONNXQ_CASE(8) ONNXQ_CASE(9) ONNXQ_CASE(10) ONNXQ_CASE(11) ONNXQ_CASE(12) ONNXQ_CASE(13)
+#undef ONNXQ_CASE
+    default:
+      break;
+  }
+}
+
+// Brings the B bytes of the next panel (columns [n0, n0 + NT), k in [kt0, kt1)) towards L2
+// while this one is being used: the panel loads jump between columns, which the hardware
+// prefetchers follow poorly.
+inline void prefetch_next_tile(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1) {
+  const int64_t b0 = kt0 / 2, b1 = imin(kt1 / 2, w.row_bytes);
+  for (int64_t n = n0; n < imin(n0 + NT, w.N); ++n)
+    for (int64_t off = b0; off < b1; off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(w.packed + n * w.row_bytes + off), _MM_HINT_T1);
+}
+
+template <bool INT8>
+void gemm_task(void* ctx, size_t t) {
+  const GemmCtx& g = *static_cast<const GemmCtx*>(ctx);
+  const Weights& w = *g.w;
+  const int64_t n0 = static_cast<int64_t>(t) * NT;
+  const int64_t bs = w.block_size;
+  const int64_t kt = INT8 ? kKtInt8 : kKtF32;  // multiple of kChunkK and of every block size
+  const int64_t nblk_all = ceil_div(g.kp, bs);
+  Scratch panel(5, INT8 ? static_cast<size_t>(kt / 8 * 2 * NV * kChunkBytes) : sizeof(float) * static_cast<size_t>(kt * NT));
+  Scratch scales(6, sizeof(float) * static_cast<size_t>(2 * round_up(nblk_all, L) * NT));
+  if (!panel.p || !scales.p) {
+    __atomic_store_n(g.failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float* sT = scales.as<float>();
+  float* zsT = sT + round_up(nblk_all, L) * NT;
+  tile_scales(w, n0, nblk_all, sT, zsT);
+  for (int64_t kt0 = 0; kt0 < g.kp; kt0 += kt) {
+    const int64_t kt1 = imin(g.kp, kt0 + kt);
+    const int64_t b_first = kt0 / bs;
+    // B bytes of the tile kPrefetchTiles ahead (a contiguous region), a slice per k-tile
+    {
+      const int64_t n_ahead = n0 + kPrefetchTiles * NT;
+      const int64_t n_kt = ceil_div(g.kp, kt), i = kt0 / kt;
+      if (n_ahead < w.N) {
+        const int64_t bytes = imin(NT, w.N - n_ahead) * w.row_bytes;
+        const int64_t lo = bytes * i / n_kt, hi = bytes * (i + 1) / n_kt;
+        const uint8_t* base = w.packed + n_ahead * w.row_bytes;
+        for (int64_t off = lo & ~int64_t{63}; off < hi; off += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(base + off), _MM_HINT_T1);
+      }
+    }
+    if constexpr (INT8) {
+      build_panel_int8(w, n0, kt0, kt1, panel.as<uint8_t>());
+      micro_int8_rows<kMrInt8>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
+    } else {
+      build_panel_f32(w, n0, kt0, kt1, sT + b_first * NT, zsT + b_first * NT, panel.as<float>());
+      micro_f32_rows<kMrF32>(g, n0, kt0, kt1, panel.as<float>());
+    }
+  }
+}
+
+int gemm(const Weights& w, const Problem& p, const Runner& runner) {
+  const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
+  const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
+  const int64_t M = p.M;
+  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * kp));
+  Scratch q(1, p.int8_a ? static_cast<size_t>(M * kp + 64) : 64);
+  Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
+  Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
+  if (!ap.p || !q.p || !sa.p || !rb.p) return kOutOfMemory;
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, nbp, false};
+  runner.run(static_cast<size_t>(M), prep_rows_task, &r);
+  int failed = 0;
+  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp, &failed};
+  runner.run(static_cast<size_t>(ceil_div(w.N, NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
+  return __atomic_load_n(&failed, __ATOMIC_RELAXED) ? kOutOfMemory : kOk;
+}
+
+// ---- entry --------------------------------------------------------------------------
+inline int64_t gemm_min_rows(bool int8) { return int8 ? 4 : 4; }
+
+int matmul(const Weights& w, const Problem& p, const Runner& runner) {
+  if (p.M == 0 || w.N == 0) return kOk;
+  bool use_gemm = p.M >= gemm_min_rows(p.int8_a);
+  if (p.force_path == 1) use_gemm = false;
+  if (p.force_path == 2) use_gemm = true;
+  return use_gemm ? gemm(w, p, runner) : gemv(w, p, runner);
+}
+
+void half_to_float(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+  for (; i + L <= n; i += L) V::store(dst + i, V::load_half(src + i));
+  for (; i < n; ++i) dst[i] = half_to_float_scalar(src[i]);
+}
+
+void float_to_half(const float* src, uint16_t* dst, size_t n) {
+  size_t i = 0;
+  for (; i + L <= n; i += L) V::store_half(dst + i, V::load(src + i));
+  for (; i < n; ++i) dst[i] = float_to_half_scalar(src[i]);
+}

@@ -1,0 +1,200 @@
+"""FoldScalesPass: write calibrated scales/zero points into the graph, quantize biases.
+
+Config: ``qparams``, a mapping from tensor name to per-tensor :class:`onnxq.qparams.QParams`
+(what calibration chose). Every activation QuantizeLinear in the graph quantizes a tensor
+named by its input or by its DequantizeLinear's output (InsertQdqPass renames a graph output
+that way); its scale and zero-point initializers (shared by the whole scale group) get the
+values. A pair with no entry is an error: a placeholder scale must never reach a user.
+
+``weight_scales`` (optional): per-channel scales for the weight DequantizeLinear of a node
+(keyed like ``biases``): channel equalization moves a factor from one layer to the next
+this way, exactly, without touching the int8 values.
+
+``biases`` (optional): float bias values to use instead of the graph's, keyed by the
+node's output tensor name (bias correction computes them); a Conv without a bias gets one.
+
+Then every Conv / ConvTranspose / Gemm whose activation and weight inputs come through
+DequantizeLinear and whose bias is a float constant gets an int32 bias with scale
+``s_x * s_w`` (per output channel) behind a DequantizeLinear, the form ORT folds into
+QLinearConv / QGemm. A second run with the same qparams changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import irutil
+from onnxq import qparams as qp
+from onnxq.errors import OnnxqError
+from onnxq.passes.insert_qdq import add_initializer
+
+__all__ = ["FoldScalesPass"]
+
+logger = logging.getLogger(__name__)
+
+_INT32 = np.iinfo(np.int32)
+
+
+def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
+    p = v.producer() if v is not None else None
+    return p if p is not None and p.op_type == op else None
+
+
+def _set_constant(value: ir.Value, array: np.ndarray) -> bool:
+    """Give an initializer a new value; True when it changed."""
+    current = value.const_value.numpy() if value.const_value is not None else None
+    if current is not None and current.dtype == array.dtype and np.array_equal(current, array):
+        return False
+    value.const_value = ir.tensor(np.require(array, requirements="C"), name=value.name)
+    return True
+
+
+class FoldScalesPass(ir.passes.InPlacePass):
+    """Fill in QDQ scales from calibration and quantize float biases to int32."""
+
+    def __init__(
+        self,
+        qparams: Mapping[str, qp.QParams],
+        biases: Mapping[str, np.ndarray] | None = None,
+        weight_scales: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        self.qparams = dict(qparams)
+        self.biases = {k: np.asarray(v, dtype=np.float32) for k, v in (biases or {}).items()}
+        self.weight_scales = {k: np.asarray(v, dtype=np.float32) for k, v in (weight_scales or {}).items()}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        names = irutil.FreshNames(model.graph)
+        for node in list(irutil.iter_nodes(model.graph)):
+            if node.op_type == "QuantizeLinear" and not irutil.is_constant(node.inputs[0]):
+                modified |= self._fold_pair(node)
+        originals: list[tuple[ir.Graph, ir.Value]] = []
+        if self.weight_scales:
+            for node in list(irutil.iter_nodes(model.graph)):
+                given = self._given(node, self.weight_scales)
+                if given is not None:
+                    modified |= self._set_weight_scale(node, given)
+        for node in list(irutil.iter_nodes(model.graph)):
+            if node.op_type in ("Conv", "ConvTranspose", "Gemm") and node.domain in ("", "ai.onnx"):
+                modified |= self._quantize_bias(node, names, originals)
+        for graph, value in originals:
+            irutil.remove_if_unused(graph, value)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _lookup(self, q: ir.Node) -> tuple[str, qp.QParams] | None:
+        candidates = [q.inputs[0].name]
+        for user, _ in q.outputs[0].uses():
+            if user.op_type == "DequantizeLinear":
+                candidates.append(user.outputs[0].name)
+        for name in candidates:
+            if name in self.qparams:
+                return name, self.qparams[name]
+        return None
+
+    def _fold_pair(self, q: ir.Node) -> bool:
+        found = self._lookup(q)
+        if found is None:
+            raise OnnxqError(
+                f"no calibrated quantization parameters for tensor {q.inputs[0].name!r} (QuantizeLinear "
+                f"{q.name!r}); calibration must cover every tensor InsertQdqPass quantized"
+            )
+        name, p = found
+        if not p.is_per_tensor:
+            raise OnnxqError(f"activation {name!r} needs per-tensor quantization parameters")
+        scale_v, zp_v = q.inputs[1], (q.inputs[2] if len(q.inputs) > 2 else None)
+        if scale_v is None or not scale_v.is_initializer() or zp_v is None or not zp_v.is_initializer():
+            raise OnnxqError(f"QuantizeLinear {q.name!r} has no scale/zero-point initializers to write")
+        zp_dtype = zp_v.const_value.numpy().dtype
+        if zp_dtype != p.qtype.storage_dtype:
+            raise OnnxqError(
+                f"tensor {name!r} is quantized to {zp_dtype} in the graph but its parameters are for {p.qtype}"
+            )
+        scale = np.asarray(p.scale, dtype=np.float32).reshape(())
+        if not (np.isfinite(scale) and scale > 0):
+            raise OnnxqError(f"tensor {name!r}: scale {scale} is not a positive finite number")
+        changed = _set_constant(scale_v, scale)
+        changed |= _set_constant(zp_v, np.asarray(p.zero_point, dtype=zp_dtype).reshape(()))
+        return changed
+
+    def _set_weight_scale(self, node: ir.Node, scale: np.ndarray) -> bool:
+        dq = _producer(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
+        if dq is None or not dq.inputs[1].is_initializer():
+            raise OnnxqError(f"weight_scales: {irutil.node_label(node)} has no quantized weight")
+        if len(dq.outputs[0].uses()) != 1:
+            raise OnnxqError(f"weight_scales: the weight of {irutil.node_label(node)} is shared; its scale cannot change alone")
+        current = dq.inputs[1].const_value.numpy()
+        if current.shape != scale.shape:
+            raise OnnxqError(f"weight_scales: {irutil.node_label(node)} needs a scale of shape {current.shape}, got {scale.shape}")
+        return _set_constant(dq.inputs[1], scale)
+
+    def _given_bias(self, node: ir.Node) -> np.ndarray | None:
+        return self._given(node, self.biases)
+
+    def _given(self, node: ir.Node, table: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        if not node.outputs or not table:
+            return None
+        y = node.outputs[0]
+        candidates = [y.name]
+        for q, _ in y.uses():
+            if q.op_type == "QuantizeLinear":
+                candidates += [dq.outputs[0].name for dq, _ in q.outputs[0].uses() if dq.op_type == "DequantizeLinear"]
+        for name in candidates:
+            if name in table:
+                return table[name]
+        return None
+
+    def _quantize_bias(self, node: ir.Node, names: irutil.FreshNames, originals) -> bool:
+        dq_x, dq_w = _producer(node.inputs[0], "DequantizeLinear"), _producer(node.inputs[1], "DequantizeLinear")
+        if dq_x is None or dq_w is None:
+            return False
+        bias_v = node.inputs[2] if len(node.inputs) > 2 else None
+        given = self._given_bias(node)
+        if bias_v is None:
+            if given is None or node.op_type not in ("Conv", "ConvTranspose"):
+                return False
+        elif not irutil.is_constant(bias_v):
+            return False
+        if node.op_type == "Gemm" and (
+            node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0
+        ):
+            return False
+        b = given if given is not None else irutil.const_array(bias_v)
+        s_x = irutil.const_array(dq_x.inputs[1])
+        s_w = irutil.const_array(dq_w.inputs[1])
+        if b is None or b.dtype != np.float32 or b.ndim != 1 or s_x is None or s_w is None or s_x.size != 1:
+            return False
+        if s_w.size not in (1, b.size):
+            return False
+        w_axis = dq_w.attributes.get_int("axis", 1)
+        expected_axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type)
+        if node.op_type == "Gemm":
+            expected_axis = 0 if node.attributes.get_int("transB", 0) else 1
+        if s_w.size > 1 and w_axis != expected_axis:
+            return False
+        scale = (s_x.reshape(()).astype(np.float64) * np.broadcast_to(s_w.reshape(-1), b.shape).astype(np.float64)).astype(np.float32)
+        scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
+        q = np.rint(b.astype(np.float64) / scale.astype(np.float64))
+        if np.any((q < _INT32.min) | (q > _INT32.max)):
+            logger.warning("bias of %s saturates int32; clipped", irutil.node_label(node))
+        q = np.clip(q, _INT32.min, _INT32.max).astype(np.int32)
+        graph = node.graph
+        label = bias_v.name if bias_v is not None else f"{node.outputs[0].name}_bias"
+        q_v = add_initializer(graph, names(f"{label}_quantized"), q)
+        s_v = add_initializer(graph, names(f"{label}_scale"), scale)
+        z_v = add_initializer(graph, names(f"{label}_zero_point"), np.zeros(b.shape, np.int32))
+        nb = irutil.NodeBuilder(names, f"{label}_dq")
+        out = nb.op("DequantizeLinear", [q_v, s_v, z_v], {"axis": 0})
+        out.dtype = ir.DataType.FLOAT
+        out.shape = ir.Shape(list(b.shape))
+        nb.insert_before(graph, node)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, out)
+        if bias_v is not None:
+            originals.append((bias_v.graph or graph, bias_v))
+        return True

@@ -1,0 +1,634 @@
+"""InsertQdqPass: QuantizeLinear/DequantizeLinear around the ops of a ``StaticInt8`` recipe.
+
+The pass is structural: it needs no data. Activations get a Q→DQ pair whose scale and zero
+point are placeholders (1.0 and the type's zero) shared by every tensor of a *scale group*;
+``FoldScalesPass`` later writes the calibrated values into them and quantizes biases.
+Weights need no calibration and are written here, already quantized: an int8 initializer
++ DequantizeLinear (per output channel, symmetric), so the file shrinks about 4x.
+
+Per-op rules (the QDQ form that ORT's graph optimizer fuses into QLinearConv,
+QLinearMatMul, QGemm, QLinearAdd/Mul, QLinearConcat, QLinearAveragePool,
+QLinearGlobalAveragePool, and runs MaxPool/Resize/Reshape/... directly on uint8):
+
+- Conv, ConvTranspose, MatMul, Gemm: DQ on the activation input(s) and on the weight,
+  Q→DQ on the output. A single-use Relu, or Clip with constant bounds, right after the op
+  is folded: the Q goes after the activation (ORT then removes the activation, since the
+  quantized range already clips there, and fuses the op). MatMul with two activations
+  quantizes both.
+- Add, Mul: both inputs and the output (a constant input is stored quantized, per tensor,
+  in the activation type).
+- Concat: inputs and output share one scale. MaxPool, Resize: input and output share one
+  scale. AveragePool, GlobalAveragePool: own scales.
+- Reshape, Transpose, Flatten, Squeeze, Unsqueeze whose input is quantized: the output is
+  quantized too, with the same scale (ORT drops the pair and moves int8 data).
+- Everything else (Softmax, LayerNormalization, Pow/Sqrt/Div, ...) stays float; a float
+  consumer of a tensor produced by a quantized op reads the dequantized value so that the
+  producer can still be fused.
+
+Nodes inside If/Loop bodies are handled like the others (calibration lifts their tensors
+out); nodes in other subgraphs (Scan, custom ops) are skipped with a reason. Weights held in
+``Constant`` nodes are quantized like initializers.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import irutil
+from onnxq import qparams as qp
+from onnxq.errors import OnnxqError, RecipeError
+from onnxq.recipes import StaticInt8
+from onnxq.selection import Decision, select
+
+__all__ = [
+    "InsertQdqPass",
+    "StaticPlan",
+    "ScaleGroup",
+    "plan_static",
+    "group_qparams",
+    "quantize_weight",
+    "PASS_THROUGH_OPS",
+    "MIN_OPSET",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+_SHARED_SCALE_OPS = frozenset({"MaxPool", "Resize"})
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+_FOLDABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add"})
+_OVERRIDE_KEYS = frozenset({"activation_type", "symmetric", "calibration", "percentile", "range"})
+
+
+# -- plan ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleGroup:
+    """Tensors quantized with one scale and zero point.
+
+    ``observe``: the members calibration must look at (the others are derived from them:
+    a Reshape output from its input, a Concat input from the Concat output).
+    ``upper_bound``: when every member comes out of a Clip/Relu bounded above, that bound
+    (the scale is kept so that the quantized range does not pass it, which lets ORT remove
+    the Clip). ``override``: the recipe's ``tensor_overrides`` entry for the group."""
+
+    key: str
+    members: tuple[str, ...]
+    observe: tuple[str, ...]
+    qtype: qp.QType
+    symmetric: bool
+    upper_bound: float | None = None
+    override: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def calibration(self) -> str | None:
+        return self.override.get("calibration")
+
+    @property
+    def fixed_range(self) -> tuple[float, float] | None:
+        r = self.override.get("range")
+        return (float(r[0]), float(r[1])) if r is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    node: ir.Node
+    index: int
+    axis: int | None  # None: per tensor
+    qtype: qp.QType
+    symmetric: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticPlan:
+    """What InsertQdqPass will do: per-node decisions, scale groups, constant inputs."""
+
+    decisions: tuple[Decision, ...]
+    groups: tuple[ScaleGroup, ...]
+    weights: tuple[WeightSpec, ...]
+    quantized_inputs: Mapping[int, tuple[int, ...]]  # id(node) -> input indices read via DQ
+    rewire_all: frozenset[str]  # tensors whose every consumer reads the DQ output
+    notes: tuple[str, ...] = ()
+
+    def group_of(self, tensor: str) -> ScaleGroup | None:
+        for g in self.groups:
+            if tensor in g.members:
+                return g
+        return None
+
+    @property
+    def tensors(self) -> list[str]:
+        return [t for g in self.groups for t in g.members]
+
+
+def _is_float(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype in (None, ir.DataType.FLOAT)
+
+
+def _opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def _from_dq(v: ir.Value | None) -> bool:
+    p = v.producer() if v is not None else None
+    return p is not None and p.op_type == "DequantizeLinear"
+
+
+def _to_q(v: ir.Value) -> bool:
+    return any(u.node.op_type == "QuantizeLinear" for u in v.uses())
+
+
+def _already_qdq(node: ir.Node) -> bool:
+    return any(_from_dq(v) for v in node.inputs) or any(_to_q(v) for v in node.outputs)
+
+
+def _unobservable_owner(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
+    """The op type of the first ancestor subgraph holder that is not If/Loop, if any."""
+    graph = node.graph
+    while graph is not None and id(graph) in owners:
+        owner = owners[id(graph)]
+        if owner.op_type not in ("If", "Loop") or owner.domain not in ("", "ai.onnx"):
+            return owner.op_type
+        graph = owner.graph
+    return None
+
+
+def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
+    op = node.op_type
+    holder = _unobservable_owner(node, owners)
+    if holder is not None:
+        return f"inside a {holder} subgraph, which calibration cannot observe"
+    if _already_qdq(node):
+        return "already in QDQ form"
+    inputs = list(node.inputs)
+    if not inputs or inputs[0] is None:
+        return "no input"
+    x = inputs[0]
+    if op in _WEIGHTED_OPS:
+        if irutil.is_constant(x):
+            return "first input is a constant"
+        if not _is_float(x) or not _is_float(node.outputs[0]):
+            return "not float32"
+        w = inputs[1] if len(inputs) > 1 else None
+        if w is None:
+            return "no weight input"
+        if op in ("MatMul",):
+            if not irutil.is_constant(w):
+                return None if _is_float(w) else "not float32"
+        elif not irutil.is_constant(w):
+            return "weight is not a constant"
+        warr = irutil.const_array(w)
+        if warr is None or warr.dtype != np.float32:
+            return "weight is not a float32 constant"
+        if not np.all(np.isfinite(warr)):
+            return "weight contains NaN or Inf"
+        if op in ("Conv", "ConvTranspose") and warr.ndim < 3:
+            return f"weight has rank {warr.ndim}"
+        if op == "Gemm":
+            if node.attributes.get_int("transA", 0):
+                return "Gemm with transA=1 is left in float"
+            if warr.ndim != 2:
+                return "Gemm weight is not 2-D"
+        if op in ("Conv", "ConvTranspose", "Gemm") and len(inputs) > 2 and inputs[2] is not None:
+            if not irutil.is_constant(inputs[2]) and op != "Gemm":
+                return "bias is not a constant"
+        return None
+    if op in ("Add", "Mul"):
+        if len(inputs) != 2 or not all(_is_float(v) for v in inputs) or not _is_float(node.outputs[0]):
+            return "not float32"
+        if all(irutil.is_constant(v) for v in inputs):
+            return "both inputs are constants (constant folding territory)"
+        for v in inputs:
+            if irutil.is_constant(v):
+                a = irutil.const_array(v)
+                if a is None or not np.all(np.isfinite(a)):
+                    return "constant input is not finite"
+        return None
+    if op == "Concat":
+        if not all(_is_float(v) for v in inputs) or not _is_float(node.outputs[0]):
+            return "not float32"
+        if any(v is None or irutil.is_constant(v) for v in inputs):
+            return "has a constant input (would need the output's scale before calibration)"
+        return None
+    if op in ("MaxPool", "AveragePool", "GlobalAveragePool", "Resize"):
+        if irutil.is_constant(x) or not _is_float(x) or not _is_float(node.outputs[0]):
+            return "not a float32 activation"
+        if op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].uses():
+            return "MaxPool Indices output is used"
+        return None
+    return f"{op} is not quantized by int8-static"
+
+
+def _activation_bounds(act: ir.Node) -> tuple[float, float] | None:
+    """(lo, hi) of a Relu, or of a Clip with constant bounds; None otherwise."""
+    if act.op_type == "Relu":
+        return (0.0, float("inf"))
+    if act.op_type != "Clip":
+        return None
+    lo, hi = -float("inf"), float("inf")
+    if "min" in act.attributes or "max" in act.attributes:  # opset < 11
+        lo = act.attributes.get_float("min", lo)
+        hi = act.attributes.get_float("max", hi)
+    for i, which in ((1, "lo"), (2, "hi")):
+        if len(act.inputs) > i and act.inputs[i] is not None:
+            a = irutil.const_array(act.inputs[i])
+            if a is None or a.size != 1:
+                return None
+            if which == "lo":
+                lo = float(a.reshape(()))
+            else:
+                hi = float(a.reshape(()))
+    return (lo, hi)
+
+
+def _folded_activation(node: ir.Node) -> ir.Node | None:
+    """The Relu/Clip that consumes this node's output alone, if its Q can go after it."""
+    if node.op_type not in _FOLDABLE_PRODUCERS:
+        return None
+    y = node.outputs[0]
+    uses = y.uses()
+    if len(uses) != 1 or y.is_graph_output():
+        return None
+    act, index = uses[0]
+    if index != 0 or act.domain not in ("", "ai.onnx") or act.graph is not node.graph:
+        return None
+    if act.op_type not in ("Relu", "Clip") or _activation_bounds(act) is None:
+        return None
+    if not _is_float(act.outputs[0]) or _to_q(act.outputs[0]):
+        return None
+    return act
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.order: dict[str, int] = {}
+
+    def add(self, x: str) -> None:
+        if x not in self.parent:
+            self.parent[x] = x
+            self.order[x] = len(self.order)
+
+    def find(self, x: str) -> str:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        self.add(a)
+        self.add(b)
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if self.order[ra] > self.order[rb]:
+                ra, rb = rb, ra
+            self.parent[rb] = ra
+
+
+def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
+    if not per_channel:
+        return None
+    op = node.op_type
+    if op == "Conv":
+        return 0
+    if op == "ConvTranspose":
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
+    if op == "MatMul":
+        return 1 if w.ndim == 2 else None
+    if op == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    return None
+
+
+def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
+    """Decide, without touching the model, what InsertQdqPass(recipe) will rewrite."""
+    from onnxq.calib.probe import subgraph_owners
+
+    owners = subgraph_owners(model)
+    decisions = select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, owners))
+    selected = [d.node for d in decisions if d.selected]
+    act_type = qp.qtype_named(recipe.activation_type)
+    w_type = qp.qtype_named(recipe.weight_type)
+
+    uf = _UnionFind()
+    derived: set[str] = set()  # members whose values follow from another member's
+    bounds: dict[str, float] = {}  # tensor -> known upper bound (Relu: inf, Clip: max)
+    quantized_inputs: dict[int, list[int]] = collections.defaultdict(list)
+    quantized_producers: set[int] = set()  # id(node) of nodes whose output is Q'd for fusion
+    weights: list[WeightSpec] = []
+
+    for node in selected:
+        op = node.op_type
+        inputs = list(node.inputs)
+        act_inputs: list[int] = []
+        if op in _WEIGHTED_OPS:
+            act_inputs.append(0)
+            w_value = inputs[1]
+            if irutil.is_constant(w_value):
+                w = irutil.const_array(w_value)
+                axis = _weight_axis(node, w, recipe.per_channel)
+                weights.append(WeightSpec(node, 1, axis, w_type, True))
+            else:
+                act_inputs.append(1)  # MatMul of two activations
+        elif op in ("Add", "Mul"):
+            for i, v in enumerate(inputs):
+                if irutil.is_constant(v):
+                    weights.append(WeightSpec(node, i, None, act_type, recipe.symmetric_activations))
+                else:
+                    act_inputs.append(i)
+        elif op == "Concat":
+            act_inputs = list(range(len(inputs)))
+        else:  # pools, Resize
+            act_inputs.append(0)
+        for i in act_inputs:
+            uf.add(inputs[i].name)
+        quantized_inputs[id(node)].extend(act_inputs)
+        out = node.outputs[0]
+        act = _folded_activation(node)
+        if act is not None:
+            out = act.outputs[0]
+            b = _activation_bounds(act)
+            bounds[out.name] = b[1]
+            quantized_producers.add(id(act))
+        uf.add(out.name)
+        quantized_producers.add(id(node))
+        if op == "Concat":
+            for i in act_inputs:
+                uf.union(out.name, inputs[i].name)
+                derived.add(inputs[i].name)
+        elif op in _SHARED_SCALE_OPS:
+            uf.union(inputs[0].name, out.name)
+            derived.add(out.name)
+
+    # pass-through ops carry the quantized data on (graph order is topological)
+    notes: list[str] = []
+    for node in irutil.iter_nodes(model.graph):
+        if node.op_type not in PASS_THROUGH_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        if not node.inputs or node.inputs[0] is None or node.inputs[0].name not in uf.parent:
+            continue
+        if _already_qdq(node) or not _is_float(node.outputs[0]) or _unobservable_owner(node, owners):
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        uf.union(x.name, y.name)
+        derived.add(y.name)
+        if x.name in bounds:
+            bounds[y.name] = bounds[x.name]
+        quantized_inputs[id(node)].append(0)
+        quantized_producers.add(id(node))
+
+    # groups, in order of first appearance
+    members: dict[str, list[str]] = collections.defaultdict(list)
+    for t in sorted(uf.parent, key=uf.order.__getitem__):
+        members[uf.find(t)].append(t)
+    overrides = dict(recipe.tensor_overrides)
+    known = set(uf.parent)
+    groups = []
+    for root, ms in members.items():
+        group_over: dict[str, Any] = {}
+        for t in ms:
+            if t in overrides:
+                for k, v in overrides[t].items():
+                    if k in group_over and group_over[k] != v:
+                        raise RecipeError(
+                            f"tensor_overrides disagree on {k!r} within one scale group ({', '.join(ms)}); "
+                            "these tensors share a scale"
+                        )
+                    group_over[k] = v
+        qtype = qp.qtype_named(group_over["activation_type"]) if "activation_type" in group_over else act_type
+        symmetric = bool(group_over.get("symmetric", recipe.symmetric_activations))
+        observe = tuple(t for t in ms if t not in derived) or (ms[0],)
+        ub = None
+        if all(t in bounds for t in ms):
+            ub = min(bounds[t] for t in ms)
+            if not np.isfinite(ub):
+                ub = None
+        groups.append(ScaleGroup(ms[0], tuple(ms), observe, qtype, symmetric, ub, group_over))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        all_names = {v.name for g in irutil.iter_graphs(model.graph) for n in g for v in n.outputs}
+        all_names |= {v.name for g in irutil.iter_graphs(model.graph) for v in g.inputs}
+        missing = [t for t in unknown if t not in all_names]
+        if missing:
+            raise RecipeError(f"tensor_overrides name tensors the model does not have: {', '.join(missing)}")
+        notes.append(f"tensor_overrides for tensors that stay float (ignored): {', '.join(unknown)}")
+
+    # which tensors have every consumer rewired (their producer is quantized: ORT fuses it
+    # only when the Q is its sole consumer)
+    rewire_all = set()
+    for g in irutil.iter_graphs(model.graph):
+        for node in g:
+            if id(node) in quantized_producers:
+                out = node.outputs[0]
+                if out.name in known:
+                    rewire_all.add(out.name)
+    return StaticPlan(
+        decisions=tuple(decisions),
+        groups=tuple(groups),
+        weights=tuple(weights),
+        quantized_inputs={k: tuple(v) for k, v in quantized_inputs.items()},
+        rewire_all=frozenset(rewire_all),
+        notes=tuple(notes),
+    )
+
+
+def quantize_weight(
+    w: np.ndarray, axis: int | None, qtype: qp.QType, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(quantized, scale, zero point, dequantized) of a constant: per channel along
+    ``axis`` (scale/zero point 1-D) or per tensor (0-d)."""
+    w = np.asarray(w, dtype=np.float32)
+    block = qp.per_tensor(w.shape) if axis is None else qp.per_channel(w.shape, axis)
+    p = qp.choose_qparams(w, qtype, block, symmetric=symmetric)
+    q = qp.quantize(w, p)
+    if axis is None:
+        scale_arr, zp_arr = p.scale.reshape(()), p.zero_point.reshape(())
+    else:
+        scale_arr, zp_arr = p.scale.reshape(-1), p.zero_point.reshape(-1)
+    return q, scale_arr, zp_arr, qp.dequantize(q, p)
+
+
+def group_qparams(group: ScaleGroup, rmin: float, rmax: float) -> qp.QParams:
+    """Per-tensor qparams for a group from its chosen range, kept inside the group's upper
+    bound (a Clip's max) so that ORT can drop the Clip: ORT accepts the fusion only when
+    ``scale * (qmax - zero_point)`` does not pass the bound by more than float epsilon."""
+    if group.fixed_range is not None:
+        rmin, rmax = group.fixed_range
+    if group.upper_bound is not None:
+        rmax = min(rmax, group.upper_bound)
+    p = qp.qparams_from_range(np.float64(rmin), np.float64(rmax), group.qtype, symmetric=group.symmetric)
+    if group.upper_bound is not None:
+        ub = np.float32(group.upper_bound)
+        scale = np.float32(p.scale)
+        top = np.float32(group.qtype.qmax - int(p.zero_point))
+        while np.float32(scale * top) - ub > np.finfo(np.float32).eps and scale > 0:
+            scale = np.nextafter(scale, np.float32(0))
+        p = dataclasses.replace(p, scale=np.asarray(scale, dtype=np.float32))
+    return p
+
+
+# -- the pass -----------------------------------------------------------------------------
+
+
+def _placeholder_zero_point(qtype: qp.QType, symmetric: bool) -> int:
+    if symmetric and not qtype.signed:
+        return (qtype.qmax + qtype.qmin + 1) // 2
+    return 0
+
+
+class InsertQdqPass(ir.passes.InPlacePass):
+    """Insert Q/DQ pairs (placeholder scales) and quantized weights per ``plan_static``."""
+
+    def __init__(self, recipe: StaticInt8) -> None:
+        super().__init__()
+        self.recipe = recipe
+
+    def requires(self, model: ir.Model) -> None:
+        opset = _opset(model)
+        if opset < MIN_OPSET:
+            raise OnnxqError(
+                f"int8-static needs opset >= {MIN_OPSET} (per-channel QuantizeLinear); the model imports opset "
+                f"{opset}: convert it first with onnx.version_converter.convert_version(model, 13)"
+            )
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        plan = plan_static(model, self.recipe)
+        if not plan.groups and not plan.weights:
+            return ir.passes.PassResult(model, modified=False)
+        names = irutil.FreshNames(model.graph)
+        opset = _opset(model)
+        root = model.graph
+        wide = any(g.qtype.bits > 8 for g in plan.groups)
+        qdq_domain = "" if opset >= 21 or not wide else "com.microsoft"
+        if qdq_domain:
+            irutil.ensure_opset(model, qdq_domain, 1)
+
+        originals: list[tuple[ir.Graph, ir.Value]] = []
+        weight_cache: dict[tuple, ir.Value] = {}
+        for spec in plan.weights:
+            self._quantize_constant(spec, names, weight_cache, originals)
+
+        quantized_consumers: set[tuple[int, int]] = {
+            (node_id, i) for node_id, idxs in plan.quantized_inputs.items() for i in idxs
+        }
+        values = _values_by_name(model)
+        for group in plan.groups:
+            zp0 = _placeholder_zero_point(group.qtype, group.symmetric)
+            scale = add_initializer(root, names(f"{group.key}_scale"), np.array(1.0, np.float32))
+            zp = add_initializer(
+                root, names(f"{group.key}_zero_point"), np.array(zp0, dtype=group.qtype.storage_dtype)
+            )
+            for t in group.members:
+                self._insert_pair(
+                    values[t], scale, zp, group.qtype, names, qdq_domain,
+                    rewire_all=t in plan.rewire_all, quantized_consumers=quantized_consumers,
+                )
+        for graph, value in originals:
+            irutil.remove_if_unused(graph, value)
+        logger.debug("insert QDQ: %d scale groups, %d constants", len(plan.groups), len(plan.weights))
+        return ir.passes.PassResult(model, modified=True)
+
+    # -- constants --------------------------------------------------------------------------
+
+    def _quantize_constant(self, spec: WeightSpec, names, cache, originals) -> None:
+        node = spec.node
+        graph = node.graph
+        value = node.inputs[spec.index]
+        key = (id(graph), id(value), spec.axis, spec.qtype.name, spec.symmetric)
+        if key not in cache:
+            w = irutil.const_array(value).astype(np.float32)
+            q, scale_arr, zp_arr, _ = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
+            label = value.name or node.name or "w"
+            home = root_of(graph)
+            q_v = add_initializer(home, names(f"{label}_quantized"), q)
+            s_v = add_initializer(home, names(f"{label}_scale"), scale_arr.astype(np.float32))
+            z_v = add_initializer(home, names(f"{label}_zero_point"), zp_arr.astype(spec.qtype.storage_dtype))
+            attrs = {"axis": spec.axis} if spec.axis is not None else {}
+            b = irutil.NodeBuilder(names, f"{label}_dq")
+            dq = b.op("DequantizeLinear", [q_v, s_v, z_v], attrs)
+            dq.dtype = ir.DataType.FLOAT
+            dq.shape = ir.Shape(list(w.shape))
+            b.insert_before(graph, node)
+            cache[key] = dq
+            originals.append((value.graph or graph, value))
+        node.replace_input_with(spec.index, cache[key])
+
+    # -- activations ------------------------------------------------------------------------
+
+    def _insert_pair(self, t: ir.Value, scale, zp, qtype, names, domain, *, rewire_all, quantized_consumers) -> None:
+        graph = t.graph
+        producer = t.producer()
+        base = t.name
+        q_node = ir.node(
+            "QuantizeLinear", [t, scale, zp], domain=domain,
+            outputs=[ir.Value(name=names(f"{base}_quantized"), type=ir.TensorType(qtype_dtype(qtype)), shape=t.shape)],
+            name=names(f"{base}_QuantizeLinear"),
+        )
+        dq_node = ir.node(
+            "DequantizeLinear", [q_node.outputs[0], scale, zp], domain=domain,
+            outputs=[ir.Value(name=names(f"{base}_dequantized"), type=ir.TensorType(ir.DataType.FLOAT), shape=t.shape)],
+            name=names(f"{base}_DequantizeLinear"),
+        )
+        if producer is not None:
+            graph.insert_after(producer, [q_node, dq_node])
+        elif len(graph) > 0:
+            graph.insert_before(next(iter(graph)), [q_node, dq_node])
+        else:
+            graph.append(q_node)
+            graph.append(dq_node)
+        dq = dq_node.outputs[0]
+        for user, index in t.uses():
+            if user is q_node:
+                continue
+            if rewire_all or (id(user), index) in quantized_consumers:
+                user.replace_input_with(index, dq)
+        if rewire_all and t.is_graph_output():
+            owner = t.graph
+            for i, out in enumerate(owner.outputs):
+                if out is t:
+                    owner.outputs[i] = dq
+            name = t.name
+            t.name = names(f"{name}_float")
+            dq.name = name
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Like ``irutil.add_initializer`` but keeps 0-d arrays 0-d (``np.ascontiguousarray``
+    turns them into shape (1,), which ORT's QDQ fusions reject as non-scalar scales)."""
+    array = np.require(np.asarray(array), requirements="C")
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def qtype_dtype(qtype: qp.QType) -> ir.DataType:
+    return ir.DataType(qtype.onnx_dtype)
+
+
+def root_of(graph: ir.Graph) -> ir.Graph:
+    """Initializers go in the graph itself (subgraph initializers are valid and keep the
+    quantized weight next to its DequantizeLinear)."""
+    return graph
+
+
+def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
+    out: dict[str, ir.Value] = {}
+    for g in irutil.iter_graphs(model.graph):
+        for v in g.inputs:
+            out.setdefault(v.name, v)
+        for node in g:
+            for v in node.outputs:
+                if v.name:
+                    out.setdefault(v.name, v)
+    return out

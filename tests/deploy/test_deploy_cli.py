@@ -1,0 +1,115 @@
+"""`onnxq verify` and `onnxq quantize --target` on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import onnx_ir as ir
+from click.testing import CliRunner
+
+from onnxq.cli import main
+from tests.deploy.qdq_models import conv_model
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_verify_ok_and_json(tiny_ort_qdq, tiny_float, tiny_data):
+    res = _run("verify", tiny_ort_qdq, "--target", "ort-cpu", "--data", tiny_data, "--float", tiny_float, "--no-latency")
+    assert res.exit_code == 0, res.output
+    assert "OK" in res.output and "vs float" in res.output
+    res = _run("verify", tiny_ort_qdq, "--json", "--no-latency")
+    assert res.exit_code == 0
+    d = json.loads(res.output)
+    assert d["target"] == "ort-cpu" and d["ok"] and d["loaded"]
+
+
+def test_verify_rule_break_exits_1_and_names_the_rule(tiny_ort_qdq):
+    res = _run("verify", tiny_ort_qdq, "--target", "tensorrt", "--no-latency")
+    assert res.exit_code == 1
+    assert "TRT001" in res.output and "FAILED" in res.output
+
+
+def test_verify_strict_fails_on_fallbacks(tmp_path):
+    p = tmp_path / "u16.onnx"
+    ir.save(conv_model(act="uint16", act_zp=32768, opset=21), p)
+    assert _run("verify", p, "--no-latency").exit_code == 0
+    res = _run("verify", p, "--no-latency", "--strict")
+    assert res.exit_code == 1 and "ORT-FUSE" in res.output
+
+
+def test_verify_bad_input_is_one_line(tmp_path, tiny_float):
+    for args, msg in (
+        (("verify", tmp_path / "nope.onnx"), "does not exist"),
+        (("verify", tiny_float, "--target", "coreml"), "unknown target 'coreml'"),
+        (("verify", tiny_float, "--data", tmp_path / "nothing.npz"), "does not exist"),
+        (("verify", tiny_float, "--max-samples", "0"), "--max-samples"),
+    ):
+        res = _run(*args)
+        assert res.exit_code != 0, args
+        lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and msg in lines[0], res.output
+        assert "Traceback" not in res.output
+
+
+def test_verify_ort_mobile_keeps_the_ort_file(tiny_ort_qdq, tmp_path):
+    out = tmp_path / "mobile"
+    res = _run("verify", tiny_ort_qdq, "--target", "ort-mobile", "--keep", out, "--no-latency")
+    assert res.exit_code == 0, res.output
+    assert (out / "tiny_cnn.ort_qdq.ort").is_file()
+    assert (out / "tiny_cnn.ort_qdq.required_operators_and_types.config").is_file()
+
+
+def test_quantize_with_target_tensorrt_passes_its_rules(tiny_float, tiny_data, tmp_path):
+    out = tmp_path / "trt.onnx"
+    res = _run("quantize", tiny_float, "-o", out, "--recipe", "int8-static", "--calib-data", tiny_data,
+               "--target", "tensorrt")
+    assert res.exit_code == 0, res.output
+    assert "biases stored in float" in res.output
+    res = _run("verify", out, "--target", "tensorrt", "--json", "--no-latency")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["findings"] == []
+
+
+def test_quantize_with_target_openvino_runs_int8_there(tiny_float, tiny_data, tmp_path):
+    import pytest
+
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov.onnx"
+    res = _run("quantize", tiny_float, "-o", out, "--recipe", "int8-static", "--calib-data", tiny_data,
+               "--target", "openvino")
+    assert res.exit_code == 0, res.output
+    res = _run("verify", out, "--target", "openvino", "--json", "--no-latency", "--data", tiny_data, "--float", tiny_float)
+    d = json.loads(res.output)
+    assert res.exit_code == 0 and d["ok"] and not d["findings"]
+    n8, total = map(int, d["metrics"]["int8_compute_layers"].split("/"))
+    assert n8 == total == 3
+
+
+def test_quantize_target_refuses_what_it_cannot_run(tiny_float, tmp_path):
+    res = _run("quantize", tiny_float, "-o", tmp_path / "x.onnx", "--recipe", "int8-dynamic", "--target", "tensorrt")
+    assert res.exit_code != 0 and "does not run int8-dynamic" in res.output
+    res = _run("quantize", tiny_float, "-o", tmp_path / "x.onnx", "--recipe", "int8-static", "--target", "nope")
+    assert res.exit_code != 0 and "unknown target" in res.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_quantize_for_ort_mobile_writes_the_ort_file(tiny_float, tiny_data, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "m.onnx"
+    res = _run("quantize", tiny_float, "-o", out, "--recipe", "int8-static", "--calib-data", tiny_data,
+               "--target", "ort-mobile")
+    assert res.exit_code == 0, res.output
+    ort_file = tmp_path / "m.ort"
+    assert ort_file.is_file() and (tmp_path / "m.required_operators_and_types.config").is_file()
+    assert not (tmp_path / "m.optimized.onnx").exists()
+    import numpy as np
+
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.qdqisint8allowed", "1")
+    a = ort.InferenceSession(str(ort_file), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

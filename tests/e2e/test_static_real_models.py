@@ -1,0 +1,60 @@
+"""int8-static end to end on MobileNetV2 from the corpus, through the CLI (runs in CI)."""
+
+import collections
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from click.testing import CliRunner
+
+from onnxq.cli import main
+from onnxq.preprocess import image_files, load_image
+
+
+def test_mobilenet_int8_static_cli_calib_images(mobilenet_path, corpus, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for p in image_files(corpus / "images")[::4][:16]:  # 16 photos, sub-folders included
+        (calib / p.name).symlink_to(p)
+    out = tmp_path / "m_int8.onnx"
+    r = CliRunner().invoke(
+        main,
+        ["quantize", str(mobilenet_path), "-o", str(out), "--recipe", "int8-static",
+         "--calib-images", str(calib), "--preprocess", "imagenet", "--calibration", "percentile"],
+    )
+    assert r.exit_code == 0, r.output
+    assert "calibrated" in r.output
+    onnx.checker.check_model(str(out), full_check=True)
+    assert out.stat().st_size < 0.3 * mobilenet_path.stat().st_size
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    q = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    fused = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert fused["QLinearConv"] == 52 and fused["Conv"] == 0, fused
+    ref = ort.InferenceSession(str(mobilenet_path), providers=["CPUExecutionProvider"])
+    labels = json.loads((corpus / "imagenet_dev" / "labels.json").read_text())[:10]
+    agree, cos = 0, []
+    for e in labels:
+        x = load_image(corpus / "imagenet_dev" / e["file"])
+        a, b = ref.run(None, {"input": x})[0][0], q.run(None, {"input": x})[0][0]
+        agree += int(a.argmax() == b.argmax())
+        cos.append(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert agree >= 7, agree
+    assert min(cos) > 0.9, cos
+
+
+def test_static_cli_errors_are_one_line(mobilenet_path, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((2, 3, 224, 224), np.float32))
+    for args, message in (
+        (["--calib-data", str(bad)], "unknown input name"),
+        ([], "needs calibration data"),
+        (["--calib-data", str(bad), "--calib-images", str(tmp_path)], "not both"),
+    ):
+        r = CliRunner().invoke(
+            main, ["quantize", str(mobilenet_path), "-o", str(tmp_path / "o.onnx"), "--recipe", "int8-static", *args]
+        )
+        assert r.exit_code != 0 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output

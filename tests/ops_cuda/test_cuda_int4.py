@@ -1,0 +1,202 @@
+"""CUDA MatMulBlockInt4 kernels (ops/cuda) against the numpy reference, via the ctypes harness.
+
+Every kernel is run on the packed bytes that ``onnxq.formats`` produces, on shapes with K not
+a multiple of the block, odd N, an odd block count (8-byte B rows), K not a multiple of 8
+(scalar A loads) and M in {1, 3, 16, 129}.
+
+Tolerances (``rel = ||y - ref|| / ||ref||``, ref in float64 of the very inputs the kernel saw):
+- float32 A (SIMT path: fp32 dequant, fp32 FMA): rel <= 1e-5.
+- float16 A (skinny and tensor-core paths: fp16 operands, fp32 accumulation, fp16 output):
+  ref = float64(A16) @ dequantize(B with the fp16 scales); rel <= 2e-3 and
+  max|y - ref| <= 1e-2 * max|ref|. fp16 output alone rounds at 2^-11 = 4.9e-4 relative.
+
+Needs torch with a CUDA device; skipped otherwise. The harness library is taken from
+$ONNXQ_CUDA_HARNESS or build/cuda-harness/, and built with nvcc when missing.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+try:
+    from onnxq import formats
+except ImportError:  # a GPU machine whose onnx_ir/onnx differ: formats needs numpy only
+    _pkg = types.ModuleType("onnxq")
+    _pkg.__path__ = [str(REPO / "onnxq")]
+    sys.modules["onnxq"] = _pkg
+    from onnxq import formats
+
+# ---- GPU tests ------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+from bench.device.cuda_int4_harness import (  # noqa: E402
+    N_TC_CONFIGS,
+    PATH_AUTO,
+    PATH_SIMT,
+    PATH_SKINNY,
+    PATH_TC,
+    Harness,
+    HarnessError,
+    find_or_build_lib,
+)
+
+F32_TOL = 1e-5
+F16_TOL = 2e-3
+F16_MAX_TOL = 1e-2
+
+# (K, N, block_size, symmetric, bias)
+CASES = [
+    (4200, 333, 128, False, True),  # K ragged in the last block, odd N, zero points, bias
+    (1001, 257, 32, True, False),  # K odd: scalar A loads
+    (4100, 129, 16, False, False),  # odd block count: 8-byte B rows
+    (768, 96, 256, True, True),  # block 256
+    (2048, 47, 64, False, False),  # small odd N
+]
+MS = [1, 3, 16, 129]
+
+
+@pytest.fixture(scope="module")
+def harness() -> Harness:
+    lib = find_or_build_lib()
+    if lib is None:
+        pytest.skip("harness library missing and nvcc not found")
+    return Harness(lib)
+
+
+def _packed(rng, k, n, bs, symmetric) -> formats.PackedBlockInt4:
+    w = rng.standard_normal((k, n)).astype(np.float32) * 0.05
+    return formats.BlockInt4Format(block_size=bs, symmetric=symmetric).quantize(w)
+
+
+def _reference(p: formats.PackedBlockInt4, a: np.ndarray, f16: bool, bias: np.ndarray | None) -> np.ndarray:
+    scales = p.scales.astype(np.float16).astype(np.float32) if f16 else p.scales
+    q = formats.PackedBlockInt4(p.fmt, p.k, p.n, p.packed, scales, p.zero_points)
+    y = a.astype(np.float64) @ q.dequantize().astype(np.float64)
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return y
+
+
+def _run(h: Harness, p, a: np.ndarray, bias, *, path, config=-1, pdl=False) -> np.ndarray:
+    dt = torch.float16 if a.dtype == np.float16 else torch.float32
+    dev = "cuda"
+    ta = torch.from_numpy(a).to(dev)
+    tb = torch.from_numpy(p.packed).to(dev)
+    ts = torch.from_numpy(p.scales).to(dev, dt)
+    tz = None if p.zero_points is None else torch.from_numpy(p.zero_points).to(dev)
+    tbias = None if bias is None else torch.from_numpy(bias).to(dev, dt)
+    y = torch.full((a.shape[0], p.n), float("nan"), dtype=dt, device=dev)  # poisoned
+    h.matmul(ta, tb, ts, tz, tbias, y, k=p.k, n=p.n, block_size=p.fmt.block_size, path=path, config=config, pdl=pdl)
+    torch.cuda.synchronize()
+    return y.cpu().numpy()
+
+
+def _check(y: np.ndarray, ref: np.ndarray, f16: bool, what: str) -> float:
+    assert np.isfinite(y).all(), f"{what}: unwritten or non-finite outputs"
+    y64 = y.astype(np.float64)
+    rel = float(np.linalg.norm(y64 - ref) / np.linalg.norm(ref))
+    if f16:
+        mx = float(np.abs(y64 - ref).max() / np.abs(ref).max())
+        assert rel <= F16_TOL and mx <= F16_MAX_TOL, f"{what}: rel {rel:.3e} max {mx:.3e}"
+    else:
+        assert rel <= F32_TOL, f"{what}: rel {rel:.3e}"
+    return rel
+
+
+def _inputs(case, m, f16, seed):
+    k, n, bs, sym, with_bias = case
+    rng = np.random.default_rng(seed)
+    p = _packed(rng, k, n, bs, sym)
+    a = rng.standard_normal((m, k)).astype(np.float16 if f16 else np.float32)
+    bias = rng.standard_normal(n).astype(np.float16 if f16 else np.float32) if with_bias else None
+    return p, a, bias
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"K{c[0]}-N{c[1]}-bs{c[2]}-{'sym' if c[3] else 'asym'}")
+def test_fp16_every_kernel(harness, case, m):
+    p, a, bias = _inputs(case, m, True, seed=zlib.crc32(repr((case, m)).encode()))
+    ref = _reference(p, a, True, bias)
+    runs = [("auto", PATH_AUTO, -1)]
+    if m <= 16:
+        runs.append(("skinny", PATH_SKINNY, -1))
+    runs += [(f"tc{c}", PATH_TC, c) for c in range(N_TC_CONFIGS)]
+    for name, path, cfg in runs:
+        y = _run(harness, p, a, bias, path=path, config=cfg)
+        _check(y, ref, True, f"{name} M={m}")
+        y2 = _run(harness, p, a, bias, path=path, config=cfg)
+        assert np.array_equal(y, y2), f"{name} M={m}: results differ between two runs (race?)"
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"K{c[0]}-N{c[1]}-bs{c[2]}-{'sym' if c[3] else 'asym'}")
+def test_fp32_simt(harness, case, m):
+    p, a, bias = _inputs(case, m, False, seed=zlib.crc32(repr((case, m, "f32")).encode()))
+    ref = _reference(p, a, False, bias)
+    for path in (PATH_AUTO, PATH_SIMT):
+        _check(_run(harness, p, a, bias, path=path), ref, False, f"simt M={m}")
+
+
+@pytest.mark.parametrize("m", [1, 16, 129])
+def test_pdl_launch_matches(harness, m):
+    case = CASES[0]
+    p, a, bias = _inputs(case, m, True, seed=7 + m)
+    ref = _reference(p, a, True, bias)
+    plain = _run(harness, p, a, bias, path=PATH_AUTO)
+    pdl = _run(harness, p, a, bias, path=PATH_AUTO, pdl=True)
+    _check(pdl, ref, True, "pdl")
+    assert np.array_equal(plain, pdl)
+
+
+def test_llm_shape_fp16(harness):
+    """One full-size layer per path: K=4096, N=11008, block 128 and 32."""
+    for bs in (128, 32):
+        p, a, bias = _inputs((4096, 11008, bs, True, False), 16, True, seed=bs)
+        ref = _reference(p, a, True, None)
+        for name, path in (("skinny", PATH_SKINNY), ("tc", PATH_TC)):
+            _check(_run(harness, p, a, None, path=path), ref, True, f"{name} bs={bs}")
+
+
+def test_invalid_arguments_are_errors(harness):
+    rng = np.random.default_rng(0)
+    p = _packed(rng, 256, 64, 32, True)
+    dev = "cuda"
+    a = torch.randn(4, 256, dtype=torch.float16, device=dev)
+    b = torch.from_numpy(p.packed).to(dev)
+    s = torch.from_numpy(p.scales).to(dev, torch.float16)
+    y = torch.zeros(4, 64, dtype=torch.float16, device=dev)
+    common = dict(k=256, n=64)
+
+    def call(**kw):
+        args = dict(a=a, b=b, scales=s, zp=None, bias=None, y=y, **common, block_size=32)
+        args.update(kw)
+        harness.matmul(args.pop("a"), args.pop("b"), args.pop("scales"), args.pop("zp"), args.pop("bias"),
+                       args.pop("y"), **args)
+
+    with pytest.raises(HarnessError, match="block_size"):
+        call(block_size=48)
+    with pytest.raises(HarnessError, match="invalid sizes"):
+        call(k=0)
+    with pytest.raises(HarnessError, match="skinny"):
+        big = torch.randn(17, 256, dtype=torch.float16, device=dev)
+        call(a=big, y=torch.zeros(17, 64, dtype=torch.float16, device=dev), path=PATH_SKINNY)
+    with pytest.raises(HarnessError, match="SIMT"):
+        call(a=a.float(), scales=s.float(), y=y.float(), path=PATH_TC)
+    with pytest.raises(HarnessError, match="config"):
+        call(path=PATH_TC, config=99)
+    with pytest.raises(HarnessError, match="aligned"):
+        harness.matmul_raw(f16=True, a=a.data_ptr(), b=b.data_ptr() + 1, scales=s.data_ptr(), zp=None, bias=None,
+                           y=y.data_ptr(), m=4, k=256, n=64, block_size=32)
+    torch.cuda.synchronize()
+    assert bool((y == 0).all()), "a refused call wrote Y"

@@ -1,0 +1,233 @@
+"""InsertQdqPass + FoldScalesPass on tiny ONNX-text models, against ORT."""
+
+import collections
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxq
+from onnxq import StaticInt8
+from onnxq import qparams as qp
+from onnxq.passes.fold_scales import FoldScalesPass
+from onnxq.passes.insert_qdq import InsertQdqPass, plan_static
+from tests.helpers import assert_pass_idempotent, check_full, model_from_text, run_ort, to_bytes
+
+RNG = np.random.default_rng(0)
+
+CNN = """
+<ir_version: 8, opset_import: ["" : 17]>
+cnn (float[N, 3, 12, 12] x) => (float[N, 10] y) {
+    c = Conv <pads: ints = [1, 1, 1, 1]> (x, w1, b1)
+    r = Relu(c)
+    d = Conv <pads: ints = [1, 1, 1, 1], group: int = 8> (r, wd, bd)
+    k = Clip(d, lo, hi)
+    e = Conv (k, w2)
+    a = Add(e, r)
+    m = MaxPool <kernel_shape: ints = [2, 2], strides: ints = [2, 2]> (a)
+    cat = Concat <axis: int = 1> (m, m)
+    p = GlobalAveragePool(cat)
+    f = Flatten(p)
+    s = Softmax(f)
+    y = Gemm <transB: int = 1> (s, wg, bg)
+}
+"""
+
+
+def _cnn():
+    return model_from_text(
+        CNN,
+        {
+            "w1": RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+            "b1": RNG.standard_normal(8).astype(np.float32) * 0.1,
+            "wd": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * np.array([0.05, 1, 2, 5, 1, 1, 0.5, 20], np.float32).reshape(8, 1, 1, 1),
+            "bd": RNG.standard_normal(8).astype(np.float32) * 0.1,
+            "lo": np.array(0, np.float32),
+            "hi": np.array(6, np.float32),
+            "w2": RNG.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3,
+            "wg": RNG.standard_normal((10, 16)).astype(np.float32),
+            "bg": RNG.standard_normal(10).astype(np.float32),
+        },
+    )
+
+
+def _data(n=8):
+    return [{"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(n)]
+
+
+def _ops(model):
+    return collections.Counter(n.op_type for n in model.graph.all_nodes())
+
+
+def _ort_optimized_ops(model) -> collections.Counter:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = os.path.join(d, "o.onnx")
+        ort.InferenceSession(to_bytes(model), so, providers=["CPUExecutionProvider"])
+        m = onnx.load(so.optimized_model_filepath)
+    return collections.Counter(n.op_type for n in m.graph.node)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_plan_rules_groups_and_reasons():
+    model = _cnn()
+    plan = plan_static(model, StaticInt8())
+    by_op = {d.node.op_type: d for d in plan.decisions}
+    assert all(d.selected for d in plan.decisions), [(d.name, d.reason) for d in plan.decisions if not d.selected]
+    assert "Softmax" not in by_op  # not a quantized op type
+    g = {t: grp for grp in plan.groups for t in grp.members}
+    assert g["r"] is not None and "c" not in g  # Relu folded: Q after the activation
+    assert g["k"].upper_bound == 6.0 and "d" not in g  # Clip folded, bounded
+    assert g["a"] is g["m"]  # MaxPool shares its input's scale
+    assert g["m"] is g["cat"]  # Concat inputs share the output scale
+    assert g["p"] is g["f"]  # Flatten passes the scale through
+    assert set(g["cat"].observe) == {"a", "cat"}  # m and... derived members are not observed
+    assert "s" in g  # Softmax output feeds the Gemm: quantized as its input
+
+
+def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():
+    model = _cnn()
+    x = RNG.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    (ref,) = run_ort(model, {"x": x})
+    recipe = StaticInt8()
+    from onnxq.calib.static import calibrate_plan
+
+    plan = plan_static(model, recipe)
+    qparams, biases, weight_scales, _ = calibrate_plan(model, plan, recipe, _data())
+    out = assert_pass_idempotent(lambda: InsertQdqPass(recipe), model)
+    ops = _ops(out)
+    assert ops["Conv"] == 3 and ops["DequantizeLinear"] >= 10
+    for init in ("w1", "wd", "w2", "wg"):  # float weights replaced by int8 initializers
+        assert init not in out.graph.initializers
+    assert out.graph.initializers["w1_quantized"].const_value.dtype == onnx.TensorProto.INT8
+    out = assert_pass_idempotent(lambda: FoldScalesPass(qparams, biases, weight_scales), out)
+    check_full(out)
+    assert out.graph.initializers["b1_quantized"].const_value.dtype == onnx.TensorProto.INT32
+    (got,) = run_ort(out, {"x": x})
+    assert _rel(got, ref) < 0.08
+    fused = _ort_optimized_ops(out)
+    assert fused["QLinearConv"] == 3 and fused["Conv"] == 0, fused
+    assert fused["QGemm"] == 1 and fused["QLinearAdd"] == 1 and fused["QLinearConcat"] == 1
+    assert "Relu" not in fused and "Clip" not in fused  # folded into the quantized range
+
+
+def test_channel_equalization_moves_scales_exactly():
+    model = _cnn()
+    x = RNG.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    data = _data()
+    on = onnxq.quantize(model, StaticInt8(), data=data)
+    off = onnxq.quantize(_cnn(), StaticInt8(channel_equalization=False), data=data)
+    (ref,) = run_ort(_cnn(), {"x": x})
+    e_on, e_off = _rel(run_ort(on, {"x": x})[0], ref), _rel(run_ort(off, {"x": x})[0], ref)
+    assert e_on < e_off  # the 0.05 / 20 depthwise channels no longer drown in noise
+
+
+def test_matmul_two_activations_add_mul_constants_and_graph_output_name():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    att (float[B, 4, 8] q, float[B, 8, 4] k) => (float[B, 4, 4] y, float[B, 4, 16] z) {
+        s = MatMul(q, k)
+        t = Mul(s, half)
+        y = Add(t, bias)
+        z = MatMul(q, w)
+    }
+    """
+    model = model_from_text(
+        text,
+        {"half": np.array(0.5, np.float32), "bias": RNG.standard_normal(4).astype(np.float32),
+         "w": RNG.standard_normal((8, 16)).astype(np.float32)},
+    )
+    data = [{"q": RNG.standard_normal((1, 4, 8)).astype(np.float32), "k": RNG.standard_normal((1, 8, 4)).astype(np.float32)} for _ in range(6)]
+    feed = data[0]
+    ref = run_ort(model, feed)
+    out = onnxq.quantize(model, StaticInt8(), data=data)
+    check_full(out)
+    assert [v.name for v in out.graph.outputs] == ["y", "z"]
+    got = run_ort(out, feed)
+    for g, r in zip(got, ref):
+        assert _rel(g, r) < 0.05
+    fused = _ort_optimized_ops(out)
+    assert fused["MatMul"] == 0, fused
+
+
+def test_weights_in_constant_nodes_and_exclude_and_overrides():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, 16] x) => (float[N, 8] y) {
+        w = Constant <value = float[16, 8] {%s}> ()
+        h = MatMul(x, w)
+        y = Relu(h)
+    }
+    """ % ", ".join(str(v) for v in np.round(RNG.standard_normal(128), 3))
+    model = model_from_text(text)
+    data = [{"x": RNG.standard_normal((2, 16)).astype(np.float32)} for _ in range(4)]
+    out = onnxq.quantize(model, StaticInt8(tensor_overrides={"y": {"range": [0.0, 10.0]}}), data=data)
+    ops = _ops(out)
+    assert ops["Constant"] == 0 and ops["MatMul"] == 1
+    scale = [n for n in out.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name.startswith("y")][0].inputs[1]
+    assert float(scale.const_value.numpy()) == pytest.approx(10.0 / 255)
+    (got,) = run_ort(out, data[0])
+    (ref,) = run_ort(model_from_text(text), data[0])
+    assert _rel(got, ref) < 0.05
+    model = model_from_text(text)
+    model.graph.node(1).name = "proj"
+    plan = plan_static(model, StaticInt8(exclude=("pr.*",)))
+    assert [d.reason for d in plan.decisions] == ["excluded by name"] and not plan.groups
+
+
+def test_if_and_loop_bodies_are_quantized_and_calibrated():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 8] x, bool c) => (float[1, 8] y, float[1, 8] z) {
+        y = If (c) <
+            then_branch = g1 () => (float[1, 8] t) { t = MatMul(x, w1) },
+            else_branch = g2 () => (float[1, 8] e) { e = MatMul(x, w2) }
+        >
+        n = Constant <value = int64 {3}> ()
+        t0 = Constant <value = bool {1}> ()
+        z = Loop (n, t0, x) <body = body (int64 i, bool cond, float[1, 8] h) => (bool co, float[1, 8] ho) {
+            co = Identity(cond)
+            ho = MatMul(h, w3)
+        }>
+    }
+    """
+    inits = {k: (RNG.standard_normal((8, 8)) * 0.5).astype(np.float32) for k in ("w1", "w2", "w3")}
+    model = model_from_text(text, inits)
+    data = [{"x": RNG.standard_normal((1, 8)).astype(np.float32), "c": np.array(i % 2 == 0)} for i in range(6)]
+    plan = plan_static(model, StaticInt8())
+    assert sum(d.selected for d in plan.decisions) == 3
+    out = onnxq.quantize(model, StaticInt8(), data=data)
+    check_full(out)
+    assert _ops(out)["DequantizeLinear"] >= 8  # 3 weights, x, both branch outputs, loop input and output
+    for feed in data[:2]:
+        ref = run_ort(model_from_text(text, inits), feed)
+        got = run_ort(out, feed)
+        for g, r in zip(got, ref):
+            assert _rel(g, r) < 0.1
+
+
+def test_nothing_selected_is_not_modified_and_opset_is_checked():
+    model = _cnn()
+    assert_pass_idempotent(lambda: InsertQdqPass(StaticInt8(op_types=("ConvTranspose",))), model, expect_modified=False)
+    old = model_from_text(CNN.replace('"" : 17', '"" : 11').replace("Clip(d, lo, hi)", "Relu(d)"), {
+        k: v for k, v in {
+            "w1": np.zeros((8, 3, 3, 3), np.float32), "b1": np.zeros(8, np.float32), "wd": np.zeros((8, 1, 3, 3), np.float32),
+            "bd": np.zeros(8, np.float32), "w2": np.zeros((8, 8, 1, 1), np.float32), "wg": np.zeros((10, 16), np.float32),
+            "bg": np.zeros(10, np.float32)}.items()})
+    with pytest.raises(onnxq.OnnxqError, match="opset >= 13"):
+        InsertQdqPass(StaticInt8()).requires(old)
+
+
+def test_fold_refuses_missing_qparams():
+    model = _cnn()
+    InsertQdqPass(StaticInt8())(model)
+    with pytest.raises(onnxq.OnnxqError, match="no calibrated quantization parameters"):
+        FoldScalesPass({})(model)

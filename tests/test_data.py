@@ -1,0 +1,125 @@
+"""Calibration data loading: sources, rank rules, batching and the errors users see."""
+
+import numpy as np
+import pytest
+
+from onnxq.data import InputSpec, as_calibration_data, batched, open_calibration_source
+from onnxq.errors import CalibrationDataError
+
+SPECS = [InputSpec("x", np.dtype(np.float32), (None, 3, 4)), InputSpec("sr", np.dtype(np.int64), ())]
+RNG = np.random.default_rng(0)
+
+
+def _feeds(source, specs=SPECS, limit=0):
+    data = as_calibration_data(source)
+    data.precheck(specs)
+    return list(data.feeds(specs, limit=limit))
+
+
+def test_npz_rank_rules(tmp_path):
+    p = tmp_path / "c.npz"
+    # x has the input's rank: batched along axis 0; sr has rank 0 + 1: one per index
+    np.savez(p, x=RNG.standard_normal((5, 3, 4)).astype(np.float32), sr=np.arange(5, dtype=np.int64))
+    feeds = _feeds(p)
+    assert len(feeds) == 5
+    assert feeds[2]["x"].shape == (1, 3, 4) and feeds[2]["sr"].shape == () and int(feeds[2]["sr"]) == 2
+    per_index = tmp_path / "d.npz"
+    np.savez(per_index, x=RNG.standard_normal((4, 2, 3, 4)).astype(np.float32), sr=np.arange(4, dtype=np.int64))
+    feeds = _feeds(per_index)
+    assert len(feeds) == 4 and feeds[0]["x"].shape == (2, 3, 4)
+
+
+def test_folder_of_npy_and_npz_single_input(tmp_path):
+    specs = [InputSpec("x", np.dtype(np.float32), (None, 3, 4))]
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "a.npy", RNG.standard_normal((3, 4)).astype(np.float32))  # rank - 1: batch axis added
+    np.savez(tmp_path / "sub" / "b.npz", x=RNG.standard_normal((2, 3, 4)).astype(np.float32))
+    feeds = _feeds(tmp_path, specs)
+    assert [f["x"].shape for f in feeds] == [(1, 3, 4), (2, 3, 4)]
+
+
+def test_iterables_factories_and_varying_shapes():
+    specs = [InputSpec("x", np.dtype(np.float32), (None, None))]
+    samples = [{"x": np.ones((1, n), np.float32)} for n in (3, 5, 7)]
+    assert [f["x"].shape[1] for f in _feeds(samples, specs)] == [3, 5, 7]
+    data = as_calibration_data(lambda: iter(samples))
+    assert len(list(data.feeds(specs))) == 3 and len(list(data.feeds(specs))) == 3  # re-iterable
+    gen = as_calibration_data(iter(samples))
+    list(gen.feeds(specs))
+    with pytest.raises(CalibrationDataError, match="already consumed"):
+        list(gen.feeds(specs))
+
+
+def test_batching_concatenates_same_shapes_only():
+    specs = [InputSpec("x", np.dtype(np.float32), (None, None))]
+    feeds = [{"x": np.ones((1, n), np.float32)} for n in (3, 3, 3, 5)]
+    out = list(batched(feeds, specs, 2))
+    assert [f["x"].shape for f in out] == [(2, 3), (1, 3), (1, 5)]
+
+
+@pytest.mark.parametrize(
+    "feed, message",
+    [
+        ({"y": np.zeros((1, 3, 4), np.float32), "sr": np.int64(1)}, "unknown input name"),
+        ({"x": np.zeros((1, 3, 4), np.float32)}, "missing input"),
+        ({"x": np.zeros((1, 3, 4), np.float64), "sr": np.int64(1)}, "float64 but the model expects float32"),
+        ({"x": np.zeros((1, 1, 3, 4), np.float32), "sr": np.int64(1)}, "rank 4"),
+        ({"x": np.zeros((1, 2, 4), np.float32), "sr": np.int64(1)}, "dimension 1 must be 3"),
+        ({"x": np.full((1, 3, 4), np.nan, np.float32), "sr": np.int64(1)}, "NaN or Inf"),
+    ],
+)
+def test_mismatches_are_clear_errors(feed, message):
+    with pytest.raises(CalibrationDataError, match=message):
+        _feeds([feed])
+
+
+def test_npz_errors_before_anything_runs(tmp_path):
+    p = tmp_path / "c.npz"
+    np.savez(p, x=RNG.standard_normal((5, 3, 4)).astype(np.float32), sr=np.arange(4, dtype=np.int64))
+    with pytest.raises(CalibrationDataError, match="disagree on the number of samples"):
+        as_calibration_data(p).precheck(SPECS)
+    bad = RNG.standard_normal((5, 3, 4)).astype(np.float32)
+    bad[3, 0, 0] = np.inf
+    np.savez(p, x=bad, sr=np.arange(5, dtype=np.int64))
+    with pytest.raises(CalibrationDataError, match=r"NaN or Inf \(sample 3\)"):
+        as_calibration_data(p).precheck(SPECS)
+    with pytest.raises(CalibrationDataError, match="does not exist"):
+        as_calibration_data(tmp_path / "nope.npz")
+    with pytest.raises(CalibrationDataError, match="no .npy or .npz"):
+        as_calibration_data(_empty(tmp_path))
+    with pytest.raises(CalibrationDataError, match="needs calibration data"):
+        as_calibration_data(None)
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_images_with_preprocess(tmp_path):
+    from PIL import Image
+
+    from onnxq.preprocess import load_image, parse_preprocess
+
+    (tmp_path / "a").mkdir()
+    img = (RNG.uniform(0, 255, (40, 60, 3))).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "a" / "p.png")
+    Image.fromarray(img[:, :, 0]).save(tmp_path / "g.png")  # grayscale is converted to RGB
+    pp = parse_preprocess("resize=32 crop=24 mean=0,0,0 std=1,1,1 scale=1 layout=NHWC order=BGR")
+    x = load_image(tmp_path / "a" / "p.png", pp)
+    assert x.shape == (1, 24, 24, 3) and x.dtype == np.float32
+    ref = np.asarray(Image.fromarray(img).resize((48, 32), Image.BILINEAR), np.float32)[4:28, 12:36, ::-1]
+    np.testing.assert_allclose(x[0], ref)
+    spec = [InputSpec("input", np.dtype(np.float32), (None, 24, 24, 3))]
+    feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]), spec))
+    assert len(feeds) == 2
+    with pytest.raises(CalibrationDataError, match="crop"):
+        open_calibration_source(None, str(tmp_path), ["crop=20", "resize=32", "layout=NHWC"]).precheck(spec)
+    with pytest.raises(CalibrationDataError, match="unknown key"):
+        parse_preprocess("size=3")
+
+
+def _feeds_of(data, specs):
+    data.precheck(specs)
+    return data.feeds(specs)

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,models]"
+.venv/bin/python -m pip install -q -e ".[dev,models,openvino]"
 .venv/bin/onnxq --version

@@ -126,7 +126,8 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
         variants = {"auto": ours(), "auto+pdl": ours(pdl=True)}
         if sweep:
             if m <= 16:
-                variants["skinny"] = ours(PATH_SKINNY)
+                for c in range(4):
+                    variants[f"skinny_c{c}"] = ours(PATH_SKINNY, c)
             if m >= 16:
                 for c in range(N_TC_CONFIGS):
                     variants[f"tc{c}"] = ours(PATH_TC, c)

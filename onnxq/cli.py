@@ -70,8 +70,19 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
 @click.option("--target", default=None, help="Runtime to quantize for: ort-cpu (default), ort-mobile, openvino, tensorrt, qnn (README: Targets).")
+@click.option("--block-size", type=int, default=None, help="int4-weight-only: block length along K (16, 32, 64, 128, 256).")
+@click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq"]), default=None, help="int4-weight-only: algorithm (gptq/awq need --calib-text).")
+@click.option("--format", "int4_format", type=click.Choice(["qdq", "matmulnbits", "onnxq"]), default=None, help="int4-weight-only: opset-21 DequantizeLinear, ORT MatMulNBits, or com.onnxq.MatMulBlockInt4.")
+@click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int4-weight-only: calibration text for gptq/awq: token ids (.npy) or a text file (tokenised with --tokenizer).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=str), help="With a text --calib-text: a tokenizer.json (default: tokenizer.json beside MODEL).")
+@click.option("--symmetric/--asymmetric", default=None, help="int4-weight-only: symmetric blocks (no zero points) or uint4 zero points.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, MatMulNBits: fixed accuracy_level (default: chosen per layer by measured parity).")
+@click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
+@click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,
-             calib_data, calib_images, preprocess, calibration, max_samples, target=None):
+             calib_data, calib_images, preprocess, calibration, max_samples, target=None,
+             block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, symmetric=None,
+             accuracy_level=None, keep_float=(), keep_8bit=()):
     """Quantize MODEL and write the result to OUTPUT."""
     import dataclasses
     import os
@@ -86,7 +97,10 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if recipe_name and recipe.name != recipe_name:
             raise RecipeError(f"--recipe {recipe_name} disagrees with {config_path}, which is a {recipe.name} recipe")
     else:
-        default = "int8-static" if (calib_data or calib_images) else "int8-dynamic"
+        int4_given = any(v for v in (block_size, algo, int4_format, calib_text, keep_float, keep_8bit)) or (
+            symmetric is not None or accuracy_level is not None
+        )
+        default = "int8-static" if (calib_data or calib_images) else "int4-weight-only" if int4_given else "int8-dynamic"
         recipe = recipes.recipe_class(recipe_name or default)()
     overrides: dict = {}
     if exclude:
@@ -112,11 +126,26 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         from onnxq.data import open_calibration_source
 
         data = open_calibration_source(calib_data, calib_images, preprocess)
+    int4_options = {
+        "block_size": block_size, "algorithm": algo, "format": int4_format, "symmetric": symmetric,
+        "accuracy_level": accuracy_level, "keep_float": _split_csv(keep_float) or None,
+        "keep_8bit": _split_csv(keep_8bit) or None,
+    }
+    for key, value in int4_options.items():
+        if value is not None:
+            if not isinstance(recipe, recipes.WeightOnlyInt4):
+                raise RecipeError(f"--{key.replace('_', '-')} applies to the int4-weight-only recipe only")
+            overrides[key] = value
     if overrides:
         try:
             recipe = dataclasses.replace(recipe, **overrides)
         except TypeError as e:
             raise RecipeError(str(e)) from None
+    int4_data = None
+    if calib_text or tokenizer:
+        if not isinstance(recipe, recipes.WeightOnlyInt4):
+            raise RecipeError("--calib-text/--tokenizer apply to the int4-weight-only recipe only")
+        int4_data = _text_calibration(model, calib_text, tokenizer, recipe)
 
     target_notes: tuple[str, ...] = ()
     if target is not None:
@@ -127,7 +156,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     modelio.check_output_path(output, protect=(model,))
     t0 = time.perf_counter()
     with _calibration_progress(data) as data:
-        qmodel, report = api.quantize_with_report(model, recipe, data)
+        qmodel, report = api.quantize_with_report(model, recipe, data if int4_data is None else int4_data)
     elapsed = time.perf_counter() - t0
     if target is not None:
         from onnxq.targets import finalize_for_target
@@ -142,6 +171,21 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
 
         report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
     _print_summary(report, model, output, in_bytes, elapsed)
+
+
+def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe):
+    """int4: calibration windows from ``--calib-text`` (token ids .npy, or text + tokenizer)."""
+    import os
+
+    from onnxq.calib_text import TextCalibration
+    from onnxq.errors import RecipeError
+
+    if not calib_text:
+        raise RecipeError("--tokenizer needs --calib-text")
+    if tokenizer is None and not calib_text.endswith(".npy"):
+        beside = os.path.join(os.path.dirname(os.path.abspath(model)), "tokenizer.json")
+        tokenizer = beside if os.path.isfile(beside) else None
+    return TextCalibration(calib_text, tokenizer, seq_len=recipe.calib_seq_len, n_samples=recipe.calib_samples)
 
 
 class _calibration_progress:
@@ -381,6 +425,20 @@ def _print_verify(report) -> None:
         console.print(f"latency, median, same process: {lat}{ratio}")
     for note in report.notes:
         console.print(f"note: {note}")
+
+
+@main.group()
+def ops() -> None:
+    """The onnxq custom-op library (com.onnxq ops for ONNX Runtime)."""
+
+
+@ops.command("path")
+@click.option("--cuda", is_flag=True, help="The CUDA library instead of the CPU one.")
+def ops_path(cuda: bool) -> None:
+    """Print the path of the custom-op library (exit 1 with the fix when it is not built)."""
+    from onnxq.runtime import library_path
+
+    click.echo(str(library_path("cuda" if cuda else "cpu")))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,6 +76,8 @@ class FoldScalesPass(ir.passes.InPlacePass):
         originals: list[tuple[ir.Graph, ir.Value]] = []
         if self.weight_scales:
             for node in list(irutil.iter_nodes(model.graph)):
+                if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                    continue
                 given = self._given(node, self.weight_scales)
                 if given is not None:
                     modified |= self._set_weight_scale(node, given)

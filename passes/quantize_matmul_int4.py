@@ -329,8 +329,10 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         inv = irutil.add_initializer(graph, names(f"{x.name or 'x'}_awq_inv_scale"), (1.0 / s).astype(dtype))
         b = irutil.NodeBuilder(names, f"{x.name or 'x'}_awq")
         y = b.op("Mul", [x, inv])
-        y.dtype = x.dtype
-        y.shape = x.shape
+        if x.type is not None:
+            y.type = x.type
+        if x.shape is not None:
+            y.shape = x.shape
         anchor = next(n for n in graph if any(n is t.node for t in members))
         b.insert_before(graph, anchor)
         for t in members:
@@ -350,7 +352,9 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
                 return rtn(w, self.spec, mse=recipe.scale_search)
             return gptq(w, h, self.spec, percdamp=recipe.percdamp, act_order=recipe.act_order, mse=recipe.scale_search)
         if algo == "hqq":
-            return hqq(w, self.spec, iters=recipe.hqq_iters)
+            # HQQ's float zero points where the format stores them (MatMulNBits, com.onnxq);
+            # opset-21 DequantizeLinear needs uint4 ones
+            return hqq(w, self.spec, iters=recipe.hqq_iters, integer_zero=recipe.format == "qdq")
         if algo == "awq":
             # AWQ's clip search, weighted by how much each input channel feeds the output
             imp = None if h is None else np.diag(h).astype(np.float32)
@@ -464,7 +468,9 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
             beta = node.attributes.get_float("beta", 1.0)
             c = irutil.const_array(node.inputs[2])
-            if c is not None:
+            if c is not None and beta == 1.0:
+                y = b.op("Add", [y, node.inputs[2]])
+            elif c is not None:
                 bias = irutil.add_initializer(graph, names(f"{label}_bias"), (c * np.float32(beta)).astype(dtype))
                 y = b.op("Add", [y, bias])
             else:
@@ -502,7 +508,8 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         s = irutil.add_initializer(graph, names(f"{label}_weight_scales"), packed.scales.astype(dtype))
         if packed.zero_points is None:
             return (b, s)
-        z = irutil.add_initializer(graph, names(f"{label}_weight_zero_points"), packed.zero_points)
+        zp = packed.zero_points if packed.zero_points.dtype == np.uint8 else packed.zero_points.astype(dtype)
+        z = irutil.add_initializer(graph, names(f"{label}_weight_zero_points"), zp)
         return (b, s, z)
 
 

@@ -235,7 +235,5 @@ def _convert_with_onnx(model: ir.Model, target: int) -> None:
         for name, value in graph.initializers.items():
             if name in saved:
                 value.const_value = saved[name]
-    model.graph = new.graph
-    model.opset_imports.clear()
-    model.opset_imports.update(new.opset_imports)
+    model.graph = new.graph  # the model's opset imports are its graph's
     model.ir_version = max(model.ir_version or 0, new.ir_version, _MIN_IR_VERSION.get(target, 10))

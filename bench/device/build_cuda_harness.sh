@@ -9,7 +9,7 @@ src=ops/cuda
 mkdir -p "$out"
 nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC -Xcompiler -fvisibility=hidden \
   -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-  -Xptxas -v -I "$src" "$src/block_int4_kernels.cu" "$src/harness_api.cc" \
+  -Xptxas -v -I "$src" -I ops/include "$src/block_int4_kernels.cu" "$src/harness_api.cc" \
   -Xlinker --version-script="$src/exports_harness.map" \
   -o "$out/libonnxq_cuda_harness.so" 2> "$out/ptxas.log" || { cat "$out/ptxas.log" >&2; exit 1; }
 grep -i "spill\|error" "$out/ptxas.log" | grep -v " 0 bytes spill" >&2 || true

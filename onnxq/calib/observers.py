@@ -72,6 +72,10 @@ class Observer:
         """(lo, hi) of this update from the exact extremes if given, else from ``x``
         (already finite); None when there is nothing finite."""
         if vmin is not None and vmax is not None:
+            if np.ndim(vmin) == 0 and np.ndim(vmax) == 0:  # the common case: two scalars
+                lo, hi = float(vmin), float(vmax)
+                if math.isfinite(lo) and math.isfinite(hi):
+                    return lo, hi
             lo_a = np.asarray(vmin, dtype=np.float64).ravel()
             hi_a = np.asarray(vmax, dtype=np.float64).ravel()
             self.nonfinite += int(np.isnan(lo_a).sum() + np.isnan(hi_a).sum())

@@ -74,6 +74,10 @@ class BlockQuant:
     def n(self) -> int:
         return int(self.codes.shape[1])
 
+    @property
+    def has_fractional_zeros(self) -> bool:
+        return self.zeros is not None and not np.array_equal(self.zeros, np.rint(self.zeros))
+
     def zero_values(self) -> np.ndarray:
         if self.zeros is None:
             return np.full(self.scales.shape, SYMMETRIC_ZERO_CODE, dtype=np.float32)
@@ -92,10 +96,11 @@ class BlockQuant:
         zero_codes = None
         packed_zp = None
         if self.zeros is not None:
-            if not np.array_equal(self.zeros, np.rint(self.zeros)):
-                raise ValueError("fractional zero points cannot be packed as uint4; round them first")
-            zero_codes = np.ascontiguousarray(self.zeros.T).astype(np.uint8)  # [N, nb]
-            packed_zp = fmt.pack_zero_points(zero_codes)
+            zero_codes = np.ascontiguousarray(np.clip(np.rint(self.zeros.T), 0, QMAX)).astype(np.uint8)  # [N, nb]
+            if self.has_fractional_zeros:
+                packed_zp = np.ascontiguousarray(self.zeros.T, dtype=np.float32)  # float [N, nb] (HQQ)
+            else:
+                packed_zp = fmt.pack_zero_points(zero_codes)
         packed = pack_codes_kn(self.codes, self.spec.block_size, zero_codes)
         return PackedBlockInt4(
             fmt=fmt,

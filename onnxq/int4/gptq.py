@@ -7,11 +7,12 @@ the calibration tokens of the MatMul's input. The layer's output error
 
 - dampening: ``H += percdamp * mean(diag H) * I``; input channels never active
   (``H_kk == 0``) get ``H_kk = 1`` and their weights are zeroed (they never contribute);
-- lazy block updates: rows are processed in blocks of ``lazy_block`` (a multiple of the
-  quantization block size, so a quantization block never straddles two lazy blocks and its
-  scale is chosen from the current, already-updated rows); inside a lazy block the row
-  ``i`` is brought up to date with one matrix-vector product of the block's earlier errors,
-  and the rest of ``W`` is updated once per lazy block with a matrix product;
+- lazy block updates: rows are processed in blocks of ``lazy_block`` (a divisor of the
+  quantization block size, so each quantization block starts a lazy block, when every
+  earlier update has reached its rows, and its scale is chosen from the updated rows);
+  inside a lazy block row ``i`` is brought up to date with one small matrix-vector product
+  of the block's earlier errors, and the rest of ``W`` once per lazy block with a matrix
+  product;
 - act-order (optional): rows in order of decreasing ``H_kk``; the block scales are then
   fixed beforehand from the original weights ("static groups"), so the stored layout stays
   the plain block layout (no ``g_idx``);
@@ -91,10 +92,14 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
     raise np.linalg.LinAlgError("Hessian is not positive definite even after extra dampening")
 
 
-def _group_params(rows: np.ndarray, symmetric: bool, mse: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Scale/zero ``[B, N]`` of one block of rows ``[B, r, N]`` of each problem (r <= block size)."""
+def _group_params(
+    rows: np.ndarray, symmetric: bool, mse: bool, importance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale/zero ``[B, N]`` of one block of rows ``[B, r, N]`` of each problem (r <= block
+    size); with ``mse`` a clip search weighted by ``importance`` ``[B, r]`` (the Hessian
+    diagonal: clipping a weight that meets a massive activation channel is never "cheap")."""
     if mse:
-        return search_scales(rows, symmetric)
+        return search_scales(rows, symmetric, None if importance is None else importance[:, :, None])
     return rtn_params(rows, symmetric)
 
 
@@ -105,7 +110,7 @@ def gptq_batch(
     *,
     percdamp: float = 0.01,
     act_order: bool = False,
-    lazy_block: int = 128,
+    lazy_block: int = 32,
     mse: bool = False,
 ) -> list[BlockQuant]:
     """GPTQ of several same-shape problems at once: ``ws[b]`` ``[K, N]`` with Hessian
@@ -120,6 +125,7 @@ def gptq_batch(
     W = np.empty((nprob, k, n), dtype=np.float32)
     U = np.empty((nprob, k, k), dtype=np.float32)
     perms = np.empty((nprob, k), dtype=np.int64)
+    diags = np.empty((nprob, k), dtype=np.float32)  # Hessian diagonal in processing order
     scales = np.empty((nprob, nb, n), dtype=np.float32)
     zeros = None if spec.symmetric else np.empty((nprob, nb, n), dtype=np.float32)
     for b, (w, h) in enumerate(zip(ws, hs)):
@@ -128,8 +134,11 @@ def gptq_batch(
         wb[dead, :] = 0.0
         if act_order:
             perm = np.argsort(-np.diag(hd), kind="stable")
+            diag = np.diag(hd).astype(np.float32)
             for g in range(nb):  # static groups from the original weights
-                s, z = _group_params(wb[None, g * bs : (g + 1) * bs], spec.symmetric, mse)
+                s, z = _group_params(
+                    wb[None, g * bs : (g + 1) * bs], spec.symmetric, mse, diag[None, g * bs : (g + 1) * bs]
+                )
                 scales[b, g] = s[0]
                 if zeros is not None:
                     zeros[b, g] = z[0]
@@ -138,34 +147,32 @@ def gptq_batch(
         else:
             perm = np.arange(k)
         perms[b] = perm
+        diags[b] = np.diag(hd)
         W[b] = wb
         U[b] = _upper_cholesky_of_inverse(hd)
         del hd, wb
     groups = perms // bs  # [B, K]: the block of each processed row
     codes = np.empty((nprob, k, n), dtype=np.uint8)
-    step = max(bs, (max(lazy_block, bs) // bs) * bs)
+    # a lazy block divides the quantization block, so (without act-order) every group
+    # starts a lazy block, when all earlier updates have reached its rows
+    step = min(bs, max(1, lazy_block))
+    while bs % step:
+        step -= 1
     zero_const = np.float32(SYMMETRIC_ZERO_CODE)
     bidx = np.arange(nprob)
     for i1 in range(0, k, step):
         i2 = min(i1 + step, k)
+        if not act_order and i1 % bs == 0:
+            s, z = _group_params(W[:, i1 : i1 + bs], spec.symmetric, mse, diags[:, i1 : i1 + bs])
+            scales[:, i1 // bs] = s
+            if zeros is not None:
+                zeros[:, i1 // bs] = z
         W1 = W[:, i1:i2]  # view: rows are brought up to date in place
-        U1 = U[:, i1:i2, i1:i2]
+        U1 = np.ascontiguousarray(U[:, i1:i2, i1:i2].transpose(0, 2, 1))  # U1t[b, i, j] = U[b, i1 + j, i1 + i]
         Err1 = np.zeros((nprob, i2 - i1, n), dtype=np.float32)
         for i in range(i2 - i1):
             if i:
-                W1[:, i] -= np.matmul(U1[:, None, :i, i], Err1[:, :i])[:, 0]
-            if not act_order and (i1 + i) % bs == 0:
-                # rows are in order and the lazy block is a multiple of bs: the whole group
-                # sits in W1 from i on; bring its rows up to date with this block's errors
-                end = min(i + bs, i2 - i1)
-                rows = W1[:, i:end]
-                if i:
-                    rows = rows - np.matmul(U1[:, :i, i:end].transpose(0, 2, 1), Err1[:, :i])
-                s, z = _group_params(rows, spec.symmetric, mse)
-                g = (i1 + i) // bs
-                scales[:, g] = s
-                if zeros is not None:
-                    zeros[:, g] = z
+                W1[:, i] -= np.matmul(U1[:, i : i + 1, :i], Err1[:, :i])[:, 0]
             g = groups[:, i1 + i]
             s = scales[bidx, g]  # [B, N]
             zp = zero_const if zeros is None else zeros[bidx, g]
@@ -192,7 +199,7 @@ def gptq(
     *,
     percdamp: float = 0.01,
     act_order: bool = False,
-    lazy_block: int = 128,
+    lazy_block: int = 32,
     mse: bool = False,
 ) -> BlockQuant:
     """GPTQ-quantize ``w`` ``[K, N]`` with Hessian ``h`` ``[K, K]`` (``X^T X``, any scale)."""

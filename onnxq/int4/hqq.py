@@ -6,17 +6,18 @@ splitting off an error variable ``W_e`` that a generalised soft-threshold (the p
 operator of ``|.|^p``) solves in closed form, then updating the quantization parameters in
 closed form against ``W - W_e``, with the penalty ``beta`` growing each step.
 
-What we changed so every format can hold the result (documented in the recipe too):
+How it is applied here:
 
-- the original updates only a *float* zero point with the scale fixed. Here each step is a
-  least-squares fit of the block's dequantization line to ``W - W_e``:
-  asymmetric: ``(scale, zero)`` jointly (affine fit of ``W - W_e`` on the codes), then the
-  zero point is rounded to an integer code 0..15 and the scale re-fitted for that integer
-  zero point — so the result packs as uint4 zero points (opset-21 DequantizeLinear,
-  MatMulNBits, ``com.onnxq``) instead of needing float zero points;
-  symmetric: the zero point is the fixed code 8 and only the scale is fitted.
-- the best parameters seen are kept per block (by the mean absolute error of the block,
-  HQQ's own stopping measure), not one global early stop.
+- asymmetric: as published — the min/max scale stays fixed and the *float* zero point is
+  optimised; the best iterate per block (mean absolute error, HQQ's own measure) is kept.
+  MatMulNBits and ``com.onnxq`` store float zero points as they are
+  (``integer_zero=False``). Opset-21 DequantizeLinear needs uint4 zero points, so there the zero
+  point is rounded to a code and the scale re-fitted by least squares for it (kept only
+  where that lowers the block's squared error).
+- symmetric: the zero point is the fixed code 8, so the splitting drives the *scale*
+  (least-squares fit to ``W - W_e`` each step); the best iterate per block is kept by
+  squared error, because with a free scale the robust ``|.|^p`` measure clips the outlier
+  weights that LLM outputs depend on (seen on SmolLM2's down_proj layers).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def _shrink(x: np.ndarray, beta: float, p: float) -> np.ndarray:
     return np.sign(x) * np.maximum(ax - thr, 0.0)
 
 
+def _codes_float_zero(wb: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """HQQ's quantizer with a fractional zero point: ``clip(rint(w / s + z), 0, 15)``."""
+    q = wb / s[:, None, :]
+    q += z[:, None, :]
+    np.rint(q, out=q)
+    np.clip(q, 0, QMAX, out=q)
+    return q
+
+
 def hqq_blocked(
     wb: np.ndarray,
     mask: np.ndarray,
@@ -45,62 +55,106 @@ def hqq_blocked(
     lp: float = 0.7,
     beta: float = 10.0,
     kappa: float = 1.01,
-    init: tuple[np.ndarray, np.ndarray | None] | None = None,
+    integer_zero: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Optimised ``(scale, zero)`` ``[nb, n]`` for blocked weights ``wb`` ``[nb, bs, n]``;
     ``mask`` ``[nb, bs, 1]`` is 1 on real rows, 0 on the ragged tail's padding."""
-    s, z = init if init is not None else rtn_params(wb, symmetric)
-    s = s.astype(np.float32).copy()
-    z = None if z is None else z.astype(np.float32).copy()
-    count = mask.sum(axis=1)  # [nb, 1]
+    if symmetric:
+        return _hqq_symmetric(wb, mask, iters=iters, lp=lp, beta=beta, kappa=kappa)
+    return _hqq_zero(wb, mask, iters=iters, lp=lp, beta=beta, kappa=kappa, integer_zero=integer_zero)
 
-    def block_err(s_, z_):
-        q = quantize_codes(wb, s_, z_)
-        q -= np.float32(SYMMETRIC_ZERO_CODE) if z_ is None else z_[:, None, :]
-        q *= s_[:, None, :]
-        d = (wb - q) * mask
-        return q, (d * d).sum(axis=1) / count
 
-    best_s, best_z = s.copy(), None if z is None else z.copy()
-    wr, best_err = block_err(s, z)
+def _hqq_zero(wb, mask, *, iters, lp, beta, kappa, integer_zero):
+    """HQQ as published: min/max scale fixed, float zero point optimised (``z = mean(q -
+    (W - W_e) / s)``), best iterate per block by mean absolute error. With
+    ``integer_zero`` the zero point is then rounded to a code and the scale re-fitted by
+    least squares for the rounded zero point."""
+    s, z0 = rtn_params(wb, symmetric=False)
+    z = z0.astype(np.float32).copy()
+    count = mask.sum(axis=1)
+
+    def err_of(z_):
+        q = _codes_float_zero(wb, s, z_)
+        wr = (q - z_[:, None, :]) * s[:, None, :]
+        return q, wr, (np.abs(wb - wr) * mask).sum(axis=1) / count
+
+    q, wr, best_err = err_of(z)
+    best_z = z.copy()
     for _ in range(iters):
         we = _shrink(wb - wr, beta, lp) * mask
-        target = wb - we
-        q = quantize_codes(wb, s, z)
-        if symmetric:
-            c = (q - np.float32(SYMMETRIC_ZERO_CODE)) * mask
-            num = (c * target).sum(axis=1)
-            den = (c * c).sum(axis=1)
-            s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s).astype(np.float32)
-            s[s == 0] = 1.0
-        else:
-            qm = q * mask
-            mq = qm.sum(axis=1) / count
-            mt = (target * mask).sum(axis=1) / count
-            dq = (q - mq[:, None, :]) * mask
-            var = (dq * dq).sum(axis=1)
-            cov = (dq * (target - mt[:, None, :])).sum(axis=1)
-            ok = (var > 0) & (cov != 0)
-            a = np.where(ok, cov / np.where(ok, var, 1.0), s)
-            zf = np.where(ok, mq - mt / np.where(ok, a, 1.0), z)
-            z = np.clip(np.rint(zf), 0, QMAX).astype(np.float32)
-            c = (q - z[:, None, :]) * mask
-            num = (c * target).sum(axis=1)
-            den = (c * c).sum(axis=1)
-            s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s).astype(np.float32)
-            s[s == 0] = 1.0
+        z = (((q - (wb - we) / s[:, None, :]) * mask).sum(axis=1) / count).astype(np.float32)
         beta *= kappa
-        wr, err = block_err(s, z)
+        q, wr, err = err_of(z)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_z = np.where(better, z, best_z)
+    if not integer_zero:
+        return s, best_z.astype(np.float32)
+    zi = np.clip(np.rint(best_z), 0, QMAX).astype(np.float32)
+    q = quantize_codes(wb, s, zi)
+    c = (q - zi[:, None, :]) * mask
+    num = (c * wb).sum(axis=1)
+    den = (c * c).sum(axis=1)
+    s2 = np.where(den > 0, num / np.where(den > 0, den, 1.0), s).astype(np.float32)
+    s2[s2 <= 0] = s[s2 <= 0]
+    # keep the re-fitted scale only where it lowers the block's squared error
+    def sq(s_):
+        d = ((quantize_codes(wb, s_, zi) - zi[:, None, :]) * s_[:, None, :] - wb) * mask
+        return (d * d).sum(axis=1)
+    s = np.where(sq(s2) < sq(s), s2, s).astype(np.float32)
+    return s, zi
+
+
+def _hqq_symmetric(wb, mask, *, iters, lp, beta, kappa):
+    """Symmetric grids have no zero point to move, so the half-quadratic splitting drives
+    the scale instead: each step fits the scale by least squares to ``W - W_e``. The best
+    iterate per block is kept by squared error (with the scale free, HQQ's robust |.|^p
+    measure would clip the outlier weights that LLM outputs depend on)."""
+    s, _ = rtn_params(wb, symmetric=True)
+    s = s.astype(np.float32).copy()
+    # the block's largest weight maps to code 0 at the min/max scale; never shrink the
+    # scale so far that it is clipped by more than half a step
+    s_min = np.abs(s) * np.float32(SYMMETRIC_ZERO_CODE / (SYMMETRIC_ZERO_CODE + 0.5))
+    count = mask.sum(axis=1)
+    zc = np.float32(SYMMETRIC_ZERO_CODE)
+
+    def block_err(s_):
+        q = quantize_codes(wb, s_, None)
+        c = q - zc
+        d = (c * s_[:, None, :] - wb) * mask
+        return c, (d * d).sum(axis=1) / count
+
+    c, best_err = block_err(s)
+    best_s = s.copy()
+    for _ in range(iters):
+        we = _shrink(wb - c * s[:, None, :], beta, lp) * mask
+        target = wb - we
+        cm = c * mask
+        num = (cm * target).sum(axis=1)
+        den = (cm * cm).sum(axis=1)
+        s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s).astype(np.float32)
+        s = (np.sign(best_s) * np.maximum(np.abs(s), s_min)).astype(np.float32)
+        beta *= kappa
+        c, err = block_err(s)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_s = np.where(better, s, best_s)
-        if z is not None:
-            best_z = np.where(better, z, best_z)
-    return best_s.astype(np.float32), (None if best_z is None else best_z.astype(np.float32))
+    return best_s.astype(np.float32), None
 
 
-def hqq(w: np.ndarray, spec: Int4Spec, *, iters: int = 20, lp: float = 0.7, beta: float = 10.0, kappa: float = 1.01) -> BlockQuant:
-    """HQQ-optimised block-int4 quantization of ``w`` ``[K, N]``, in column chunks."""
+def hqq(
+    w: np.ndarray,
+    spec: Int4Spec,
+    *,
+    iters: int = 20,
+    lp: float = 0.7,
+    beta: float = 10.0,
+    kappa: float = 1.01,
+    integer_zero: bool = True,
+) -> BlockQuant:
+    """HQQ-optimised block-int4 quantization of ``w`` ``[K, N]``, in column chunks.
+    ``integer_zero=False`` keeps HQQ's fractional zero points (asymmetric only; only
+    MatMulNBits can store them)."""
     k, n = w.shape
     bs = spec.block_size
     nb = spec.n_blocks(k)
@@ -114,8 +168,10 @@ def hqq(w: np.ndarray, spec: Int4Spec, *, iters: int = 20, lp: float = 0.7, beta
     for c0 in range(0, n, step):
         c1 = min(n, c0 + step)
         wb, _ = _blocked(np.asarray(w[:, c0:c1], dtype=np.float32), bs)
-        s, z = hqq_blocked(wb, mask, spec.symmetric, iters=iters, lp=lp, beta=beta, kappa=kappa)
-        q = quantize_codes(wb, s, z)
+        s, z = hqq_blocked(
+            wb, mask, spec.symmetric, iters=iters, lp=lp, beta=beta, kappa=kappa, integer_zero=integer_zero
+        )
+        q = quantize_codes(wb, s, z) if integer_zero or z is None else _codes_float_zero(wb, s, z)
         codes[:, c0:c1] = q.reshape(nb * bs, c1 - c0)[:k]
         scales[:, c0:c1] = s
         if zeros is not None:

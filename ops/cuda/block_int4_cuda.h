@@ -16,22 +16,24 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "onnxq/block_int4_format.h"  // the layout, declared once (ops/include)
+
 namespace onnxq {
 namespace cuda {
 
-// Format constants. They mirror onnxq/formats.py (SUPPORTED_BLOCK_SIZES,
-// SYMMETRIC_ZERO_CODE); tests/ops_cuda checks the numbers against the Python side.
-constexpr int kBits = 4;
-constexpr int kSymmetricZeroCode = 8;
+// The format constants the kernels use, taken from the shared format header.
+constexpr int kBits = block_int4::kBits;
+constexpr int kSymmetricZeroCode = block_int4::kSymmetricZeroPoint;
 constexpr int kSupportedBlockSizes[] = {16, 32, 64, 128, 256};
+static_assert(block_int4::is_supported_block_size(16) && block_int4::is_supported_block_size(256) &&
+                  !block_int4::is_supported_block_size(8) && !block_int4::is_supported_block_size(512) &&
+                  !block_int4::is_supported_block_size(48),
+              "kSupportedBlockSizes must match block_int4::is_supported_block_size");
+static_assert(kBits == 4 && block_int4::kLowNibbleIsEvenElement == 1, "the kernels decode 4-bit, low-nibble-first");
 
-inline bool IsSupportedBlockSize(int64_t bs) {
-  for (int s : kSupportedBlockSizes)
-    if (s == bs) return true;
-  return false;
-}
-inline int64_t NumBlocks(int64_t k, int64_t bs) { return (k + bs - 1) / bs; }
-inline int64_t BytesPerBlock(int64_t bs) { return bs * kBits / 8; }
+inline bool IsSupportedBlockSize(int64_t bs) { return block_int4::is_supported_block_size(bs); }
+inline int64_t NumBlocks(int64_t k, int64_t bs) { return block_int4::n_blocks(k, bs); }
+inline int64_t BytesPerBlock(int64_t bs) { return block_int4::bytes_per_block(bs); }
 inline int64_t ZeroPointCols(int64_t n_blocks) { return (n_blocks + 1) / 2; }
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1 };

@@ -91,6 +91,13 @@ __device__ __forceinline__ uint4 ldg_stream_v4(const void* p) {
                : "l"(p));
   return r;
 }
+__device__ __forceinline__ uint4 ldg_stream_v4_l2_256(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
 __device__ __forceinline__ uint2 ldg_stream_v2(const void* p) {
   uint2 r;
   asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
@@ -167,6 +174,7 @@ struct KernelParams {
   int units;               // ceil(Kp / 128)
   int units_full;          // floor(Kp / 128): units lying wholly inside the packed rows
   int units_per_warp;
+  int skinny_cfg;          // bit 0: warps interleave units (else contiguous K slices); bit 1: L2::256B loads
   // tiling (gemm / simt)
   int tiles_n;
 };
@@ -185,6 +193,7 @@ struct KernelParams {
 
 constexpr int kSkinnyWarps = 8;
 constexpr int kSkinnyThreads = kSkinnyWarps * 32;
+constexpr int kSkinnyDefaultCfg = 0;  // see KernelParams::skinny_cfg
 
 struct SkinnySlot {
   uint4 w0, w1;   // 32 codes of column g and of column g+8
@@ -224,18 +233,26 @@ __device__ __forceinline__ uint32_t zp_at(const uint8_t* zrow, int kb) {
   return (kb & 1) ? (byte >> 4) : (byte & 0xFu);
 }
 
+// Unit of item `ul` of the warp's slice: contiguous slices (u0 = warp * upw, stride 1) or
+// interleaved (u0 = warp, stride kSkinnyWarps: the block's warps read adjacent units).
 template <bool kScaleAfter, bool kZP, bool kFast>
-__device__ __forceinline__ void skinny_load(const KernelParams& p, const SkinnyCols& c, int u, int ul, int t,
+__device__ __forceinline__ void skinny_load(const KernelParams& p, const SkinnyCols& c, int u, int ustep, int t,
                                             SkinnySlot& sl) {
   const int kc = u * 128 + t * 32;
+  const int off = ustep * 64;  // bytes from the slice start
   if (kFast && u < p.units_full) {  // the whole unit lies inside the packed rows
-    sl.w0 = ldg_stream_v4(c.w0 + ul * 64);
-    sl.w1 = ldg_stream_v4(c.w1 + ul * 64);
+    if (p.skinny_cfg & 2) {
+      sl.w0 = ldg_stream_v4_l2_256(c.w0 + off);
+      sl.w1 = ldg_stream_v4_l2_256(c.w1 + off);
+    } else {
+      sl.w0 = ldg_stream_v4(c.w0 + off);
+      sl.w1 = ldg_stream_v4(c.w1 + off);
+    }
   } else {
     const int kp = (int)p.kp;
     const int nbytes = u < p.units ? (kc + 32 <= kp ? 16 : (kc + 16 <= kp ? 8 : 0)) : 0;
-    sl.w0 = load_wchunk(c.w0 + ul * 64 - (kc >> 1), kc, nbytes, p.b_vec16 != 0);
-    sl.w1 = load_wchunk(c.w1 + ul * 64 - (kc >> 1), kc, nbytes, p.b_vec16 != 0);
+    sl.w0 = load_wchunk(c.w0 + off - (kc >> 1), kc, nbytes, p.b_vec16 != 0);
+    sl.w1 = load_wchunk(c.w1 + off - (kc >> 1), kc, nbytes, p.b_vec16 != 0);
   }
   if (kScaleAfter) {  // bs % 128 == 0: one block per unit (units < p.units always lie inside)
     const int kb = u >> (p.bs_shift - 7);
@@ -358,7 +375,8 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
   const int64_t groups = (p.n + 15) / 16;
   const int my_groups = (int)((groups - blockIdx.x + gridDim.x - 1) / gridDim.x);
   const int items = my_groups * upw;
-  const int u0 = warp * upw;
+  const int ustride = (p.skinny_cfg & 1) ? kSkinnyWarps : 1;
+  const int u0 = (p.skinny_cfg & 1) ? warp : warp * upw;
   const int k = (int)p.k;
   const uint16_t* arow[NT];
 #pragma unroll
@@ -374,7 +392,7 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
   SkinnyCols pf = skinny_cols(p, blockIdx.x, g, t, u0);
 #pragma unroll
   for (int r = 0; r < kRing - 1; ++r) {
-    if (pf_gi < my_groups) skinny_load<kScaleAfter, kZP, kFast>(p, pf, u0 + pf_ul, pf_ul, t, ring[r]);
+    if (pf_gi < my_groups) skinny_load<kScaleAfter, kZP, kFast>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t, ring[r]);
     if (++pf_ul == upw) {
       pf_ul = 0;
       ++pf_gi;
@@ -395,16 +413,20 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
     for (int r = 0; r < kRing; ++r) {
       if (base + r < items) {  // block-uniform
         if (pf_gi < my_groups)
-          skinny_load<kScaleAfter, kZP, kFast>(p, pf, u0 + pf_ul, pf_ul, t, ring[(r + kRing - 1) % kRing]);
+          skinny_load<kScaleAfter, kZP, kFast>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t,
+                                               ring[(r + kRing - 1) % kRing]);
         if (++pf_ul == upw) {
           pf_ul = 0;
           ++pf_gi;
           pf = skinny_cols(p, blockIdx.x + (int64_t)pf_gi * gridDim.x, g, t, u0);
         }
-        const int kc = (u0 + ul) * 128 + t * 32;
-        if (kc < k) {  // lanes whose chunk lies past K contribute nothing
+        const int u = u0 + ul * ustride;
+        const int kc = u * 128 + t * 32;
+        if (u * 128 < k) {  // warp-uniform (mma.sync needs the whole warp): unit not past K
+          if (kc + 128 * ustride < k) {
 #pragma unroll
-          for (int j = 0; j < NT; ++j) prefetch_l1(arow[j] + kc + 128);  // next unit's activations
+            for (int j = 0; j < NT; ++j) prefetch_l1(arow[j] + kc + 128 * ustride);  // next unit's activations
+          }
           skinny_compute<NT, kScaleAfter, kFast>(ring[r], arow, kc, k, acc);
         }
 
@@ -480,6 +502,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
 }
+// Packed weights: ask L2 for the whole 256-byte block (neighbouring k-tiles come next).
+__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
 }
@@ -494,7 +521,10 @@ __device__ __forceinline__ void gemm_issue_a(const KernelParams& p, uint8_t* sta
   const uint16_t* A = static_cast<const uint16_t*>(p.a);
   uint16_t* as = reinterpret_cast<uint16_t*>(stage);
   constexpr int kChunks = C::BM * C::BK / 8;
-  for (int c = threadIdx.x; c < kChunks; c += C::kThreads) {
+#pragma unroll
+  for (int i = 0; i < (kChunks + C::kThreads - 1) / C::kThreads; ++i) {
+    const int c = threadIdx.x + i * C::kThreads;
+    if (kChunks % C::kThreads != 0 && c >= kChunks) break;
     const int r = c / (C::BK / 8), kq = c % (C::BK / 8);
     const int64_t gm = m0 + r, gk = k0 + kq * 8;
     uint16_t* dst = as + r * C::LDS + kq * 8;
@@ -525,7 +555,7 @@ __device__ __forceinline__ void gemm_issue_b(const KernelParams& p, uint8_t* sta
     const uint8_t* src = nbytes ? p.b + gn * p.row_bytes + (kc >> 1) : p.b;
     uint8_t* dst = stage + c * 16;
     if (p.b_vec16) {
-      cp_async16(dst, src, nbytes);
+      cp_async16_l2_256(dst, src, nbytes);
     } else {
       cp_async8(dst, src, nbytes >= 8 ? 8 : 0);
       cp_async8(dst + 8, nbytes == 16 ? src + 8 : p.b, nbytes == 16 ? 8 : 0);
@@ -1076,6 +1106,8 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   const bool a_vec = addr(args.a) % 16 == 0 && k % 8 == 0;
   if (path == Path::kSkinny) {
     if (m > 16) return Fail(err, len, kInvalidArgument, "the skinny path takes M <= 16, got M=%lld", (long long)m);
+    if (args.config > 3) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..3)", args.config);
+    p.skinny_cfg = args.config >= 0 ? args.config : kSkinnyDefaultCfg;
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }
   if (path != Path::kTensorCore) return Fail(err, len, kInvalidArgument, "float16 A runs on the skinny or tensor-core path");

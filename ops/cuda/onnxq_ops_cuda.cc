@@ -11,9 +11,10 @@
 // Launches go on the stream ORT hands the kernel (KernelContext::GetGPUComputeStream).
 // Every shape/attribute problem is returned as an ORT error status.
 
-#define ORT_API_MANUAL_INIT
+#ifndef ORT_API_MANUAL_INIT
+#define ORT_API_MANUAL_INIT  // the API table comes from RegisterCustomOps, not from linking ORT
+#endif
 #include <onnxruntime_cxx_api.h>
-#undef ORT_API_MANUAL_INIT
 
 #include <cstdint>
 #include <mutex>

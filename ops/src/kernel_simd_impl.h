@@ -30,13 +30,17 @@ constexpr int kMrInt8 = (L == 16) ? 8 : 2;
 constexpr int kMrF32 = (L == 16) ? 14 : 6;
 constexpr int64_t kGemvColsPerTask = 64;
 constexpr int kPrefetchBytes = 8192;
-constexpr int kPrefetchTiles = 2;  // GEMM: how many column panels ahead B is prefetched  // software prefetch distance of the streamed columns
+constexpr int kPrefetchTiles = 1;
+constexpr int kPanelPrefetchBytes = 256;  // GEMM: panel loads prefetch this far ahead in each column  // GEMM: how many column panels ahead B is prefetched  // software prefetch distance of the streamed columns
 
 inline int ilog2(int64_t x) {
   int r = 0;
   while ((int64_t{1} << (r + 1)) <= x) ++r;
   return r;
 }
+// Row stride (elements) of the prepared A rows: off multiples of 4 KiB so that the rows of
+// a micro-kernel tile do not compete for the same L1 sets.
+inline int64_t row_stride(int64_t kp) { return kp % 1024 == 0 ? kp + 64 : round_up(kp, 64); }
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
@@ -79,9 +83,10 @@ inline typename V::F zero_points(const Weights& w, int64_t n, int64_t b0, int cn
 }
 
 // ---- A preparation ------------------------------------------------------------------
-// int8 quantization of one row into linear order q[0..kp) (zero padded), sa/rb [nbp].
+// int8 quantization of one row into linear order q[0..kp) (zero padded); the block scales
+// and scale * sum(q) go to sa[b * bstride], rb[b * bstride] for b < nbp.
 inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int64_t nbp, int8_t* q, float* sa,
-                         float* rb) {
+                         float* rb, int64_t bstride) {
   const int64_t nb = ceil_div(K, bs);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * bs, len = imin(bs, K - k0);
@@ -97,11 +102,12 @@ inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int6
       qs = V::add_i32(qs, qi);
       V::store_i8(q + k0 + k, qi);  // writes L bytes; the buffer has kp + L of room
     }
-    sa[b] = amax / kInt8AMax;
-    rb[b] = sa[b] * static_cast<float>(V::reduce_add_i32(qs));
+    const float scale = amax / kInt8AMax;
+    sa[b * bstride] = scale;
+    rb[b * bstride] = scale * static_cast<float>(V::reduce_add_i32(qs));
   }
   for (int64_t k = K; k < kp; ++k) q[k] = 0;
-  for (int64_t b = nb; b < nbp; ++b) sa[b] = rb[b] = 0.f;
+  for (int64_t b = nb; b < nbp; ++b) sa[b * bstride] = rb[b * bstride] = 0.f;
 }
 
 // Linear q -> per group [q0 q2 q4 q6 | q1 q3 q5 q7] (the GEMM layout: even-k dword, odd-k dword).
@@ -149,7 +155,7 @@ struct GemvCtx {
   const int8_t* q;   // int8: [M][kp]
   const float* sa;   // int8: [M][nbp]
   const float* rb;   // [M][nbp]
-  int64_t kp, nbp, n_chunks, full_chunks;
+  int64_t kp, ld, nbp, n_chunks, full_chunks;
   LaneExpand expand;
 };
 
@@ -167,7 +173,7 @@ inline void gemv_chunk(const GemvCtx& g, int64_t m0, int64_t c, typename V::I x,
     for (int j = 0; j < 8; ++j) {
       const F cf = V::nib_f(V::srl32(x, 4 * j));
       for (int m = 0; m < MR; ++m) {
-        const float* a = g.ap + (m0 + m) * g.kp + c * kChunkK + j * L;
+        const float* a = g.ap + (m0 + m) * g.ld + c * kChunkK + j * L;
         acc[m][j & 3] = V::fma(V::load(a), cf, acc[m][j & 3]);
       }
     }
@@ -177,7 +183,7 @@ inline void gemv_chunk(const GemvCtx& g, int64_t m0, int64_t c, typename V::I x,
     const I mask = V::set1_i32(0x0F0F0F0F);
     const I lo = V::and_i(x, mask), hi = V::and_i(V::srl32(x, 4), mask);
     for (int m = 0; m < MR; ++m) {
-      const int8_t* qa = g.q + (m0 + m) * g.kp + c * kChunkK;
+      const int8_t* qa = g.q + (m0 + m) * g.ld + c * kChunkK;
       const I d = V::dot2(V::zeroi(), lo, V::load_i(qa), hi, V::load_i(qa + kChunkBytes));
       tot[m] = V::fma(V::cvt(d), V::mul(s, g.expand(g.sa + (m0 + m) * g.nbp, g.nbp, c)), tot[m]);
     }
@@ -243,7 +249,7 @@ struct RowPrepCtx {
   int8_t* q_tmp;  // GEMV int8: per-row scratch of kp + 64 bytes, one per task
   float* sa;
   float* rb;
-  int64_t kp, nbp;
+  int64_t kp, ld, nbp;
   bool gemv;
 };
 
@@ -255,17 +261,20 @@ void prep_rows_task(void* ctx, size_t t) {
   const int64_t K = r.w->K, bs = r.w->block_size;
   if (!p.int8_a) {
     if (r.gemv) {
-      permute_row_f32(a, K, bs, r.kp, r.nbp, r.ap + m * r.kp, r.rb + m * r.nbp);
+      permute_row_f32(a, K, bs, r.kp, r.nbp, r.ap + m * r.ld, r.rb + m * r.nbp);
     } else {
-      float* dst = r.ap + m * r.kp;
+      float* dst = r.ap + m * r.ld;
       std::memcpy(dst, a, sizeof(float) * static_cast<size_t>(K));
       for (int64_t k = K; k < r.kp; ++k) dst[k] = 0.f;
     }
     return;
   }
-  int8_t* dst = r.q + m * r.kp;
+  int8_t* dst = r.q + m * r.ld;
   int8_t* lin = r.gemv ? r.q_tmp + m * (r.kp + 64) : dst;
-  quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m * r.nbp, r.rb + m * r.nbp);
+  if (r.gemv)
+    quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m * r.nbp, r.rb + m * r.nbp, 1);
+  else  // GEMM: block-major [nbp][M], the rows of a tile side by side
+    quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m, r.rb + m, p.M);
   interleave_groups(lin, r.kp);
   if (r.gemv) groups_to_chunks(lin, dst, r.kp);
 }
@@ -274,16 +283,17 @@ int gemv(const Weights& w, const Problem& p, const Runner& runner) {
   const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
   const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
   const int64_t M = p.M;
-  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * kp));
-  Scratch q(1, p.int8_a ? static_cast<size_t>(M * kp + 64) : 64);
+  const int64_t ld = row_stride(kp);
+  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * ld));
+  Scratch q(1, p.int8_a ? static_cast<size_t>(M * ld + 64) : 64);
   Scratch q_tmp(2, p.int8_a ? static_cast<size_t>(M * (kp + 64)) : 64);
   Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
   Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
   if (!ap.p || !q.p || !q_tmp.p || !sa.p || !rb.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp, true};
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp, true};
   runner.run(static_cast<size_t>(M), prep_rows_task, &r);
 
-  GemvCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp,
+  GemvCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp,
             kp / kChunkK, w.row_bytes / kChunkBytes, LaneExpand(w.block_size)};
   const size_t tasks = static_cast<size_t>(ceil_div(w.N, kGemvColsPerTask));
   runner.run(tasks, p.int8_a ? gemv_task<true> : gemv_task<false>, &g);
@@ -296,9 +306,9 @@ struct GemmCtx {
   const Problem* p;
   const float* ap;  // fp: [M][kp] zero padded
   const int8_t* q;  // int8: [M][kp] GEMM layout
-  const float* sa;  // int8: [M][nbp]
-  const float* rb;  // int8: [M][nbp]
-  int64_t kp, nbp;
+  const float* sa;  // int8: [nbp][M]
+  const float* rb;  // int8: [nbp][M]
+  int64_t kp, ld, nbp;
   int* failed;  // set when a task cannot allocate its panel
 };
 
@@ -337,7 +347,10 @@ inline void load_transposed(const Weights& w, int64_t n0, int64_t c, typename V:
   const int64_t avail = w.row_bytes - off;
   const uint8_t* src = w.packed + n0 * w.row_bytes + off;
   if (n0 + L <= w.N && avail >= kChunkBytes) {  // the common case
-    for (int i = 0; i < L; ++i) r[i] = V::load_i(src + i * w.row_bytes);
+    for (int i = 0; i < L; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(src + i * w.row_bytes + kPanelPrefetchBytes), _MM_HINT_T0);
+      r[i] = V::load_i(src + i * w.row_bytes);
+    }
   } else {
     for (int i = 0; i < L; ++i) {
       if (n0 + i >= w.N)
@@ -405,12 +418,12 @@ void micro_f32(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt
       for (int v = 0; v < NV; ++v)
         c[m][v] = V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L))));
   }
-  const float* a = g.ap + m0 * g.kp;
+  const float* a = g.ap + m0 * g.ld;
   for (int64_t k = kt0; k < kt1; ++k) {
     const float* pk = panel + (k - kt0) * NT;
     const F b0 = V::load(pk), b1 = V::load(pk + L);
     for (int m = 0; m < MR; ++m) {
-      const F am = V::set1(a[m * g.kp + k]);
+      const F am = V::set1(a[m * g.ld + k]);
       c[m][0] = V::fma(am, b0, c[m][0]);
       c[m][1] = V::fma(am, b1, c[m][1]);
     }
@@ -428,14 +441,17 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
   const Problem& p = *g.p;
   const int64_t bs = g.w->block_size;
   const int64_t ncols = imin(NT, g.w->N - n0);
-  // Float accumulators live in L1 (registers hold the int32 block sums).
-  alignas(64) float c[MR][NT];
+  // Float accumulators in L1 (the registers hold the int32 block sums); the pointer is
+  // laundered so that the compiler keeps them in memory instead of spilling registers.
+  alignas(64) float cbuf[MR * NT];
+  float* c = cbuf;
+  __asm__("" : "+r"(c));
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v)
-      V::store(c[m] + v * L, kt0 == 0 ? V::zero()
-                                      : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L,
-                                                  static_cast<int>(imax(0, imin(L, ncols - v * L)))));
-  const int8_t* qa = g.q + m0 * g.kp;
+      V::store(c + m * NT + v * L,
+               kt0 == 0 ? V::zero()
+                        : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L)))));
+  const int8_t* qa = g.q + m0 * g.ld;
   const int64_t b_first = kt0 / bs;
   for (int64_t b = b_first; b * bs < kt1; ++b) {
     const int64_t g_begin = imax(b * bs, kt0) / 8, g_end = imin((b + 1) * bs, kt1) / 8;
@@ -448,30 +464,33 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
     for (int64_t gi = g_begin; gi < g_end; ++gi, pp += 2 * NV * kChunkBytes, qg += 8) {
       const I lo0 = V::load_i(pp), lo1 = V::load_i(pp + kChunkBytes);
       for (int m = 0; m < MR; ++m) {
-        const I alo = V::bcast32(qg + m * g.kp);
+        const I alo = V::bcast32(qg + m * g.ld);
         acc[m][0] = V::dot(acc[m][0], lo0, alo);
         acc[m][1] = V::dot(acc[m][1], lo1, alo);
       }
       const I hi0 = V::load_i(pp + 2 * kChunkBytes), hi1 = V::load_i(pp + 3 * kChunkBytes);
       for (int m = 0; m < MR; ++m) {
-        const I ahi = V::bcast32(qg + m * g.kp + 4);
+        const I ahi = V::bcast32(qg + m * g.ld + 4);
         acc[m][0] = V::dot(acc[m][0], hi0, ahi);
         acc[m][1] = V::dot(acc[m][1], hi1, ahi);
       }
     }
     const int64_t bi = b - b_first;
+    const float* sab = g.sa + b * p.M + m0;
+    const float* rbb = g.rb + b * p.M + m0;
     const F s0 = V::load(sT + bi * NT), s1 = V::load(sT + bi * NT + L);
     const F z0 = V::load(zsT + bi * NT), z1 = V::load(zsT + bi * NT + L);
     for (int m = 0; m < MR; ++m) {
-      const F sam = V::set1(g.sa[(m0 + m) * g.nbp + b]);
-      const F rbm = V::set1(g.rb[(m0 + m) * g.nbp + b]);
-      V::store(c[m], V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), V::load(c[m]))));
-      V::store(c[m] + L, V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), V::load(c[m] + L))));
+      const F sam = V::set1(sab[m]);
+      const F rbm = V::set1(rbb[m]);
+      float* cm = c + m * NT;
+      V::store(cm, V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), V::load(cm))));
+      V::store(cm + L, V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), V::load(cm + L))));
     }
   }
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v)
-      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, V::load(c[m] + v * L),
+      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, V::load(c + m * NT + v * L),
                  static_cast<int>(imax(0, imin(L, ncols - v * L))));
 }
 
@@ -568,15 +587,16 @@ int gemm(const Weights& w, const Problem& p, const Runner& runner) {
   const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
   const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
   const int64_t M = p.M;
-  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * kp));
-  Scratch q(1, p.int8_a ? static_cast<size_t>(M * kp + 64) : 64);
+  const int64_t ld = row_stride(kp);
+  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * ld));
+  Scratch q(1, p.int8_a ? static_cast<size_t>(M * ld + 64) : 64);
   Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
   Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
   if (!ap.p || !q.p || !sa.p || !rb.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, nbp, false};
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, false};
   runner.run(static_cast<size_t>(M), prep_rows_task, &r);
   int failed = 0;
-  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, nbp, &failed};
+  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp, &failed};
   runner.run(static_cast<size_t>(ceil_div(w.N, NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
   return __atomic_load_n(&failed, __ATOMIC_RELAXED) ? kOutOfMemory : kOk;
 }

@@ -28,7 +28,8 @@ def test_cuda_header_constants_match_formats(tmp_path):
         "  return 0; }\n"
     )
     exe = tmp_path / "consts"
-    subprocess.run([cxx, "-std=c++17", "-I", str(REPO / "ops" / "cuda"), str(src), "-o", str(exe)], check=True)
+    subprocess.run([cxx, "-std=c++17", "-I", str(REPO / "ops" / "cuda"), "-I", str(REPO / "ops" / "include"), str(src), "-o", str(exe)],
+                   check=True)
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
     bits, zero = map(int, lines[0].split())
     assert bits == 4 and zero == formats.SYMMETRIC_ZERO_CODE

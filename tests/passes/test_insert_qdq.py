@@ -38,18 +38,19 @@ cnn (float[N, 3, 12, 12] x) => (float[N, 10] y) {
 
 
 def _cnn():
+    rng = np.random.default_rng(1)  # the same weights on every call
     return model_from_text(
         CNN,
         {
-            "w1": RNG.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
-            "b1": RNG.standard_normal(8).astype(np.float32) * 0.1,
-            "wd": RNG.standard_normal((8, 1, 3, 3)).astype(np.float32) * np.array([0.05, 1, 2, 5, 1, 1, 0.5, 20], np.float32).reshape(8, 1, 1, 1),
-            "bd": RNG.standard_normal(8).astype(np.float32) * 0.1,
+            "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+            "b1": rng.standard_normal(8).astype(np.float32) * 0.1,
+            "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * np.array([0.05, 1, 2, 5, 1, 1, 0.5, 20], np.float32).reshape(8, 1, 1, 1),
+            "bd": rng.standard_normal(8).astype(np.float32) * 0.1,
             "lo": np.array(0, np.float32),
             "hi": np.array(6, np.float32),
-            "w2": RNG.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3,
-            "wg": RNG.standard_normal((10, 16)).astype(np.float32),
-            "bg": RNG.standard_normal(10).astype(np.float32),
+            "w2": rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3,
+            "wg": rng.standard_normal((10, 16)).astype(np.float32),
+            "bg": rng.standard_normal(10).astype(np.float32),
         },
     )
 
@@ -120,14 +121,30 @@ def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():
 
 
 def test_channel_equalization_moves_scales_exactly():
-    model = _cnn()
-    x = RNG.standard_normal((2, 3, 12, 12)).astype(np.float32)
-    data = _data()
-    on = onnxq.quantize(model, StaticInt8(), data=data)
-    off = onnxq.quantize(_cnn(), StaticInt8(channel_equalization=False), data=data)
-    (ref,) = run_ort(_cnn(), {"x": x})
-    e_on, e_off = _rel(run_ort(on, {"x": x})[0], ref), _rel(run_ort(off, {"x": x})[0], ref)
-    assert e_on < e_off  # the 0.05 / 20 depthwise channels no longer drown in noise
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    eq (float[N, 3, 10, 10] x) => (float[N, 8, 10, 10] y) {
+        c = Conv <pads: ints = [1, 1, 1, 1]> (x, w1, b1)
+        r = Relu(c)
+        y = Conv <pads: ints = [1, 1, 1, 1], group: int = 8> (r, wd, bd)
+    }
+    """
+    rng = np.random.default_rng(3)
+    spread = np.array([0.002, 0.01, 0.05, 0.2, 1, 1, 2, 4], np.float32)
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * spread[:, None, None, None],
+        "b1": np.abs(rng.standard_normal(8)).astype(np.float32) * spread,
+        "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None],
+        "bd": rng.standard_normal(8).astype(np.float32),
+    }
+    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
+    (ref,) = run_ort(model_from_text(text, inits), x)
+    on = onnxq.quantize(model_from_text(text, inits), StaticInt8(), data=data)
+    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    e_on, e_off = _rel(run_ort(on, x)[0], ref), _rel(run_ort(off, x)[0], ref)
+    assert e_on < 0.25 * e_off, (e_on, e_off)  # small channels no longer drown in noise
+    assert _ort_optimized_ops(on)["QLinearConv"] == 2
 
 
 def test_matmul_two_activations_add_mul_constants_and_graph_output_name():
@@ -231,3 +248,32 @@ def test_fold_refuses_missing_qparams():
     InsertQdqPass(StaticInt8())(model)
     with pytest.raises(onnxq.OnnxqError, match="no calibrated quantization parameters"):
         FoldScalesPass({})(model)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_histogram_methods_with_varying_shapes(method):
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, T, 16] x) => (float[N, T, 8] y) {
+        h = MatMul(x, w)
+        y = Relu(h)
+    }
+    """
+    w = RNG.standard_normal((16, 8)).astype(np.float32)
+    data = [{"x": RNG.standard_normal((1, t, 16)).astype(np.float32)} for t in (3, 50, 700, 9)]
+    out = onnxq.quantize(model_from_text(text, {"w": w}), StaticInt8(calibration=method), data=data)
+    check_full(out)
+    (got,) = run_ort(out, data[2])
+    (ref,) = run_ort(model_from_text(text, {"w": w}), data[2])
+    cos = float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref))
+    assert cos > (0.9 if method == "entropy" else 0.99)  # clipping methods: judged on the whole output
+
+
+def test_uint16_activations_use_wide_qdq():
+    model = _cnn()
+    out = onnxq.quantize(model, StaticInt8(activation_type="uint16"), data=_data(4))
+    x = _data(1)[0]
+    (ref,) = run_ort(_cnn(), x)
+    (got,) = run_ort(out, x)
+    assert _rel(got, ref) < 0.02
+    assert out.opset_imports.get("com.microsoft") == 1  # opset 17: 16-bit Q/DQ from ORT's domain

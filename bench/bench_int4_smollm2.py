@@ -1,0 +1,246 @@
+"""SmolLM2-135M block-int4 weight-only: onnxq's RTN/HQQ/GPTQ/AWQ against ONNX Runtime's
+MatMulNBits quantizer (``onnxruntime.quantization.matmul_nbits_quantizer``) on the same text.
+
+    python -m bench.bench_int4_smollm2 [--quick] [--skip-ort-gptq]
+
+Perplexity: ``models.perplexity`` (windows of 512, stride 256) on the first 4,096 tokens of
+the corpus's ``bible_web_dev.txt``; fp32 is the yardstick. Calibration (GPTQ/AWQ, ours and
+ORT's): 16 windows of 512 tokens that follow the evaluated tokens in the same file, so the
+calibration never sees the evaluated text. Every quantized model is evaluated with float
+activations (MatMulNBits ``accuracy_level`` 0) so the numbers compare algorithms, not
+kernels. Quantization time is the weight-quantization step alone (our pass; ORT's
+``process()``), load/save/calibration excluded and reported apart. ORT configurations run in
+a child process each (with a time limit): ORT's GPTQ may crash or run for long.
+Writes ``bench/results/int4_smollm2.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import REPO, markdown_table, write_results
+
+BIBLE = REPO.parent / "shared" / "corpus" / "text" / "bible_web_dev.txt"
+N_EVAL = 4096
+CALIB_SAMPLES, CALIB_SEQ = 16, 512
+LM_HEAD = "/lm_head/MatMul"
+
+# (label, block_size, symmetric, recipe overrides)
+OURS = [
+    ("rtn", 128, True, dict(algorithm="rtn")),
+    ("hqq", 128, True, dict(algorithm="hqq")),
+    ("gptq", 128, True, dict(algorithm="gptq", act_order=True, percdamp=0.001)),
+    ("awq", 128, True, dict(algorithm="awq")),
+    ("awq+gptq", 128, True, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001)),
+    ("awq+gptq, lm_head int8", 128, True, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001, keep_8bit=(LM_HEAD,))),
+    ("hqq (asym, float zero)", 128, False, dict(algorithm="hqq")),
+    ("rtn", 32, False, dict(algorithm="rtn")),
+    ("hqq", 32, False, dict(algorithm="hqq")),
+    ("gptq", 32, False, dict(algorithm="gptq", act_order=True, percdamp=0.001)),
+    ("awq", 32, False, dict(algorithm="awq")),
+    ("awq+gptq", 32, False, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001)),
+]
+# (label, block_size, symmetric, ORT algorithm)
+ORT = [
+    ("DEFAULT (C++ RTN)", 128, True, "default"),
+    ("RTN", 128, True, "rtn"),
+    ("HQQ (asym, float zero)", 128, False, "hqq"),
+    ("GPTQ", 128, True, "gptq"),
+    ("DEFAULT (C++ RTN)", 32, False, "default"),
+    ("HQQ (asym, float zero)", 32, False, "hqq"),
+    ("GPTQ", 32, False, "gptq"),
+]
+
+
+def _ids():
+    from models import smollm2
+
+    ids = smollm2.token_ids(BIBLE, N_EVAL + CALIB_SAMPLES * CALIB_SEQ)
+    return ids[:N_EVAL], ids[N_EVAL:].reshape(CALIB_SAMPLES, CALIB_SEQ)
+
+
+def _ppl(path) -> float:
+    from models import perplexity
+
+    return perplexity.perplexity(str(path), _ids()[0])
+
+
+def _size_mb(path: Path) -> float:
+    data = Path(str(path) + ".data")
+    return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 1e6
+
+
+# -- ORT, one configuration per child process ------------------------------------------------
+
+
+def _ort_child(spec: str, fp32: str, out: str) -> None:
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    logging.getLogger().setLevel(logging.WARNING)
+    block, sym, algo = json.loads(spec)
+    model = onnx.load(fp32)
+    if algo == "default":
+        cfg = mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=sym)
+    elif algo == "rtn":
+        cfg = mnq.RTNWeightOnlyQuantConfig()
+    elif algo == "hqq":
+        cfg = mnq.HQQWeightOnlyQuantConfig(block_size=block)
+    else:
+        import numpy as np
+
+        class Reader(mnq.CalibrationDataReader if hasattr(mnq, "CalibrationDataReader") else object):
+            def __init__(self):
+                self.rows = iter(_ids()[1])
+
+            def get_next(self):
+                row = next(self.rows, None)
+                if row is None:
+                    return None
+                ids = row[None, :].astype(np.int64)
+                return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+            def __iter__(self):
+                while (item := self.get_next()) is not None:
+                    yield item
+
+        cfg = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(), block_size=128)
+    q = mnq.MatMulNBitsQuantizer(model, block_size=block, is_symmetric=sym, algo_config=cfg)
+    t0 = time.perf_counter()
+    q.process()
+    dt = time.perf_counter() - t0
+    q.model.save_model_to_file(out, use_external_data_format=False)
+    print(json.dumps({"quantize_s": dt}))
+
+
+def run_ort(label, block, sym, algo, fp32: Path, tmp: Path, timeout: int) -> dict:
+    out = tmp / f"ort_{algo}_{block}_{int(sym)}.onnx"
+    cmd = [sys.executable, "-m", "bench.bench_int4_smollm2", "--ort-child", json.dumps([block, sym, algo]), str(fp32), str(out)]
+    row = {"tool": "ORT", "algorithm": label, "block": block, "symmetric": sym}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        row["error"] = f"no result within {timeout} s"
+        return row
+    if proc.returncode != 0 or not out.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        row["error"] = "crashed: " + (tail[-1][:160] if tail else f"exit {proc.returncode}")
+        return row
+    row["quantize_s"] = json.loads(proc.stdout.strip().splitlines()[-1])["quantize_s"]
+    row["wall_s"] = time.perf_counter() - t0
+    row["ppl"] = _ppl(out)
+    row["size_mb"] = _size_mb(out)
+    return row
+
+
+# -- ours ------------------------------------------------------------------------------------
+
+
+def run_ours(label, block, sym, overrides, fp32: Path, tmp: Path, stats) -> dict:
+    import onnxq
+    from onnxq import api, modelio
+    from onnxq.passes.quantize_matmul_int4 import QuantizeMatMulInt4Pass
+    from onnxq.recipes import WeightOnlyInt4
+
+    recipe = WeightOnlyInt4(block_size=block, symmetric=sym, format="matmulnbits", accuracy_level=0, **overrides)
+    model = modelio.load(fp32)
+    api.prepare(model)
+    t0 = time.perf_counter()
+    QuantizeMatMulInt4Pass(recipe, stats if recipe.needs_calibration else None)(model)
+    dt = time.perf_counter() - t0
+    out = tmp / "ours.onnx"
+    onnxq.save(model, out)
+    row = {"tool": "onnxq", "algorithm": label, "block": block, "symmetric": sym, "quantize_s": dt}
+    row["ppl"] = _ppl(out)
+    row["size_mb"] = _size_mb(out)
+    return row
+
+
+def calibrate(fp32: Path):
+    import onnx_ir as ir
+
+    from onnxq import api, modelio
+    from onnxq.calib_text import lm_feeds
+    from onnxq.int4.calibrate import collect_activation_stats
+    from onnxq.passes.quantize_matmul_int4 import plan_int4
+    from onnxq.recipes import WeightOnlyInt4
+
+    model = modelio.load(fp32)
+    api.prepare(model)
+    values = [
+        (d.node.inputs[0], ir.convenience.get_const_tensor(d.node.inputs[1]).shape[0])
+        for d in plan_int4(model, WeightOnlyInt4(algorithm="gptq"))
+        if d.selected
+    ]
+    t0 = time.perf_counter()
+    stats = collect_activation_stats(model, values, lm_feeds(["input_ids", "attention_mask"], _ids()[1]))
+    return stats, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="block 128 symmetric only")
+    ap.add_argument("--skip-ort-gptq", action="store_true")
+    ap.add_argument("--ort-timeout", type=int, default=1500)
+    ap.add_argument("--ort-child", nargs=3, metavar=("SPEC", "FP32", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.ort_child:
+        _ort_child(*args.ort_child)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from models import smollm2
+
+    if not BIBLE.exists():
+        print("needs ../shared/corpus", file=sys.stderr)
+        return 1
+    fp32 = smollm2.build()
+    ppl32 = _ppl(fp32)
+    print(f"fp32 perplexity {ppl32:.3f} on {N_EVAL} tokens", flush=True)
+    stats, calib_s = calibrate(fp32)
+    print(f"onnxq calibration: {CALIB_SAMPLES}x{CALIB_SEQ} tokens, {len(stats)} MatMul inputs, {calib_s:.1f} s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-int4-") as tmpdir:
+        tmp = Path(tmpdir)
+        todo_ours = [c for c in OURS if not args.quick or (c[1] == 128 and c[2])]
+        todo_ort = [c for c in ORT if (not args.quick or (c[1] == 128)) and not (args.skip_ort_gptq and c[3] == "gptq")]
+        for label, block, sym, algo in todo_ort:
+            row = run_ort(label, block, sym, algo, fp32, tmp, args.ort_timeout)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        for label, block, sym, overrides in todo_ours:
+            row = run_ours(label, block, sym, overrides, fp32, tmp, stats)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for r in rows:
+        if "ppl" in r:
+            r["ratio"] = r["ppl"] / ppl32
+    columns = ["block", "symmetric", "tool", "algorithm", "ppl", "ratio", "quantize_s", "size_mb", "error"]
+    table = [{c: (f"{r[c]:.3f}" if isinstance(r.get(c), float) else r.get(c, "")) for c in columns} for r in rows]
+    print(markdown_table(table, columns))
+    write_results(
+        "int4_smollm2",
+        {
+            "title": "SmolLM2-135M block-int4: perplexity vs fp32, onnxq vs ORT MatMulNBits quantizer",
+            "command": "python -m bench.bench_int4_smollm2",
+            "fp32_ppl": ppl32,
+            "eval_tokens": N_EVAL,
+            "calibration": f"{CALIB_SAMPLES} x {CALIB_SEQ} tokens after the evaluated ones (bible_web_dev.txt)",
+            "onnxq_calibration_s": calib_s,
+            "columns": columns,
+            "rows": rows,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The int4 algorithms against the numpy reference (onnxq.formats / onnxq.qparams)."""
+
+import numpy as np
+import pytest
+
+from onnxq.formats import BlockInt4Format
+from onnxq.int4.awq import awq_search
+from onnxq.int4.blocks import BlockQuant, Int4Spec, pack_codes_kn, rtn, search_scales
+from onnxq.int4.gptq import gptq, gptq_batch
+from onnxq.int4.hqq import hqq
+
+RNG = np.random.default_rng(0)
+
+
+def _correlated(t, k, outliers=4, scale=20.0, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = np.eye(k, dtype=np.float32) + 2 * rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)
+    x = rng.standard_normal((t, k)).astype(np.float32) @ mix
+    x[:, :outliers] *= scale
+    return x
+
+
+def _out_err(x, w, bq):
+    y = x @ w
+    return float(np.mean((x @ bq.dequantize() - y) ** 2) / np.mean(y**2))
+
+
+@pytest.mark.parametrize("k,n,bs,sym", [(256, 48, 128, True), (200, 40, 128, True), (100, 33, 32, False), (576, 64, 128, False), (40, 8, 16, True)])
+def test_rtn_is_the_reference_byte_for_byte(k, n, bs, sym):
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    ref = BlockInt4Format(bs, sym).quantize(w)
+    got = rtn(w, Int4Spec(bs, sym)).to_packed()
+    assert np.array_equal(got.packed, ref.packed)
+    assert np.array_equal(got.scales, ref.scales)
+    if sym:
+        assert got.zero_points is None
+    else:
+        assert np.array_equal(got.zero_points, ref.zero_points)
+    np.testing.assert_array_equal(rtn(w, Int4Spec(bs, sym)).dequantize(), ref.dequantize())
+
+
+def test_fast_packing_matches_the_format_declaration():
+    codes = RNG.integers(0, 16, (200, 24)).astype(np.uint8)
+    zero = RNG.integers(0, 16, (24, 2)).astype(np.uint8)
+    fmt = BlockInt4Format(128, symmetric=False)
+    assert np.array_equal(pack_codes_kn(codes, 128, zero), fmt.pack_codes(codes, zero))
+    assert np.array_equal(pack_codes_kn(codes, 128, None), BlockInt4Format(128).pack_codes(codes, np.full((24, 2), 8)))
+
+
+def test_rtn_chunks_do_not_change_the_result():
+    w = RNG.standard_normal((64, 5000)).astype(np.float32)  # several column chunks
+    a = rtn(w, Int4Spec(32, False))
+    b = rtn(np.ascontiguousarray(w[:, :17]), Int4Spec(32, False))
+    assert np.array_equal(a.codes[:, :17], b.codes) and np.array_equal(a.scales[:, :17], b.scales)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_scale_search_never_worse_than_minmax(sym):
+    w = RNG.standard_normal((256, 64)).astype(np.float32)
+    w[::37, ::5] *= 6  # a few outliers per block
+    e_rtn = np.mean((rtn(w, Int4Spec(128, sym)).dequantize() - w) ** 2)
+    e_mse = np.mean((rtn(w, Int4Spec(128, sym), mse=True).dequantize() - w) ** 2)
+    assert e_mse < e_rtn
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_hqq_reduces_weight_error(sym):
+    w = (RNG.standard_normal((300, 64)) * 0.05).astype(np.float32)  # ragged: 300 = 2*128 + 44
+    spec = Int4Spec(128, sym)
+    e_rtn = np.mean((rtn(w, spec).dequantize() - w) ** 2)
+    bq = hqq(w, spec)
+    assert np.mean((bq.dequantize() - w) ** 2) < 0.97 * e_rtn
+    if not sym:
+        assert np.array_equal(bq.zeros, np.rint(bq.zeros))  # integer zero points by default
+    bq.to_packed()  # packs as the declared layout
+
+
+def test_hqq_float_zero_points_pack_as_float():
+    w = (RNG.standard_normal((256, 32)) * 0.05).astype(np.float32)
+    bq = hqq(w, Int4Spec(64, False), integer_zero=False)
+    assert bq.has_fractional_zeros
+    p = bq.to_packed()
+    assert p.zero_points.dtype == np.float32 and p.zero_points.shape == (32, 4)
+    np.testing.assert_allclose(p.dequantize(), bq.dequantize(), rtol=0, atol=1e-6)
+    assert np.mean((bq.dequantize() - w) ** 2) < np.mean((rtn(w, Int4Spec(64, False)).dequantize() - w) ** 2)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_reduces_output_error_on_correlated_inputs(sym, act_order):
+    k, n = 256, 64
+    x = _correlated(2048, k)
+    w = (RNG.standard_normal((k, n)) * 0.05).astype(np.float32)
+    spec = Int4Spec(64, sym)
+    e_rtn = _out_err(x, w, rtn(w, spec))
+    e_gptq = _out_err(x, w, gptq(w, x.T.astype(np.float64) @ x, spec, act_order=act_order))
+    assert e_gptq < 0.5 * e_rtn
+
+
+def test_gptq_handles_the_ragged_last_block_and_dead_channels():
+    k, n = 200, 24  # 200 = 128 + 72: ORT's GPTQ crashes on this shape
+    x = _correlated(1024, k, seed=1)
+    x[:, 7] = 0.0  # a dead input channel
+    w = (RNG.standard_normal((k, n)) * 0.05).astype(np.float32)
+    bq = gptq(w, x.T.astype(np.float64) @ x, Int4Spec(128, True), act_order=True)
+    assert bq.codes.shape == (k, n) and bq.scales.shape == (2, n)
+    assert np.all(bq.dequantize()[7] == 0)  # dead channel weights are zeroed
+    p = bq.to_packed()
+    assert p.packed.shape == (n, 2, 64)
+    assert _out_err(x, w, bq) < _out_err(x, w, rtn(w, Int4Spec(128, True)))
+
+
+def test_gptq_batch_equals_one_at_a_time():
+    spec = Int4Spec(32, False)
+    ws = [(RNG.standard_normal((96, 16)) * 0.1).astype(np.float32) for _ in range(3)]
+    hs = []
+    for i in range(3):
+        x = _correlated(512, 96, seed=10 + i)
+        hs.append(x.T.astype(np.float64) @ x)
+    batch = gptq_batch(ws, hs, spec, act_order=True)
+    for w, h, b in zip(ws, hs, batch):
+        one = gptq(w, h, spec, act_order=True)
+        assert np.array_equal(one.codes, b.codes) and np.array_equal(one.scales, b.scales)
+
+
+def test_awq_reduces_output_error_with_outlier_channels():
+    k = 256
+    x = _correlated(2048, k, outliers=6, scale=30.0, seed=3)
+    ws = [(RNG.standard_normal((k, n)) * 0.05).astype(np.float32) for n in (64, 32)]
+    h = x.T.astype(np.float64) @ x
+    spec = Int4Spec(128, True)
+    res = awq_search(ws, h, np.abs(x).mean(axis=0), spec)
+    assert res.alpha > 0 and res.loss < res.loss_rtn
+    for w in ws:
+        e_rtn = _out_err(x, w, rtn(w, spec))
+        scaled = rtn(w * res.scales[:, None], spec)
+        w_hat = scaled.dequantize() / res.scales[:, None]
+        y = x @ w
+        e_awq = float(np.mean((x @ w_hat - y) ** 2) / np.mean(y**2))
+        assert e_awq < e_rtn
+
+
+def test_importance_weighted_search_uses_the_activations():
+    k, n = 256, 64
+    x = _correlated(2048, k, outliers=4, scale=30.0, seed=4)
+    w = (RNG.standard_normal((k, n)) * 0.05).astype(np.float32)
+    spec = Int4Spec(128, True)
+    imp = (x.astype(np.float64) ** 2).sum(axis=0).astype(np.float32)
+    plain = rtn(w, spec, mse=True)
+    aware = rtn(w, spec, mse=True, importance=imp)
+    assert _out_err(x, w, aware) <= _out_err(x, w, plain)
+
+
+def test_search_scales_shapes():
+    wb = RNG.standard_normal((3, 32, 10)).astype(np.float32)
+    s, z = search_scales(wb, False)
+    assert s.shape == (3, 10) and z.shape == (3, 10) and np.all(z == np.rint(z))
+    s, z = search_scales(wb, True)
+    assert z is None
+
+
+def test_blockquant_dequantize_is_the_packed_reference():
+    w = RNG.standard_normal((100, 7)).astype(np.float32)
+    bq: BlockQuant = rtn(w, Int4Spec(32, False))
+    np.testing.assert_array_equal(bq.to_packed().dequantize(), bq.dequantize())

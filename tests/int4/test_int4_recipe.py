@@ -1,0 +1,144 @@
+"""The int4-weight-only recipe end to end on a tiny language model: calibration text
+(token ids .npy, or text + tokenizer.json), the API, the CLI, accuracy-level choice."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxq
+from onnxq.calib_text import TextCalibration, lm_feeds, load_token_ids, token_windows
+from onnxq.cli import main
+from onnxq.errors import CalibrationDataError
+from onnxq.recipes import WeightOnlyInt4
+from tests.helpers import model_from_text, run_ort
+
+RNG = np.random.default_rng(0)
+VOCAB = 60
+WORDS = [f"w{i}" for i in range(VOCAB - 1)]
+
+LM = """
+<ir_version: 8, opset_import: ["" : 17]>
+lm (int64[B, S] input_ids, int64[B, S] attention_mask) => (float[B, S, 60] logits) {
+    e = Gather(emb, input_ids)
+    n = Mul(e, g)
+    h = MatMul(n, w1)
+    u = MatMul(n, w2)
+    r = Relu(h)
+    m = Mul(r, u)
+    o = MatMul(m, w3)
+    logits = MatMul(o, head)
+}
+"""
+
+
+def _lm():
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((VOCAB, 160)).astype(np.float32)
+    emb[:, :3] *= 20  # outlier channels, as LLM activations have
+    return model_from_text(
+        LM,
+        {
+            "emb": emb,
+            "g": (1 + 0.1 * rng.standard_normal(160)).astype(np.float32),
+            "w1": (rng.standard_normal((160, 96)) * 0.1).astype(np.float32),
+            "w2": (rng.standard_normal((160, 96)) * 0.1).astype(np.float32),
+            "w3": (rng.standard_normal((96, 160)) * 0.1).astype(np.float32),
+            "head": (rng.standard_normal((160, VOCAB)) * 0.1).astype(np.float32),
+        },
+    )
+
+
+@pytest.fixture()
+def lm_path(tmp_path):
+    path = tmp_path / "lm.onnx"
+    onnx.save(onnx.load_from_string(__import__("tests.helpers", fromlist=["to_bytes"]).to_bytes(_lm())), path)
+    return path
+
+
+@pytest.fixture()
+def tokenizer_json(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def _text(tmp_path, n_words=3000):
+    words = RNG.choice(WORDS, size=n_words)
+    path = tmp_path / "calib.txt"
+    path.write_text(" ".join(words))
+    return path
+
+
+def test_token_ids_from_npy_and_from_text(tmp_path, tokenizer_json):
+    ids = RNG.integers(0, VOCAB, 1000)
+    np.save(tmp_path / "ids.npy", ids)
+    assert np.array_equal(load_token_ids(tmp_path / "ids.npy"), ids)
+    text_ids = load_token_ids(_text(tmp_path, 500), tokenizer_json)
+    assert text_ids.shape == (500,) and text_ids.min() >= 1
+    w = token_windows(ids, 64, 4, offset=10)
+    assert w.shape == (4, 64) and np.array_equal(w[0], ids[10:74])
+    rows = token_windows(np.stack([ids[:50], ids[50:100]]), 32, 8)
+    assert rows.shape == (2, 32)
+    feeds = list(lm_feeds(["input_ids", "attention_mask", "position_ids"], w[:2]))
+    assert feeds[0]["attention_mask"].shape == (1, 64) and feeds[0]["position_ids"][0, -1] == 63
+
+
+def test_calibration_text_errors(tmp_path):
+    with pytest.raises(CalibrationDataError, match="tokenizer"):
+        load_token_ids(_text(tmp_path))
+    np.save(tmp_path / "f.npy", np.zeros(3, np.float32))
+    with pytest.raises(CalibrationDataError, match="integer token ids"):
+        load_token_ids(tmp_path / "f.npy")
+    with pytest.raises(CalibrationDataError, match="cannot fill"):
+        list(lm_feeds(["input_ids", "pixel_values"], np.zeros((1, 4), np.int64)))
+
+
+def test_gptq_needs_calibration_data():
+    with pytest.raises(CalibrationDataError, match="--calib-text"):
+        onnxq.quantize(_lm(), WeightOnlyInt4(algorithm="gptq", block_size=32))
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq+gptq", "awq"])
+def test_text_calibrated_algorithms_end_to_end(tmp_path, tokenizer_json, algorithm):
+    data = TextCalibration(_text(tmp_path), tokenizer_json, seq_len=64, n_samples=8)
+    ids = RNG.integers(1, VOCAB, (1, 48))
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    ref = run_ort(_lm(), feed)[0]
+    errs = {}
+    for algo in ("rtn", algorithm):
+        model, report = onnxq.quantize_with_report(
+            _lm(), WeightOnlyInt4(algorithm=algo, block_size=32, format="matmulnbits"), data
+        )
+        got = run_ort(model, feed)[0]
+        errs[algo] = float(np.mean((got - ref) ** 2) / np.mean(ref**2))
+        levels = [n.attributes.get_int("accuracy_level") for n in model.graph if n.op_type == "MatMulNBits"]
+        assert len(levels) == 4 and set(levels) <= {1, 4}
+    assert any("calibrated" in n for n in report.notes)
+    assert errs[algorithm] < errs["rtn"], errs
+
+
+def test_cli_int4_with_npy_calibration(tmp_path, lm_path):
+    np.save(tmp_path / "ids.npy", RNG.integers(1, VOCAB, 4096))
+    out = tmp_path / "lm_q.onnx"
+    args = [
+        "quantize", str(lm_path), "-o", str(out), "--algo", "awq+gptq", "--format", "qdq", "--asymmetric",
+        "--block-size", "32", "--calib-text", str(tmp_path / "ids.npy"),
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version == 21
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DequantizeLinear") == 4 and "MatMulNBits" not in ops
+    assert "int4-weight-only" in r.output
+
+
+def test_cli_rejects_int4_options_for_other_recipes(tmp_path, lm_path):
+    r = CliRunner().invoke(main, ["quantize", str(lm_path), "-o", str(tmp_path / "x.onnx"), "--recipe", "int8-dynamic", "--algo", "gptq"])
+    assert r.exit_code != 0 and "int4-weight-only recipe only" in r.output

@@ -77,7 +77,7 @@ def child_calib(model: str, n: int, method: str) -> dict:
             yield {name: feed["input"]}
 
     t = time.perf_counter()
-    qparams, _, _, stats = calibrate_plan(m, plan, recipe, data)
+    qparams, _, _, _, stats = calibrate_plan(m, plan, recipe, data)
     end = time.perf_counter()
     return {"seconds": end - t, "groups": len(plan.groups), "runs": stats.feeds}
 

@@ -16,9 +16,49 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["TensorError", "Comparison", "ErrorAccumulator", "compare_models", "shared_float_tensors"]
+__all__ = [
+    "TensorError",
+    "Comparison",
+    "ErrorAccumulator",
+    "compare_models",
+    "shared_float_tensors",
+    "record_channel_scales",
+    "CHANNEL_SCALES_KEY",
+]
 
-logger = logging.getLogger(__name__)
+# model metadata: tensors a quantizer rescaled per channel (axis 1) on purpose, e.g. by
+# channel equalization. JSON list of {"tensors": [names], "scale": base64 float32 factors};
+# compare divides them out.
+CHANNEL_SCALES_KEY = "onnxq.channel_scales"
+
+
+def record_channel_scales(model, scales: Mapping[str, np.ndarray]) -> None:
+    """Note in ``model``'s metadata that these tensors are ``factor * float tensor``
+    (tensors sharing one factor array are stored once)."""
+    import base64
+    import json
+
+    entries = json.loads(model.metadata_props.get(CHANNEL_SCALES_KEY, "[]"))
+    by_array: dict[int, list[str]] = {}
+    arrays: dict[int, np.ndarray] = {}
+    for name, factor in scales.items():
+        by_array.setdefault(id(factor), []).append(name)
+        arrays[id(factor)] = np.asarray(factor, dtype="<f4").ravel()
+    for key, names in by_array.items():
+        entries.append({"tensors": sorted(names), "scale": base64.b64encode(arrays[key].tobytes()).decode("ascii")})
+    model.metadata_props[CHANNEL_SCALES_KEY] = json.dumps(entries)
+
+
+def _channel_scales(model) -> dict[str, np.ndarray]:
+    import base64
+    import json
+
+    out = {}
+    for entry in json.loads(model.metadata_props.get(CHANNEL_SCALES_KEY, "[]")):
+        factor = np.frombuffer(base64.b64decode(entry["scale"]), dtype="<f4").astype(np.float64)
+        for name in entry["tensors"]:
+            out[name] = factor
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +210,7 @@ def compare_models(
     if output_names != quant_outputs:
         raise ValueError(f"the models' outputs differ: {output_names} vs {quant_outputs}")
     layers = shared_float_tensors(float_model, quant_model) if per_layer else []
+    rescaled = _channel_scales(quant_model)
     layer_names = [n for n, _, _ in layers]
     if layer_names:
         f_sess = session_factory(_instrumented(float_model, layer_names))
@@ -190,7 +231,10 @@ def compare_models(
         for n in output_names:
             out_acc[n].update(ref[n], got[n])
         for n in layer_names:
-            layer_acc[n].update(ref[n], got[n])
+            g = got[n]
+            if n in rescaled and g.ndim >= 2 and g.shape[1] == rescaled[n].size:
+                g = g / rescaled[n].reshape((1, -1) + (1,) * (g.ndim - 2))
+            layer_acc[n].update(ref[n], g)
         samples += 1
         if progress is not None:
             progress(samples)

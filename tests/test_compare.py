@@ -98,3 +98,20 @@ def test_cli_compare_needs_data(tmp_path):
     f.write_bytes(to_bytes(model_from_text(TEXT, {"w1": np.ones((32, 64), np.float32), "w2": np.ones((64, 10), np.float32)})))
     r = CliRunner().invoke(main, ["compare", str(f), str(f)])
     assert r.exit_code != 0 and "--data" in r.output
+
+
+def test_channel_rescaled_tensors_are_divided_out(tmp_path):
+    from onnxq.compare import record_channel_scales
+
+    model = model_from_text(TEXT, {"w1": RNG.standard_normal((32, 64)).astype(np.float32), "w2": RNG.standard_normal((64, 10)).astype(np.float32)})
+    f = tmp_path / "f.onnx"
+    f.write_bytes(to_bytes(model))
+    # the "quantized" model: w1's columns scaled by s, w2's rows by 1/s (same outputs)
+    s = np.linspace(1, 4, 64).astype(np.float32)
+    scaled = model_from_text(TEXT, {"w1": (model.graph.initializers["w1"].const_value.numpy() * s), "w2": (model.graph.initializers["w2"].const_value.numpy() / s[:, None])})
+    record_channel_scales(scaled, {"h": s, "r": s})
+    q = tmp_path / "q.onnx"
+    onnxq.save(scaled, q)
+    data = [{"x": RNG.standard_normal((4, 32)).astype(np.float32)} for _ in range(2)]
+    c = compare_models(f, q, data)
+    assert all(layer.sqnr_db > 100 for layer in c.layers), c.layers

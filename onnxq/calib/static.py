@@ -169,10 +169,13 @@ def _weight_scale(spec) -> np.ndarray:
 
 def calibrate_plan(
     model: ir.Model, plan, recipe: StaticInt8, data: Any
-) -> tuple[dict[str, qp.QParams], dict[str, np.ndarray], dict[str, np.ndarray], CalibrationStats | None]:
+) -> tuple[
+    dict[str, qp.QParams], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], CalibrationStats | None
+]:
     """Observe every scale group of ``plan`` on ``data``. Returns qparams for every member
     tensor, float biases (bias correction, equalization) and weight scales (equalization)
-    keyed by node output name, and the run statistics."""
+    keyed by node output name, the per-channel factors (axis 1) by which equalization
+    scales tensors relative to the float model, and the run statistics."""
     from onnxq.passes.insert_qdq import group_qparams
 
     observers: dict[str, Observer] = {}
@@ -225,6 +228,7 @@ def calibrate_plan(
         if mean is not None:
             biases[spec.node.outputs[0].name] = _corrected_bias(spec, mean)
     weight_scales: dict[str, np.ndarray] = {}
+    channel_scales: dict[str, np.ndarray] = {}
     for eq in equalize:
         m = maxima[eq.tensor].max
         top = float(np.max(m)) if np.isfinite(m).all() else 0.0
@@ -238,6 +242,7 @@ def calibrate_plan(
         out[eq.tensor] = group_qparams(group, 0.0, top)
         a = eq.producer.node
         key_a = a.outputs[0].name
+        channel_scales[key_a] = channel_scales[eq.tensor] = s.astype(np.float32)  # one array: stored once
         weight_scales[key_a] = (_weight_scale(eq.producer) * s).astype(np.float32)
         bias_a = biases.get(key_a)
         if bias_a is None and len(a.inputs) > 2 and a.inputs[2] is not None:
@@ -246,7 +251,7 @@ def calibrate_plan(
             biases[key_a] = (bias_a.astype(np.float64) * s).astype(np.float32)
         for sp in eq.consumers:
             weight_scales[sp.node.outputs[0].name] = (_weight_scale(sp) / s).astype(np.float32)
-    return out, biases, weight_scales, stats
+    return out, biases, weight_scales, channel_scales, stats
 
 
 def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticResult:
@@ -260,9 +265,13 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         from onnxq.api import _nothing_message
 
         raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions))
-    qparams, biases, weight_scales, stats = calibrate_plan(model, plan, recipe, data)
+    qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(model, plan, recipe, data)
     InsertQdqPass(recipe)(model)
     FoldScalesPass(qparams, biases, weight_scales)(model)
+    if channel_scales:
+        from onnxq.compare import record_channel_scales
+
+        record_channel_scales(model, channel_scales)
     notes = list(plan.notes)
     if stats is not None:
         notes.append(

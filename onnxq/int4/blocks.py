@@ -127,6 +127,15 @@ def pack_codes_kn(codes: np.ndarray, block_size: int, zero_codes_nb: np.ndarray 
             else np.asarray(zero_codes_nb, dtype=np.uint8)[:, -1][None, :]
         )
         codes = np.concatenate([codes, np.repeat(tail_code, kp - k, axis=0)], axis=0)
+    if block_size % 16 == 0:
+        # 16 codes along K make one little-endian uint64 (code j in bits 4j..4j+3, i.e.
+        # byte m = code 2m | code 2m+1 << 4): the transpose then moves 8-byte words instead
+        # of single bytes, several times faster
+        c = codes.reshape(kp // 16, 16, n)
+        words = c[:, 0, :].astype(np.uint64)
+        for j in range(1, 16):
+            words |= c[:, j, :].astype(np.uint64) << np.uint64(4 * j)
+        return np.ascontiguousarray(words.T).view(np.uint8).reshape(n, nb, block_size // 2)
     pairs = codes.reshape(kp // 2, 2, n)
     packed_kn = pairs[:, 0, :] | (pairs[:, 1, :] << 4)  # [kp/2, N]
     return np.ascontiguousarray(packed_kn.T).reshape(n, nb, block_size // 2)

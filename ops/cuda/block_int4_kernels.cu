@@ -179,6 +179,34 @@ struct KernelParams {
   int tiles_n;
 };
 
+// cp.async / ldmatrix helpers
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
+}
+// Packed weights: ask L2 for the whole 256-byte block (neighbouring k-tiles come next).
+__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
 // ------------------------------------------------------------------------------------
 // Skinny fp16 kernel (M <= 16), persistent
 // ------------------------------------------------------------------------------------
@@ -461,6 +489,160 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
   }
 }
 
+// Variant of the skinny kernel whose packed-weight ring lives in shared memory, filled by
+// cp.async (each lane copies, and later reads back, only its own 32 bytes per item, so no
+// barrier is involved). Registers hold only scales/zero points of the items in flight,
+// which leaves room for more warps per SM and a deeper ring. 16-byte-aligned rows only.
+constexpr int kAsyncStages = 8;  // items in flight per warp: kAsyncStages - 1
+
+struct SkinnyMeta {
+  uint32_t s[2];
+  uint32_t z;
+};
+
+template <bool kScaleAfter, bool kZP>
+__device__ __forceinline__ void skinny_issue(const KernelParams& p, const SkinnyCols& c, int u, int ustep, int t,
+                                             uint8_t* slot, SkinnyMeta& m) {
+  const int kc = u * 128 + t * 32;
+  const int off = ustep * 64;
+  int nbytes = 16;
+  if (u >= p.units_full) {
+    const int kp = (int)p.kp;
+    nbytes = u < p.units ? (kc + 32 <= kp ? 16 : (kc + 16 <= kp ? 8 : 0)) : 0;
+  }
+  cp_async16(slot, nbytes ? (const void*)(c.w0 + off) : (const void*)p.b, nbytes);
+  cp_async16(slot + 512, nbytes ? (const void*)(c.w1 + off) : (const void*)p.b, nbytes);
+  if (kScaleAfter) {
+    const int kb = u >> (p.bs_shift - 7);
+    const bool in = u < p.units;
+    m.s[0] = m.s[1] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
+    const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
+    m.z = z | (z << 16);
+  } else {
+    m.z = 0u;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int kh = kc + 16 * h;
+      const bool in = u < p.units && kh < (int)p.kp;
+      const int kb = kh >> p.bs_shift;
+      m.s[h] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
+      const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
+      m.z |= z << (16 * h);
+    }
+  }
+}
+
+template <int NT, bool kScaleAfter, bool kZP>
+__global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_kernel(const KernelParams p) {
+  extern __shared__ __align__(16) uint8_t wring[];  // [warps][kAsyncStages][2 cols][32 lanes][16 B]
+  __shared__ float red[kSkinnyWarps][NT * 4 * 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int upw = p.units_per_warp;
+  const int64_t groups = (p.n + 15) / 16;
+  const int my_groups = (int)((groups - blockIdx.x + gridDim.x - 1) / gridDim.x);
+  const int items = my_groups * upw;
+  const int ustride = (p.skinny_cfg & 1) ? kSkinnyWarps : 1;
+  const int u0 = (p.skinny_cfg & 1) ? warp : warp * upw;
+  const int k = (int)p.k;
+  uint8_t* my_ring = wring + warp * (kAsyncStages * 1024) + lane * 16;
+  const uint16_t* arow[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int64_t row = (j * 8 + g) < p.m ? (j * 8 + g) : p.m - 1;
+    arow[j] = static_cast<const uint16_t*>(p.a) + row * p.k;
+  }
+
+  if (p.pdl) griddep_launch_dependents();
+
+  SkinnyMeta meta[kAsyncStages];
+  int pf_gi = 0, pf_ul = 0;
+  SkinnyCols pf = skinny_cols(p, blockIdx.x, g, t, u0);
+#pragma unroll
+  for (int r = 0; r < kAsyncStages - 1; ++r) {
+    if (pf_gi < my_groups)
+      skinny_issue<kScaleAfter, kZP>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t, my_ring + r * 1024, meta[r]);
+    cp_async_commit();
+    if (++pf_ul == upw) {
+      pf_ul = 0;
+      ++pf_gi;
+      pf = skinny_cols(p, blockIdx.x + (int64_t)pf_gi * gridDim.x, g, t, u0);
+    }
+  }
+  if (p.pdl) griddep_wait();
+
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+
+  int gi = 0, ul = 0;
+  for (int base = 0; base < items; base += kAsyncStages) {
+#pragma unroll
+    for (int r = 0; r < kAsyncStages; ++r) {
+      if (base + r < items) {  // block-uniform
+        const int nr = (r + kAsyncStages - 1) % kAsyncStages;
+        if (pf_gi < my_groups)
+          skinny_issue<kScaleAfter, kZP>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t, my_ring + nr * 1024,
+                                         meta[nr]);
+        cp_async_commit();
+        if (++pf_ul == upw) {
+          pf_ul = 0;
+          ++pf_gi;
+          pf = skinny_cols(p, blockIdx.x + (int64_t)pf_gi * gridDim.x, g, t, u0);
+        }
+        cp_async_wait<kAsyncStages - 1>();  // this lane's copies of item base + r have landed
+
+        const int u = u0 + ul * ustride;
+        const int kc = u * 128 + t * 32;
+        if (u * 128 < k) {  // warp-uniform
+          if (kc + 128 * ustride < k) {
+#pragma unroll
+            for (int j = 0; j < NT; ++j) prefetch_l1(arow[j] + kc + 128 * ustride);
+          }
+          SkinnySlot sl;
+          sl.w0 = *reinterpret_cast<const uint4*>(my_ring + r * 1024);
+          sl.w1 = *reinterpret_cast<const uint4*>(my_ring + r * 1024 + 512);
+          sl.s[0] = meta[r].s[0];
+          sl.s[1] = meta[r].s[1];
+          sl.z = meta[r].z;
+          skinny_compute<NT, kScaleAfter, true>(sl, arow, kc, k, acc);
+        }
+
+        if (++ul == upw) {
+          const int64_t group = blockIdx.x + (int64_t)gi * gridDim.x;
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              red[warp][(j * 4 + i) * 32 + lane] = acc[j][i];
+              acc[j][i] = 0.f;
+            }
+          __syncthreads();
+          for (int e = threadIdx.x; e < NT * 4 * 32; e += kSkinnyThreads) {
+            float v = 0.f;
+#pragma unroll
+            for (int w = 0; w < kSkinnyWarps; ++w) v += red[w][e];
+            const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
+            const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
+            const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
+            if (row < p.m && col < p.n) {
+              if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
+              static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
+            }
+          }
+          __syncthreads();
+          ul = 0;
+          ++gi;
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+constexpr int kAsyncSmemBytes = kSkinnyWarps * kAsyncStages * 1024;
+
 // ------------------------------------------------------------------------------------
 // Tensor-core fp16 GEMM (any M)
 // ------------------------------------------------------------------------------------
@@ -488,33 +670,6 @@ struct GemmCfg {
   static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0, "warp tile");
   static_assert(kBChunks % kThreads == 0 && kBPerThread >= 1, "B chunks per thread");
 };
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
-}
-// Packed weights: ask L2 for the whole 256-byte block (neighbouring k-tiles come next).
-__device__ __forceinline__ void cp_async16_l2_256(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(smem_u32(smem)), "l"(gmem),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_u32(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N));
-}
 
 template <class C, bool kAVec>
 __device__ __forceinline__ void gemm_issue_a(const KernelParams& p, uint8_t* stage, int64_t m0, int64_t k0) {
@@ -988,12 +1143,12 @@ int ChooseGemmConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
 
 // Resident blocks per SM of a kernel (once per device and kernel).
 template <typename Kernel>
-int BlocksPerSm(Kernel kernel, int threads, std::atomic<int>* cache) {
+int BlocksPerSm(Kernel kernel, int threads, std::atomic<int>* cache, int dyn_smem = 0) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) dev = 0;
   int v = cache[dev].load(std::memory_order_relaxed);
   if (v > 0) return v;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, 0) != cudaSuccess || v < 1) v = 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, dyn_smem) != cudaSuccess || v < 1) v = 1;
   cache[dev].store(v, std::memory_order_relaxed);
   return v;
 }
@@ -1009,9 +1164,28 @@ int LaunchSkinny3(const KernelParams& p, const DeviceInfo& dev, cudaStream_t str
   return Launch(k, dim3(static_cast<unsigned>(blocks)), dim3(kSkinnyThreads), 0, stream, pdl, 1, p, err, len);
 }
 
+template <int NT, bool kScaleAfter, bool kZP>
+int LaunchSkinnyAsync(const KernelParams& p, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
+                      size_t len) {
+  static std::atomic<int> occ[64];
+  static std::atomic<uint64_t> smem_done;
+  auto k = skinny_async_kernel<NT, kScaleAfter, kZP>;
+  int rc = EnsureSmem(reinterpret_cast<const void*>(k), kAsyncSmemBytes, &smem_done, err, len);
+  if (rc != kOk) return rc;
+  const int per_sm = BlocksPerSm(k, kSkinnyThreads, occ, kAsyncSmemBytes);
+  const int64_t groups = (p.n + 15) / 16;
+  const int64_t resident = (int64_t)per_sm * dev.sms;
+  const int64_t blocks = groups < resident ? groups : resident;
+  return Launch(k, dim3(static_cast<unsigned>(blocks)), dim3(kSkinnyThreads), kAsyncSmemBytes, stream, pdl, 1, p, err,
+                len);
+}
+
 template <int NT, bool kScaleAfter>
 int LaunchSkinny2(const KernelParams& p, bool fast, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
                   size_t len) {
+  if (fast && (p.skinny_cfg & 4))
+    return p.z != nullptr ? LaunchSkinnyAsync<NT, kScaleAfter, true>(p, dev, stream, pdl, err, len)
+                          : LaunchSkinnyAsync<NT, kScaleAfter, false>(p, dev, stream, pdl, err, len);
   if (p.z != nullptr)
     return fast ? LaunchSkinny3<NT, kScaleAfter, true, true>(p, dev, stream, pdl, err, len)
                 : LaunchSkinny3<NT, kScaleAfter, true, false>(p, dev, stream, pdl, err, len);
@@ -1106,7 +1280,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   const bool a_vec = addr(args.a) % 16 == 0 && k % 8 == 0;
   if (path == Path::kSkinny) {
     if (m > 16) return Fail(err, len, kInvalidArgument, "the skinny path takes M <= 16, got M=%lld", (long long)m);
-    if (args.config > 3) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..3)", args.config);
+    if (args.config > 7) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..7)", args.config);
     p.skinny_cfg = args.config >= 0 ? args.config : kSkinnyDefaultCfg;
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }

@@ -26,7 +26,7 @@ constexpr int NV = 2;               // vectors of columns per GEMM panel
 constexpr int NT = NV * L;          // columns per GEMM panel
 constexpr int kKtInt8 = 512;        // k per panel (int8): NT*KT bytes
 constexpr int kKtF32 = 256;         // k per panel (fp32): NT*KT*4 bytes
-constexpr int kMrInt8 = (L == 16) ? 8 : 2;
+constexpr int kMrInt8 = (L == 16) ? 7 : 2;
 constexpr int kMrF32 = (L == 16) ? 14 : 6;
 constexpr int64_t kGemvColsPerTask = 64;
 constexpr int kPrefetchBytes = 8192;
@@ -441,16 +441,11 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
   const Problem& p = *g.p;
   const int64_t bs = g.w->block_size;
   const int64_t ncols = imin(NT, g.w->N - n0);
-  // Float accumulators in L1 (the registers hold the int32 block sums); the pointer is
-  // laundered so that the compiler keeps them in memory instead of spilling registers.
-  alignas(64) float cbuf[MR * NT];
-  float* c = cbuf;
-  __asm__("" : "+r"(c));
+  F c[MR][NV];  // float accumulators, in registers with the int32 block sums (MR <= 7)
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v)
-      V::store(c + m * NT + v * L,
-               kt0 == 0 ? V::zero()
-                        : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L)))));
+      c[m][v] = kt0 == 0 ? V::zero()
+                         : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L))));
   const int8_t* qa = g.q + m0 * g.ld;
   const int64_t b_first = kt0 / bs;
   for (int64_t b = b_first; b * bs < kt1; ++b) {
@@ -483,15 +478,13 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
     for (int m = 0; m < MR; ++m) {
       const F sam = V::set1(sab[m]);
       const F rbm = V::set1(rbb[m]);
-      float* cm = c + m * NT;
-      V::store(cm, V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), V::load(cm))));
-      V::store(cm + L, V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), V::load(cm + L))));
+      c[m][0] = V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]));
+      c[m][1] = V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]));
     }
   }
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v)
-      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, V::load(c + m * NT + v * L),
-                 static_cast<int>(imax(0, imin(L, ncols - v * L))));
+      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, c[m][v], static_cast<int>(imax(0, imin(L, ncols - v * L))));
 }
 
 template <int MR>
@@ -602,7 +595,8 @@ int gemm(const Weights& w, const Problem& p, const Runner& runner) {
 }
 
 // ---- entry --------------------------------------------------------------------------
-inline int64_t gemm_min_rows(bool int8) { return int8 ? 4 : 4; }
+// Below this many rows the streaming GEMV kernels win (measured on Zen 5, block 128).
+inline int64_t gemm_min_rows(bool int8) { return int8 ? 5 : 4; }
 
 int matmul(const Weights& w, const Problem& p, const Runner& runner) {
   if (p.M == 0 || w.N == 0) return kOk;

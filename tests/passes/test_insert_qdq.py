@@ -102,7 +102,7 @@ def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():
     from onnxq.calib.static import calibrate_plan
 
     plan = plan_static(model, recipe)
-    qparams, biases, weight_scales, _ = calibrate_plan(model, plan, recipe, _data())
+    qparams, biases, weight_scales, _, _ = calibrate_plan(model, plan, recipe, _data())
     out = assert_pass_idempotent(lambda: InsertQdqPass(recipe), model)
     ops = _ops(out)
     assert ops["Conv"] == 3 and ops["DequantizeLinear"] >= 10

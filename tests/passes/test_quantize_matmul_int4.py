@@ -231,3 +231,25 @@ def test_awq_inserts_a_mul_when_nothing_can_be_folded():
     got = run_ort(model, feeds[0])[0]
     ref = feeds[0]["x"] @ w
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("fmt", ["matmulnbits", "onnxq"])
+def test_hqq_float_zero_points_match_the_reference(fmt):
+    from onnxq.int4.hqq import hqq
+
+    wts = _weights()
+    spec = Int4Spec(32, False)
+    deq = {
+        "w1": hqq(wts["w1"], spec, integer_zero=False).dequantize(),
+        "w2": hqq(wts["w2"], spec, integer_zero=False).dequantize(),
+        "w3": hqq(wts["w3"], spec, integer_zero=False).dequantize(),
+        "w4": hqq(np.ascontiguousarray(wts["w4"].T * np.float32(0.5)), spec, integer_zero=False).dequantize(),
+    }
+    x = RNG.standard_normal((3, 200)).astype(np.float32)
+    y_ref, z_ref = _reference(x, wts, deq)
+    model = _quantized(fmt, 32, False, algorithm="hqq")
+    zps = [n.inputs[3].const_value for n in model.graph if n.domain in ("com.microsoft", "com.onnxq")]
+    assert zps and all(z.dtype == ir.DataType.FLOAT for z in zps)
+    y, z = _session_outputs(model, {"x": x})
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4 * np.abs(y_ref).max())
+    np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-4 * np.abs(z_ref).max())

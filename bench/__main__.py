@@ -21,7 +21,10 @@ from bench.common import REPO, RESULTS, markdown_table
 
 # (result name, module, arguments): the order is the order of the summary
 CASES: list[tuple[str, str, list[str]]] = [
+    ("static_mobilenet", "bench.bench_static_mobilenet", ["--json", "bench/results/static_mobilenet.json"]),
     ("dynamic_minilm", "bench.bench_dynamic_minilm", ["--sentences", "512"]),
+    ("static_minilm", "bench.bench_static_minilm", ["--calib", "128", "--sentences", "512"]),
+    ("calib_memory", "bench.bench_calib_memory", ["--json", "bench/results/calib_memory.json"]),
 ]
 
 README_BEGIN = "<!-- bench:begin -->"
@@ -34,6 +37,13 @@ def _run(module: str, args: list[str]) -> tuple[int, float]:
     return proc.returncode, time.perf_counter() - t0
 
 
+def _all_keys(rows: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        keys.extend(k for k in r if k not in keys)
+    return keys
+
+
 def summarize(names: list[str]) -> str:
     parts = []
     for name in names:
@@ -42,10 +52,12 @@ def summarize(names: list[str]) -> str:
             parts.append(f"### {name}\n\n(no result)\n")
             continue
         data = json.loads(path.read_text())
+        if isinstance(data, list):  # a bare list of rows
+            data = {"rows": data}
         rows = data.get("rows", [])
-        columns = data.get("columns") or (list(rows[0]) if rows else [])
+        columns = data.get("columns") or _all_keys(rows)
         title = data.get("title", name)
-        command = data.get("command", "")
+        command = data.get("command") or f"python -m {dict((n, m) for n, m, _ in CASES).get(name, name)}"
         parts.append(f"### {title}\n\n`{command}`\n\n{markdown_table(rows, columns)}\n")
         for note in data.get("notes", []):
             parts.append(f"- {note}\n")

@@ -126,7 +126,7 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
         variants = {"auto": ours(), "auto+pdl": ours(pdl=True)}
         if sweep:
             if m <= 16:
-                for c in (0, 4, 5):
+                for c in (0, 4, 8):
                     variants[f"skinny_c{c}"] = ours(PATH_SKINNY, c)
             if m >= 16:
                 for c in range(N_TC_CONFIGS):

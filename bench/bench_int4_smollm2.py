@@ -37,16 +37,17 @@ LM_HEAD = "/lm_head/MatMul"
 OURS = [
     ("rtn", 128, True, dict(algorithm="rtn")),
     ("hqq", 128, True, dict(algorithm="hqq")),
-    ("gptq", 128, True, dict(algorithm="gptq", act_order=True, percdamp=0.001)),
+    ("gptq", 128, True, dict(algorithm="gptq")),
     ("awq", 128, True, dict(algorithm="awq")),
-    ("awq+gptq", 128, True, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001)),
-    ("awq+gptq, lm_head int8", 128, True, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001, keep_8bit=(LM_HEAD,))),
+    ("awq+gptq", 128, True, dict(algorithm="awq+gptq")),
+    ("gptq, lm_head int8", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD,))),
+    ("awq+gptq, lm_head int8", 128, True, dict(algorithm="awq+gptq", keep_8bit=(LM_HEAD,))),
     ("hqq (asym, float zero)", 128, False, dict(algorithm="hqq")),
     ("rtn", 32, False, dict(algorithm="rtn")),
     ("hqq", 32, False, dict(algorithm="hqq")),
-    ("gptq", 32, False, dict(algorithm="gptq", act_order=True, percdamp=0.001)),
+    ("gptq", 32, False, dict(algorithm="gptq")),
     ("awq", 32, False, dict(algorithm="awq")),
-    ("awq+gptq", 32, False, dict(algorithm="awq+gptq", act_order=True, percdamp=0.001)),
+    ("awq+gptq", 32, False, dict(algorithm="awq+gptq")),
 ]
 # (label, block_size, symmetric, ORT algorithm)
 ORT = [
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="block 128 symmetric only")
     ap.add_argument("--skip-ort-gptq", action="store_true")
-    ap.add_argument("--ort-timeout", type=int, default=1500)
+    ap.add_argument("--ort-timeout", type=int, default=1200)
     ap.add_argument("--ort-child", nargs=3, metavar=("SPEC", "FP32", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ort_child:

@@ -199,7 +199,11 @@ class WeightOnlyInt4(Recipe):
     optimisation, no data), ``gptq`` (Hessian-guided rounding, needs calibration data),
     ``awq`` (activation-aware channel scaling + activation-weighted clip search, needs data),
     or ``awq+gptq`` / ``awq+hqq`` (AWQ scaling, then that algorithm). ``scale_search``: pick
-    each block's scale by a clip search (rtn/gptq). ``keep_8bit``/``keep_float``: node-name
+    each block's scale by a clip search (rtn/gptq; GPTQ weights it by the Hessian diagonal;
+    default on for GPTQ, off for RTN). GPTQ: ``act_order`` (rows by decreasing Hessian
+    diagonal), ``percdamp`` (dampening, a fraction of the mean Hessian diagonal; LLM inputs
+    with massive activation channels have a mean far above the median, so 0.001 rather
+    than the classic 0.01). ``keep_8bit``/``keep_float``: node-name
     patterns (e.g. ``/lm_head/MatMul``) kept in int8 (per-channel DequantizeLinear) or float.
     ``calib_samples`` windows of ``calib_seq_len`` tokens feed GPTQ/AWQ from calibration text.
     ``accuracy_tolerance``: largest relative output error vs the reference that MatMulNBits
@@ -215,9 +219,9 @@ class WeightOnlyInt4(Recipe):
     accuracy_level: int | None = None  # MatMulNBits only; None: chosen by measured parity
     keep_8bit: tuple[str, ...] = ()  # node-name patterns quantized to int8 instead
     keep_float: tuple[str, ...] = ()  # node-name patterns left in float
-    scale_search: bool = False
-    act_order: bool = False
-    percdamp: float = 0.01
+    scale_search: bool | None = None  # None: on for GPTQ (Hessian-weighted), off for RTN
+    act_order: bool = True
+    percdamp: float = 0.001
     hqq_iters: int = 20
     awq_grid: int = 20
     awq_activation_mul: bool = True

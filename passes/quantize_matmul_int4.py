@@ -42,6 +42,7 @@ import onnx_ir as ir
 
 from onnxq import irutil
 from onnxq import qparams as qp
+from onnxq.int4._blas import single_thread
 from onnxq.int4.awq import awq_search
 from onnxq.int4.blocks import BlockQuant, Int4Spec, rtn
 from onnxq.int4.gptq import gptq, gptq_batch
@@ -162,6 +163,12 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
     # ------------------------------------------------------------------------------------
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # numpy's OpenBLAS threads fight each other (and any other process) on small
+        # shared machines: 10x slower factorisations were measured; one thread is steady
+        with single_thread():
+            return self._call(model)
+
+    def _call(self, model: ir.Model) -> ir.passes.PassResult:
         decisions = [d for d in plan_int4(model, self.recipe) if d.selected]
         if not decisions:
             return ir.passes.PassResult(model, modified=False)
@@ -349,8 +356,11 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         if algo == "gptq":
             if h is None:
                 logger.warning("GPTQ: no calibration statistics for %s; using RTN", t.node.name)
-                return rtn(w, self.spec, mse=recipe.scale_search)
-            return gptq(w, h, self.spec, percdamp=recipe.percdamp, act_order=recipe.act_order, mse=recipe.scale_search)
+                return rtn(w, self.spec, mse=bool(recipe.scale_search))
+            return gptq(
+                w, h, self.spec, percdamp=recipe.percdamp, act_order=recipe.act_order,
+                mse=recipe.scale_search is not False,
+            )
         if algo == "hqq":
             # HQQ's float zero points where the format stores them (MatMulNBits, com.onnxq);
             # opset-21 DequantizeLinear needs uint4 ones
@@ -360,7 +370,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             imp = None if h is None else np.diag(h).astype(np.float32)
             return rtn(w, self.spec, mse=True, importance=imp)
         imp = None if (h is None or not recipe.scale_search) else np.diag(h).astype(np.float32)
-        return rtn(w, self.spec, mse=recipe.scale_search, importance=imp)
+        return rtn(w, self.spec, mse=bool(recipe.scale_search), importance=imp)
 
     def _hessian(self, t: _Target, k: int) -> np.ndarray | None:
         """``X^T X`` of the node's (AWQ-scaled) input, or None without statistics."""
@@ -409,7 +419,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
                 t0 = time.perf_counter()
                 results = gptq_batch(
                     [w for _, w, _ in chunk], [h for _, _, h in chunk], self.spec,
-                    percdamp=recipe.percdamp, act_order=recipe.act_order, mse=recipe.scale_search,
+                    percdamp=recipe.percdamp, act_order=recipe.act_order, mse=recipe.scale_search is not False,
                 )
                 logger.info("GPTQ: %d problem(s) of %dx%d in %.2fs", len(chunk), k, n, time.perf_counter() - t0)
                 for (members, _, _), bq in zip(chunk, results):

@@ -1,9 +1,9 @@
 """Best-effort control of numpy's OpenBLAS thread count.
 
-On a small, shared machine OpenBLAS's threaded Cholesky/solve of a few-hundred-wide matrix
-can be 10-50x slower than one thread (its threads spin against each other and against
-other processes). GPTQ factors one ``K x K`` matrix per layer, so those calls run on one
-thread. Where the numpy build has no bundled OpenBLAS, this does nothing."""
+On a small, shared machine OpenBLAS's threaded Cholesky/eigh/gemm of a few-hundred-wide
+matrix was measured 10-50x slower than one thread (its threads spin against each other and
+against other processes), so the int4 algorithms run their linear algebra on one thread.
+Where the numpy build has no bundled OpenBLAS, this does nothing."""
 
 from __future__ import annotations
 

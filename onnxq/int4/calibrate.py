@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.errors import CalibrationDataError
+from onnxq.int4._blas import single_thread
 
 __all__ = ["ActivationStats", "collect_activation_stats"]
 
@@ -114,8 +115,9 @@ def collect_activation_stats(
             if missing:
                 raise CalibrationDataError(f"calibration sample lacks model input(s) {sorted(missing)}")
             outs = sess.run(names, {k: v for k, v in feed.items() if k in input_names})
-            for name, x in zip(names, outs):
-                stats[name].update(x)
+            with single_thread():
+                for name, x in zip(names, outs):
+                    stats[name].update(x)
             n += 1
             if progress is not None:
                 progress(n)

@@ -37,6 +37,10 @@ from onnxq.int4.blocks import QMAX, BlockQuant, Int4Spec, rtn_params, search_sca
 
 __all__ = ["gptq", "gptq_batch", "prepare_hessian"]
 
+# clip ratios tried per group when GPTQ searches its scales (coarser than RTN's search: it
+# runs on every group of every layer, and GPTQ's error feedback absorbs the rest)
+_GPTQ_GRID = np.linspace(1.0, 0.75, 6, dtype=np.float32)
+
 logger = logging.getLogger(__name__)
 
 
@@ -99,7 +103,7 @@ def _group_params(
     size); with ``mse`` a clip search weighted by ``importance`` ``[B, r]`` (the Hessian
     diagonal: clipping a weight that meets a massive activation channel is never "cheap")."""
     if mse:
-        return search_scales(rows, symmetric, None if importance is None else importance[:, :, None])
+        return search_scales(rows, symmetric, None if importance is None else importance[:, :, None], grid=_GPTQ_GRID)
     return rtn_params(rows, symmetric)
 
 
@@ -134,14 +138,17 @@ def gptq_batch(
         wb[dead, :] = 0.0
         if act_order:
             perm = np.argsort(-np.diag(hd), kind="stable")
-            diag = np.diag(hd).astype(np.float32)
-            for g in range(nb):  # static groups from the original weights
-                s, z = _group_params(
-                    wb[None, g * bs : (g + 1) * bs], spec.symmetric, mse, diag[None, g * bs : (g + 1) * bs]
-                )
-                scales[b, g] = s[0]
-                if zeros is not None:
-                    zeros[b, g] = z[0]
+            # static groups from the original weights, all groups at once (zero padding
+            # with zero importance changes neither min/max nor the weighted search)
+            wpad = np.zeros((nb * bs, n), dtype=np.float32)
+            wpad[:k] = wb
+            imp = np.zeros(nb * bs, dtype=np.float32)
+            imp[:k] = np.diag(hd)
+            s, z = _group_params(wpad.reshape(nb, bs, n), spec.symmetric, mse, imp.reshape(nb, bs))
+            scales[b] = s
+            if zeros is not None:
+                zeros[b] = z
+            del wpad
             wb = wb[perm]
             hd = hd[np.ix_(perm, perm)]
         else:

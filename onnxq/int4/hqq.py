@@ -9,7 +9,8 @@ closed form against ``W - W_e``, with the penalty ``beta`` growing each step.
 How it is applied here:
 
 - asymmetric: as published — the min/max scale stays fixed and the *float* zero point is
-  optimised; the best iterate per block (mean absolute error, HQQ's own measure) is kept.
+  optimised; the best iterate per block (mean absolute error, HQQ's own measure) is kept,
+  and the iterations stop once the mean error no longer falls (HQQ's own stop).
   MatMulNBits and ``com.onnxq`` store float zero points as they are
   (``integer_zero=False``). Opset-21 DequantizeLinear needs uint4 zero points, so there the zero
   point is rounded to a code and the scale re-fitted by least squares for it (kept only
@@ -80,6 +81,7 @@ def _hqq_zero(wb, mask, *, iters, lp, beta, kappa, integer_zero):
 
     q, wr, best_err = err_of(z)
     best_z = z.copy()
+    last = float(best_err.mean())
     for _ in range(iters):
         we = _shrink(wb - wr, beta, lp) * mask
         z = (((q - (wb - we) / s[:, None, :]) * mask).sum(axis=1) / count).astype(np.float32)
@@ -88,6 +90,10 @@ def _hqq_zero(wb, mask, *, iters, lp, beta, kappa, integer_zero):
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_z = np.where(better, z, best_z)
+        mean = float(err.mean())
+        if mean >= last:
+            break  # HQQ's own stop: the mean error no longer falls
+        last = mean
     if not integer_zero:
         return s, best_z.astype(np.float32)
     zi = np.clip(np.rint(best_z), 0, QMAX).astype(np.float32)
@@ -126,6 +132,7 @@ def _hqq_symmetric(wb, mask, *, iters, lp, beta, kappa):
 
     c, best_err = block_err(s)
     best_s = s.copy()
+    last = float(best_err.mean())
     for _ in range(iters):
         we = _shrink(wb - c * s[:, None, :], beta, lp) * mask
         target = wb - we
@@ -139,6 +146,10 @@ def _hqq_symmetric(wb, mask, *, iters, lp, beta, kappa):
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_s = np.where(better, s, best_s)
+        mean = float(err.mean())
+        if mean >= last:
+            break
+        last = mean
     return best_s.astype(np.float32), None
 
 

@@ -98,6 +98,11 @@ __device__ __forceinline__ uint4 ldg_stream_v4_l2_256(const void* p) {
                : "l"(p));
   return r;
 }
+__device__ __forceinline__ uint4 ldg_nc_v4(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
 __device__ __forceinline__ uint2 ldg_stream_v2(const void* p) {
   uint2 r;
   asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
@@ -223,10 +228,14 @@ constexpr int kSkinnyWarps = 8;
 constexpr int kSkinnyThreads = kSkinnyWarps * 32;
 constexpr int kSkinnyDefaultCfg = 0;  // see KernelParams::skinny_cfg
 
+// Values are kept exactly as loaded (no arithmetic on them until the item is computed):
+// combining a just-loaded value at prefetch time would stall the warp for the whole memory
+// latency at every prefetch.
 struct SkinnySlot {
-  uint4 w0, w1;   // 32 codes of column g and of column g+8
-  uint32_t s[2];  // per half-chunk h: scale(col g) | scale(col g+8) << 16 (fp16 bits)
-  uint32_t z;     // zero points: byte (2h + c) = zp of column c (0: g, 1: g+8), half h
+  uint4 w0, w1;         // 32 codes of column g and of column g+8
+  uint32_t s0[2], s1[2];  // fp16 scale bits of column g / g+8 for half-chunk h
+  uint32_t z0[2], z1[2];  // raw zero-point bytes (kZP) of column g / g+8 for half-chunk h
+  uint32_t zsh[2];        // nibble shift (0 or 4) of half-chunk h
 };
 
 // A lane's pointers for one column group, at the start of its warp's K slice.
@@ -254,22 +263,23 @@ __device__ __forceinline__ SkinnyCols skinny_cols(const KernelParams& p, int64_t
   return c;
 }
 
+// Raw zero-point byte of block kb (8 = code 8 in both nibbles when symmetric or out of range).
 template <bool kZP>
-__device__ __forceinline__ uint32_t zp_at(const uint8_t* zrow, int kb) {
-  if (!kZP) return (uint32_t)kSymmetricZeroCode;
-  const uint32_t byte = __ldg(zrow + (kb >> 1));
-  return (kb & 1) ? (byte >> 4) : (byte & 0xFu);
+__device__ __forceinline__ uint32_t zp_byte(const uint8_t* zrow, int kb, bool in) {
+  if (!kZP) return 0x88u;
+  return in ? (uint32_t)__ldg(zrow + (kb >> 1)) : 0x88u;
 }
 
-// Unit of item `ul` of the warp's slice: contiguous slices (u0 = warp * upw, stride 1) or
-// interleaved (u0 = warp, stride kSkinnyWarps: the block's warps read adjacent units).
 template <bool kScaleAfter, bool kZP, bool kFast>
 __device__ __forceinline__ void skinny_load(const KernelParams& p, const SkinnyCols& c, int u, int ustep, int t,
                                             SkinnySlot& sl) {
   const int kc = u * 128 + t * 32;
   const int off = ustep * 64;  // bytes from the slice start
   if (kFast && u < p.units_full) {  // the whole unit lies inside the packed rows
-    if (p.skinny_cfg & 2) {
+    if (p.skinny_cfg & 16) {  // default L1 policy: the line is allocated, sector misses merge
+      sl.w0 = ldg_nc_v4(c.w0 + off);
+      sl.w1 = ldg_nc_v4(c.w1 + off);
+    } else if (p.skinny_cfg & 2) {
       sl.w0 = ldg_stream_v4_l2_256(c.w0 + off);
       sl.w1 = ldg_stream_v4_l2_256(c.w1 + off);
     } else {
@@ -285,19 +295,22 @@ __device__ __forceinline__ void skinny_load(const KernelParams& p, const SkinnyC
   if (kScaleAfter) {  // bs % 128 == 0: one block per unit (units < p.units always lie inside)
     const int kb = u >> (p.bs_shift - 7);
     const bool in = u < p.units;
-    sl.s[0] = sl.s[1] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
-    const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
-    sl.z = z | (z << 16);
+    sl.s0[0] = in ? ldg_u16(c.s0 + kb) : 0u;
+    sl.s1[0] = in ? ldg_u16(c.s1 + kb) : 0u;
+    sl.z0[0] = zp_byte<kZP>(c.z0, kb, in);
+    sl.z1[0] = zp_byte<kZP>(c.z1, kb, in);
+    sl.zsh[0] = (kb & 1) * 4;
   } else {
-    sl.z = 0u;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int kh = kc + 16 * h;
       const bool in = u < p.units && kh < (int)p.kp;
       const int kb = kh >> p.bs_shift;
-      sl.s[h] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
-      const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
-      sl.z |= z << (16 * h);
+      sl.s0[h] = in ? ldg_u16(c.s0 + kb) : 0u;
+      sl.s1[h] = in ? ldg_u16(c.s1 + kb) : 0u;
+      sl.z0[h] = zp_byte<kZP>(c.z0, kb, in);
+      sl.z1[h] = zp_byte<kZP>(c.z1, kb, in);
+      sl.zsh[h] = (kb & 1) * 4;
     }
   }
 }
@@ -335,11 +348,11 @@ __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint1
   uint32_t sub0[2], sub1[2], sc0[2], sc1[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    sub0[h] = zp_sub_bits((sl.z >> (16 * h)) & 0xFu);
-    sub1[h] = zp_sub_bits((sl.z >> (16 * h + 8)) & 0xFu);
-    const uint32_t s0 = sl.s[h] & 0xFFFFu, s1 = sl.s[h] >> 16;
-    sc0[h] = s0 | (s0 << 16);
-    sc1[h] = s1 | (s1 << 16);
+    const int hh = kScaleAfter ? 0 : h;
+    sub0[h] = zp_sub_bits((sl.z0[hh] >> sl.zsh[hh]) & 0xFu);
+    sub1[h] = zp_sub_bits((sl.z1[hh] >> sl.zsh[hh]) & 0xFu);
+    sc0[h] = sl.s0[hh] | (sl.s0[hh] << 16);
+    sc1[h] = sl.s1[hh] | (sl.s1[hh] << 16);
   }
 
   float tmp[2][NT][4];  // two independent mma chains (even / odd steps)
@@ -377,7 +390,7 @@ __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint1
     for (int j = 0; j < NT; ++j) mma16816(tmp[s & 1][j], r0, r1, r2, r3, af[j][2 * s], af[j][2 * s + 1]);
   }
   if (kScaleAfter) {
-    const float fs0 = half_bits_to_float(sl.s[0] & 0xFFFFu), fs1 = half_bits_to_float(sl.s[0] >> 16);
+    const float fs0 = half_bits_to_float(sl.s0[0]), fs1 = half_bits_to_float(sl.s1[0]);
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       acc[j][0] = fmaf(tmp[0][j][0] + tmp[1][j][0], fs0, acc[j][0]);
@@ -395,7 +408,8 @@ __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint1
 
 template <int NT, bool kScaleAfter, bool kZP, bool kFast>
 __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const KernelParams p) {
-  constexpr int kRing = NT == 1 ? 6 : 4;  // items in flight per warp: kRing - 1
+  constexpr bool kLean = kScaleAfter && !kZP;  // smallest ring slots
+  constexpr int kRing = NT == 1 ? (kLean ? 6 : 4) : (kLean ? 4 : 3);  // items in flight per warp: kRing - 1
   __shared__ float red[kSkinnyWarps][NT * 4 * 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -455,7 +469,13 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
 #pragma unroll
             for (int j = 0; j < NT; ++j) prefetch_l1(arow[j] + kc + 128 * ustride);  // next unit's activations
           }
-          skinny_compute<NT, kScaleAfter, kFast>(ring[r], arow, kc, k, acc);
+          if (p.skinny_cfg & 8) {  // diagnostic: stream the weights only, no dequant / mma
+            acc[0][0] += __uint_as_float((ring[r].w0.x ^ ring[r].w0.y ^ ring[r].w0.z ^ ring[r].w0.w ^ ring[r].w1.x ^
+                                          ring[r].w1.y ^ ring[r].w1.z ^ ring[r].w1.w ^ ring[r].s0[0]) &
+                                         0x3FFFFFu);
+          } else {
+            skinny_compute<NT, kScaleAfter, kFast>(ring[r], arow, kc, k, acc);
+          }
         }
 
         if (++ul == upw) {  // group done by every warp of the block: reduce over K slices
@@ -489,63 +509,75 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
   }
 }
 
-// Variant of the skinny kernel whose packed-weight ring lives in shared memory, filled by
-// cp.async (each lane copies, and later reads back, only its own 32 bytes per item, so no
-// barrier is involved). Registers hold only scales/zero points of the items in flight,
-// which leaves room for more warps per SM and a deeper ring. 16-byte-aligned rows only.
-constexpr int kAsyncStages = 8;  // items in flight per warp: kAsyncStages - 1
 
-struct SkinnyMeta {
-  uint32_t s[2];
-  uint32_t z;
-};
+// Variant with full-line weight requests: each item is 2 units (128 bytes of each of the 16
+// columns). The warp copies it into a shared-memory stage with cp.async so that 8 lanes
+// cover one column's 128-byte line per instruction (whole-line requests, half as many
+// requests per byte as the register ring), then each lane reads back its mma fragments
+// (LDS.128; rows padded to 192 bytes: conflict-free). 16-byte-aligned rows only.
+constexpr int kSmemStages = 4;    // items per warp ring; kSmemStages - 1 in flight
+constexpr int kSmemRow = 192;     // bytes per column row of a stage (128 + 64 pad)
+constexpr int kSmemStageBytes = 16 * kSmemRow;
+constexpr int kSmemKernelBytes = kSkinnyWarps * kSmemStages * kSmemStageBytes;
 
 template <bool kScaleAfter, bool kZP>
-__device__ __forceinline__ void skinny_issue(const KernelParams& p, const SkinnyCols& c, int u, int ustep, int t,
-                                             uint8_t* slot, SkinnyMeta& m) {
+__device__ __forceinline__ void skinny_load_scales(const KernelParams& p, const SkinnyCols& c, int u, int t,
+                                                   SkinnySlot& sl) {
   const int kc = u * 128 + t * 32;
-  const int off = ustep * 64;
-  int nbytes = 16;
-  if (u >= p.units_full) {
-    const int kp = (int)p.kp;
-    nbytes = u < p.units ? (kc + 32 <= kp ? 16 : (kc + 16 <= kp ? 8 : 0)) : 0;
-  }
-  cp_async16(slot, nbytes ? (const void*)(c.w0 + off) : (const void*)p.b, nbytes);
-  cp_async16(slot + 512, nbytes ? (const void*)(c.w1 + off) : (const void*)p.b, nbytes);
   if (kScaleAfter) {
     const int kb = u >> (p.bs_shift - 7);
     const bool in = u < p.units;
-    m.s[0] = m.s[1] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
-    const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
-    m.z = z | (z << 16);
+    sl.s0[0] = in ? ldg_u16(c.s0 + kb) : 0u;
+    sl.s1[0] = in ? ldg_u16(c.s1 + kb) : 0u;
+    sl.z0[0] = zp_byte<kZP>(c.z0, kb, in);
+    sl.z1[0] = zp_byte<kZP>(c.z1, kb, in);
+    sl.zsh[0] = (kb & 1) * 4;
   } else {
-    m.z = 0u;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int kh = kc + 16 * h;
       const bool in = u < p.units && kh < (int)p.kp;
       const int kb = kh >> p.bs_shift;
-      m.s[h] = in ? (ldg_u16(c.s0 + kb) | (ldg_u16(c.s1 + kb) << 16)) : 0u;
-      const uint32_t z = in ? (zp_at<kZP>(c.z0, kb) | (zp_at<kZP>(c.z1, kb) << 8)) : 0x0808u;
-      m.z |= z << (16 * h);
+      sl.s0[h] = in ? ldg_u16(c.s0 + kb) : 0u;
+      sl.s1[h] = in ? ldg_u16(c.s1 + kb) : 0u;
+      sl.z0[h] = zp_byte<kZP>(c.z0, kb, in);
+      sl.z1[h] = zp_byte<kZP>(c.z1, kb, in);
+      sl.zsh[h] = (kb & 1) * 4;
     }
   }
 }
 
+// Copy item (2 units starting at unit u) of `group` into `stage` (this lane's 4 pieces).
+__device__ __forceinline__ void smem_issue(const KernelParams& p, int64_t group, int u, int lane, uint8_t* stage) {
+  const int piece = lane & 7;                 // 16-byte piece of the 128-byte line
+  const int kc = u * 128 + piece * 32;        // first code of the piece
+  const int uu = u + (piece >> 2);
+  const int kp = (int)p.kp;
+  const int nbytes = uu < p.units ? (kc + 32 <= kp ? 16 : (kc + 16 <= kp ? 8 : 0)) : 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = 4 * i + (lane >> 3);
+    int64_t col = group * 16 + c;
+    if (col >= p.n) col = 0;
+    const uint8_t* src = p.b + col * p.row_bytes + (kc >> 1);
+    cp_async16(stage + c * kSmemRow + piece * 16, nbytes ? (const void*)src : (const void*)p.b, nbytes);
+  }
+}
+
 template <int NT, bool kScaleAfter, bool kZP>
-__global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_kernel(const KernelParams p) {
-  extern __shared__ __align__(16) uint8_t wring[];  // [warps][kAsyncStages][2 cols][32 lanes][16 B]
+__global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_smem_kernel(const KernelParams p) {
+  extern __shared__ __align__(16) uint8_t wstage[];  // [warps][kSmemStages][16 cols][kSmemRow]
   __shared__ float red[kSkinnyWarps][NT * 4 * 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int upw = p.units_per_warp;
+  const int upw = p.units_per_warp;  // even
+  const int ipg = upw >> 1;          // items per group per warp
   const int64_t groups = (p.n + 15) / 16;
   const int my_groups = (int)((groups - blockIdx.x + gridDim.x - 1) / gridDim.x);
-  const int items = my_groups * upw;
-  const int ustride = (p.skinny_cfg & 1) ? kSkinnyWarps : 1;
-  const int u0 = (p.skinny_cfg & 1) ? warp : warp * upw;
+  const int items = my_groups * ipg;
+  const int u0 = warp * upw;
   const int k = (int)p.k;
-  uint8_t* my_ring = wring + warp * (kAsyncStages * 1024) + lane * 16;
+  uint8_t* ring = wstage + warp * (kSmemStages * kSmemStageBytes);
   const uint16_t* arow[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
@@ -555,18 +587,24 @@ __global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_
 
   if (p.pdl) griddep_launch_dependents();
 
-  SkinnyMeta meta[kAsyncStages];
-  int pf_gi = 0, pf_ul = 0;
-  SkinnyCols pf = skinny_cols(p, blockIdx.x, g, t, u0);
+  SkinnySlot sc[kSmemStages][2];  // scales / zero points of the items in flight (w0/w1 unused)
+  int pf_gi = 0, pf_il = 0;
+  int64_t pf_group = blockIdx.x;
+  SkinnyCols pf = skinny_cols(p, pf_group, g, t, 0);
 #pragma unroll
-  for (int r = 0; r < kAsyncStages - 1; ++r) {
-    if (pf_gi < my_groups)
-      skinny_issue<kScaleAfter, kZP>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t, my_ring + r * 1024, meta[r]);
+  for (int r = 0; r < kSmemStages - 1; ++r) {
+    if (pf_gi < my_groups) {
+      const int u = u0 + 2 * pf_il;
+      smem_issue(p, pf_group, u, lane, ring + r * kSmemStageBytes);
+      skinny_load_scales<kScaleAfter, kZP>(p, pf, u, t, sc[r][0]);
+      skinny_load_scales<kScaleAfter, kZP>(p, pf, u + 1, t, sc[r][1]);
+    }
     cp_async_commit();
-    if (++pf_ul == upw) {
-      pf_ul = 0;
+    if (++pf_il == ipg) {
+      pf_il = 0;
       ++pf_gi;
-      pf = skinny_cols(p, blockIdx.x + (int64_t)pf_gi * gridDim.x, g, t, u0);
+      pf_group = blockIdx.x + (int64_t)pf_gi * gridDim.x;
+      pf = skinny_cols(p, pf_group, g, t, 0);
     }
   }
   if (p.pdl) griddep_wait();
@@ -577,40 +615,47 @@ __global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
 
-  int gi = 0, ul = 0;
-  for (int base = 0; base < items; base += kAsyncStages) {
+  int gi = 0, il = 0;
+  for (int base = 0; base < items; base += kSmemStages) {
 #pragma unroll
-    for (int r = 0; r < kAsyncStages; ++r) {
+    for (int r = 0; r < kSmemStages; ++r) {
       if (base + r < items) {  // block-uniform
-        const int nr = (r + kAsyncStages - 1) % kAsyncStages;
-        if (pf_gi < my_groups)
-          skinny_issue<kScaleAfter, kZP>(p, pf, u0 + pf_ul * ustride, pf_ul * ustride, t, my_ring + nr * 1024,
-                                         meta[nr]);
+        const int nr = (r + kSmemStages - 1) % kSmemStages;
+        if (pf_gi < my_groups) {
+          const int u = u0 + 2 * pf_il;
+          smem_issue(p, pf_group, u, lane, ring + nr * kSmemStageBytes);
+          skinny_load_scales<kScaleAfter, kZP>(p, pf, u, t, sc[nr][0]);
+          skinny_load_scales<kScaleAfter, kZP>(p, pf, u + 1, t, sc[nr][1]);
+        }
         cp_async_commit();
-        if (++pf_ul == upw) {
-          pf_ul = 0;
+        if (++pf_il == ipg) {
+          pf_il = 0;
           ++pf_gi;
-          pf = skinny_cols(p, blockIdx.x + (int64_t)pf_gi * gridDim.x, g, t, u0);
+          pf_group = blockIdx.x + (int64_t)pf_gi * gridDim.x;
+          pf = skinny_cols(p, pf_group, g, t, 0);
         }
-        cp_async_wait<kAsyncStages - 1>();  // this lane's copies of item base + r have landed
+        cp_async_wait<kSmemStages - 1>();
+        __syncwarp();  // every lane's pieces of this item are in shared memory
 
-        const int u = u0 + ul * ustride;
-        const int kc = u * 128 + t * 32;
-        if (u * 128 < k) {  // warp-uniform
-          if (kc + 128 * ustride < k) {
+        const uint8_t* st = ring + r * kSmemStageBytes;
 #pragma unroll
-            for (int j = 0; j < NT; ++j) prefetch_l1(arow[j] + kc + 128 * ustride);
+        for (int j = 0; j < 2; ++j) {
+          const int u = u0 + 2 * il + j;
+          if (u * 128 < k) {  // warp-uniform
+            const int kc = u * 128 + t * 32;
+            if (kc + 128 < k) {
+#pragma unroll
+              for (int q = 0; q < NT; ++q) prefetch_l1(arow[q] + kc + 128);
+            }
+            SkinnySlot sl = sc[r][j];
+            sl.w0 = *reinterpret_cast<const uint4*>(st + g * kSmemRow + j * 64 + t * 16);
+            sl.w1 = *reinterpret_cast<const uint4*>(st + (g + 8) * kSmemRow + j * 64 + t * 16);
+            skinny_compute<NT, kScaleAfter, true>(sl, arow, kc, k, acc);
           }
-          SkinnySlot sl;
-          sl.w0 = *reinterpret_cast<const uint4*>(my_ring + r * 1024);
-          sl.w1 = *reinterpret_cast<const uint4*>(my_ring + r * 1024 + 512);
-          sl.s[0] = meta[r].s[0];
-          sl.s[1] = meta[r].s[1];
-          sl.z = meta[r].z;
-          skinny_compute<NT, kScaleAfter, true>(sl, arow, kc, k, acc);
         }
+        __syncwarp();  // the stage is refilled two steps from now
 
-        if (++ul == upw) {
+        if (++il == ipg) {
           const int64_t group = blockIdx.x + (int64_t)gi * gridDim.x;
 #pragma unroll
           for (int j = 0; j < NT; ++j)
@@ -633,7 +678,7 @@ __global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_
             }
           }
           __syncthreads();
-          ul = 0;
+          il = 0;
           ++gi;
         }
       }
@@ -641,7 +686,6 @@ __global__ void __launch_bounds__(kSkinnyThreads, NT == 1 ? 3 : 2) skinny_async_
   }
   cp_async_wait<0>();
 }
-constexpr int kAsyncSmemBytes = kSkinnyWarps * kAsyncStages * 1024;
 
 // ------------------------------------------------------------------------------------
 // Tensor-core fp16 GEMM (any M)
@@ -718,9 +762,10 @@ __device__ __forceinline__ void gemm_issue_b(const KernelParams& p, uint8_t* sta
   }
 }
 
-struct BScale {
-  uint32_t sub[2];
-  uint32_t sc[2];
+struct BScale {  // as loaded; turned into half2 operands at dequant time (see SkinnySlot)
+  uint32_t s[2];
+  uint32_t zb[2];
+  uint32_t zsh[2];
 };
 
 template <class C>
@@ -737,9 +782,9 @@ __device__ __forceinline__ void gemm_load_scales(const KernelParams& p, BScale (
       const int64_t kh = kc + 16 * h;
       const bool in = gn < p.n && kh < p.kp;
       const int64_t kb = kh >> p.bs_shift;
-      bs[i].sub[h] = zp_sub_bits(in ? zero_point(p.z, gn, p.zcols, kb) : 8u);
-      const uint32_t s = in ? ldg_u16(S + gn * p.nb + kb) : 0u;
-      bs[i].sc[h] = s | (s << 16);
+      bs[i].s[h] = in ? ldg_u16(S + gn * p.nb + kb) : 0u;
+      bs[i].zb[h] = (in && p.z) ? (uint32_t)__ldg(p.z + gn * p.zcols + (kb >> 1)) : 0x88u;
+      bs[i].zsh[h] = (uint32_t)(kb & 1) * 4;
     }
   }
 }
@@ -772,11 +817,13 @@ __device__ __forceinline__ void gemm_dequant(const uint8_t* bq, const BScale (&b
     for (int w = 0; w < 4; ++w) {
       const uint32_t x = word_of(wv, w);
       const int h = w >> 1;
+      const uint32_t sub = zp_sub_bits((bs[i].zb[h] >> bs[i].zsh[h]) & 0xFu);
+      const uint32_t sc = bs[i].s[h] | (bs[i].s[h] << 16);
       uint4 o;
-      o.x = hmul2_u32(dq_pair<0>(x, bs[i].sub[h]), bs[i].sc[h]);
-      o.y = hmul2_u32(dq_pair<1>(x, bs[i].sub[h]), bs[i].sc[h]);
-      o.z = hmul2_u32(dq_pair<2>(x, bs[i].sub[h]), bs[i].sc[h]);
-      o.w = hmul2_u32(dq_pair<3>(x, bs[i].sub[h]), bs[i].sc[h]);
+      o.x = hmul2_u32(dq_pair<0>(x, sub), sc);
+      o.y = hmul2_u32(dq_pair<1>(x, sub), sc);
+      o.z = hmul2_u32(dq_pair<2>(x, sub), sc);
+      o.w = hmul2_u32(dq_pair<3>(x, sub), sc);
       *reinterpret_cast<uint4*>(dst + 8 * w) = o;
     }
   }
@@ -1165,27 +1212,27 @@ int LaunchSkinny3(const KernelParams& p, const DeviceInfo& dev, cudaStream_t str
 }
 
 template <int NT, bool kScaleAfter, bool kZP>
-int LaunchSkinnyAsync(const KernelParams& p, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
-                      size_t len) {
+int LaunchSkinnySmem(KernelParams p, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err, size_t len) {
   static std::atomic<int> occ[64];
   static std::atomic<uint64_t> smem_done;
-  auto k = skinny_async_kernel<NT, kScaleAfter, kZP>;
-  int rc = EnsureSmem(reinterpret_cast<const void*>(k), kAsyncSmemBytes, &smem_done, err, len);
+  p.units_per_warp += p.units_per_warp & 1;  // whole 2-unit items
+  auto k = skinny_smem_kernel<NT, kScaleAfter, kZP>;
+  int rc = EnsureSmem(reinterpret_cast<const void*>(k), kSmemKernelBytes, &smem_done, err, len);
   if (rc != kOk) return rc;
-  const int per_sm = BlocksPerSm(k, kSkinnyThreads, occ, kAsyncSmemBytes);
+  const int per_sm = BlocksPerSm(k, kSkinnyThreads, occ, kSmemKernelBytes);
   const int64_t groups = (p.n + 15) / 16;
   const int64_t resident = (int64_t)per_sm * dev.sms;
   const int64_t blocks = groups < resident ? groups : resident;
-  return Launch(k, dim3(static_cast<unsigned>(blocks)), dim3(kSkinnyThreads), kAsyncSmemBytes, stream, pdl, 1, p, err,
-                len);
+  return Launch(k, dim3(static_cast<unsigned>(blocks)), dim3(kSkinnyThreads), kSmemKernelBytes, stream, pdl, 1, p,
+                err, len);
 }
 
 template <int NT, bool kScaleAfter>
 int LaunchSkinny2(const KernelParams& p, bool fast, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
                   size_t len) {
   if (fast && (p.skinny_cfg & 4))
-    return p.z != nullptr ? LaunchSkinnyAsync<NT, kScaleAfter, true>(p, dev, stream, pdl, err, len)
-                          : LaunchSkinnyAsync<NT, kScaleAfter, false>(p, dev, stream, pdl, err, len);
+    return p.z != nullptr ? LaunchSkinnySmem<NT, kScaleAfter, true>(p, dev, stream, pdl, err, len)
+                          : LaunchSkinnySmem<NT, kScaleAfter, false>(p, dev, stream, pdl, err, len);
   if (p.z != nullptr)
     return fast ? LaunchSkinny3<NT, kScaleAfter, true, true>(p, dev, stream, pdl, err, len)
                 : LaunchSkinny3<NT, kScaleAfter, true, false>(p, dev, stream, pdl, err, len);
@@ -1280,7 +1327,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   const bool a_vec = addr(args.a) % 16 == 0 && k % 8 == 0;
   if (path == Path::kSkinny) {
     if (m > 16) return Fail(err, len, kInvalidArgument, "the skinny path takes M <= 16, got M=%lld", (long long)m);
-    if (args.config > 7) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..7)", args.config);
+    if (args.config > 31) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..31)", args.config);
     p.skinny_cfg = args.config >= 0 ? args.config : kSkinnyDefaultCfg;
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }

@@ -57,8 +57,6 @@ struct IsaKernels {
   FloatToHalfFn float_to_half;
 };
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kVnni = 3 };
-
 const IsaKernels* kernels_scalar();
 #if defined(ONNXQ_X86)
 const IsaKernels* kernels_avx2();

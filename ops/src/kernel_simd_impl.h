@@ -24,14 +24,12 @@ constexpr int kChunkK = L * 8;      // k per chunk
 constexpr int kChunkBytes = L * 4;  // bytes of a column per chunk
 constexpr int NV = 2;               // vectors of columns per GEMM panel
 constexpr int NT = NV * L;          // columns per GEMM panel
-constexpr int kKtInt8 = 512;        // k per panel (int8): NT*KT bytes
+constexpr int kKtInt8 = 2048;        // k per panel (int8): NT*KT bytes
 constexpr int kKtF32 = 256;         // k per panel (fp32): NT*KT*4 bytes
 constexpr int kMrInt8 = (L == 16) ? 7 : 2;
 constexpr int kMrF32 = (L == 16) ? 14 : 6;
 constexpr int64_t kGemvColsPerTask = 64;
-constexpr int kPrefetchBytes = 8192;
-constexpr int kPrefetchTiles = 1;
-constexpr int kPanelPrefetchBytes = 256;  // GEMM: panel loads prefetch this far ahead in each column  // GEMM: how many column panels ahead B is prefetched  // software prefetch distance of the streamed columns
+constexpr int kPrefetchBytes = 8192;  // GEMV: software prefetch distance of the streamed column
 
 inline int ilog2(int64_t x) {
   int r = 0;
@@ -86,7 +84,7 @@ inline typename V::F zero_points(const Weights& w, int64_t n, int64_t b0, int cn
 // int8 quantization of one row into linear order q[0..kp) (zero padded); the block scales
 // and scale * sum(q) go to sa[b * bstride], rb[b * bstride] for b < nbp.
 inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int64_t nbp, int8_t* q, float* sa,
-                         float* rb, int64_t bstride) {
+                         float* rb, int64_t bstride, int32_t* qz = nullptr) {
   const int64_t nb = ceil_div(K, bs);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * bs, len = imin(bs, K - k0);
@@ -103,11 +101,16 @@ inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int6
       V::store_i8(q + k0 + k, qi);  // writes L bytes; the buffer has kp + L of room
     }
     const float scale = amax / kInt8AMax;
+    const int32_t qsum = V::reduce_add_i32(qs);
     sa[b * bstride] = scale;
-    rb[b * bstride] = scale * static_cast<float>(V::reduce_add_i32(qs));
+    rb[b * bstride] = scale * static_cast<float>(qsum);
+    if (qz) qz[b * bstride] = -8 * qsum;  // symmetric weights: the zero point in int32
   }
   for (int64_t k = K; k < kp; ++k) q[k] = 0;
-  for (int64_t b = nb; b < nbp; ++b) sa[b * bstride] = rb[b * bstride] = 0.f;
+  for (int64_t b = nb; b < nbp; ++b) {
+    sa[b * bstride] = rb[b * bstride] = 0.f;
+    if (qz) qz[b * bstride] = 0;
+  }
 }
 
 // Linear q -> per group [q0 q2 q4 q6 | q1 q3 q5 q7] (the GEMM layout: even-k dword, odd-k dword).
@@ -247,6 +250,7 @@ struct RowPrepCtx {
   float* ap;
   int8_t* q;
   int8_t* q_tmp;  // GEMV int8: per-row scratch of kp + 64 bytes, one per task
+  int32_t* qz;    // GEMM int8, symmetric weights: -8 * sum(q) per block, [nbp][M]; or null
   float* sa;
   float* rb;
   int64_t kp, ld, nbp;
@@ -274,7 +278,7 @@ void prep_rows_task(void* ctx, size_t t) {
   if (r.gemv)
     quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m * r.nbp, r.rb + m * r.nbp, 1);
   else  // GEMM: block-major [nbp][M], the rows of a tile side by side
-    quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m, r.rb + m, p.M);
+    quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m, r.rb + m, p.M, r.qz ? r.qz + m : nullptr);
   interleave_groups(lin, r.kp);
   if (r.gemv) groups_to_chunks(lin, dst, r.kp);
 }
@@ -290,7 +294,7 @@ int gemv(const Weights& w, const Problem& p, const Runner& runner) {
   Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
   Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
   if (!ap.p || !q.p || !q_tmp.p || !sa.p || !rb.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp, true};
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, true};
   runner.run(static_cast<size_t>(M), prep_rows_task, &r);
 
   GemvCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp,
@@ -308,6 +312,7 @@ struct GemmCtx {
   const int8_t* q;  // int8: [M][kp] GEMM layout
   const float* sa;  // int8: [nbp][M]
   const float* rb;  // int8: [nbp][M]
+  const int32_t* qz;  // int8, symmetric weights: [nbp][M] (see RowPrepCtx)
   int64_t kp, ld, nbp;
   int* failed;  // set when a task cannot allocate its panel
 };
@@ -342,13 +347,16 @@ inline void tile_scales(const Weights& w, int64_t n0, int64_t nblk, float* sT, f
 }
 
 // Loads chunk c of L columns [n0, n0 + L) and transposes: r[j] = dword j of each column.
-inline void load_transposed(const Weights& w, int64_t n0, int64_t c, typename V::I r[L]) {
+// Each full load also prefetches the line `pf_delta` bytes further (what the next panel
+// build will load: the panel loads jump between columns, which hardware prefetchers follow
+// poorly, and B is read once, from DRAM).
+inline void load_transposed(const Weights& w, int64_t n0, int64_t c, int64_t pf_delta, typename V::I r[L]) {
   const int64_t off = c * kChunkBytes;
   const int64_t avail = w.row_bytes - off;
   const uint8_t* src = w.packed + n0 * w.row_bytes + off;
   if (n0 + L <= w.N && avail >= kChunkBytes) {  // the common case
     for (int i = 0; i < L; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(src + i * w.row_bytes + kPanelPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(src + i * w.row_bytes + pf_delta), _MM_HINT_T0);
       r[i] = V::load_i(src + i * w.row_bytes);
     }
   } else {
@@ -364,14 +372,20 @@ inline void load_transposed(const Weights& w, int64_t n0, int64_t c, typename V:
   V::transpose(r);
 }
 
+// Byte distance from the panel (n0, [kt0, kt1)) to the next one this task builds: the next
+// k-tile of the same columns, else the first k-tile of the next columns.
+inline int64_t next_panel_delta(const Weights& w, int64_t kt0, int64_t kt1, int64_t kp) {
+  return kt1 < kp ? (kt1 - kt0) / 2 : NT * w.row_bytes - kt0 / 2;
+}
+
 // int8 panel: for group gl (k = kt0 + 8 gl ..): [gl][lo/hi][v] vectors of L dwords.
-inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, uint8_t* panel) {
+inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, int64_t pf_delta, uint8_t* panel) {
   using I = typename V::I;
   const I mask = V::set1_i32(0x0F0F0F0F);
   for (int v = 0; v < NV; ++v) {
     for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
       I r[L];
-      load_transposed(w, n0 + v * L, c, r);
+      load_transposed(w, n0 + v * L, c, pf_delta, r);
       const int64_t g0 = c * L - kt0 / 8;
       for (int j = 0; j < L; ++j) {
         uint8_t* dst = panel + ((g0 + j) * 2 * NV + v) * kChunkBytes;
@@ -383,7 +397,7 @@ inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t 
 }
 
 // fp panel: panel[kl][NT] = dequantized weights (code * s - zp * s), kl = k - kt0.
-inline void build_panel_f32(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, const float* sT,
+inline void build_panel_f32(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, int64_t pf_delta, const float* sT,
                             const float* zsT, float* panel) {
   using F = typename V::F;
   using I = typename V::I;
@@ -391,7 +405,7 @@ inline void build_panel_f32(const Weights& w, int64_t n0, int64_t kt0, int64_t k
   for (int v = 0; v < NV; ++v) {
     for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
       I r[L];
-      load_transposed(w, n0 + v * L, c, r);
+      load_transposed(w, n0 + v * L, c, pf_delta, r);
       for (int j = 0; j < L; ++j) {
         const int64_t k = (c * L + j) * 8;
         const int64_t bi = k / bs - b_first;
@@ -433,7 +447,7 @@ void micro_f32(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt
       V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, c[m][v], static_cast<int>(imax(0, imin(L, ncols - v * L))));
 }
 
-template <int MR>
+template <int MR, bool SYM>
 void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel,
                 const float* sT, const float* zsT) {
   using F = typename V::F;
@@ -450,9 +464,10 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
   const int64_t b_first = kt0 / bs;
   for (int64_t b = b_first; b * bs < kt1; ++b) {
     const int64_t g_begin = imax(b * bs, kt0) / 8, g_end = imin((b + 1) * bs, kt1) / 8;
+    const int32_t* qzb = SYM ? g.qz + b * p.M + m0 : nullptr;  // int32 zero-point term
     I acc[MR][NV];
     for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = V::zeroi();
+      for (int v = 0; v < NV; ++v) acc[m][v] = SYM ? V::set1_i32(qzb[m]) : V::zeroi();
     const uint8_t* pp = panel + (g_begin - kt0 / 8) * 2 * NV * kChunkBytes;
     const int8_t* qg = qa + g_begin * 8;
 #pragma GCC unroll 1
@@ -478,8 +493,13 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
     for (int m = 0; m < MR; ++m) {
       const F sam = V::set1(sab[m]);
       const F rbm = V::set1(rbb[m]);
-      c[m][0] = V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]));
-      c[m][1] = V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]));
+      if constexpr (SYM) {
+        c[m][0] = V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]);
+        c[m][1] = V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]);
+      } else {
+        c[m][0] = V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]));
+        c[m][1] = V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]));
+      }
     }
   }
   for (int m = 0; m < MR; ++m)
@@ -505,33 +525,30 @@ void micro_f32_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, cons
   }
 }
 
-template <int MR>
+// Rows in balanced tiles of at most MR (no tile of one or two rows at the end): the
+// first M % tiles tiles have base + 1 rows, the others base.
+template <int MR, bool SYM>
 void micro_int8_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel, const float* sT,
                      const float* zsT) {
   const int64_t M = g.p->M;
+  const int64_t tiles = ceil_div(M, MR);
+  const int64_t base = M / tiles, extra = M % tiles;
   int64_t m0 = 0;
-  for (; m0 + MR <= M; m0 += MR) micro_int8<MR>(g, m0, n0, kt0, kt1, panel, sT, zsT);
-  switch (M - m0) {
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t rows = t < extra ? base + 1 : base;
+    switch (rows) {
 #define ONNXQ_CASE(R) \
   case R:             \
-    if constexpr (R < MR) micro_int8<R>(g, m0, n0, kt0, kt1, panel, sT, zsT); \
+    if constexpr (R <= MR) micro_int8<R, SYM>(g, m0, n0, kt0, kt1, panel, sT, zsT); \
     break;
-    ONNXQ_CASE(1) ONNXQ_CASE(2) ONNXQ_CASE(3) ONNXQ_CASE(4) ONNXQ_CASE(5) ONNXQ_CASE(6) ONNXQ_CASE(7)
-    ONNXQ_CASE(8) ONNXQ_CASE(9) ONNXQ_CASE(10) ONNXQ_CASE(11) ONNXQ_CASE(12) ONNXQ_CASE(13)
+      ONNXQ_CASE(1) ONNXQ_CASE(2) ONNXQ_CASE(3) ONNXQ_CASE(4) ONNXQ_CASE(5) ONNXQ_CASE(6) ONNXQ_CASE(7)
+      ONNXQ_CASE(8)
 #undef ONNXQ_CASE
-    default:
-      break;
+      default:
+        break;
+    }
+    m0 += rows;
   }
-}
-
-// Brings the B bytes of the next panel (columns [n0, n0 + NT), k in [kt0, kt1)) towards L2
-// while this one is being used: the panel loads jump between columns, which the hardware
-// prefetchers follow poorly.
-inline void prefetch_next_tile(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1) {
-  const int64_t b0 = kt0 / 2, b1 = imin(kt1 / 2, w.row_bytes);
-  for (int64_t n = n0; n < imin(n0 + NT, w.N); ++n)
-    for (int64_t off = b0; off < b1; off += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(w.packed + n * w.row_bytes + off), _MM_HINT_T1);
 }
 
 template <bool INT8>
@@ -554,23 +571,15 @@ void gemm_task(void* ctx, size_t t) {
   for (int64_t kt0 = 0; kt0 < g.kp; kt0 += kt) {
     const int64_t kt1 = imin(g.kp, kt0 + kt);
     const int64_t b_first = kt0 / bs;
-    // B bytes of the tile kPrefetchTiles ahead (a contiguous region), a slice per k-tile
-    {
-      const int64_t n_ahead = n0 + kPrefetchTiles * NT;
-      const int64_t n_kt = ceil_div(g.kp, kt), i = kt0 / kt;
-      if (n_ahead < w.N) {
-        const int64_t bytes = imin(NT, w.N - n_ahead) * w.row_bytes;
-        const int64_t lo = bytes * i / n_kt, hi = bytes * (i + 1) / n_kt;
-        const uint8_t* base = w.packed + n_ahead * w.row_bytes;
-        for (int64_t off = lo & ~int64_t{63}; off < hi; off += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(base + off), _MM_HINT_T1);
-      }
-    }
+    const int64_t pf_delta = next_panel_delta(w, kt0, kt1, g.kp);
     if constexpr (INT8) {
-      build_panel_int8(w, n0, kt0, kt1, panel.as<uint8_t>());
-      micro_int8_rows<kMrInt8>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
+      build_panel_int8(w, n0, kt0, kt1, pf_delta, panel.as<uint8_t>());
+      if (g.qz)
+        micro_int8_rows<kMrInt8, true>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
+      else
+        micro_int8_rows<kMrInt8, false>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
     } else {
-      build_panel_f32(w, n0, kt0, kt1, sT + b_first * NT, zsT + b_first * NT, panel.as<float>());
+      build_panel_f32(w, n0, kt0, kt1, pf_delta, sT + b_first * NT, zsT + b_first * NT, panel.as<float>());
       micro_f32_rows<kMrF32>(g, n0, kt0, kt1, panel.as<float>());
     }
   }
@@ -586,10 +595,13 @@ int gemm(const Weights& w, const Problem& p, const Runner& runner) {
   Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
   Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
   if (!ap.p || !q.p || !sa.p || !rb.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, false};
+  const bool sym = p.int8_a && !w.zp_packed && !w.zp_float;
+  Scratch qz(7, sym ? sizeof(int32_t) * static_cast<size_t>(M * nbp) : 64);
+  if (!qz.p) return kOutOfMemory;
+  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sym ? qz.as<int32_t>() : nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, false};
   runner.run(static_cast<size_t>(M), prep_rows_task, &r);
   int failed = 0;
-  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp, &failed};
+  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), sym ? qz.as<int32_t>() : nullptr, kp, ld, nbp, &failed};
   runner.run(static_cast<size_t>(ceil_div(w.N, NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
   return __atomic_load_n(&failed, __ATOMIC_RELAXED) ? kOutOfMemory : kOk;
 }

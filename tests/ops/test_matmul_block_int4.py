@@ -69,6 +69,18 @@ def test_each_isa_and_kernel_path(ops_lib, monkeypatch, isa, path):
         assert rel_err(s4.run(None, {"A": a})[0], int8_reference(a, p)) <= TOL, (k, n, bs)
 
 
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_row_tilings(ops_lib, monkeypatch, path):
+    """Every row count up to a few register tiles (the panel kernel splits M into tiles)."""
+    monkeypatch.setenv("ONNXQ_KERNEL_PATH", path)
+    p = packed_weight(272, 35, 16, False, seed=3)
+    s0, s4 = session(op_model(p), ops_lib), session(op_model(p, accuracy_level=4), ops_lib)
+    for m in (1, 2, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 22, 29, 64):
+        a = np.random.default_rng(m).standard_normal((m, 272)).astype(np.float32)
+        assert rel_err(s0.run(None, {"A": a})[0], reference(a, p)) <= TOL, m
+        assert rel_err(s4.run(None, {"A": a})[0], int8_reference(a, p)) <= TOL, m
+
+
 def test_bad_isa_name_is_an_error(ops_lib, monkeypatch):
     monkeypatch.setenv("ONNXQ_ISA", "sse9")
     p = packed_weight(64, 4, 32, True)
@@ -91,16 +103,17 @@ def test_ragged_tail_codes_are_ignored(ops_lib):
 
 
 def test_batched_rank3_input_and_threads(ops_lib):
-    p = packed_weight(384, 50, 32, False)
-    a = np.random.default_rng(3).standard_normal((2, 3, 384)).astype(np.float32)
+    p = packed_weight(384, 150, 32, False)
     model = op_model(p, m_dims=("B", "S"))
-    y1 = session(model, ops_lib, threads=1).run(None, {"A": a})[0]
-    y2 = session(model, ops_lib, threads=2).run(None, {"A": a})[0]
-    assert y1.shape == (2, 3, 50)
-    assert np.array_equal(y1, y2)
-    assert rel_err(y1, reference(a.reshape(6, 384), p).reshape(2, 3, 50)) <= TOL
+    for batch in (1, 2):  # 3 rows: the small-M kernel; 6 rows: the panel kernel
+        a = np.random.default_rng(3).standard_normal((batch, 3, 384)).astype(np.float32)
+        y1 = session(model, ops_lib, threads=1).run(None, {"A": a})[0]
+        y2 = session(model, ops_lib, threads=2).run(None, {"A": a})[0]
+        assert y1.shape == (batch, 3, 150)
+        assert np.array_equal(y1, y2)
+        assert rel_err(y1, reference(a.reshape(-1, 384), p).reshape(batch, 3, 150)) <= TOL
     empty = session(model, ops_lib).run(None, {"A": np.zeros((0, 3, 384), np.float32)})[0]
-    assert empty.shape == (0, 3, 50)
+    assert empty.shape == (0, 3, 150)
 
 
 def test_float16(ops_lib):

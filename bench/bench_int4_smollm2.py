@@ -119,7 +119,7 @@ def _ort_child(spec: str, fp32: str, out: str) -> None:
     q.process()
     dt = time.perf_counter() - t0
     q.model.save_model_to_file(out, use_external_data_format=False)
-    print(json.dumps({"quantize_s": dt}))
+    print("BENCH_RESULT " + json.dumps({"quantize_s": dt}), flush=True)
 
 
 def run_ort(label, block, sym, algo, fp32: Path, tmp: Path, timeout: int) -> dict:
@@ -136,7 +136,11 @@ def run_ort(label, block, sym, algo, fp32: Path, tmp: Path, timeout: int) -> dic
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         row["error"] = "crashed: " + (tail[-1][:160] if tail else f"exit {proc.returncode}")
         return row
-    row["quantize_s"] = json.loads(proc.stdout.strip().splitlines()[-1])["quantize_s"]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
+    if not lines:
+        row["error"] = "no result line from the child"
+        return row
+    row["quantize_s"] = json.loads(lines[-1].split(" ", 1)[1])["quantize_s"]
     row["wall_s"] = time.perf_counter() - t0
     row["ppl"] = _ppl(out)
     row["size_mb"] = _size_mb(out)
@@ -213,12 +217,12 @@ def main(argv=None) -> int:
         tmp = Path(tmpdir)
         todo_ours = [c for c in OURS if not args.quick or (c[1] == 128 and c[2])]
         todo_ort = [c for c in ORT if (not args.quick or (c[1] == 128)) and not (args.skip_ort_gptq and c[3] == "gptq")]
-        for label, block, sym, algo in todo_ort:
-            row = run_ort(label, block, sym, algo, fp32, tmp, args.ort_timeout)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
         for label, block, sym, overrides in todo_ours:
             row = run_ours(label, block, sym, overrides, fp32, tmp, stats)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        for label, block, sym, algo in todo_ort:
+            row = run_ort(label, block, sym, algo, fp32, tmp, args.ort_timeout)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for r in rows:

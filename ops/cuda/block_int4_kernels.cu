@@ -179,7 +179,9 @@ struct KernelParams {
   int units;               // ceil(Kp / 128)
   int units_full;          // floor(Kp / 128): units lying wholly inside the packed rows
   int units_per_warp;
-  int skinny_cfg;          // bit 0: warps interleave units (else contiguous K slices); bit 1: L2::256B loads
+  int skinny_cfg;          // bit 0: warps interleave units (else contiguous K slices); bit 1: L2::256B loads;
+                           // bit 2: shared-memory whole-line staging; bit 4: default L1 policy;
+                           // bit 3: DIAGNOSTIC stream-only (no math, wrong Y), benchmarks only
   // tiling (gemm / simt)
   int tiles_n;
 };
@@ -1183,9 +1185,8 @@ int ChooseGemmConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
   auto ctas = [&](int bm, int bn) { return ((m + bm - 1) / bm) * ((n + bn - 1) / bn); };
   if (!hopper) return (m > 64 && ctas(128, 128) >= dev.sms) ? 3 : 0;
   if (m <= 32) return 6;
-  if (m <= 64) return 2;
-  if (m <= 128) return 1;
-  return ctas(128, 64) * 2 >= 2 * dev.sms ? 5 : 1;
+  if (m <= 128) return ctas(64, 64) * 2 >= 2 * dev.sms ? 1 : 2;
+  return 5;
 }
 
 // Resident blocks per SM of a kernel (once per device and kernel).
@@ -1230,6 +1231,8 @@ int LaunchSkinnySmem(KernelParams p, const DeviceInfo& dev, cudaStream_t stream,
 template <int NT, bool kScaleAfter>
 int LaunchSkinny2(const KernelParams& p, bool fast, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
                   size_t len) {
+  // Shared-memory whole-line staging (cfg bit 2) measured faster on H100 for M <= 8 with
+  // bs % 128 == 0, the register ring otherwise (bench/results/cuda_int4.json).
   if (fast && (p.skinny_cfg & 4))
     return p.z != nullptr ? LaunchSkinnySmem<NT, kScaleAfter, true>(p, dev, stream, pdl, err, len)
                           : LaunchSkinnySmem<NT, kScaleAfter, false>(p, dev, stream, pdl, err, len);
@@ -1328,7 +1331,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   if (path == Path::kSkinny) {
     if (m > 16) return Fail(err, len, kInvalidArgument, "the skinny path takes M <= 16, got M=%lld", (long long)m);
     if (args.config > 31) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..31)", args.config);
-    p.skinny_cfg = args.config >= 0 ? args.config : kSkinnyDefaultCfg;
+    p.skinny_cfg = args.config >= 0 ? args.config : ((m <= 8 && bs % 128 == 0) ? 4 : kSkinnyDefaultCfg);
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }
   if (path != Path::kTensorCore) return Fail(err, len, kInvalidArgument, "float16 A runs on the skinny or tensor-core path");

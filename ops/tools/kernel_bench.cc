@@ -1,5 +1,6 @@
 // Kernel micro-benchmark without ORT (development tool; built with -DONNXQ_BUILD_KERNEL_BENCH=ON).
 //   kernel_bench ISA M K N block_size int8(0/1) [path 0/1/2] [layers] [reps]
+//   (KB_MISALIGN=bytes offsets the weight pointer, to see the cost of unaligned weights)
 // Streams `layers` distinct weights (> L3) like a layer stack; prints best ms per layer
 // and the weight bytes/s.
 #include <algorithm>
@@ -38,7 +39,7 @@ int main(int argc, char** argv) {
   namespace fmt = onnxq::block_int4;
   const int64_t nb = fmt::n_blocks(K, bs), rb = fmt::row_bytes(K, bs);
   std::mt19937 rng(1);
-  std::vector<std::vector<uint8_t>> B(layers, std::vector<uint8_t>(N * rb));
+  std::vector<std::vector<uint8_t>> B(layers, std::vector<uint8_t>(N * rb + 64));
   std::vector<std::vector<float>> S(layers, std::vector<float>(N * nb));
   for (int l = 0; l < layers; ++l) {
     for (auto& b : B[l]) b = rng() & 0xFF;
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
   auto run_kernel = [&]() {
     for (int l = 0; l < layers; ++l) {
       Weights w;
-      w.packed = B[l].data();
+      w.packed = B[l].data() + (std::getenv("KB_MISALIGN") ? std::atoi(std::getenv("KB_MISALIGN")) : 0);
       w.scales = S[l].data();
       w.K = K; w.N = N; w.block_size = bs; w.n_blocks = nb; w.row_bytes = rb; w.zp_bytes = fmt::zero_point_bytes(K, bs);
       Problem p;

@@ -253,3 +253,11 @@ def test_hqq_float_zero_points_match_the_reference(fmt):
     y, z = _session_outputs(model, {"x": x})
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4 * np.abs(y_ref).max())
     np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-4 * np.abs(z_ref).max())
+
+
+def test_calibrated_pass_is_idempotent():
+    ref = _model()
+    stats, _ = _calibrated(ref)
+    recipe = WeightOnlyInt4(block_size=32, format="matmulnbits", algorithm="awq+gptq", keep_8bit=(), accuracy_level=4)
+    out = assert_pass_idempotent(lambda: QuantizeMatMulInt4Pass(recipe, stats), _model())
+    assert all(n.attributes.get_int("accuracy_level") == 4 for n in out.graph if n.op_type == "MatMulNBits")

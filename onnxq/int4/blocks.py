@@ -216,14 +216,20 @@ def search_scales(
             s = ((hi - lo) / np.float32(QMAX)).astype(np.float32)
             s[s == 0] = 1.0
             z = np.clip(np.rint(-lo / s), 0, QMAX).astype(np.float32)
-        q = quantize_codes(wb, s, z)
-        q -= np.float32(SYMMETRIC_ZERO_CODE) if z is None else z[:, None, :]
+        # (the search only ranks candidates: multiplying by 1/s is fine here; the codes
+        # that are stored always come from quantize_codes' exact division)
+        q = wb * (np.float32(1.0) / s)[:, None, :]
+        np.rint(q, out=q)
+        if z is None:
+            np.clip(q, -SYMMETRIC_ZERO_CODE, QMAX - SYMMETRIC_ZERO_CODE, out=q)
+        else:
+            q += z[:, None, :]
+            np.clip(q, 0, QMAX, out=q)
+            q -= z[:, None, :]
         q *= s[:, None, :]
         q -= wb
         q *= q
-        if d is not None:
-            q *= d
-        err = q.sum(axis=1)
+        err = q.sum(axis=1) if d is None else np.einsum("bkn,bkx->bn", q, d)
         if best_err is None:
             best_err, best_s, best_z = err, s, z
         else:

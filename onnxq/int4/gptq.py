@@ -39,7 +39,7 @@ __all__ = ["gptq", "gptq_batch", "prepare_hessian"]
 
 # clip ratios tried per group when GPTQ searches its scales (coarser than RTN's search: it
 # runs on every group of every layer, and GPTQ's error feedback absorbs the rest)
-_GPTQ_GRID = np.linspace(1.0, 0.75, 6, dtype=np.float32)
+_GPTQ_GRID = np.linspace(1.0, 0.55, 10, dtype=np.float32)
 
 logger = logging.getLogger(__name__)
 

@@ -70,6 +70,7 @@ class TensorError:
     top1_agreement: float | None = None
     op_type: str = ""
     node: str = ""  # the float model's node that produces the tensor
+    added_nsr: float = 0.0  # noise-to-signal this node adds: NSR(out) - max NSR(inputs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,8 +127,9 @@ class Comparison:
     layers: tuple[TensorError, ...]  # in the float graph's order
 
     def worst_layers(self, n: int = 5) -> list[TensorError]:
-        finite = [layer for layer in self.layers if not math.isinf(layer.sqnr_db) or layer.sqnr_db < 0]
-        return sorted(finite, key=lambda t: t.sqnr_db)[:n]
+        """The layers that add the most error (not merely the lowest SQNR, which mostly
+        reflects what upstream layers did)."""
+        return sorted(self.layers, key=lambda t: t.added_nsr, reverse=True)[:n]
 
     def to_dict(self) -> dict:
         return {
@@ -136,6 +138,22 @@ class Comparison:
             "layers": [layer.to_dict() for layer in self.layers],
             "worst_layers": [layer.name for layer in self.worst_layers()],
         }
+
+
+def nsr(sqnr_db: float) -> float:
+    """Noise-to-signal power ratio from an SQNR in dB."""
+    if math.isinf(sqnr_db):
+        return 0.0 if sqnr_db > 0 else math.inf
+    return 10 ** (-sqnr_db / 10)
+
+
+def _with_added_noise(layers: list[TensorError], inputs_of: Mapping[str, list[str]]) -> list[TensorError]:
+    by_name = {t.name: nsr(t.sqnr_db) for t in layers}
+    out = []
+    for t in layers:
+        upstream = max((by_name.get(i, 0.0) for i in inputs_of.get(t.name, ())), default=0.0)
+        out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream))
+    return out
 
 
 def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]:
@@ -218,6 +236,12 @@ def compare_models(
     else:
         f_sess = session_factory(str(float_path))
         q_sess = session_factory(str(quant_path))
+    inputs_of = {
+        v.name: [i.name for i in node.inputs if i is not None and i.name]
+        for node in float_model.graph
+        for v in node.outputs
+        if v.name
+    }
     del float_model, quant_model
     fetch = output_names + layer_names
     out_acc = {n: ErrorAccumulator(n) for n in output_names}
@@ -243,7 +267,7 @@ def compare_models(
     return Comparison(
         samples=samples,
         outputs=tuple(a.result() for a in out_acc.values()),
-        layers=tuple(a.result() for a in layer_acc.values()),
+        layers=tuple(_with_added_noise([a.result() for a in layer_acc.values()], inputs_of)),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from onnxq.compare import Comparison, compare_models
+from onnxq.compare import Comparison, compare_models, nsr
 
 __all__ = ["AccuracyTarget", "AutoExcludeResult", "rank_nodes_by_added_error", "auto_exclude"]
 
@@ -59,24 +59,18 @@ class AutoExcludeResult:
     rounds: int
 
 
-def _nsr(sqnr_db: float) -> float:
-    if math.isinf(sqnr_db):
-        return 0.0 if sqnr_db > 0 else math.inf
-    return 10 ** (-sqnr_db / 10)
-
-
 def rank_nodes_by_added_error(float_model, comparison: Comparison, candidates: set[str]) -> list[tuple[str, float]]:
     """(node name, added NSR) for candidate nodes, worst first."""
-    nsr = {t.name: _nsr(t.sqnr_db) for t in (*comparison.layers, *comparison.outputs)}
+    nsr_of = {t.name: nsr(t.sqnr_db) for t in (*comparison.layers, *comparison.outputs)}
     ranked = []
     for node in float_model.graph:
         if node.name not in candidates or not node.outputs:
             continue
         out = node.outputs[0].name
-        if out not in nsr:
+        if out not in nsr_of:
             continue
-        upstream = max((nsr.get(v.name, 0.0) for v in node.inputs if v is not None), default=0.0)
-        ranked.append((node.name, nsr[out] - upstream))
+        upstream = max((nsr_of.get(v.name, 0.0) for v in node.inputs if v is not None), default=0.0)
+        ranked.append((node.name, nsr_of[out] - upstream))
     ranked.sort(key=lambda item: item[1], reverse=True)
     return ranked
 

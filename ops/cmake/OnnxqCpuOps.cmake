@@ -1,4 +1,5 @@
 # The CPU op library onnxq_ops (included by ops/CMakeLists.txt once ORT headers are found).
+include("${CMAKE_CURRENT_LIST_DIR}/OnnxqSanitize.cmake")
 message(STATUS "onnxq: ONNX Runtime headers: ${ONNXQ_ORT_INCLUDE_DIR} (${ONNXQ_ORT_HEADERS_SOURCE})")
 
 add_library(onnxq_ort_headers INTERFACE)
@@ -64,6 +65,8 @@ list(REMOVE_ITEM _cpu_sources src/kernel_scalar.cc)
 add_library(onnxq_ops SHARED ${_cpu_sources})
 onnxq_op_library_settings(onnxq_ops)
 target_link_libraries(onnxq_ops PRIVATE onnxq_cpu_kernels)
+onnxq_sanitize(onnxq_cpu_kernels)
+onnxq_sanitize(onnxq_ops)
 
 option(ONNXQ_BUILD_KERNEL_BENCH "Build ops/tools/kernel_bench (development)" OFF)
 if(ONNXQ_BUILD_KERNEL_BENCH)

@@ -23,6 +23,9 @@
 #include <vector>
 
 #include "block_int4_cuda.h"
+#if defined(ONNXQ_WITH_CPU_OPS)
+#include "matmul_block_int4.h"  // the CPU kernel (ops/src), registered in the same domain
+#endif
 
 namespace {
 
@@ -211,10 +214,22 @@ extern "C" ONNXQ_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOpti
   Ort::InitApi(api);
   static const MatMulBlockInt4Op<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT> op_f32;
   static const MatMulBlockInt4Op<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> op_f16;
+#if defined(ONNXQ_WITH_CPU_OPS)
+  // CPU kernels (A/scales type, zero-point type), as libonnxq_ops.so registers them
+  static const onnxq::ops::MatMulBlockInt4Op cpu_ops[] = {
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8},
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT},
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8},
+      {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16},
+  };
+#endif
   try {
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&op_f32);
     domain.Add(&op_f16);
+#if defined(ONNXQ_WITH_CPU_OPS)
+    for (const auto& op : cpu_ops) domain.Add(&op);
+#endif
     Ort::UnownedSessionOptions session_options(options);
     session_options.Add(domain);
     std::lock_guard<std::mutex> lock(g_domains_mutex);

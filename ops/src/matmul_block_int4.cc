@@ -12,6 +12,9 @@ namespace {
 
 namespace fmt = ::onnxq::block_int4;
 
+// Largest K or N accepted (2^31 - 1).
+constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;
+
 std::string shape_str(const std::vector<int64_t>& s) {
   std::ostringstream o;
   o << "[";
@@ -150,6 +153,9 @@ std::string MatMulBlockInt4Kernel::Init(const OrtKernelInfo* info) {
   if (!fmt::is_supported_block_size(block_size_))
     return "attribute block_size=" + std::to_string(block_size_) + " is not supported; use 16, 32, 64, 128 or 256";
   if (K_ < 1 || N_ < 1) return "attributes K and N must be >= 1, got K=" + std::to_string(K_) + ", N=" + std::to_string(N_);
+  // Bounded so that every size product below (N * n_blocks, N * row_bytes, ...) fits int64.
+  if (K_ > kMaxDim || N_ > kMaxDim)
+    return "attributes K and N must be <= " + std::to_string(kMaxDim) + ", got K=" + std::to_string(K_) + ", N=" + std::to_string(N_);
   if (accuracy_level_ < 0 || accuracy_level_ > 4)
     return "attribute accuracy_level=" + std::to_string(accuracy_level_) + " must be 0..4 (4: int8 activations)";
   n_blocks_ = fmt::n_blocks(K_, block_size_);

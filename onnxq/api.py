@@ -122,8 +122,15 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
 def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.calib.static import quantize_static
 
+    notes = []
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 21))
+    if version < 13:  # per-channel QuantizeLinear/DequantizeLinear need opset 13
+        from onnxq.passes.upgrade_opset import UpgradeOpsetPass
+
+        UpgradeOpsetPass(13)(model)
+        notes.append(f"upgraded the model from opset {version} to 13 (per-channel QDQ needs it)")
     result = quantize_static(model, recipe, data)
-    return QuantizeReport(recipe, result.decisions, result.notes)
+    return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
 
 
 @_run.register

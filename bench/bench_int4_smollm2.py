@@ -119,7 +119,8 @@ def _ort_child(spec: str, fp32: str, out: str) -> None:
     q.process()
     dt = time.perf_counter() - t0
     q.model.save_model_to_file(out, use_external_data_format=False)
-    print("BENCH_RESULT " + json.dumps({"quantize_s": dt}), flush=True)
+    # a file, not stdout: ORT's Intel Neural Compressor path takes over stdout/logging
+    Path(out + ".json").write_text(json.dumps({"quantize_s": dt}))
 
 
 def run_ort(label, block, sym, algo, fp32: Path, tmp: Path, timeout: int) -> dict:
@@ -136,11 +137,11 @@ def run_ort(label, block, sym, algo, fp32: Path, tmp: Path, timeout: int) -> dic
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         row["error"] = "crashed: " + (tail[-1][:160] if tail else f"exit {proc.returncode}")
         return row
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
-    if not lines:
-        row["error"] = "no result line from the child"
+    result = Path(str(out) + ".json")
+    if not result.exists():
+        row["error"] = "the child wrote no result"
         return row
-    row["quantize_s"] = json.loads(lines[-1].split(" ", 1)[1])["quantize_s"]
+    row["quantize_s"] = json.loads(result.read_text())["quantize_s"]
     row["wall_s"] = time.perf_counter() - t0
     row["ppl"] = _ppl(out)
     row["size_mb"] = _size_mb(out)

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 # Protobuf refuses messages of 2 GiB; stay well below it.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+_HAD_EXTERNAL_DATA = "onnxq.had_external_data"
 
 
 def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -88,6 +89,10 @@ def load(path: str | os.PathLike) -> ir.Model:
     from onnx_ir import external_data as _ext
 
     _ext.set_base_dir(model.graph, str(path.parent))
+    if _external_sources(model):
+        # remembered for save(): a model that came with external data leaves with it,
+        # so writing it never builds the whole protobuf in memory
+        model.meta[_HAD_EXTERNAL_DATA] = True
     return model
 
 
@@ -148,7 +153,8 @@ def save(
     """Write ``model`` to ``path`` atomically (temp folder + rename).
 
     ``protect``: paths (the input model) that must never be overwritten. ``external_data``:
-    None chooses by size (weights over ~1.8 GB go to ``<name>.data`` beside the output).
+    None chooses: ``<name>.data`` beside the output when the weights exceed ~1.8 GB or the
+    model was loaded from a file with external data (keeping that layout keeps memory flat).
     """
     path = check_output_path(path, protect=protect)
     parent = path.parent
@@ -160,7 +166,9 @@ def save(
                 "weights; choose another output name"
             )
     if external_data is None:
-        external_data = model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+        external_data = bool(model.meta.get(_HAD_EXTERNAL_DATA)) or (
+            model_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
+        )
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     except OSError as e:

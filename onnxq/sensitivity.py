@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -21,7 +22,14 @@ import numpy as np
 
 from onnxq.compare import Comparison, compare_models, nsr
 
-__all__ = ["AccuracyTarget", "AutoExcludeResult", "rank_nodes_by_added_error", "auto_exclude"]
+__all__ = [
+    "AccuracyTarget",
+    "AutoExcludeResult",
+    "rank_nodes_by_added_error",
+    "auto_exclude",
+    "static_exclusion_unit",
+    "quantize_static_to_target",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,14 @@ class AccuracyTarget:
         if self.max_top1_drop is not None and not 0 <= self.max_top1_drop <= 1:
             raise ValueError("max_top1_drop is a fraction between 0 and 1")
 
+    def describe(self) -> str:
+        parts = []
+        if self.min_sqnr_db is not None:
+            parts.append(f"output SQNR >= {self.min_sqnr_db:g} dB")
+        if self.max_top1_drop is not None:
+            parts.append(f"top-1 disagreement <= {self.max_top1_drop:.1%}")
+        return " and ".join(parts)
+
     def met_by(self, comparison: Comparison) -> bool:
         for o in comparison.outputs:
             if self.min_sqnr_db is not None and o.sqnr_db < self.min_sqnr_db:
@@ -57,6 +73,16 @@ class AutoExcludeResult:
     comparison: Comparison
     target_met: bool
     rounds: int
+    # per round: (nodes kept in float, worst output SQNR dB, worst top-1 agreement or None)
+    history: tuple[tuple[int, float, float | None], ...] = ()
+
+    def summary(self) -> str:
+        worst = min(self.comparison.outputs, key=lambda o: o.sqnr_db)
+        agree = [o.top1_agreement for o in self.comparison.outputs if o.top1_agreement is not None]
+        text = f"output SQNR {worst.sqnr_db:.1f} dB"
+        if agree:
+            text += f", top-1 agreement {min(agree):.1%}"
+        return text
 
 
 def rank_nodes_by_added_error(float_model, comparison: Comparison, candidates: set[str]) -> list[tuple[str, float]]:
@@ -83,14 +109,18 @@ def auto_exclude(
     *,
     max_rounds: int = 6,
     max_samples: int | None = None,
+    unit: Callable[[object, str, set[str]], tuple[str, ...]] | None = None,
 ) -> tuple[object, AutoExcludeResult]:
     """``quantize_fn(extra_excludes)`` returns ``(model, QuantizeReport)`` for
     ``float_path`` with those node names kept in float; ``data()`` yields fresh feeds.
-    Returns the last quantized model and what was excluded."""
+    ``unit(float_model, node_name, quantized_names)``: the nodes to keep in float together
+    when ``node_name`` is chosen (default: the node alone). Returns the last quantized model
+    and what was excluded."""
     from onnxq import modelio
 
     float_model = modelio.load(float_path)
     excluded: tuple[str, ...] = ()
+    history: list[tuple[int, float, float | None]] = []
     step = 1
     with tempfile.TemporaryDirectory(prefix="onnxq-sens-") as tmp:
         qpath = Path(tmp) / "candidate.onnx"
@@ -99,15 +129,102 @@ def auto_exclude(
             quantized_names = {d.node.name for d in report.quantized if d.node.name}
             modelio.save(model, qpath)
             comparison = compare_models(float_path, qpath, data(), max_samples=max_samples)
+            agree = [o.top1_agreement for o in comparison.outputs if o.top1_agreement is not None]
+            history.append((len(excluded), min(o.sqnr_db for o in comparison.outputs), min(agree) if agree else None))
             if target.met_by(comparison):
-                return model, AutoExcludeResult(excluded, comparison, True, round_no)
+                return model, AutoExcludeResult(excluded, comparison, True, round_no, tuple(history))
             if round_no > max_rounds:
                 break
             ranked = rank_nodes_by_added_error(float_model, comparison, quantized_names)
             if not ranked:
                 break
-            new = tuple(name for name, _ in ranked[:step])
+            new: list[str] = []
+            chosen = 0
+            for name, _ in ranked:
+                if chosen >= step:
+                    break
+                members = unit(float_model, name, quantized_names) if unit is not None else (name,)
+                fresh = [m for m in members if m not in excluded and m not in new]
+                if fresh:
+                    new.extend(fresh)
+                    chosen += 1
+            if not new:
+                break
             logger.info("round %d: keeping %d more node(s) in float: %s", round_no, len(new), ", ".join(new))
-            excluded += new
+            excluded += tuple(new)
             step *= 2
-    return model, AutoExcludeResult(excluded, comparison, False, round_no)
+    return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history))
+
+
+_PASS_THROUGH = ("Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def static_exclusion_unit(float_model, name: str, quantized: set[str]) -> tuple[str, ...]:
+    """For int8-static: a node and the quantized nodes producing its activation inputs
+    (through Relu/Clip and pass-through ops). Keeping only the node in float leaves its
+    inputs quantized whenever their producer stays quantized (the producer's fused output
+    is 8-bit); keeping the producers in float too removes that quantization step, which is
+    what the node's added noise (measured from its float inputs to its output) includes."""
+    node = next((n for n in float_model.graph if n.name == name), None)
+    if node is None:
+        return (name,)
+    out = [name]
+    for v in node.inputs:
+        if v is None or v.const_value is not None:
+            continue
+        p = v.producer()
+        while p is not None and p.op_type in _PASS_THROUGH and p.name not in quantized and p.inputs:
+            p = p.inputs[0].producer() if p.inputs[0] is not None else None
+        if p is not None and p.name in quantized and p.name not in out:
+            out.append(p.name)
+    return tuple(out)
+
+
+def quantize_static_to_target(
+    model_path: str | Path,
+    recipe,
+    data,
+    target: AccuracyTarget,
+    *,
+    max_rounds: int = 6,
+    max_samples: int | None = None,
+):
+    """int8-static that keeps the nodes adding the most error in float (each with the
+    quantized producers of its inputs) until ``target`` holds on the calibration data
+    itself. Returns ``(model, QuantizeReport, AutoExcludeResult)``; the report's notes
+    say what was kept in float and what was measured."""
+    from onnxq import api, modelio
+    from onnxq.data import as_calibration_data, input_specs
+
+    source = as_calibration_data(data, batch_size=recipe.batch_size)
+    specs = input_specs(modelio.load(model_path))
+    source.precheck(specs)
+
+    last: dict[str, object] = {}
+
+    def quantize_fn(extra: tuple[str, ...]):
+        r = dataclasses.replace(recipe, exclude=tuple(recipe.exclude) + tuple(re.escape(n) for n in extra))
+        model, report = api.quantize_with_report(model_path, r, source)
+        last["report"] = report
+        return model, report
+
+    def feeds():
+        return source.feeds(specs, limit=recipe.max_samples)
+
+    model, result = auto_exclude(
+        model_path, quantize_fn, feeds, target, max_rounds=max_rounds, max_samples=max_samples,
+        unit=static_exclusion_unit,
+    )
+    report = last["report"]
+    what = "met" if result.target_met else "NOT met"
+    note = (
+        f"sensitivity: target {target.describe()} {what} on the calibration data after {result.rounds} round(s): "
+        f"{result.summary()}; kept {len(result.excluded)} node(s) in float"
+    )
+    if result.excluded:
+        note += ": " + ", ".join(result.excluded)
+    trail = "; ".join(
+        f"{n} float: {db:.1f} dB" + (f", {a:.1%}" if a is not None else "") for n, db, a in result.history
+    )
+    notes = (*report.notes, note, f"sensitivity rounds (nodes kept in float: output SQNR, top-1 agreement): {trail}")
+    return model, dataclasses.replace(report, notes=notes), result

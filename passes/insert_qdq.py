@@ -446,16 +446,30 @@ def quantize_weight(
     w: np.ndarray, axis: int | None, qtype: qp.QType, symmetric: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(quantized, scale, zero point, dequantized) of a constant: per channel along
-    ``axis`` (scale/zero point 1-D) or per tensor (0-d)."""
+    ``axis`` (scale/zero point 1-D) or per tensor (0-d). Same numbers as
+    ``qp.choose_qparams`` + ``qp.quantize`` + ``qp.dequantize`` (the reference), computed
+    with broadcasting instead of expanded scale tensors (bias correction calls this for
+    every weight during calibration)."""
     w = np.asarray(w, dtype=np.float32)
-    block = qp.per_tensor(w.shape) if axis is None else qp.per_channel(w.shape, axis)
-    p = qp.choose_qparams(w, qtype, block, symmetric=symmetric)
-    q = qp.quantize(w, p)
-    if axis is None:
-        scale_arr, zp_arr = p.scale.reshape(()), p.zero_point.reshape(())
-    else:
-        scale_arr, zp_arr = p.scale.reshape(-1), p.zero_point.reshape(-1)
-    return q, scale_arr, zp_arr, qp.dequantize(q, p)
+    if axis is None or w.ndim == 0 or w.size == 0:
+        block = qp.per_tensor(w.shape) if axis is None or w.ndim == 0 else qp.per_channel(w.shape, axis)
+        p = qp.choose_qparams(w, qtype, block, symmetric=symmetric)
+        q = qp.quantize(w, p)
+        if axis is None or w.ndim == 0:
+            return q, p.scale.reshape(()), p.zero_point.reshape(()), qp.dequantize(q, p)
+        return q, p.scale.reshape(-1), p.zero_point.reshape(-1), qp.dequantize(q, p)
+    axis = axis % w.ndim
+    others = tuple(a for a in range(w.ndim) if a != axis)
+    rmin, rmax = w.min(axis=others), w.max(axis=others)
+    p = qp.qparams_from_range(rmin, rmax, qtype, symmetric=symmetric)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    scale = p.scale.astype(np.float32).reshape(shape)
+    zp_f = p.zero_point.astype(np.float32).reshape(shape)
+    q = np.clip(np.rint(w / scale) + zp_f, qtype.qmin, qtype.qmax).astype(qtype.storage_dtype)
+    zp_i = p.zero_point.astype(np.int32).reshape(shape)
+    dq = ((q.astype(np.int32) - zp_i).astype(np.float32) * scale).astype(np.float32)
+    return q, p.scale.reshape(-1), p.zero_point.reshape(-1), dq
 
 
 def group_qparams(group: ScaleGroup, rmin: float, rmax: float) -> qp.QParams:
@@ -590,8 +604,11 @@ class InsertQdqPass(ir.passes.InPlacePass):
         for user, index in t.uses():
             if user is q_node:
                 continue
-            if rewire_all or (id(user), index) in quantized_consumers:
+            if (id(user), index) in quantized_consumers:
                 user.replace_input_with(index, dq)
+            elif rewire_all:
+                pinned = self._float_input(user, index, q_node.outputs[0], scale, zp, names, domain)
+                user.replace_input_with(index, pinned if pinned is not None else dq)
         if rewire_all and t.is_graph_output():
             owner = t.graph
             for i, out in enumerate(owner.outputs):
@@ -600,6 +617,38 @@ class InsertQdqPass(ir.passes.InPlacePass):
             name = t.name
             t.name = names(f"{name}_float")
             dq.name = name
+
+
+    @staticmethod
+    def _float_input(user: ir.Node, index: int, q: ir.Value, scale, zp, names, domain) -> ir.Value | None:
+        """A DequantizeLinear for a Conv/ConvTranspose/Gemm kept in float, whose scale is
+        per channel (the calibrated scale repeated): ONNX Runtime (>= 1.20, its
+        WeightBiasQuantization optimizer) quantizes the float weights of a Conv/Gemm fed by
+        a per-tensor DequantizeLinear to int8 *per tensor*, which would undo "keep this
+        node in float" and lose more accuracy than our per-channel weights. None when the
+        rule does not apply or the channel count is unknown."""
+        if index != 0 or user.op_type not in ("Conv", "ConvTranspose", "Gemm") or user.domain not in ("", "ai.onnx"):
+            return None
+        shape = q.shape
+        if shape is None or len(shape) < 2:
+            return None
+        axis = 1
+        if user.op_type == "Gemm" and user.attributes.get_int("transA", 0):
+            axis = 0
+        channels = shape[axis]
+        if not isinstance(channels, int) or channels < 2:
+            return None
+        graph = user.graph
+        b = irutil.NodeBuilder(names, f"{q.name}_float_input")
+        target = add_initializer(graph, names(f"{q.name}_channels"), np.array([channels], np.int64))
+        scale_c = b.op("Expand", [scale, target])
+        scale_c.dtype, scale_c.shape = ir.DataType.FLOAT, ir.Shape([channels])
+        zp_c = b.op("Expand", [zp, target])
+        zp_c.dtype, zp_c.shape = zp.dtype, ir.Shape([channels])
+        out = b.op("DequantizeLinear", [q, scale_c, zp_c], {"axis": axis}, domain=domain)
+        out.dtype, out.shape = ir.DataType.FLOAT, q.shape
+        b.insert_before(graph, user)
+        return out
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

@@ -110,3 +110,12 @@ def test_output_data_file_may_not_be_the_inputs_weights(tmp_path):
 def test_unwritable_folder_is_a_clean_error():
     with pytest.raises(OnnxqError, match="cannot write|not writable"):
         modelio.save(_model(), "/proc/onnxq_test_output.onnx")
+
+
+def test_external_data_layout_is_kept(tmp_path):
+    src = tmp_path / "a.onnx"
+    big = model_from_text(TEXT.replace("float[2, 3] y", "float[2, 256] y"), {"w": np.ones((4, 256), np.float32)})
+    modelio.save(big, src, external_data=True)
+    out = tmp_path / "b.onnx"
+    modelio.save(modelio.load(src), out)
+    assert (tmp_path / "b.onnx.data").stat().st_size >= 4 * 256 * 4

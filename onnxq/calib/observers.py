@@ -11,7 +11,10 @@ are ignored and counted.
 Histogram observers keep ``bins`` equal-width bins on a grid anchored at 0 (every edge is
 ``k * width``). When new data falls outside the grid, the width doubles as often as needed
 and old bins merge exactly into new ones (each old bin lies inside one new bin), so growth
-loses no information beyond the coarser resolution.
+loses no information beyond the coarser resolution. They also count the values that are
+exactly 0 (``zeros``): 0 is always exactly representable (the zero point is an integer), so
+range searches must not treat the spike of a ReLU output's zeros as mass spread over the
+first bin (KL entropy calibration did, and clipped ReLU outputs far too hard).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class Observer:
     """Base: running exact min/max of everything seen."""
 
     needs_samples: ClassVar[bool] = False
+    # whether the range is the exact extremes (else extremes from a subsample are enough:
+    # the range comes from the distribution, the extremes only bound it)
+    exact_extremes: ClassVar[bool] = True
     method: ClassVar[str] = ""
 
     def __init__(self) -> None:
@@ -123,6 +129,7 @@ class HistogramObserver(Observer):
     """Exact min/max plus a fixed-size histogram (see the module docstring)."""
 
     needs_samples = True
+    exact_extremes = False
 
     def __init__(self, bins: int = DEFAULT_BINS) -> None:
         super().__init__()
@@ -134,6 +141,7 @@ class HistogramObserver(Observer):
         self._hist = np.zeros(self.bins, dtype=np.float64)
         self._pending: list[np.ndarray] = []  # samples not yet binned (binned in bulk)
         self._pending_size = 0
+        self.zeros = 0.0  # how many of the binned values were exactly 0 (they lie in bin [0, w))
 
     flush_size: ClassVar[int] = 1 << 16
 
@@ -212,6 +220,7 @@ class HistogramObserver(Observer):
         self.max = max(self.max, hi)
         if x is None or x.size == 0:
             return
+        self.zeros += float(x.size - np.count_nonzero(x))
         # binning many small samples at once costs far less Python overhead per run
         self._pending.append(x)
         self._pending_size += x.size
@@ -261,6 +270,7 @@ class PercentileObserver(HistogramObserver):
         if not 0 < percentile <= 100:
             raise ValueError("percentile must be in (0, 100]")
         self.percentile = float(percentile)
+        self.exact_extremes = self.percentile >= 100  # the range is then [min, max] itself
 
     def _quantile(self, q: float) -> float:
         cdf = np.cumsum(self.hist)
@@ -282,13 +292,26 @@ class PercentileObserver(HistogramObserver):
         return lo, hi
 
 
-def _one_sided(obs: HistogramObserver) -> tuple[np.ndarray, bool]:
+def _without_exact_zeros(obs: HistogramObserver) -> np.ndarray:
+    """The histogram with the exact zeros taken out of bin [0, w)."""
+    hist = obs.hist.copy()
+    zero = -obs.start
+    if 0 <= zero < hist.size:
+        hist[zero] = max(hist[zero] - obs.zeros, 0.0)
+    return hist
+
+
+def _one_sided(obs: HistogramObserver, *, exclude_zeros: bool = True) -> tuple[np.ndarray, bool]:
     """The distribution of |x| on bins [0, w), [w, 2w), ... and whether x had both signs.
 
-    The grid is anchored at 0, so folding negative bins onto positive ones is exact."""
+    The grid is anchored at 0, so folding negative bins onto positive ones is exact. With
+    ``exclude_zeros`` the values that are exactly 0 are left out of bin [0, w): quantization
+    represents them exactly, whatever the range."""
     h = obs.covering(0.0, 0.0)
     zero = -h.start  # relative index of the bin [0, w)
-    pos = h.hist[zero:]
+    pos = h.hist[zero:].copy()
+    if exclude_zeros and pos.size:
+        pos[0] = max(pos[0] - h.zeros, 0.0)
     neg = h.hist[:zero][::-1]
     n = max(pos.size, neg.size)
     out = np.zeros(n, dtype=np.float64)
@@ -375,8 +398,11 @@ class MseObserver(HistogramObserver):
         if symmetric:
             a = max(-lo, hi)
             lo, hi = -a, a
-        keep = self.hist > 0
-        counts = self.hist[keep]
+        hist = _without_exact_zeros(self)  # exact zeros quantize without error
+        keep = hist > 0
+        if not keep.any():
+            return self.min, self.max
+        counts = hist[keep]
         centers = np.clip(self.centers[keep], self.min, self.max)
         alphas = np.linspace(1.0 / self.steps, 1.0, self.steps)
         rmin, rmax = alphas * lo, alphas * hi

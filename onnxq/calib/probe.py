@@ -1,9 +1,20 @@
 """The probe model: a copy of the model whose outputs are the statistics observers need.
 
-For every watched tensor the copy computes, inside the graph, ``ReduceMin`` and
-``ReduceMax`` (two scalars: for min/max calibration nothing else leaves ORT) and, for
-histogram observers, a strided sample of at most ``sample_size`` values. Only these small
+For every watched tensor the copy computes, inside the graph, its extremes and, for
+histogram observers, a strided sample of about ``sample_size`` values. Only these small
 tensors become outputs, so memory and copying stay small whatever the activation sizes.
+
+Feature maps (rank >= 3, float32, static channel count, in the main graph) take the fast
+path, built only from ops that ONNX Runtime runs on its blocked NCHWc layout, so the big
+tensor is never reordered or copied: ``GlobalMaxPool`` gives the per-channel maxima (the
+tensor's maximum, and the channel maxima of channel equalization, from one pass); the
+minimum is ``-GlobalMaxPool(Conv(x, -1, group=C))`` (a depthwise 1x1 convolution negates
+in the blocked layout, where ``Neg`` would force a reorder) and is skipped for Relu/Clip
+outputs; per-channel means (bias correction) are ``GlobalAveragePool``; the sample is a
+1x1 ``MaxPool`` with a spatial stride (a plain subsample) and a strided slice of that.
+Histogram observers' feature maps get only the sample (their extremes come from it).
+Per-channel results are packed into a few Concat outputs and reduced in numpy. Other
+tensors use ReduceMin/ReduceMax and a flattened, strided sample.
 
 Tensors inside ``If`` branches and ``Loop`` bodies are lifted out level by level: a Loop
 gets new scan outputs (one row per iteration), an If gets new outputs in both branches (the
@@ -23,7 +34,7 @@ import onnx_ir as ir
 from onnxq import irutil
 from onnxq.errors import OnnxqError
 
-__all__ = ["Probe", "MeanProbe", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners"]
+__all__ = ["Probe", "MeanProbe", "Packed", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners"]
 
 DEFAULT_SAMPLE_SIZE = 4096
 
@@ -35,14 +46,30 @@ class Probe:
     """Names of the probe model outputs that carry one tensor's statistics."""
 
     tensor: str
-    min_output: str
-    max_output: str
+    min_output: str | None  # None: a Relu/Clip(0, .) output (minimum 0), or a packed tensor
+    max_output: str | None  # None: a packed tensor (its extremes are in ``Packed``)
     sample_output: str | None
+    packed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """Per-channel statistics of the fast-path tensors, side by side in a few outputs (one
+    Concat per group of tensors of one rank and batch dimension; each output is
+    ``[N, total, 1, ...]``): the extremes outputs hold channel maxima and negated channel
+    minima (both reduce with max over samples), the means outputs channel means.
+    ``segments``: (tensor, kind) -> (output, start, stop), kind one of ``max``, ``negmin``
+    (absent for Relu/Clip outputs: minimum 0), ``mean`` and ``chmax`` (exact channel
+    maxima for channel equalization)."""
+
+    outputs: tuple[str, ...] = ()
+    segments: Mapping[tuple[str, str], tuple[str, int, int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeanProbe:
-    """The probe output holding the per-channel mean of a tensor (channel ``axis``)."""
+    """The probe output holding a per-channel statistic of a tensor (channel ``axis``):
+    one row per sample (``per_row``: [N, C, 1, ...]) or one row per run ([C])."""
 
     tensor: str
     axis: int
@@ -144,6 +171,13 @@ class _Builder:
         outs = [bottom, top]
         if not want_sample:
             return outs, None
+        sample, length = self.sample(graph, v)
+        return outs + [sample], length
+
+    def sample(self, graph: ir.Graph, v: ir.Value) -> tuple[ir.Value, int]:
+        """A strided sample of about ``sample_size`` values of ``v``, flattened; its length."""
+        base = f"{v.name}/probe"
+        rank = len(v.shape) if v.shape is not None else None
         k = self.sample_size
         n = _static_size(v)
         if n is not None and n > k and rank == 4:
@@ -158,8 +192,7 @@ class _Builder:
         if n is not None:
             if n <= k:
                 flat.shape = ir.Shape([n])
-                outs.append(flat)
-                return outs, n
+                return flat, n
             stride = math.ceil(n / k)
             stride += 1 - stride % 2  # odd strides alias less with power-of-two dimensions
             length = len(range(0, n, stride))
@@ -176,16 +209,77 @@ class _Builder:
                 shape=[length],
                 base=base,
             )
-            outs.append(sample)
-            return outs, length
+            return sample, length
         # dynamic size: k evenly spaced indices (mod n when the tensor is smaller than k)
         size = self.node(graph, "Size", [v], dtype=ir.DataType.INT64, shape=[], base=base)
         stride = self.node(graph, "Div", [size, self.const(graph, np.array(k, np.int64), base)], dtype=ir.DataType.INT64, shape=[], base=base)
         stride = self.node(graph, "Max", [stride, self.const(graph, np.array(1, np.int64), base)], dtype=ir.DataType.INT64, shape=[], base=base)
         idx = self.node(graph, "Mul", [self.const(graph, np.arange(k, dtype=np.int64), base), stride], dtype=ir.DataType.INT64, shape=[k], base=base)
         idx = self.node(graph, "Mod", [idx, size], dtype=ir.DataType.INT64, shape=[k], base=base)
-        outs.append(self.node(graph, "Gather", [flat, idx], {"axis": 0}, shape=[k], base=base))
-        return outs, k
+        return self.node(graph, "Gather", [flat, idx], {"axis": 0}, shape=[k], base=base), k
+
+    def fast_path(self, v: ir.Value) -> bool:
+        """Whether ``v`` can be observed with NCHWc-friendly ops only (see the module doc)."""
+        if v.dtype != _FLOAT or v.shape is None or len(v.shape) < 3:
+            return False
+        c = v.shape[1]
+        return isinstance(c, int) and c > 0
+
+    def fast_stats(
+        self, graph: ir.Graph, v: ir.Value, *, nonnegative: bool, want_sample: bool, want_mean: bool,
+        exact: bool = True,
+    ) -> dict[str, ir.Value | int | None]:
+        """Per-channel max (and -min, mean) and a subsample of a feature map ``v``. With
+        ``exact=False`` and a sample (histogram observers: their range comes from the
+        distribution, the extremes only bound it) no extremes are computed in the graph:
+        the observer takes them from the sample."""
+        base = f"{v.name}/probe"
+        self.place_after(v)
+        rank, channels = len(v.shape), int(v.shape[1])
+        out: dict[str, ir.Value | int | None] = {"max": None, "negmin": None}
+        if exact or not want_sample:
+            out["max"] = self.node(graph, "GlobalMaxPool", [v], base=base)
+            if not nonnegative:
+                w = self.const(graph, np.full((channels, 1) + (1,) * (rank - 2), -1.0, np.float32), base)
+                neg = self.node(
+                    graph, "Conv", [v, w], {"group": channels, "kernel_shape": [1] * (rank - 2)},
+                    shape=list(v.shape), base=base,
+                )
+                out["negmin"] = self.node(graph, "GlobalMaxPool", [neg], base=base)
+        out["mean"] = self.node(graph, "GlobalAveragePool", [v], base=base) if want_mean else None
+        out["sample"], out["length"] = None, None
+        if want_sample:
+            spatial = list(v.shape)[2:]
+            per_sample = channels
+            for d in spatial:
+                per_sample = per_sample * d if isinstance(d, int) else None
+                if per_sample is None:
+                    break
+            if per_sample is None or rank > 4:
+                out["sample"], out["length"] = self.sample(graph, v)  # flattened, strided
+                return out
+            k = self.sample_size
+            x, n = v, per_sample
+            if rank == 4 and n > k:
+                h, w = spatial
+                step = min(int(math.sqrt(n / k)), h, w)
+                if step >= 2:  # a plain subsample: runs on the blocked layout, reorders only what it keeps
+                    x = self.node(graph, "MaxPool", [v], {"kernel_shape": [1, 1], "strides": [step, step]}, base=base)
+                    n = _thinned_size(n, h, w, step)
+            flat = self.node(graph, "Reshape", [x, self.const(graph, np.array([-1], np.int64), base)], base=base)
+            if n > k:  # then every odd stride-th value (per-sample size known, batch may vary)
+                stride = math.ceil(n / k)
+                stride += 1 - stride % 2  # odd strides alias less with power-of-two dimensions
+                flat = self.node(
+                    graph, "Slice",
+                    [flat, self.const(graph, np.array([0], np.int64), base),
+                     self.const(graph, np.array([np.iinfo(np.int64).max], np.int64), base),
+                     self.const(graph, np.array([0], np.int64), base),
+                     self.const(graph, np.array([stride], np.int64), base)],
+                    base=base,
+                )
+            out["sample"] = flat
+        return out
 
     def channel_reduce(self, graph: ir.Graph, v: ir.Value, op: str, axis: int, rank: int, opset: int) -> ir.Value:
         axes = [a for a in range(rank) if a != axis % rank]
@@ -213,12 +307,16 @@ def build_probe_model(
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     channel_stats: Mapping[tuple[str, str], tuple[int, int, int]] | None = None,
     nonnegative: frozenset[str] = frozenset(),
-) -> tuple[ir.Model, dict[str, Probe], dict[tuple[str, str], MeanProbe]]:
+    approximate: frozenset[str] = frozenset(),
+) -> tuple[ir.Model, dict[str, Probe], dict[tuple[str, str], MeanProbe], Packed]:
     """A copy of ``model`` (weights shared, not copied) whose outputs are the statistics of
     ``tensors`` (name -> whether a value sample is needed) and per-channel statistics
     ``channel_stats`` ((name, "mean" | "max") -> (channel axis, rank, channels)). For
     tensors in ``nonnegative`` (Relu/Clip outputs) the minimum is reported as 0 without
-    reading the tensor. Raises OnnxqError for a tensor that
+    reading the tensor. For feature maps in ``approximate`` (watched by histogram
+    observers, which also get a sample) no extremes are computed: the observer takes them
+    from the sample (a probe with neither ``min_output``, ``max_output`` nor ``packed``). Feature maps of the main graph report through ``Packed`` (few outputs, reduced
+    in numpy with a handful of vector operations per run). Raises OnnxqError for a tensor that
     does not exist or sits in a subgraph other than If/Loop."""
     probe = model.clone()
     values = _value_map(probe)
@@ -259,19 +357,88 @@ def build_probe_model(
             raise OnnxqError(f"calibration: the model has no tensor named {name!r}")
         return v
 
+    stats = dict(channel_stats or {})
     probes: dict[str, Probe] = {}
+    mean_probes: dict[tuple[str, str], MeanProbe] = {}
+    # (kind group, rank, batch dim) -> [(tensor, kind, value, channels)], packed at the end
+    pack: dict[tuple[str, int, str], list[tuple[str, str, ir.Value, int]]] = {}
+
+    done: set[tuple[str, str]] = set()  # channel statistics already packed
+
+    def add_packed(group: str, name: str, kind: str, v: ir.Value, value: ir.Value) -> None:
+        key = (group, len(v.shape), str(v.shape[0]))
+        pack.setdefault(key, []).append((name, kind, value, int(v.shape[1])))
+        if kind in ("mean", "chmax"):
+            done.add((name, "max" if kind == "chmax" else kind))
+
     for name, want_sample in tensors.items():
         v = find(name)
-        outs, length = b.stats(v.graph, v, want_sample, name in nonnegative)
+        nonneg = name in nonnegative
+        if v.graph is root and b.fast_path(v):
+            want_mean = (name, "mean") in stats and stats[(name, "mean")][0] % len(v.shape) == 1
+            exact = name not in approximate
+            outs = b.fast_stats(
+                root, v, nonnegative=nonneg, want_sample=want_sample, want_mean=want_mean, exact=exact
+            )
+            if outs["max"] is not None:
+                add_packed("extremes", name, "max", v, outs["max"])
+            if outs["negmin"] is not None:
+                add_packed("extremes", name, "negmin", v, outs["negmin"])
+            if want_mean:
+                add_packed("means", name, "mean", v, outs["mean"])
+            if outs["max"] is not None and (name, "max") in stats and stats[(name, "max")][0] % len(v.shape) == 1:
+                add_packed("extremes", name, "chmax", v, outs["max"])
+            if outs["sample"] is not None:
+                root.outputs.append(outs["sample"])
+            probes[name] = Probe(
+                name, None, None, outs["sample"].name if outs["sample"] is not None else None,
+                packed=outs["max"] is not None,
+            )
+            continue
+        outs, length = b.stats(v.graph, v, want_sample, nonneg)
         outs = lift(name, v.graph, outs, lambda g, n=name, L=length: b.placeholders(g, L, f"{n}/probe"))
         probes[name] = Probe(name, outs[0].name, outs[1].name, outs[2].name if len(outs) > 2 else None)
-    mean_probes: dict[tuple[str, str], MeanProbe] = {}
-    for (name, kind), (axis, rank, channels) in (channel_stats or {}).items():
+    for (name, kind), (axis, rank, channels) in stats.items():
+        if (name, kind) in done:
+            continue
         v = find(name)
+        if v.graph is root and b.fast_path(v) and axis % len(v.shape) == 1:
+            op = {"mean": "GlobalAveragePool", "max": "GlobalMaxPool"}[kind]
+            b.place_after(v)
+            out = b.node(root, op, [v], base=f"{name}/probe")
+            if kind == "mean":
+                add_packed("means", name, "mean", v, out)
+            else:
+                add_packed("extremes", name, "chmax", v, out)
+            continue
         out = b.channel_reduce(v.graph, v, {"mean": "ReduceMean", "max": "ReduceMax"}[kind], axis, rank, opset)
         (out,) = lift(
             name, v.graph, [out],
             lambda g, n=name, c=channels: [b.const(g, np.full(c, np.nan, np.float32), f"{n}/probe")],
         )
         mean_probes[(name, kind)] = MeanProbe(name, axis, out.name)
-    return probe, probes, mean_probes
+    segments: dict[tuple[str, str], tuple[str, int, int]] = {}
+    packed_outputs: list[str] = []
+    b.anchor = None
+    for (group, rank, _), members in pack.items():
+        inputs: list[ir.Value] = []
+        offset = 0
+        for name, kind, value, channels in members:
+            if kind == "chmax" and (name, "max") in segments:  # the same GlobalMaxPool output
+                segments[(name, kind)] = segments[(name, "max")]
+                continue
+            inputs.append(value)
+            segments[(name, kind)] = ("", offset, offset + channels)
+            offset += channels
+        if len(inputs) == 1:
+            out = inputs[0]
+        else:
+            out = ir.Value(name=names(f"onnxq_calibration_{group}"), type=ir.TensorType(_FLOAT))
+            root.append(ir.node("Concat", inputs, {"axis": 1}, outputs=[out], name=names(f"onnxq_calibration_{group}_concat")))
+        root.outputs.append(out)
+        packed_outputs.append(out.name)
+        for name, kind, _, _ in members:
+            o, a, z = segments[(name, kind)]
+            if o == "":
+                segments[(name, kind)] = (out.name, a, z)
+    return probe, probes, mean_probes, Packed(tuple(packed_outputs), segments)

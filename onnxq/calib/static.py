@@ -75,22 +75,45 @@ def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
     return out
 
 
-def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
-    """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)."""
+def _rounding_error(w: np.ndarray, spec) -> np.ndarray:
+    """W_q - W (float32) for the weight quantization InsertQdqPass will apply, with in-place
+    float32 arithmetic (this runs for every weight while calibrating)."""
     from onnxq.passes.insert_qdq import quantize_weight
 
+    if spec.axis is None or not spec.symmetric or w.ndim == 0:
+        return quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[3] - w
+    axis = spec.axis % w.ndim
+    others = tuple(a for a in range(w.ndim) if a != axis)
+    p = qp.qparams_from_range(w.min(axis=others), w.max(axis=others), spec.qtype, symmetric=True)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    scale = p.scale.astype(np.float32).reshape(shape)
+    zp = p.zero_point.astype(np.float32).reshape(shape)
+    d = np.divide(w, scale)
+    np.rint(d, out=d)
+    if zp.any():
+        d += zp
+    np.clip(d, spec.qtype.qmin, spec.qtype.qmax, out=d)
+    if zp.any():
+        d -= zp
+    d *= scale
+    d -= w
+    return d
+
+
+def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
+    """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)."""
     node = spec.node
-    w = irutil.const_array(node.inputs[1]).astype(np.float32)
-    _, _, _, wq = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
-    dw = (wq - w).astype(np.float64)
+    w = irutil.const_array(node.inputs[1]).astype(np.float32, copy=False)
+    dw = _rounding_error(w, spec)
     if node.op_type == "Conv":
         groups = node.attributes.get_int("group", 1)
         o, cpg = w.shape[0], w.shape[1]
-        dsum = dw.sum(axis=tuple(range(2, w.ndim)))
+        dsum = dw.reshape(o, cpg, -1).sum(axis=2, dtype=np.float64)
         shift = np.einsum("goc,gc->go", dsum.reshape(groups, o // groups, cpg), mean.reshape(groups, cpg)).reshape(o)
     else:
         dw_kn = dw.T if node.attributes.get_int("transB", 0) else dw
-        shift = mean @ dw_kn
+        shift = mean @ dw_kn.astype(np.float64)
     b_value = node.inputs[2] if len(node.inputs) > 2 else None
     b = irutil.const_array(b_value) if b_value is not None else np.zeros(shift.shape, np.float32)
     return (b.astype(np.float64) - shift).astype(np.float32)

@@ -29,6 +29,12 @@ class CalibrationStats:
     tensors: int
 
 
+# initializers at least this large are handed to ORT as OrtValues instead of being copied
+# into the serialized probe model (serializing and parsing ~100 MB of weights costs more
+# than the session itself)
+_EXTERNAL_BYTES = 1024
+
+
 def _session(model: ir.Model, threads: int):
     import onnxruntime as ort
 
@@ -36,15 +42,103 @@ def _session(model: ir.Model, threads: int):
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    proto = ir.serde.serialize_model(model)
+    names, arrays = _detach_initializers(model)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        _reattach_initializers(model, names, arrays)
     data = proto.SerializeToString()
     del proto
+    keep = []
+    if names:
+        keep = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        so.add_external_initializers(list(arrays), keep)
     try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise CalibrationDataError(
             f"ONNX Runtime cannot run the model for calibration: {str(e).splitlines()[0][:300]}"
         ) from None
+    session._onnxq_keep = keep  # the OrtValues share the arrays' memory: keep both alive
+    session._onnxq_arrays = arrays
+    return session
+
+
+def _detach_initializers(model: ir.Model):
+    """Swap large float/int initializers of the root graph for external-data stubs (no copy
+    when serializing). Returns what was swapped, to put back and to hand to ORT."""
+    names: dict[str, object] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in model.graph.initializers.items():
+        t = value.const_value
+        if t is None or value.is_graph_input() or t.nbytes < _EXTERNAL_BYTES:
+            continue
+        try:
+            a = np.ascontiguousarray(t.numpy())
+        except Exception:  # pragma: no cover - a tensor type numpy cannot hold: keep it inline
+            continue
+        if a.dtype.kind not in "fiub" or a.dtype.itemsize > 8:
+            continue
+        stub = ir.ExternalTensor(
+            location="onnxq-calibration-initializer.bin", offset=0, length=a.nbytes,
+            dtype=t.dtype, shape=t.shape, name=name,
+        )
+        names[name] = t
+        arrays[name] = a
+        value.const_value = stub
+    return names, arrays
+
+
+def _reattach_initializers(model: ir.Model, names, arrays) -> None:
+    for name, tensor in names.items():
+        model.graph.initializers[name].const_value = tensor
+
+
+class _PackedAccumulator:
+    """Running per-channel statistics of one packed output [N, total, 1, ...]: the max over
+    samples of the finite values (extremes outputs) and the sum and count of the finite
+    values (means outputs), with the number of non-finite entries per position."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.max: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self.count: np.ndarray | None = None
+        self.bad: np.ndarray | None = None
+        self.rows = 0.0
+
+    def update(self, out: np.ndarray, rows: int) -> None:
+        x = np.asarray(out, dtype=np.float32)
+        x = x.reshape(x.shape[0] if x.ndim else 1, -1)
+        finite = np.isfinite(x)
+        if self.max is None:
+            n = x.shape[1]
+            self.max = np.full(n, -np.inf, np.float32)
+            self.sum = np.zeros(n, np.float64)
+            self.count = np.zeros(n, np.float64)
+            self.bad = np.zeros(n, np.int64)
+        if finite.all():
+            self.max = np.maximum(self.max, x.max(axis=0))
+            self.sum += x.sum(axis=0, dtype=np.float64)
+            self.count += x.shape[0]
+        else:
+            self.bad += (~finite).sum(axis=0)
+            self.max = np.maximum(self.max, np.where(finite, x, -np.inf).max(axis=0))
+            self.sum += np.where(finite, x, 0).sum(axis=0, dtype=np.float64)
+            self.count += finite.sum(axis=0)
+        self.rows += rows
+
+    def max_of(self, start: int, stop: int) -> tuple[float, int]:
+        """(max over the segment's channels, non-finite entries seen there)."""
+        seg = self.max[start:stop]
+        return (float(seg.max()) if seg.size else -np.inf), int(self.bad[start:stop].sum())
+
+    def channels(self, start: int, stop: int, kind: str) -> np.ndarray:
+        if kind == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return (self.sum[start:stop] / self.count[start:stop])[None, :]
+        seg = self.max[start:stop].astype(np.float64)
+        return np.where(np.isfinite(seg), seg, np.nan)[None, :]
 
 
 def _pairs(channel_stats) -> list[tuple[str, object]]:
@@ -86,28 +180,33 @@ def calibrate(
 
     wanted = {name: obs.needs_samples for name, obs in observers.items()}
     stats_wanted = {(name, obs.kind): obs for name, obs in _pairs(channel_stats)}
-    probe_model, probes, mean_probes = build_probe_model(
+    probe_model, probes, mean_probes, packed = build_probe_model(
         model, wanted, sample_size=sample_size,
         channel_stats={key: (o.axis, o.rank, o.channels) for key, o in stats_wanted.items()},
         nonnegative=frozenset(nonnegative),
+        approximate=frozenset(name for name, obs in observers.items() if not obs.exact_extremes),
     )
     session = _session(probe_model, threads)
     del probe_model
-    plan = [(observers[name], probes[name]) for name in observers]
     out_names: list[str] = []
-    slots = []
-    for obs, pr in plan:
-        i = len(out_names)
-        out_names += [pr.min_output, pr.max_output]
-        j = None
-        if pr.sample_output is not None:
-            j = len(out_names)
-            out_names.append(pr.sample_output)
-        slots.append((obs, i, j))
-    mean_slots = []
-    for key, obs in stats_wanted.items():
-        mean_slots.append((obs, len(out_names)))
-        out_names.append(mean_probes[key].output)
+    index: dict[str, int] = {}
+
+    def slot(name: str | None) -> int | None:
+        if name is None:
+            return None
+        if name not in index:
+            index[name] = len(out_names)
+            out_names.append(name)
+        return index[name]
+
+    plan = [(observers[name], probes[name]) for name in observers]
+    # legacy probes: per-run scalars (and samples); packed ones: samples per run, extremes
+    # accumulated as vectors (max is associative: exact) and handed over once at the end
+    slots = [(obs, slot(pr.min_output), slot(pr.max_output), slot(pr.sample_output)) for obs, pr in plan]
+    acc = {name: _PackedAccumulator(slot(name)) for name in packed.outputs}
+    mean_slots = [
+        (obs, slot(mean_probes[key].output)) for key, obs in stats_wanted.items() if key in mean_probes
+    ]
     logger.info("calibrating %d tensors (%d outputs) with %s", len(observers), len(out_names), source.description)
 
     n_feeds = n_rows = 0
@@ -120,10 +219,18 @@ def calibrate(
             raise CalibrationDataError(
                 f"ONNX Runtime failed on calibration sample {n_feeds}: {str(e).splitlines()[0][:300]}"
             ) from None
-        for obs, i, j in slots:
-            obs.update(outs[j] if j is not None else None, vmin=outs[i], vmax=outs[i + 1])
         first_input = next(iter(feed.values()), None)
         rows = first_input.shape[0] if first_input is not None and first_input.ndim else 1
+        for obs, i, j, k in slots:
+            sample = outs[k] if k is not None else None
+            if j is None:  # extremes packed (handed over at the end) or taken from the sample
+                if sample is not None:
+                    obs.update(sample)
+                continue
+            bottom = np.zeros((), np.float32) if i is None else outs[i]
+            obs.update(sample, vmin=bottom, vmax=outs[j])
+        for a in acc.values():
+            a.update(outs[a.slot], rows)
         for obs, k in mean_slots:
             obs.update(outs[k], weight=rows)
         n_feeds += 1
@@ -132,6 +239,27 @@ def calibrate(
     run(first)
     for feed in feeds:
         run(feed)
+    for name, pr in probes.items():
+        if not pr.packed or name not in observers:
+            continue
+        out, a, z = packed.segments[(name, "max")]
+        top, bad_top = acc[out].max_of(a, z)
+        if (name, "negmin") in packed.segments:
+            out, a, z = packed.segments[(name, "negmin")]
+            neg, bad_bottom = acc[out].max_of(a, z)
+            bottom = -neg
+        else:
+            bottom, bad_bottom = 0.0, 0
+        obs = observers[name]
+        obs.nonfinite += bad_top + bad_bottom
+        if np.isfinite(top) and np.isfinite(bottom):
+            obs.update(None, vmin=np.float64(bottom), vmax=np.float64(top))
+    for (name, kind), obs in stats_wanted.items():
+        key = (name, "chmax" if kind == "max" else kind)
+        if key not in packed.segments:
+            continue
+        out, a, z = packed.segments[key]
+        obs.update(acc[out].channels(a, z, kind), weight=acc[out].rows if kind == "mean" else 1.0)
     seconds = time.perf_counter() - t0
     logger.info("calibration: %d runs, %.2f s", n_feeds, seconds)
     return CalibrationStats(n_feeds, n_rows, seconds, len(observers))

@@ -1,0 +1,44 @@
+"""Bad calibration data through the CLI: one-line error, exit != 0, input untouched, no output."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxq.cli import main
+from tests.helpers import model_from_text, to_bytes
+
+TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[N, 16] x) => (float[N, 8] y) {
+    h = MatMul(x, w)
+    y = Relu(h)
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": np.full((4, 16), np.nan, np.float32)}, "NaN or Inf"),
+        ({"x": np.full((4, 16), np.inf, np.float32)}, "NaN or Inf"),
+        ({"x": np.ones((4, 16), np.int32)}, "is int32 but the model expects float32"),
+        ({"x": np.ones((4, 2, 2, 16), np.float32)}, "rank"),
+        ({"input": np.ones((4, 16), np.float32)}, "unknown input name"),
+        ({"x": np.ones((4, 15), np.float32)}, "16"),
+    ],
+)
+def test_bad_calibration_data(tmp_path, arrays, message):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(to_bytes(model_from_text(TEXT, {"w": np.ones((16, 8), np.float32)})))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    data = tmp_path / "calib.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--recipe", "int8-static", "--calib-data", str(data)])
+    assert r.exit_code != 0
+    assert message in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+    assert not out.exists()

@@ -152,3 +152,36 @@ def test_all_zero_weights_quantize_cleanly(tmp_path):
     assert r.exit_code == 0, r.output
     y = ort.InferenceSession(str(out)).run(None, {"x": np.ones((2, 64), np.float32)})[0]
     np.testing.assert_array_equal(y, np.zeros((2, 32), np.float32))
+
+
+def _external_model(tmp_path, location, create_file=False):
+    proto = onnx.parser.parse_model(TEXT)
+    t = onnx.numpy_helper.from_array(np.zeros((64, 32), np.float32), "w")
+    t.ClearField("raw_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "8192")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    proto.graph.initializer.append(t)
+    src = tmp_path / "ext.onnx"
+    src.write_bytes(proto.SerializeToString())
+    return src
+
+
+@pytest.mark.parametrize(
+    "location, message",
+    [("/etc/passwd", "only paths relative"), ("weights.bin", "is missing"), ("sub/../../x.bin", "outside the model's folder")],
+)
+def test_external_data_cases_via_cli(tmp_path, location, message):
+    src = _external_model(tmp_path, location)
+    before = _digest(src)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code != 0 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert _digest(src) == before and not (tmp_path / "o.onnx").exists()
+
+
+def test_read_only_output_location_via_cli(tiny):
+    before = _digest(tiny)
+    r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", "/proc/onnxq_out.onnx"])
+    assert r.exit_code != 0 and ("cannot write" in r.output or "not writable" in r.output), r.output
+    assert len(r.output.strip().splitlines()) == 1 and _digest(tiny) == before

@@ -1,0 +1,85 @@
+"""A silero-vad-like graph: an outer If on a rank-0 input whose branches hold an LSTM and
+MatMuls with constant weights, one branch with a nested If. Every recipe: no crash, output
+passes the checker, runs in ORT and stays close to the float model."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+
+import onnxq
+from onnxq.errors import OnnxqError
+from onnxq.recipes import recipe_class
+
+RNG = np.random.default_rng(5)
+H = 32
+
+
+def _const(name, shape):
+    return h.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(RNG.standard_normal(shape).astype(np.float32) * 0.2, name + "_v"))
+
+
+def _branch(tag, nested):
+    nodes = [
+        _const(f"{tag}_w1", (H, H)),
+        h.make_node("MatMul", ["x", f"{tag}_w1"], [f"{tag}_h"]),
+        h.make_node("Relu", [f"{tag}_h"], [f"{tag}_r"]),
+        _const(f"{tag}_wx", (1, 4 * H, H)),
+        _const(f"{tag}_wr", (1, 4 * H, H)),
+        h.make_node("Unsqueeze", [f"{tag}_r", "axes1"], [f"{tag}_seq"]),
+        h.make_node("LSTM", [f"{tag}_seq", f"{tag}_wx", f"{tag}_wr"], [f"{tag}_y", f"{tag}_yh"], hidden_size=H),
+        h.make_node("Squeeze", [f"{tag}_yh", "axes0"], [f"{tag}_s"]),
+        _const(f"{tag}_w2", (H, H)),
+    ]
+    if nested:
+        inner_then = h.make_graph([h.make_node("MatMul", [f"{tag}_s", f"{tag}_w2"], ["inner_a"])], "inner_then", [], [h.make_tensor_value_info("inner_a", T.FLOAT, ["N", H])])
+        inner_else = h.make_graph([h.make_node("Identity", [f"{tag}_s"], ["inner_b"])], "inner_else", [], [h.make_tensor_value_info("inner_b", T.FLOAT, ["N", H])])
+        nodes.append(h.make_node("If", ["flag"], [f"{tag}_out"], then_branch=inner_then, else_branch=inner_else))
+    else:
+        nodes.append(h.make_node("MatMul", [f"{tag}_s", f"{tag}_w2"], [f"{tag}_out"]))
+    return h.make_graph(nodes, f"{tag}_branch", [], [h.make_tensor_value_info(f"{tag}_out", T.FLOAT, ["N", H])])
+
+
+def _model():
+    graph = h.make_graph(
+        [
+            h.make_node("Constant", [], ["axes0"], value=onnx.numpy_helper.from_array(np.array([0], np.int64))),
+            h.make_node("Constant", [], ["axes1"], value=onnx.numpy_helper.from_array(np.array([0], np.int64))),
+            h.make_node("Greater", ["sr", "threshold"], ["flag"]),
+            h.make_node("If", ["flag"], ["y"], then_branch=_branch("a", nested=True), else_branch=_branch("b", nested=False)),
+        ],
+        "vad_like",
+        [h.make_tensor_value_info("x", T.FLOAT, ["N", H]), h.make_tensor_value_info("sr", T.INT64, [])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["N", H])],
+        [onnx.numpy_helper.from_array(np.array(8000, np.int64), "threshold")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("recipe_name", ["int8-dynamic", "int8-static", "int4-weight-only"])
+def test_nested_if_lstm_model(recipe_name, tmp_path):
+    src = tmp_path / "vad.onnx"
+    onnx.save(_model(), str(src))
+    before = src.read_bytes()
+    feeds = [{"x": RNG.standard_normal((3, H)).astype(np.float32), "sr": np.array(sr, np.int64)} for sr in (16000, 8000)]
+    recipe = recipe_class(recipe_name)(**({"block_size": 16} if recipe_name == "int4-weight-only" else {}))
+    data = [dict(f) for f in feeds for _ in range(2)] if recipe_name == "int8-static" else None
+    try:
+        model = onnxq.quantize(src, recipe, data=data)
+    except OnnxqError as e:  # a clean refusal is acceptable; a crash is not
+        assert str(e)
+        return
+    out = tmp_path / "q.onnx"
+    onnxq.save(model, out)
+    assert src.read_bytes() == before
+    onnx.checker.check_model(str(out), full_check=True)
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for f in feeds:  # both branches
+        a, b = ref.run(None, f)[0], got.run(None, f)[0]
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 0.25 * np.abs(a).max() + 1e-6

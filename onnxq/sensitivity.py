@@ -145,7 +145,7 @@ def auto_exclude(
                     break
                 members = unit(float_model, name, quantized_names) if unit is not None else (name,)
                 fresh = [m for m in members if m not in excluded and m not in new]
-                if fresh and len(quantized_names - set(new) - set(fresh)) >= 1:  # keep something quantized
+                if fresh:
                     new.extend(fresh)
                     chosen += 1
             if not new:

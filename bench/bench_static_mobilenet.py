@@ -5,6 +5,10 @@ Calibrates on every photo under ../shared/corpus/images (sub-folders included), 
 Speed: ORT CPU, 1 thread, fp32 and int8 timed in one process, interleaved (rounds of each),
 median per-image latency. Also counts, in ORT's optimized graph, how many Conv stay float.
 
+Rows: each calibration method, ``onnxq-default`` (``StaticInt8()`` as shipped), the default
+with ``--target-sqnr`` (sensitivity: nodes kept in float within the default 15 % budget of
+multiply-adds, measured on the calibration photos), and ORT's ``quantize_static``.
+
     .venv/bin/python bench/bench_static_mobilenet.py [--methods minmax,percentile] [--json out.json]
 """
 
@@ -119,10 +123,26 @@ def onnxq_quantize(out: Path, calib_dir: Path, **recipe_kw) -> float:
     return time.perf_counter() - t
 
 
+def onnxq_quantize_to_target(out: Path, calib_dir: Path, target_sqnr: float) -> tuple[float, list[str]]:
+    """The default recipe plus ``--target-sqnr``: returns (seconds, the report's sensitivity notes)."""
+    import onnxq
+    from onnxq.preprocess import from_images
+    from onnxq.sensitivity import AccuracyTarget, quantize_static_to_target
+
+    t = time.perf_counter()
+    model, report, _ = quantize_static_to_target(
+        str(MODEL), onnxq.StaticInt8(), from_images(calib_dir), AccuracyTarget(min_sqnr_db=target_sqnr)
+    )
+    onnxq.save(model, out)
+    return time.perf_counter() - t, [n for n in report.notes if n.startswith("sensitivity")]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
     ap.add_argument("--activations", default="uint8", help="comma list: uint8,int8")
+    ap.add_argument("--target-sqnr", type=float, default=25.0, help="row onnxq-default+target-sqnr (0: skip)")
+    ap.add_argument("--rounds", type=int, default=9, help="latency rounds (interleaved)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not MODEL.exists():
@@ -140,11 +160,18 @@ def main() -> int:
             key = f"onnxq-{method}" + ("" if act == "uint8" else f"-{act}")
             paths[key] = tmp / f"{key}.onnx"
             quant_seconds[key] = onnxq_quantize(paths[key], calib_dir, calibration=method, activation_type=act)
+    paths["onnxq-default"] = tmp / "onnxq-default.onnx"
+    quant_seconds["onnxq-default"] = onnxq_quantize(paths["onnxq-default"], calib_dir)
+    notes: dict[str, list[str]] = {}
+    if args.target_sqnr:
+        key = f"onnxq-default+target-sqnr={args.target_sqnr:g}"
+        paths[key] = tmp / "onnxq-target.onnx"
+        quant_seconds[key], notes[key] = onnxq_quantize_to_target(paths[key], calib_dir, args.target_sqnr)
     paths["ort-minmax"] = tmp / "ort.onnx"
     quant_seconds["ort-minmax"] = ort_quantize(paths["ort-minmax"], calib_dir)
 
     acc = evaluate(paths, eval_dir)
-    lat = latency(paths)
+    lat = latency(paths, rounds=args.rounds)
     fp32_bytes = MODEL.stat().st_size
     rows = []
     for k, p in paths.items():
@@ -163,14 +190,30 @@ def main() -> int:
             }
         )
     print(f"MobileNetV2: calibration {n_calib} photos ({calib_dir}), evaluation {acc['fp32']['n']} labelled photos")
-    print(f"{'model':<22}{'top-1':>7}{'agree':>8}{'ms/img':>8}{'speedup':>9}{'size':>7}{'float Conv':>11}{'QLinearConv':>12}{'quant s':>9}")
+    print(f"{'model':<34}{'top-1':>7}{'agree':>8}{'ms/img':>8}{'speedup':>9}{'size':>7}{'float Conv':>11}{'QLinearConv':>12}{'quant s':>9}")
     for r in rows:
         print(
-            f"{r['model']:<22}{r['top1']:>7.1%}{r['agreement']:>8.1%}{r['latency_ms']:>8.2f}{r['speedup_vs_fp32']:>8.2f}x"
+            f"{r['model']:<34}{r['top1']:>7.1%}{r['agreement']:>8.1%}{r['latency_ms']:>8.2f}{r['speedup_vs_fp32']:>8.2f}x"
             f"{r['size_ratio']:>7.1%}{r['float_conv_in_ort']:>11}{r['qlinear_conv_in_ort']:>12}{r['quantize_s']:>9.1f}"
         )
+    fp32 = next(r for r in rows if r["model"] == "fp32")
+    acceptance = {}
+    for r in rows:
+        if r["model"] == "fp32":
+            continue
+        acceptance[r["model"]] = {
+            "agreement>=97%": r["agreement"] >= 0.97,
+            "top1_within_1pt": r["top1"] >= fp32["top1"] - 0.01,
+            "speedup>=1.5x": r["speedup_vs_fp32"] >= 1.5,
+            "size<=30%": r["size_ratio"] <= 0.30,
+        }
+    for key, lines in notes.items():
+        for line in lines:
+            print(f"{key}: {line}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"calibration_photos": n_calib, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps(
+            {"calibration_photos": n_calib, "evaluation_photos": acc["fp32"]["n"], "rows": rows,
+             "acceptance": acceptance, "notes": notes}, indent=2))
     return 0
 
 

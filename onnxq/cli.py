@@ -71,6 +71,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
 @click.option("--target-sqnr", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until every output's SQNR on the calibration data is at least DB.")
 @click.option("--max-drop", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until at most PCT %% of the calibration samples change their top-1 class.")
+@click.option("--float-budget", type=float, default=None, help="With --target-sqnr/--max-drop: at most PCT %% of the Conv/Gemm/MatMul multiply-adds and of their weights kept in float (default: 15 %% of the multiply-adds, 2 %% of the weights).")
 @click.option("--target", default=None, help="Runtime to quantize for: ort-cpu (default), ort-mobile, openvino, tensorrt, qnn (README: Targets).")
 @click.option("--block-size", type=int, default=None, help="int4-weight-only: block length along K (16, 32, 64, 128, 256).")
 @click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq"]), default=None, help="int4-weight-only: algorithm (gptq/awq need --calib-text).")
@@ -82,7 +83,8 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
 @click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,
-             calib_data, calib_images, preprocess, calibration, max_samples, target_sqnr=None, max_drop=None, target=None,
+             calib_data, calib_images, preprocess, calibration, max_samples, target_sqnr=None, max_drop=None,
+             float_budget=None, target=None,
              block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, symmetric=None,
              accuracy_level=None, keep_float=(), keep_8bit=()):
     """Quantize MODEL and write the result to OUTPUT."""
@@ -157,6 +159,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     in_bytes = os.path.getsize(model) if os.path.isfile(model) else None
     modelio.check_output_path(output, protect=(model,))
     accuracy_target = None
+    if float_budget is not None and target_sqnr is None and max_drop is None:
+        raise RecipeError("--float-budget applies with --target-sqnr or --max-drop")
     if target_sqnr is not None or max_drop is not None:
         if not isinstance(recipe, recipes.StaticInt8):
             raise RecipeError("--target-sqnr/--max-drop apply to the int8-static recipe only")
@@ -164,6 +168,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             raise RecipeError("--target-sqnr/--max-drop are measured on the calibration data: give --calib-data or --calib-images")
         if max_drop is not None and not 0 <= max_drop <= 100:
             raise RecipeError("--max-drop is a percentage between 0 and 100")
+        if float_budget is not None and not 0 <= float_budget <= 100:
+            raise RecipeError("--float-budget is a percentage between 0 and 100")
         from onnxq.sensitivity import AccuracyTarget
 
         accuracy_target = AccuracyTarget(min_sqnr_db=target_sqnr, max_top1_drop=None if max_drop is None else max_drop / 100)
@@ -171,7 +177,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     if accuracy_target is not None:
         from onnxq.sensitivity import quantize_static_to_target
 
-        qmodel, report, _ = quantize_static_to_target(model, recipe, data, accuracy_target)
+        share = {} if float_budget is None else {"max_float_share": float_budget / 100, "max_float_weight_share": float_budget / 100}
+        qmodel, report, _ = quantize_static_to_target(model, recipe, data, accuracy_target, **share)
     else:
         with _calibration_progress(data) as data:
             qmodel, report = api.quantize_with_report(model, recipe, data if int4_data is None else int4_data)

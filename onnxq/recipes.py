@@ -115,14 +115,20 @@ class DynamicInt8(Recipe):
 
 @dataclasses.dataclass(frozen=True)
 class StaticInt8(Recipe):
-    """QDQ int8 with activation ranges calibrated on representative data."""
+    """QDQ int8 with activation ranges calibrated on representative data.
+
+    ``calibration``: how each activation range is chosen. The default, ``mse`` (the range
+    with the least expected squared quantization error), was the best or tied-best of
+    minmax, percentile (99.9 ... 99.999), entropy and mse on held-out calibration photos
+    for MobileNetV2 (output SQNR and top-1 agreement with float, 6 splits of 40/20 photos);
+    minmax is the exact [min, max]."""
 
     name: ClassVar[str] = "int8-static"
     op_types: tuple[str, ...] = (
         "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat",
         "MaxPool", "AveragePool", "GlobalAveragePool", "Resize",
     )
-    calibration: str = "minmax"  # minmax | percentile | entropy | mse
+    calibration: str = "mse"  # minmax | percentile | entropy | mse
     percentile: float = 99.999
     activation_type: str = "uint8"  # uint8 | int8 | uint16 | int16
     weight_type: str = "int8"

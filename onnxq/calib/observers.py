@@ -261,7 +261,8 @@ class HistogramObserver(Observer):
 
 
 class PercentileObserver(HistogramObserver):
-    """[q(100 - p), q(p)] of the values (a one-signed tensor keeps its exact 0-side)."""
+    """[q(100 - p), q(p)] of the values (a one-signed tensor keeps its exact 0-side); for
+    types wider than 8 bits, [min, max]."""
 
     method = "percentile"
 
@@ -285,7 +286,8 @@ class PercentileObserver(HistogramObserver):
     def range(self, qtype: qp.QType = qp.UINT8, *, symmetric: bool = False) -> tuple[float, float]:
         self._require_hist()
         p = self.percentile / 100.0
-        if p >= 1.0:
+        if p >= 1.0 or qtype.bits > 8:
+            # 16-bit steps are 256x finer: clipping the tail no longer buys resolution
             return self.min, self.max
         hi = min(self._quantile(p), self.max) if self.max > 0 else self.max
         lo = max(self._quantile(1.0 - p), self.min) if self.min < 0 else self.min
@@ -365,7 +367,7 @@ class EntropyObserver(HistogramObserver):
     its quantized version (TensorRT's entropy calibration), searched over the histogram."""
 
     method = "entropy"
-    max_candidates: ClassVar[int] = 512
+    max_candidates: ClassVar[int] = 256
 
     def range(self, qtype: qp.QType = qp.UINT8, *, symmetric: bool = False) -> tuple[float, float]:
         self._require_hist()

@@ -10,8 +10,12 @@ tensor is never reordered or copied: ``GlobalMaxPool`` gives the per-channel max
 tensor's maximum, and the channel maxima of channel equalization, from one pass); the
 minimum is ``-GlobalMaxPool(Conv(x, -1, group=C))`` (a depthwise 1x1 convolution negates
 in the blocked layout, where ``Neg`` would force a reorder) and is skipped for Relu/Clip
-outputs; per-channel means (bias correction) are ``GlobalAveragePool``; the sample is a
-1x1 ``MaxPool`` with a spatial stride (a plain subsample) and a strided slice of that.
+outputs; per-channel means (bias correction) are ``GlobalAveragePool`` over every 4th row
+and column (or over the sample); a Conv output (28x28 or larger) that an Add consumes is observed through a copy of the Conv
+with 4x its strides (an exact subsample, every 16th position, at a sixteenth of the cost: a
+second consumer of the Conv output would stop ORT fusing Conv+Add+Relu); the sample of a
+4-D map is a 1x1 ``MaxPool`` with a spatial stride (a plain subsample of about
+``sample_size`` values per sample).
 Histogram observers' feature maps get only the sample (their extremes come from it).
 Per-channel results are packed into a few Concat outputs and reduced in numpy. Other
 tensors use ReduceMin/ReduceMax and a flattened, strided sample.
@@ -37,6 +41,7 @@ from onnxq.errors import OnnxqError
 __all__ = ["Probe", "MeanProbe", "Packed", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners"]
 
 DEFAULT_SAMPLE_SIZE = 4096
+_REPLICA_MIN_SIDE = 28  # observe Conv-into-Add outputs through a strided copy from this size on
 
 _FLOAT = ir.DataType.FLOAT
 
@@ -218,6 +223,68 @@ class _Builder:
         idx = self.node(graph, "Mod", [idx, size], dtype=ir.DataType.INT64, shape=[k], base=base)
         return self.node(graph, "Gather", [flat, idx], {"axis": 0}, shape=[k], base=base), k
 
+    def centered_subsample(self, graph: ir.Graph, v: ir.Value, step: int) -> ir.Value:
+        """``v[:, :, o::step, o::step]`` with ``o = step // 2`` for a 4-D map: a depthwise
+        2x2 convolution with dilation ``o`` whose only non-zero tap (1.0) is the far corner,
+        strided by ``step``, so the grid starts inside the map (a grid starting at row and
+        column 0 over-represents the zero-padded border, whose values are atypical) and
+        touches about 4/step**2 of the tensor in the blocked layout."""
+        base = f"{v.name}/probe"
+        channels = int(v.shape[1])
+        h, w = int(v.shape[2]), int(v.shape[3])
+        o = step // 2
+        kernel = np.zeros((channels, 1, 2, 2), np.float32)
+        kernel[:, :, 1, 1] = 1.0
+        k = self.const(graph, kernel, base)
+        out = self.node(
+            graph, "Conv", [v, k],
+            {"group": channels, "kernel_shape": [2, 2], "strides": [step, step], "dilations": [o, o]},
+            base=base,
+        )
+        out.shape = ir.Shape([v.shape[0], channels, len(range(o, h, step)), len(range(o, w, step))])
+        return out
+
+    def channel_mean(self, graph: ir.Graph, v: ir.Value) -> ir.Value:
+        """Per-channel means of a feature map (bias correction), over every 4th row and
+        column when the map is large enough: a 1x1 MaxPool of stride 4 reads about a
+        quarter of the blocked tensor, and the mean of thousands of positions per image is
+        plenty for a bias correction."""
+        base = f"{v.name}/probe"
+        spatial = list(v.shape)[2:] if v.shape is not None else []
+        if len(spatial) == 2 and all(isinstance(d, int) and d >= 16 for d in spatial):
+            v = self.node(graph, "MaxPool", [v], {"kernel_shape": [1, 1], "strides": [4, 4]}, base=base)
+        return self.node(graph, "GlobalAveragePool", [v], base=base)
+
+    def replica(self, graph: ir.Graph, v: ir.Value, step: int) -> ir.Value | None:
+        """For a Conv output that an Add consumes, a copy of the Conv with its strides times
+        ``step``: its output is exactly ``v[:, :, ::step, ::step]`` at 1/step**2 of the cost.
+        A second consumer of the Conv output would stop ONNX Runtime from fusing Conv + Add
+        (+ Relu), which costs far more than the copy. None when this does not apply."""
+        conv = v.producer()
+        if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx") or conv.graph is not graph:
+            return None
+        if not any(u.op_type in ("Add", "Sum") for u, _ in v.uses()) or v.is_graph_output():
+            return None
+        if len(conv.inputs) < 2 or conv.inputs[1] is None or conv.inputs[1].const_value is None:
+            return None
+        x = conv.inputs[0]
+        if x is None or x.shape is None or len(x.shape) != 4 or v.shape is None or len(v.shape) != 4:
+            return None
+        auto_pad = conv.attributes.get_string("auto_pad", "NOTSET")
+        if auto_pad not in ("NOTSET", "VALID"):
+            return None
+        spatial = list(v.shape)[2:]
+        # small maps: the broken fusion costs little, and a subsample would be too thin
+        if not all(isinstance(d, int) and d >= _REPLICA_MIN_SIDE for d in spatial):
+            return None
+        strides = list(conv.attributes.get_ints("strides", [1, 1]))
+        attrs = {k: a.value for k, a in conv.attributes.items()}
+        attrs["strides"] = [st * step for st in strides]
+        shape = [v.shape[0], v.shape[1]] + [(d + step - 1) // step for d in spatial]
+        self.place_after(v)
+        out = self.node(graph, "Conv", list(conv.inputs), attrs, shape=shape, base=f"{v.name}/probe")
+        return out
+
     def fast_path(self, v: ir.Value) -> bool:
         """Whether ``v`` can be observed with NCHWc-friendly ops only (see the module doc)."""
         if v.dtype != _FLOAT or v.shape is None or len(v.shape) < 3:
@@ -246,7 +313,7 @@ class _Builder:
                     shape=list(v.shape), base=base,
                 )
                 out["negmin"] = self.node(graph, "GlobalMaxPool", [neg], base=base)
-        out["mean"] = self.node(graph, "GlobalAveragePool", [v], base=base) if want_mean else None
+        out["mean"] = None
         out["sample"], out["length"] = None, None
         if want_sample:
             spatial = list(v.shape)[2:]
@@ -255,30 +322,39 @@ class _Builder:
                 per_sample = per_sample * d if isinstance(d, int) else None
                 if per_sample is None:
                     break
+            k = self.sample_size
             if per_sample is None or rank > 4:
                 out["sample"], out["length"] = self.sample(graph, v)  # flattened, strided
-                return out
-            k = self.sample_size
-            x, n = v, per_sample
-            if rank == 4 and n > k:
+            elif rank == 4:
+                # one 1x1 MaxPool with a spatial stride: a plain subsample of about k values
+                # per sample, computed in the blocked layout and returned as is
                 h, w = spatial
-                step = min(int(math.sqrt(n / k)), h, w)
-                if step >= 2:  # a plain subsample: runs on the blocked layout, reorders only what it keeps
-                    x = self.node(graph, "MaxPool", [v], {"kernel_shape": [1, 1], "strides": [step, step]}, base=base)
-                    n = _thinned_size(n, h, w, step)
-            flat = self.node(graph, "Reshape", [x, self.const(graph, np.array([-1], np.int64), base)], base=base)
-            if n > k:  # then every odd stride-th value (per-sample size known, batch may vary)
-                stride = math.ceil(n / k)
-                stride += 1 - stride % 2  # odd strides alias less with power-of-two dimensions
-                flat = self.node(
-                    graph, "Slice",
-                    [flat, self.const(graph, np.array([0], np.int64), base),
-                     self.const(graph, np.array([np.iinfo(np.int64).max], np.int64), base),
-                     self.const(graph, np.array([0], np.int64), base),
-                     self.const(graph, np.array([stride], np.int64), base)],
-                    base=base,
-                )
-            out["sample"] = flat
+                step = min(math.ceil(math.sqrt(per_sample / k)), h, w) if per_sample > k else 1
+                x = v
+                if step >= 2:
+                    x = self.centered_subsample(graph, v, step)
+                else:
+                    x = self.node(graph, "Identity", [v], shape=list(v.shape), base=base)
+                out["sample"] = x
+                if want_mean:
+                    out["mean"] = self.node(graph, "GlobalAveragePool", [x], base=base)
+            else:
+                n = per_sample
+                flat = self.node(graph, "Reshape", [v, self.const(graph, np.array([-1], np.int64), base)], base=base)
+                if n > k:  # every odd stride-th value (per-sample size known, batch may vary)
+                    stride = math.ceil(n / k)
+                    stride += 1 - stride % 2  # odd strides alias less with power-of-two dimensions
+                    flat = self.node(
+                        graph, "Slice",
+                        [flat, self.const(graph, np.array([0], np.int64), base),
+                         self.const(graph, np.array([np.iinfo(np.int64).max], np.int64), base),
+                         self.const(graph, np.array([0], np.int64), base),
+                         self.const(graph, np.array([stride], np.int64), base)],
+                        base=base,
+                    )
+                out["sample"] = flat
+        if want_mean and out["mean"] is None:
+            out["mean"] = self.channel_mean(graph, v)
         return out
 
     def channel_reduce(self, graph: ir.Graph, v: ir.Value, op: str, axis: int, rank: int, opset: int) -> ir.Value:
@@ -377,8 +453,11 @@ def build_probe_model(
         if v.graph is root and b.fast_path(v):
             want_mean = (name, "mean") in stats and stats[(name, "mean")][0] % len(v.shape) == 1
             exact = name not in approximate
+            seen = v
+            if (name, "max") not in stats:
+                seen = b.replica(root, v, 4) or v
             outs = b.fast_stats(
-                root, v, nonnegative=nonneg, want_sample=want_sample, want_mean=want_mean, exact=exact
+                root, seen, nonnegative=nonneg, want_sample=want_sample, want_mean=want_mean, exact=exact
             )
             if outs["max"] is not None:
                 add_packed("extremes", name, "max", v, outs["max"])
@@ -403,9 +482,8 @@ def build_probe_model(
             continue
         v = find(name)
         if v.graph is root and b.fast_path(v) and axis % len(v.shape) == 1:
-            op = {"mean": "GlobalAveragePool", "max": "GlobalMaxPool"}[kind]
             b.place_after(v)
-            out = b.node(root, op, [v], base=f"{name}/probe")
+            out = b.channel_mean(root, v) if kind == "mean" else b.node(root, "GlobalMaxPool", [v], base=f"{name}/probe")
             if kind == "mean":
                 add_packed("means", name, "mean", v, out)
             else:

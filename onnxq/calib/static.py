@@ -75,44 +75,57 @@ def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
     return out
 
 
-def _rounding_error(w: np.ndarray, spec) -> np.ndarray:
-    """W_q - W (float32) for the weight quantization InsertQdqPass will apply, with in-place
-    float32 arithmetic (this runs for every weight while calibrating)."""
+def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
+    """sum over the kernel (axes >= 2, Conv) of W_q - W for the weight quantization
+    InsertQdqPass will apply: [O, C/g] for a Conv, the full [K, N] / [N, K] for Gemm. The
+    symmetric per-channel case (every weight of a default recipe) avoids building W_q:
+    sum(W_q) = scale * sum(rint(W / scale)), computed in place in float32."""
     from onnxq.passes.insert_qdq import quantize_weight
 
-    if spec.axis is None or not spec.symmetric or w.ndim == 0:
-        return quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[3] - w
-    axis = spec.axis % w.ndim
-    others = tuple(a for a in range(w.ndim) if a != axis)
-    p = qp.qparams_from_range(w.min(axis=others), w.max(axis=others), spec.qtype, symmetric=True)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    scale = p.scale.astype(np.float32).reshape(shape)
-    zp = p.zero_point.astype(np.float32).reshape(shape)
-    d = np.divide(w, scale)
-    np.rint(d, out=d)
-    if zp.any():
-        d += zp
-    np.clip(d, spec.qtype.qmin, spec.qtype.qmax, out=d)
-    if zp.any():
-        d -= zp
-    d *= scale
-    d -= w
-    return d
+    if spec.axis is None or not spec.symmetric or not spec.qtype.signed or w.ndim < 3 or spec.axis % w.ndim != 0:
+        dw = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[3].astype(np.float64) - w
+        return dw.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim >= 3 else dw
+    o, c = w.shape[0], w.shape[1]
+    flat = w.reshape(o, -1)
+    absmax = np.maximum(-flat.min(axis=1), flat.max(axis=1))
+    p = qp.qparams_from_range(-absmax.astype(np.float64), absmax.astype(np.float64), spec.qtype, symmetric=True)
+    scale = p.scale.astype(np.float32)
+    # |w / scale| <= qmax by construction (scale = absmax / qmax): no clipping needed
+    q = _scratch(flat.shape)
+    np.divide(flat, scale[:, None], out=q)
+    np.rint(q, out=q)
+    kk = flat.shape[1] // c
+    if kk == 1:
+        qsum, wsum = q.astype(np.float64), flat.astype(np.float64)
+    else:  # a matrix-vector product sums the small kernel axis far faster than .sum(axis=2)
+        ones = np.ones(kk, np.float32)
+        qsum = (q.reshape(o * c, kk) @ ones).reshape(o, c).astype(np.float64)  # exact: small integers
+        wsum = (flat.reshape(o * c, kk).astype(np.float64) @ ones.astype(np.float64)).reshape(o, c)
+    return qsum * scale.astype(np.float64)[:, None] - wsum
+
+
+_SCRATCH: list[np.ndarray] = []
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A reused float32 buffer (fresh multi-MB arrays for every weight cost page faults)."""
+    n = int(np.prod(shape))
+    if not _SCRATCH or _SCRATCH[0].size < n:
+        _SCRATCH[:] = [np.empty(n, np.float32)]
+    return _SCRATCH[0][:n].reshape(shape)
 
 
 def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
     """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)."""
     node = spec.node
     w = irutil.const_array(node.inputs[1]).astype(np.float32, copy=False)
-    dw = _rounding_error(w, spec)
+    dsum = _rounding_error_sums(w, spec)
     if node.op_type == "Conv":
         groups = node.attributes.get_int("group", 1)
         o, cpg = w.shape[0], w.shape[1]
-        dsum = dw.reshape(o, cpg, -1).sum(axis=2, dtype=np.float64)
         shift = np.einsum("goc,gc->go", dsum.reshape(groups, o // groups, cpg), mean.reshape(groups, cpg)).reshape(o)
     else:
-        dw_kn = dw.T if node.attributes.get_int("transB", 0) else dw
+        dw_kn = dsum.T if node.attributes.get_int("transB", 0) else dsum
         shift = mean @ dw_kn.astype(np.float64)
     b_value = node.inputs[2] if len(node.inputs) > 2 else None
     b = irutil.const_array(b_value) if b_value is not None else np.zeros(shift.shape, np.float32)

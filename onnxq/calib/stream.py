@@ -33,6 +33,7 @@ class CalibrationStats:
 # into the serialized probe model (serializing and parsing ~100 MB of weights costs more
 # than the session itself)
 _EXTERNAL_BYTES = 1024
+_SAMPLE_BATCH = 8
 
 
 def _session(model: ir.Model, threads: int):
@@ -210,6 +211,15 @@ def calibrate(
     logger.info("calibrating %d tensors (%d outputs) with %s", len(observers), len(out_names), source.description)
 
     n_feeds = n_rows = 0
+    # samples of sample-only observers, handed over a few runs at a time (one observer call
+    # per batch of runs instead of one per run; memory stays bounded by the batch)
+    pending: list[list[np.ndarray]] = [[] for _ in slots]
+
+    def flush_samples() -> None:
+        for (obs, *_), buf in zip(slots, pending):
+            if buf:
+                obs.update(buf[0] if len(buf) == 1 else np.concatenate([b.reshape(-1) for b in buf]))
+                buf.clear()
 
     def run(feed: dict[str, np.ndarray]) -> None:
         nonlocal n_feeds, n_rows
@@ -221,14 +231,16 @@ def calibrate(
             ) from None
         first_input = next(iter(feed.values()), None)
         rows = first_input.shape[0] if first_input is not None and first_input.ndim else 1
-        for obs, i, j, k in slots:
+        for n, (obs, i, j, k) in enumerate(slots):
             sample = outs[k] if k is not None else None
             if j is None:  # extremes packed (handed over at the end) or taken from the sample
                 if sample is not None:
-                    obs.update(sample)
+                    pending[n].append(sample)
                 continue
             bottom = np.zeros((), np.float32) if i is None else outs[i]
             obs.update(sample, vmin=bottom, vmax=outs[j])
+        if n_feeds % _SAMPLE_BATCH == _SAMPLE_BATCH - 1:
+            flush_samples()
         for a in acc.values():
             a.update(outs[a.slot], rows)
         for obs, k in mean_slots:
@@ -239,6 +251,7 @@ def calibrate(
     run(first)
     for feed in feeds:
         run(feed)
+    flush_samples()
     for name, pr in probes.items():
         if not pr.packed or name not in observers:
             continue

@@ -158,3 +158,31 @@ def test_channel_observers():
     allx = np.concatenate(xs)
     np.testing.assert_allclose(mean.mean, allx.mean(axis=(0, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(mx.max, allx.max(axis=(0, 2, 3)))
+
+
+def test_entropy_and_mse_do_not_spread_a_relu_zero_spike_over_the_first_bin():
+    """Half the values of a ReLU output are exactly 0 (representable exactly): KL entropy
+    calibration that folded them into bin [0, w) and smeared them over the merged bins clipped
+    such tensors at ~1.8 sigma instead of ~4."""
+    x = np.maximum(RNG.standard_normal(200000), 0).astype(np.float32)
+    e = EntropyObserver()
+    e.update(x)
+    assert e.zeros == pytest.approx(np.count_nonzero(x == 0))
+    assert e.range(qp.UINT8)[1] > 3.0
+    dense = EntropyObserver()
+    dense.update(x[x > 0])
+    dense.update(np.zeros(1, np.float32))
+    assert e.range(qp.UINT8)[1] == pytest.approx(dense.range(qp.UINT8)[1], rel=0.05)
+    m = MseObserver()
+    m.update(x)
+    assert m.range(qp.UINT8)[1] > 3.0
+
+
+def test_percentile_keeps_the_extremes_for_16_bit_types():
+    x = (RNG.standard_normal(100000) * np.where(RNG.uniform(size=100000) < 0.001, 30, 1)).astype(np.float32)
+    o = PercentileObserver(99.99)
+    o.update(x)
+    assert o.range(qp.UINT16) == (o.min, o.max)
+    lo, hi = o.range(qp.UINT8)
+    assert o.min < lo < hi < o.max and o.exact_extremes is False
+    assert PercentileObserver(100).exact_extremes is True

@@ -271,9 +271,51 @@ def test_histogram_methods_with_varying_shapes(method):
 
 def test_uint16_activations_use_wide_qdq():
     model = _cnn()
-    out = onnxq.quantize(model, StaticInt8(activation_type="uint16"), data=_data(4))
-    x = _data(1)[0]
+    data = _data(4)
+    out = onnxq.quantize(model, StaticInt8(activation_type="uint16"), data=data)
+    x = data[0]  # a calibrated sample: 16-bit precision, no out-of-range clipping to blur it
     (ref,) = run_ort(_cnn(), x)
     (got,) = run_ort(out, x)
     assert _rel(got, ref) < 0.02
     assert out.opset_imports.get("com.microsoft") == 1  # opset 17: 16-bit Q/DQ from ORT's domain
+
+
+def test_excluded_conv_stays_float_in_ort():
+    """ORT (WeightBiasQuantization) quantizes the float weights of a Conv fed by a per-tensor
+    DequantizeLinear to int8 *per tensor*: an excluded Conv must be fed through a
+    DequantizeLinear with a per-channel scale so that it really runs in float."""
+    import collections
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    from tests.helpers import to_bytes
+
+    model = _cnn()
+    for n in model.graph:
+        n.name = n.outputs[0].name
+    data = _data(4)
+    out = onnxq.quantize(model, StaticInt8(calibration="minmax", exclude=("e",)), data=data)
+    check_full(out)
+    (dq,) = [n for n in out.graph if n.op_type == "DequantizeLinear" and any(u.name == "e" for u, _ in n.outputs[0].uses())]
+    assert dq.attributes.get_int("axis", 1) == 1 and dq.inputs[1].producer().op_type == "Expand"
+    e = next(n for n in out.graph if n.name == "e")
+    assert e.inputs[1].const_value is not None  # its weight stays a float initializer
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(to_bytes(out), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(so.optimized_model_filepath)
+    ops = collections.Counter(n.op_type for n in opt.graph.node)
+    assert ops["QLinearConv"] == 2, ops  # c and d; e runs in float
+    float_convs = [n for n in opt.graph.node if n.op_type == "Conv"]
+    assert len(float_convs) == 1
+    inits = {i.name for i in opt.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    producers = {o: n for n in opt.graph.node for o in n.output}
+    w = float_convs[0].input[1]
+    assert w not in inits and (w not in producers or producers[w].op_type != "DequantizeLinear")
+    (got,) = run_ort(out, data[0])
+    (ref,) = run_ort(_cnn(), data[0])
+    assert _rel(got, ref) < 0.05

@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.common import REPO, RESULTS, markdown_table
 
@@ -27,6 +26,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("calib_memory", "bench.bench_calib_memory", ["--json", "bench/results/calib_memory.json"]),
     ("int4_smollm2", "bench.bench_int4_smollm2", []),
     ("int4_big", "bench.bench_int4_big", []),
+    ("int4_formats", "bench.bench_int4_formats", []),
 ]
 
 README_BEGIN = "<!-- bench:begin -->"
@@ -61,7 +61,10 @@ def summarize(names: list[str]) -> str:
         title = data.get("title", name)
         command = data.get("command") or f"python -m {dict((n, m) for n, m, _ in CASES).get(name, name)}"
         parts.append(f"### {title}\n\n`{command}`\n\n{markdown_table(rows, columns)}\n")
-        for note in data.get("notes", []):
+        notes = data.get("notes", [])
+        if isinstance(notes, dict):  # per-row notes: {row: [line, ...]}
+            notes = [f"{row}: {line}" for row, lines in notes.items() for line in lines]
+        for note in notes:
             parts.append(f"- {note}\n")
     return "\n".join(parts)
 

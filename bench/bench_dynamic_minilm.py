@@ -12,9 +12,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
-from bench.common import interleaved_median_ms, markdown_table, ort_session, write_results
+from bench.common import embedding_rows, markdown_table, write_results
 
 
 def main() -> None:
@@ -42,28 +41,7 @@ def main() -> None:
     quantize_dynamic(str(fp32), str(ort_out))
     paths["ORT quantize_dynamic"] = ort_out
 
-    ref = minilm.embed(fp32, sentences)
-    feeds = minilm.encode(sentences[:32])
-    sessions = {k: ort_session(p) for k, p in paths.items()}
-    names = {k: {i.name for i in s.get_inputs()} for k, s in sessions.items()}
-    latency = interleaved_median_ms(
-        {k: (lambda s=s, n=names[k]: s.run(None, {i: v for i, v in feeds.items() if i in n})) for k, s in sessions.items()},
-        repeats=10,
-    )
-    rows = []
-    for label, path in paths.items():
-        emb = ref if label == "fp32" else minilm.embed(path, sentences)
-        cos = np.sum(emb * ref, axis=1)  # both L2-normalised
-        rows.append(
-            {
-                "model": label,
-                "mean cosine": float(cos.mean()),
-                "min cosine": float(cos.min()),
-                "size MB": Path(path).stat().st_size / 1e6,
-                "latency ms (32 sent., 1 thr)": latency[label],
-                "speed-up vs fp32": latency["fp32"] / latency[label],
-            }
-        )
+    rows = embedding_rows(paths, sentences, repeats=10)
     cols = list(rows[0])
     print(f"all-MiniLM-L6-v2, {len(sentences)} sentences of bible_web_dev.txt")
     print(markdown_table(rows, cols))

@@ -12,7 +12,8 @@ top-1 agreement with the fp32 model (run in the same runtime), top-1 accuracy ag
 labels, and latency int8 vs fp32 in one process, 1 thread, timed alternately.
 
     python -m bench.bench_edge_targets [--targets ort-cpu,openvino,ort-mobile,tensorrt,qnn] [--rounds 60]
-        [--calibration minmax|percentile|entropy|mse]   (results: bench/results/edge_targets[_CAL].json)
+        [--calibration minmax|percentile|entropy|mse]   (default: the recipe's; results:
+        bench/results/edge_targets.json, or edge_targets_CAL.json with --calibration)
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--targets", default="ort-cpu,openvino,ort-mobile,tensorrt,qnn")
     ap.add_argument("--rounds", type=int, default=60, help="timed runs per model (interleaved)")
-    ap.add_argument("--calibration", default="minmax")
+    ap.add_argument("--calibration", default=None, help="default: StaticInt8's own default")
     args = ap.parse_args()
 
     import onnxq
@@ -69,7 +70,8 @@ def main() -> None:
     details = {"fp32_top1_vs_labels": float(np.mean(fp32_pred == ys)), "samples": len(xs)}
 
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        recipe, notes = apply_target(onnxq.StaticInt8(calibration=args.calibration), target)
+        base = onnxq.StaticInt8() if args.calibration is None else onnxq.StaticInt8(calibration=args.calibration)
+        recipe, notes = apply_target(base, target)
         t0 = time.perf_counter()
         qmodel, report = onnxq.quantize_with_report(MODEL, recipe, from_images(CORPUS / "images"))
         notes += finalize_for_target(qmodel, target)
@@ -127,9 +129,10 @@ def main() -> None:
     columns = ["target", "runtime", "top-1 agreement", "top-1 vs labels", "fp32 ms", "int8 ms", "int8/fp32",
                "rule errors", "fallbacks", "quantize s"]
     print(markdown_table(rows, columns))
-    suffix = "" if args.calibration == "minmax" else f"_{args.calibration}"
+    calibration = args.calibration or onnxq.StaticInt8().calibration
+    suffix = "" if args.calibration is None else f"_{args.calibration}"
     path = write_results(f"edge_targets{suffix}", {
-        "title": f"MobileNetV2 int8-static ({args.calibration}) per target (imagenet_dev, 1 thread)",
+        "title": f"MobileNetV2 int8-static ({calibration}) per target (imagenet_dev, 1 thread)",
         "command": "python -m bench.bench_edge_targets" + (f" --calibration {args.calibration}" if suffix else ""),
         "columns": columns,
         "rows": rows,

@@ -14,9 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
-from bench.common import interleaved_median_ms, markdown_table, ort_session, write_results
+from bench.common import embedding_rows, markdown_table, write_results
 
 
 def main() -> None:
@@ -61,29 +60,7 @@ def main() -> None:
     seconds["ORT quantize_static (MinMax, per-channel)"] = time.perf_counter() - t0
     paths["ORT quantize_static (MinMax, per-channel)"] = out
 
-    ref = minilm.embed(fp32, eval_sentences)
-    feeds = minilm.encode(eval_sentences[:32])
-    sessions = {k: ort_session(p) for k, p in paths.items()}
-    names = {k: {i.name for i in s.get_inputs()} for k, s in sessions.items()}
-    latency = interleaved_median_ms(
-        {k: (lambda s=s, n=names[k]: s.run(None, {i: v for i, v in feeds.items() if i in n})) for k, s in sessions.items()},
-        repeats=8,
-    )
-    rows = []
-    for label, path in paths.items():
-        emb = ref if label == "fp32" else minilm.embed(path, eval_sentences)
-        cos = np.sum(emb * ref, axis=1)
-        rows.append(
-            {
-                "model": label,
-                "mean cosine": float(cos.mean()),
-                "min cosine": float(cos.min()),
-                "size MB": Path(path).stat().st_size / 1e6,
-                "quantize s": seconds[label],
-                "latency ms (32 sent., 1 thr)": latency[label],
-                "speed-up vs fp32": latency["fp32"] / latency[label],
-            }
-        )
+    rows = embedding_rows(paths, eval_sentences, repeats=8, seconds=seconds)
     cols = list(rows[0])
     print(markdown_table(rows, cols))
     write_results(

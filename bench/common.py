@@ -86,3 +86,34 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def embedding_rows(paths: dict, eval_sentences: list[str], *, repeats: int, seconds: dict | None = None) -> list[dict]:
+    """MiniLM sentence-embedding rows for each model in ``paths`` (label -> path, "fp32"
+    first): cosine of its embeddings with fp32's over ``eval_sentences``, file size, optional
+    quantization seconds, and 1-thread latency on 32 sentences (round-robin, one process)."""
+    import numpy as np
+
+    from models import minilm
+
+    fp32 = paths["fp32"]
+    ref = minilm.embed(fp32, eval_sentences)
+    feeds = minilm.encode(eval_sentences[:32])
+    sessions = {k: ort_session(p) for k, p in paths.items()}
+    names = {k: {i.name for i in s.get_inputs()} for k, s in sessions.items()}
+    latency = interleaved_median_ms(
+        {k: (lambda s=s, n=names[k]: s.run(None, {i: v for i, v in feeds.items() if i in n})) for k, s in sessions.items()},
+        repeats=repeats,
+    )
+    rows = []
+    for label, path in paths.items():
+        emb = ref if label == "fp32" else minilm.embed(path, eval_sentences)
+        cos = np.sum(emb * ref, axis=1)  # both L2-normalised
+        row = {"model": label, "mean cosine": float(cos.mean()), "min cosine": float(cos.min()),
+               "size MB": Path(path).stat().st_size / 1e6}
+        if seconds is not None:
+            row["quantize s"] = seconds.get(label, 0.0)
+        row["latency ms (32 sent., 1 thr)"] = latency[label]
+        row["speed-up vs fp32"] = latency["fp32"] / latency[label]
+        rows.append(row)
+    return rows

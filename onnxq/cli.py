@@ -79,7 +79,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int4-weight-only: calibration text for gptq/awq: token ids (.npy) or a text file (tokenised with --tokenizer).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=str), help="With a text --calib-text: a tokenizer.json (default: tokenizer.json beside MODEL).")
 @click.option("--symmetric/--asymmetric", default=None, help="int4-weight-only: symmetric blocks (no zero points) or uint4 zero points.")
-@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, MatMulNBits: fixed accuracy_level (default: chosen per layer by measured parity).")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, --format matmulnbits/onnxq: fixed accuracy_level (default: chosen per layer by measured parity).")
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
 @click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,

@@ -212,8 +212,8 @@ class WeightOnlyInt4(Recipe):
     than the classic 0.01). ``keep_8bit``/``keep_float``: node-name
     patterns (e.g. ``/lm_head/MatMul``) kept in int8 (per-channel DequantizeLinear) or float.
     ``calib_samples`` windows of ``calib_seq_len`` tokens feed GPTQ/AWQ from calibration text.
-    ``accuracy_tolerance``: largest relative output error vs the reference that MatMulNBits
-    ``accuracy_level`` 4 (int8 activations) may add on a layer before level 1 (fp32) is used.
+    ``accuracy_tolerance``: largest relative output error vs the reference that
+    ``accuracy_level`` 4 (int8 activations; MatMulNBits and MatMulBlockInt4) may add on a layer before level 1 (fp32) is used.
     """
 
     name: ClassVar[str] = "int4-weight-only"
@@ -222,7 +222,7 @@ class WeightOnlyInt4(Recipe):
     symmetric: bool = True
     algorithm: str = "rtn"  # rtn | hqq | gptq | awq | awq+gptq | awq+hqq
     format: str = "qdq"  # qdq | matmulnbits | onnxq
-    accuracy_level: int | None = None  # MatMulNBits only; None: chosen by measured parity
+    accuracy_level: int | None = None  # matmulnbits/onnxq formats; None: chosen by measured parity
     keep_8bit: tuple[str, ...] = ()  # node-name patterns quantized to int8 instead
     keep_float: tuple[str, ...] = ()  # node-name patterns left in float
     scale_search: bool | None = None  # None: on for GPTQ (Hessian-weighted), off for RTN

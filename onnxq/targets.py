@@ -185,55 +185,35 @@ _ORT_CPU = TargetProfile(
     ),
 )
 
-_ORT_MOBILE = TargetProfile(
+# the other profiles say only how they differ from ORT CPU
+_ORT_MOBILE = dataclasses.replace(
+    _ORT_CPU,
     name="ort-mobile",
     runtime="ONNX Runtime mobile (.ort format; CPU/XNNPACK/NNAPI/CoreML EPs)",
-    activation_type="uint8",
     activation_types=("uint8", "int8"),
-    symmetric_activations=False,
-    weight_type="int8",
-    per_channel=True,
-    per_channel_ops=_WEIGHTED,
     # NNAPI-supported quantized ops (nnapi_supported_ops.md): Conv/Gemm/MatMul, Add, pools,
     # Concat, 2-D Resize; Mul/ConvTranspose are not in its QDQ set
     qdq_op_types=("Conv", "MatMul", "Gemm", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"),
-    weights_quantized=True,
-    int32_bias=True,
-    min_opset=13,
     int16_min_opset=None,
     int4_formats=("matmulnbits", "qdq"),
-    int4_symmetric_only=False,
-    dynamic_int8="any",
-    static_shapes=False,
-    verification="runtime",
     sources=(
         "onnxruntime.ai/docs/performance/model-optimizations/ort-format-models.html (ORT format, reduced op config)",
         "onnxruntime/tools/mobile_helpers/nnapi_supported_ops.md (constant scales/zero points, 2-D Conv/pools)",
     ),
 )
 
-_OPENVINO = TargetProfile(
+_OPENVINO = dataclasses.replace(
+    _ORT_CPU,
     name="openvino",
     runtime="OpenVINO CPU plugin (ONNX frontend + low-precision transformations)",
-    activation_type="uint8",
     activation_types=("uint8", "int8"),
-    symmetric_activations=False,
-    weight_type="int8",
-    per_channel=True,
-    per_channel_ops=_WEIGHTED,
     # FakeQuantize on every input of Conv/MatMul/Gemm, on residual Add/Mul and on the
     # inputs of Concat and pools keeps the dataflow int8 between convolutions
     qdq_op_types=("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "AveragePool",
                   "GlobalAveragePool", "Resize"),
-    weights_quantized=True,
-    int32_bias=True,
-    min_opset=13,
     int16_min_opset=None,
     int4_formats=("qdq", "matmulnbits"),
-    int4_symmetric_only=False,
     dynamic_int8="fused",
-    static_shapes=False,
-    verification="runtime",
     sources=(
         "docs.openvino.ai .../openvino-ir-format/intermediate-representation-int8-inference.html "
         "(Convolution runs int8 only with FakeQuantize on data and weights)",

@@ -9,7 +9,8 @@ or float16 ``[K, N]``:
 - ``format="matmulnbits"``: ORT's ``com.microsoft.MatMulNBits`` (packed ``[N, n_blocks,
   block_size / 2]``, scales ``[N, n_blocks]``, packed uint8 zero points when asymmetric),
   ``accuracy_level`` from the ``accuracy_levels`` map, else the recipe's, else unset.
-- ``format="onnxq"``: ``com.onnxq.MatMulBlockInt4``, same inputs and bytes.
+- ``format="onnxq"``: ``com.onnxq.MatMulBlockInt4``, same inputs, bytes and ``accuracy_level``
+  rule (the attribute means the same: 4 = int8 activations per block).
 
 A Gemm's ``alpha``/``transB`` go into the weight and its bias ``beta * C`` into an ``Add``.
 Nodes matching ``keep_8bit`` get int8 per-output-channel ``DequantizeLinear`` → ``MatMul``
@@ -468,10 +469,10 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             y = b.op("MatMul", [x, deq])
         else:
             attrs = {"K": k, "N": n, "bits": 4, "block_size": self.recipe.block_size}
+            level = self.accuracy_levels.get(node.name or "", self.recipe.accuracy_level)
+            if level is not None:
+                attrs["accuracy_level"] = int(level)
             if self.recipe.format == "matmulnbits":
-                level = self.accuracy_levels.get(node.name or "", self.recipe.accuracy_level)
-                if level is not None:
-                    attrs["accuracy_level"] = int(level)
                 y = b.op("MatMulNBits", [x, *weight_inputs], attrs, domain="com.microsoft")
             else:
                 y = b.op("MatMulBlockInt4", [x, *weight_inputs], attrs, domain=ONNXQ_DOMAIN)

@@ -1,6 +1,8 @@
-"""Choose MatMulNBits ``accuracy_level`` per layer by measured parity with the reference.
+"""Choose ``accuracy_level`` per layer by measured parity with the reference.
 
-``accuracy_level=4`` lets ORT quantize the activations to int8 per block (fastest on CPU);
+Applies to ORT's ``com.microsoft.MatMulNBits`` and to onnxq's ``com.onnxq.MatMulBlockInt4``
+(run through the custom-op library), which share the attribute's meaning:
+``accuracy_level=4`` quantizes the activations to int8 per block (fastest on CPU);
 with activation outliers that costs accuracy. For each ``MatMulNBits`` node we run the
 layer alone in ORT on real activations (the rows calibration kept; random normal rows when
 there was no calibration), at level 4 and at level 1 (fp32), and compare with
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 FAST_LEVEL = 4
 EXACT_LEVEL = 1
+ONNXQ_DOMAIN = "com.onnxq"
+_BLOCK_INT4_OPS = {("MatMulNBits", "com.microsoft"), ("MatMulBlockInt4", ONNXQ_DOMAIN)}
 
 
 def _reference_weight(node: ir.Node) -> np.ndarray:
@@ -66,7 +70,8 @@ def _samples_for(x: ir.Value, stats: Mapping[str, object] | None, k: int) -> tup
 
 
 def layer_parity(node: ir.Node, x: np.ndarray, levels=(FAST_LEVEL, EXACT_LEVEL)) -> dict[int, float]:
-    """Relative error ``||Y_ort - X W_ref|| / ||X W_ref||`` of one MatMulNBits node at each level."""
+    """Relative error ``||Y_ort - X W_ref|| / ||X W_ref||`` of one block-int4 node (MatMulNBits
+    or MatMulBlockInt4) run alone in ORT at each level."""
     import onnxruntime as ort
 
     dtype = irutil.const_array(node.inputs[2]).dtype
@@ -91,14 +96,18 @@ def layer_parity(node: ir.Node, x: np.ndarray, levels=(FAST_LEVEL, EXACT_LEVEL))
         attrs = {a.name: a.value for a in node.attributes.values() if a.name != "accuracy_level"}
         attrs["accuracy_level"] = level
         y = ir.Value(name="Y")
-        one = ir.node("MatMulNBits", node_inputs, attrs, domain="com.microsoft", outputs=[y])
+        one = ir.node(node.op_type, node_inputs, attrs, domain=node.domain, outputs=[y])
         y.type = ir.TensorType(ir.DataType(_onnx_type(dtype)))
         y.shape = ir.Shape([x.shape[0], n])
-        g = ir.Graph(graph_inputs, [y], nodes=[one], initializers=inits, opset_imports={"": 21, "com.microsoft": 1})
+        g = ir.Graph(graph_inputs, [y], nodes=[one], initializers=inits, opset_imports={"": 21, node.domain: 1})
         m = ir.Model(g, ir_version=10)
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.log_severity_level = 3
+        if node.domain == ONNXQ_DOMAIN:
+            from onnxq import runtime
+
+            so.register_custom_ops_library(str(runtime.library_path("cpu")))
         sess = ort.InferenceSession(ir.serde.serialize_model(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
         (got,) = sess.run(None, {"A": x})
         d = got.astype(np.float32) - ref
@@ -113,12 +122,13 @@ def _onnx_type(dtype) -> int:
 def choose_accuracy_levels(
     model: ir.Model, stats: Mapping[str, object] | None, tolerance: float
 ) -> dict[str, int]:
-    """Set ``accuracy_level`` on every MatMulNBits node by measured parity; return the choice."""
+    """Set ``accuracy_level`` on every MatMulNBits / MatMulBlockInt4 node by measured parity;
+    return the choice."""
     chosen: dict[str, int] = {}
     counts: collections.Counter[int] = collections.Counter()
     real = 0
     for node in list(irutil.iter_nodes(model.graph)):
-        if node.op_type != "MatMulNBits" or node.domain != "com.microsoft":
+        if (node.op_type, node.domain) not in _BLOCK_INT4_OPS:
             continue
         k = node.attributes.get_int("K")
         x, is_real = _samples_for(node.inputs[0], stats, k)
@@ -134,7 +144,7 @@ def choose_accuracy_levels(
         )
     if chosen:
         logger.info(
-            "MatMulNBits accuracy_level by measured parity (tolerance %.3g, %s activations): %s",
+            "accuracy_level by measured parity (tolerance %.3g, %s activations): %s",
             tolerance,
             "calibration" if real == len(chosen) else f"calibration for {real} of {len(chosen)} layers, random for the rest",
             ", ".join(f"level {lvl} on {c} layer(s)" for lvl, c in sorted(counts.items())),

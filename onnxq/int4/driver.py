@@ -93,11 +93,12 @@ def run_weight_only_int4(
     t0 = time.perf_counter()
     QuantizeMatMulInt4Pass(recipe, stats, progress=progress)(model)
     notes.append(f"{recipe.algorithm} on {len(selected)} weights in {time.perf_counter() - t0:.1f} s")
-    if recipe.format == "matmulnbits" and recipe.accuracy_level is None:
+    if recipe.format in ("matmulnbits", "onnxq") and recipe.accuracy_level is None:
         levels = choose_accuracy_levels(model, stats, recipe.accuracy_tolerance)
         fast = sum(1 for v in levels.values() if v == 4)
+        op = "MatMulNBits" if recipe.format == "matmulnbits" else "MatMulBlockInt4"
         notes.append(
-            f"MatMulNBits accuracy_level 4 (int8 activations) on {fast} of {len(levels)} layers, "
+            f"{op} accuracy_level 4 (int8 activations) on {fast} of {len(levels)} layers, "
             f"level 1 (fp32) where level 4 lost more than {recipe.accuracy_tolerance:.1%} parity"
         )
     return QuantizeReport(recipe, decisions, tuple(notes))

@@ -1,7 +1,17 @@
 // SIMD kernels of MatMulBlockInt4, written once over a vector wrapper `V` (V256: AVX2,
-// V512: AVX-512) and `kVnni`. Included by kernel_avx2.cc / kernel_avx512.cc /
-// kernel_vnni.cc inside their own namespace, after a target pragma, so every function
-// here is compiled for that ISA. No standard-library templates are used here.
+// V512: AVX-512) and `kVnni`. Each x86 kernel file defines the ISA and includes this file
+// once, e.g. kernel_vnni.cc:
+//
+//   #define ONNXQ_ISA vnni                       // namespace vnni_impl, kernels_vnni()
+//   #define ONNXQ_ISA_TARGET "avx2,...,avx512vnni"  // target of every function here
+//   #define ONNXQ_ISA_SIMD "simd_v512.h"         // the vector wrapper ...
+//   #define ONNXQ_ISA_VECTOR V512                // ... and its type
+//   #define ONNXQ_ISA_VNNI true                  // vpdpbusd (else vpmaddubsw)
+//   #include "kernel_simd_impl.h"
+//
+// The functions run only after kernel_dispatch.cc has checked CPUID. Standard headers come
+// before the target pragma so nothing from them is compiled for the ISA; no standard-library
+// templates are used below it.
 //
 // Notation: L = lanes per vector; a "group" is 8 consecutive k (one dword = 8 nibbles of a
 // column); a "chunk" is L groups (L*8 k, L*4 bytes of a column).
@@ -13,9 +23,43 @@
 //
 // Small M (GEMV): columns are streamed once; each 64-byte (AVX-512) load of a column is
 // expanded in registers and multiplied with MR rows of A pre-permuted to the nibble order.
-// Large M (GEMM): a tile of NT columns x KT k is expanded once into a panel (floats, or
-// u8 codes in VNNI order) in L1 and reused across all rows of A by a register-blocked
-// micro-kernel.
+// Large M (GEMM): a tile of NT columns x KT k is expanded once into a panel (floats in L1;
+// int8 path: the packed codes transposed to VNNI order, in L2) and reused across all rows
+// of A by a register-blocked micro-kernel.
+#if !defined(ONNXQ_ISA) || !defined(ONNXQ_ISA_TARGET) || !defined(ONNXQ_ISA_SIMD) || !defined(ONNXQ_ISA_VECTOR) || \
+    !defined(ONNXQ_ISA_VNNI)
+#error "define ONNXQ_ISA, ONNXQ_ISA_TARGET, ONNXQ_ISA_SIMD, ONNXQ_ISA_VECTOR and ONNXQ_ISA_VNNI first"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernel.h"
+
+#define ONNXQ_CAT2(a, b) a##b
+#define ONNXQ_CAT(a, b) ONNXQ_CAT2(a, b)
+#define ONNXQ_STR2(a) #a
+#define ONNXQ_STR(a) ONNXQ_STR2(a)
+#define ONNXQ_PRAGMA(x) _Pragma(#x)
+#define ONNXQ_TARGET_PUSH(t) ONNXQ_PRAGMA(GCC target(t))
+#define ONNXQ_CLANG_TARGET_PUSH(t) ONNXQ_PRAGMA(clang attribute push(__attribute__((target(t))), apply_to = function))
+#define ONNXQ_ISA_NS ONNXQ_CAT(ONNXQ_ISA, _impl)
+
+#if defined(__clang__)
+ONNXQ_CLANG_TARGET_PUSH(ONNXQ_ISA_TARGET)
+#else
+#pragma GCC push_options
+ONNXQ_TARGET_PUSH(ONNXQ_ISA_TARGET)
+#endif
+
+namespace onnxq {
+namespace ops {
+namespace ONNXQ_ISA_NS {
+constexpr bool kVnni = ONNXQ_ISA_VNNI;
+#include ONNXQ_ISA_SIMD
+using V = ONNXQ_ISA_VECTOR;
 
 static_assert(V::L == 8 || V::L == 16, "8 or 16 lanes");
 
@@ -24,7 +68,7 @@ constexpr int kChunkK = L * 8;      // k per chunk
 constexpr int kChunkBytes = L * 4;  // bytes of a column per chunk
 constexpr int NV = 2;               // vectors of columns per GEMM panel
 constexpr int NT = NV * L;          // columns per GEMM panel
-constexpr int kKtInt8 = 2048;        // k per panel (int8): NT*KT bytes
+constexpr int kKtInt8 = 4096;       // k per panel (int8): NT*KT/2 bytes (64 KiB, in L2); few micro-kernel calls
 constexpr int kKtF32 = 256;         // k per panel (fp32): NT*KT*4 bytes
 constexpr int kMrInt8 = (L == 16) ? 7 : 2;
 constexpr int kMrF32 = (L == 16) ? 14 : 6;
@@ -283,21 +327,30 @@ void prep_rows_task(void* ctx, size_t t) {
   if (r.gemv) groups_to_chunks(lin, dst, r.kp);
 }
 
-int gemv(const Weights& w, const Problem& p, const Runner& runner) {
-  const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
-  const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
-  const int64_t M = p.M;
-  const int64_t ld = row_stride(kp);
-  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * ld));
-  Scratch q(1, p.int8_a ? static_cast<size_t>(M * ld + 64) : 64);
-  Scratch q_tmp(2, p.int8_a ? static_cast<size_t>(M * (kp + 64)) : 64);
-  Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
-  Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
-  if (!ap.p || !q.p || !q_tmp.p || !sa.p || !rb.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), q_tmp.as<int8_t>(), nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, true};
-  runner.run(static_cast<size_t>(M), prep_rows_task, &r);
+// Sizes and scratch buffers of the prepared rows of A (both paths; see RowPrepCtx).
+struct PreparedA {
+  int64_t kp, nbp, ld;
+  Scratch ap, q, sa, rb;
+  PreparedA(const Weights& w, const Problem& p)
+      : kp(round_up(w.n_blocks * w.block_size, kChunkK)),
+        nbp(round_up(ceil_div(kp, w.block_size), L) + L),
+        ld(row_stride(kp)),
+        ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(p.M * ld)),
+        q(1, p.int8_a ? static_cast<size_t>(p.M * ld + 64) : 64),
+        sa(3, sizeof(float) * static_cast<size_t>(p.M * nbp)),
+        rb(4, sizeof(float) * static_cast<size_t>(p.M * nbp)) {}
+  bool ok() const { return ap.p && q.p && sa.p && rb.p; }
+};
 
-  GemvCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), kp, ld, nbp,
+int gemv(const Weights& w, const Problem& p, const Runner& runner) {
+  PreparedA a(w, p);
+  const int64_t kp = a.kp, nbp = a.nbp, ld = a.ld;
+  Scratch q_tmp(2, p.int8_a ? static_cast<size_t>(p.M * (kp + 64)) : 64);
+  if (!a.ok() || !q_tmp.p) return kOutOfMemory;
+  RowPrepCtx r{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), q_tmp.as<int8_t>(), nullptr, a.sa.as<float>(), a.rb.as<float>(), kp, ld, nbp, true};
+  runner.run(static_cast<size_t>(p.M), prep_rows_task, &r);
+
+  GemvCtx g{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), a.sa.as<float>(), a.rb.as<float>(), kp, ld, nbp,
             kp / kChunkK, w.row_bytes / kChunkBytes, LaneExpand(w.block_size)};
   const size_t tasks = static_cast<size_t>(ceil_div(w.N, kGemvColsPerTask));
   runner.run(tasks, p.int8_a ? gemv_task<true> : gemv_task<false>, &g);
@@ -378,20 +431,17 @@ inline int64_t next_panel_delta(const Weights& w, int64_t kt0, int64_t kt1, int6
   return kt1 < kp ? (kt1 - kt0) / 2 : NT * w.row_bytes - kt0 / 2;
 }
 
-// int8 panel: for group gl (k = kt0 + 8 gl ..): [gl][lo/hi][v] vectors of L dwords.
+// int8 panel: for group gl (k = kt0 + 8 gl ..): [gl][v] vectors of L packed dwords (8
+// codes of a column each). The micro-kernel splits the nibbles: its vpand/vpsrld run beside
+// vpdpbusd at no cost (Zen 5), and the panel is half the size of u8 codes.
 inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, int64_t pf_delta, uint8_t* panel) {
   using I = typename V::I;
-  const I mask = V::set1_i32(0x0F0F0F0F);
   for (int v = 0; v < NV; ++v) {
     for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
       I r[L];
       load_transposed(w, n0 + v * L, c, pf_delta, r);
       const int64_t g0 = c * L - kt0 / 8;
-      for (int j = 0; j < L; ++j) {
-        uint8_t* dst = panel + ((g0 + j) * 2 * NV + v) * kChunkBytes;
-        V::store_i(dst, V::and_i(r[j], mask));
-        V::store_i(dst + NV * kChunkBytes, V::and_i(V::srl32(r[j], 4), mask));
-      }
+      for (int j = 0; j < L; ++j) V::store_i(panel + ((g0 + j) * NV + v) * kChunkBytes, r[j]);
     }
   }
 }
@@ -460,6 +510,7 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
     for (int v = 0; v < NV; ++v)
       c[m][v] = kt0 == 0 ? V::zero()
                          : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L))));
+  const I mask = V::set1_i32(0x0F0F0F0F);
   const int8_t* qa = g.q + m0 * g.ld;
   const int64_t b_first = kt0 / bs;
   for (int64_t b = b_first; b * bs < kt1; ++b) {
@@ -468,17 +519,18 @@ void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t k
     I acc[MR][NV];
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = SYM ? V::set1_i32(qzb[m]) : V::zeroi();
-    const uint8_t* pp = panel + (g_begin - kt0 / 8) * 2 * NV * kChunkBytes;
+    const uint8_t* pp = panel + (g_begin - kt0 / 8) * NV * kChunkBytes;
     const int8_t* qg = qa + g_begin * 8;
 #pragma GCC unroll 1
-    for (int64_t gi = g_begin; gi < g_end; ++gi, pp += 2 * NV * kChunkBytes, qg += 8) {
-      const I lo0 = V::load_i(pp), lo1 = V::load_i(pp + kChunkBytes);
+    for (int64_t gi = g_begin; gi < g_end; ++gi, pp += NV * kChunkBytes, qg += 8) {
+      const I x0 = V::load_i(pp), x1 = V::load_i(pp + kChunkBytes);
+      const I lo0 = V::and_i(x0, mask), lo1 = V::and_i(x1, mask);
       for (int m = 0; m < MR; ++m) {
         const I alo = V::bcast32(qg + m * g.ld);
         acc[m][0] = V::dot(acc[m][0], lo0, alo);
         acc[m][1] = V::dot(acc[m][1], lo1, alo);
       }
-      const I hi0 = V::load_i(pp + 2 * kChunkBytes), hi1 = V::load_i(pp + 3 * kChunkBytes);
+      const I hi0 = V::and_i(V::srl32(x0, 4), mask), hi1 = V::and_i(V::srl32(x1, 4), mask);
       for (int m = 0; m < MR; ++m) {
         const I ahi = V::bcast32(qg + m * g.ld + 4);
         acc[m][0] = V::dot(acc[m][0], hi0, ahi);
@@ -559,7 +611,7 @@ void gemm_task(void* ctx, size_t t) {
   const int64_t bs = w.block_size;
   const int64_t kt = INT8 ? kKtInt8 : kKtF32;  // multiple of kChunkK and of every block size
   const int64_t nblk_all = ceil_div(g.kp, bs);
-  Scratch panel(5, INT8 ? static_cast<size_t>(kt / 8 * 2 * NV * kChunkBytes) : sizeof(float) * static_cast<size_t>(kt * NT));
+  Scratch panel(5, INT8 ? static_cast<size_t>(kt / 8 * NV * kChunkBytes) : sizeof(float) * static_cast<size_t>(kt * NT));
   Scratch scales(6, sizeof(float) * static_cast<size_t>(2 * round_up(nblk_all, L) * NT));
   if (!panel.p || !scales.p) {
     __atomic_store_n(g.failed, 1, __ATOMIC_RELAXED);
@@ -586,22 +638,16 @@ void gemm_task(void* ctx, size_t t) {
 }
 
 int gemm(const Weights& w, const Problem& p, const Runner& runner) {
-  const int64_t kp = round_up(w.n_blocks * w.block_size, kChunkK);
-  const int64_t nbp = round_up(ceil_div(kp, w.block_size), L) + L;
-  const int64_t M = p.M;
-  const int64_t ld = row_stride(kp);
-  Scratch ap(0, p.int8_a ? 64 : sizeof(float) * static_cast<size_t>(M * ld));
-  Scratch q(1, p.int8_a ? static_cast<size_t>(M * ld + 64) : 64);
-  Scratch sa(3, sizeof(float) * static_cast<size_t>(M * nbp));
-  Scratch rb(4, sizeof(float) * static_cast<size_t>(M * nbp));
-  if (!ap.p || !q.p || !sa.p || !rb.p) return kOutOfMemory;
+  PreparedA a(w, p);
+  const int64_t kp = a.kp, nbp = a.nbp, ld = a.ld;
   const bool sym = p.int8_a && !w.zp_packed && !w.zp_float;
-  Scratch qz(7, sym ? sizeof(int32_t) * static_cast<size_t>(M * nbp) : 64);
-  if (!qz.p) return kOutOfMemory;
-  RowPrepCtx r{&w, &p, ap.as<float>(), q.as<int8_t>(), nullptr, sym ? qz.as<int32_t>() : nullptr, sa.as<float>(), rb.as<float>(), kp, ld, nbp, false};
-  runner.run(static_cast<size_t>(M), prep_rows_task, &r);
+  Scratch qz(7, sym ? sizeof(int32_t) * static_cast<size_t>(p.M * nbp) : 64);
+  if (!a.ok() || !qz.p) return kOutOfMemory;
+  int32_t* qzp = sym ? qz.as<int32_t>() : nullptr;
+  RowPrepCtx r{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), nullptr, qzp, a.sa.as<float>(), a.rb.as<float>(), kp, ld, nbp, false};
+  runner.run(static_cast<size_t>(p.M), prep_rows_task, &r);
   int failed = 0;
-  GemmCtx g{&w, &p, ap.as<float>(), q.as<int8_t>(), sa.as<float>(), rb.as<float>(), sym ? qz.as<int32_t>() : nullptr, kp, ld, nbp, &failed};
+  GemmCtx g{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), a.sa.as<float>(), a.rb.as<float>(), qzp, kp, ld, nbp, &failed};
   runner.run(static_cast<size_t>(ceil_div(w.N, NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
   return __atomic_load_n(&failed, __ATOMIC_RELAXED) ? kOutOfMemory : kOk;
 }
@@ -629,3 +675,23 @@ void float_to_half(const float* src, uint16_t* dst, size_t n) {
   for (; i + L <= n; i += L) V::store_half(dst + i, V::load(src + i));
   for (; i < n; ++i) dst[i] = float_to_half_scalar(src[i]);
 }
+
+}  // namespace ONNXQ_ISA_NS
+}  // namespace ops
+}  // namespace onnxq
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+namespace onnxq {
+namespace ops {
+namespace {
+const IsaKernels kTable = {ONNXQ_STR(ONNXQ_ISA), ONNXQ_ISA_NS::matmul, ONNXQ_ISA_NS::half_to_float,
+                           ONNXQ_ISA_NS::float_to_half};
+}
+const IsaKernels* ONNXQ_CAT(kernels_, ONNXQ_ISA)() { return &kTable; }
+}  // namespace ops
+}  // namespace onnxq

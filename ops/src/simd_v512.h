@@ -65,10 +65,14 @@ struct V512 {
       return _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)));
     }
   }
-  // acc + sum of u*s over groups of 4 bytes; without VNNI through 16-bit products
+  // acc + sum of u*s over groups of 4 bytes; without VNNI through 16-bit products.
+  // vpdpbusd as asm: with the intrinsic GCC 12 copies accumulators between registers
+  // around the tied operand, and the copies take issue slots from vpdpbusd (measured on
+  // Zen 5: a 7x2 tile loop with broadcasts at 70 % of peak with the intrinsic, 97 % so).
   static I dot(I acc, I u, I s) {
     if constexpr (kVnni) {
-      return _mm512_dpbusd_epi32(acc, u, s);
+      __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+      return acc;
     } else {
       return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
     }

@@ -367,9 +367,9 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     console.print(table)
     worst = comparison.worst_layers(5)
     if worst:
-        console.print("worst layers (lowest SQNR; exclude by node name with --exclude):")
+        console.print("worst layers (most SQNR lost between their inputs and output; keep one in float with --exclude NODE):")
         for t in worst:
-            console.print(f"  {t.sqnr_db:6.1f} dB  node {t.node or '?'} ({t.op_type}) → {t.name}")
+            console.print(f"  loses {t.added_db:5.1f} dB (output {t.sqnr_db:5.1f} dB)  node {t.node or '?'} ({t.op_type}) → {t.name}")
     if html_path:
         console.print(f"report written to {html_path}")
 

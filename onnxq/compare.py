@@ -71,6 +71,11 @@ class TensorError:
     op_type: str = ""
     node: str = ""  # the float model's node that produces the tensor
     added_nsr: float = 0.0  # noise-to-signal this node adds: NSR(out) - max NSR(inputs)
+    # SQNR this node loses (dB): min SQNR of its inputs (capped at INPUT_SQNR_DB; graph
+    # inputs count as that) minus its output's SQNR. Ranks worst layers: a ratio, so a
+    # late layer is not blamed for noise that its inputs already carried and that it
+    # merely scales up along with its (smaller) signal
+    added_db: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,9 +132,9 @@ class Comparison:
     layers: tuple[TensorError, ...]  # in the float graph's order
 
     def worst_layers(self, n: int = 5) -> list[TensorError]:
-        """The layers that add the most error (not merely the lowest SQNR, which mostly
-        reflects what upstream layers did)."""
-        return sorted(self.layers, key=lambda t: t.added_nsr, reverse=True)[:n]
+        """The layers that lose the most SQNR between their inputs and their output (not
+        merely the lowest SQNR, which mostly reflects what upstream layers did)."""
+        return sorted(self.layers, key=lambda t: t.added_db, reverse=True)[:n]
 
     def to_dict(self) -> dict:
         return {
@@ -147,12 +152,21 @@ def nsr(sqnr_db: float) -> float:
     return 10 ** (-sqnr_db / 10)
 
 
+# SQNR credited to tensors compare does not measure (graph inputs, constants): far above
+# what 8-bit quantization of a layer keeps (~40-50 dB), so the first quantized layers are
+# charged with the error they add, without an infinite drop ranking them first always
+INPUT_SQNR_DB = 60.0
+
+
 def _with_added_noise(layers: list[TensorError], inputs_of: Mapping[str, list[str]]) -> list[TensorError]:
     by_name = {t.name: nsr(t.sqnr_db) for t in layers}
+    db = {t.name: min(t.sqnr_db, INPUT_SQNR_DB) for t in layers}
     out = []
     for t in layers:
-        upstream = max((by_name.get(i, 0.0) for i in inputs_of.get(t.name, ())), default=0.0)
-        out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream))
+        inputs = inputs_of.get(t.name, ())
+        upstream = max((by_name.get(i, 0.0) for i in inputs), default=0.0)
+        upstream_db = min((db.get(i, INPUT_SQNR_DB) for i in inputs), default=INPUT_SQNR_DB)
+        out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream, added_db=upstream_db - db[t.name]))
     return out
 
 

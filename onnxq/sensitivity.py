@@ -1,11 +1,12 @@
 """Sensitivity-driven exclusion: keep the layers that add the most error in float until
 the quantized model meets an accuracy target.
 
-The error a node adds is measured locally, from one comparison run: the noise-to-signal
+The error a node adds is estimated from one comparison run, two ways: the noise-to-signal
 ratio (NSR, the inverse of linear SQNR) of its output minus the largest NSR among its
-inputs. Nodes are excluded worst first, in rounds of growing size (1, 2, 4, …), each round
-re-quantizing from the float model and re-measuring, until the target holds or the
-round limit is reached.
+inputs, and the SQNR (dB) it loses between its inputs and its output. The top candidates
+of both rankings are each tried (re-quantized from the float model and measured) and the
+one that helps most is kept, round after round, until the target holds, nothing helps,
+or the round limit is reached.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from onnxq.compare import Comparison, compare_models, nsr
+from onnxq.compare import INPUT_SQNR_DB, Comparison, compare_models, nsr
 
 __all__ = [
     "AccuracyTarget",
     "AutoExcludeResult",
     "rank_nodes_by_added_error",
+    "rank_nodes_by_lost_db",
     "auto_exclude",
     "static_exclusion_unit",
     "quantize_static_to_target",
@@ -101,6 +103,30 @@ def rank_nodes_by_added_error(float_model, comparison: Comparison, candidates: s
     return ranked
 
 
+def rank_nodes_by_lost_db(float_model, comparison: Comparison, candidates: set[str]) -> list[tuple[str, float]]:
+    """(node name, SQNR lost in dB from its inputs to its output) for candidate nodes, worst
+    first: the measure of ``Comparison.worst_layers``. It finds the early layers whose noise
+    every later layer carries; added NSR finds late layers that add much noise in absolute
+    terms (and layers that merely amplify their inputs' noise): each misses what the other
+    finds, so the search below tries the top of both."""
+    db_of = {t.name: min(t.sqnr_db, INPUT_SQNR_DB) for t in (*comparison.layers, *comparison.outputs)}
+    ranked = []
+    for node in float_model.graph:
+        if node.name not in candidates or not node.outputs or node.outputs[0].name not in db_of:
+            continue
+        upstream = min((db_of.get(v.name, INPUT_SQNR_DB) for v in node.inputs if v is not None), default=INPUT_SQNR_DB)
+        ranked.append((node.name, upstream - db_of[node.outputs[0].name]))
+    ranked.sort(key=lambda item: item[1], reverse=True)
+    return ranked
+
+
+def _score(comparison: Comparison) -> tuple[float, float]:
+    """(worst output SQNR dB, worst top-1 agreement or 1): higher is better. SQNR first:
+    on a few calibration samples top-1 agreement moves in big steps, by chance."""
+    agree = [o.top1_agreement for o in comparison.outputs if o.top1_agreement is not None]
+    return (min(o.sqnr_db for o in comparison.outputs), min(agree) if agree else 1.0)
+
+
 def auto_exclude(
     float_path: str | Path,
     quantize_fn: Callable[[tuple[str, ...]], tuple[object, object]],
@@ -111,61 +137,73 @@ def auto_exclude(
     max_samples: int | None = None,
     unit: Callable[[object, str, set[str]], tuple[str, ...]] | None = None,
     budget: Callable[[tuple[str, ...]], bool] | None = None,
+    trials: int = 3,
 ) -> tuple[object, AutoExcludeResult]:
     """``quantize_fn(extra_excludes)`` returns ``(model, QuantizeReport)`` for
     ``float_path`` with those node names kept in float; ``data()`` yields fresh feeds.
     ``unit(float_model, node_name, quantized_names)``: the nodes to keep in float together
     when ``node_name`` is chosen (default: the node alone). ``budget(excluded)``: False when
     that set may not be kept in float (e.g. too much compute): candidates that would break
-    it are skipped. Returns the quantized model that met the target, else the best round's
-    (top-1 agreement, then SQNR), and what was excluded."""
+    it are skipped.
+
+    Greedy and measured: each round compares the current model layer by layer, takes the
+    ``trials`` worst candidates by SQNR lost and the ``trials`` worst by added NSR, quantizes
+    with each one kept in float in turn, and keeps the one that helps most (output SQNR,
+    then top-1 agreement); it stops when the target holds, when no candidate helps, or after
+    ``max_rounds`` rounds. Returns the last (= best) model and what was excluded."""
     from onnxq import modelio
 
     float_model = modelio.load(float_path)
     excluded: tuple[str, ...] = ()
     history: list[tuple[int, float, float | None]] = []
-    best = None
-    step = 1
     with tempfile.TemporaryDirectory(prefix="onnxq-sens-") as tmp:
         qpath = Path(tmp) / "candidate.onnx"
-        for round_no in range(1, max_rounds + 2):
-            model, report = quantize_fn(excluded)
-            quantized_names = {d.node.name for d in report.quantized if d.node.name}
+
+        def measure(extra: tuple[str, ...], per_layer: bool = True):
+            model, report = quantize_fn(extra)
             modelio.save(model, qpath)
-            comparison = compare_models(float_path, qpath, data(), max_samples=max_samples)
-            agree = [o.top1_agreement for o in comparison.outputs if o.top1_agreement is not None]
-            worst_db = min(o.sqnr_db for o in comparison.outputs)
-            history.append((len(excluded), worst_db, min(agree) if agree else None))
+            comparison = compare_models(float_path, qpath, data(), max_samples=max_samples, per_layer=per_layer)
+            return model, report, comparison
+
+        model, report, comparison = measure(excluded)
+        round_no = 1
+        while True:
+            score = _score(comparison)
+            history.append((len(excluded), score[0], score[1] if any(
+                o.top1_agreement is not None for o in comparison.outputs) else None))
             if target.met_by(comparison):
                 return model, AutoExcludeResult(excluded, comparison, True, round_no, tuple(history))
-            score = (min(agree) if agree else 1.0, worst_db)
-            if best is None or score > best[0]:
-                best = (score, model, excluded, comparison, round_no)
             if round_no > max_rounds:
                 break
-            ranked = rank_nodes_by_added_error(float_model, comparison, quantized_names)
-            if not ranked:
-                break
-            new: list[str] = []
-            chosen = 0
-            for name, _ in ranked:
-                if chosen >= step:
-                    break
-                members = unit(float_model, name, quantized_names) if unit is not None else (name,)
-                fresh = [m for m in members if m not in excluded and m not in new]
-                if not fresh or len(quantized_names - set(new) - set(fresh)) < 1:  # keep something quantized
-                    continue
-                if budget is not None and not budget(excluded + tuple(new) + tuple(fresh)):
-                    continue
-                new.extend(fresh)
-                chosen += 1
-            if not new:
-                break
-            logger.info("round %d: keeping %d more node(s) in float: %s", round_no, len(new), ", ".join(new))
-            excluded += tuple(new)
-            step *= 2
-    # target not met: the best round seen (top-1 agreement, then SQNR), not merely the last
-    _, model, excluded, comparison, round_no = best
+            if not comparison.layers:  # the chosen trial measured outputs only: rank on layers
+                comparison = measure(excluded)[2]
+            quantized_names = {d.node.name for d in report.quantized if d.node.name}
+            units: list[tuple[str, ...]] = []
+            for ranking in (rank_nodes_by_lost_db, rank_nodes_by_added_error):
+                taken = 0
+                for name, _ in ranking(float_model, comparison, quantized_names):
+                    if taken >= trials:
+                        break
+                    members = unit(float_model, name, quantized_names) if unit is not None else (name,)
+                    fresh = tuple(m for m in members if m not in excluded)
+                    if not fresh or len(quantized_names - set(fresh)) < 1:  # keep something quantized
+                        continue
+                    if budget is not None and not budget(excluded + fresh):
+                        continue
+                    taken += 1
+                    if fresh not in units:
+                        units.append(fresh)
+            best = None
+            for fresh in units:
+                trial = measure(excluded + fresh, per_layer=False)
+                if best is None or _score(trial[2]) > _score(best[1][2]):
+                    best = (fresh, trial)
+            if best is None or _score(best[1][2]) <= score:
+                break  # nothing within the budget helps
+            excluded += best[0]
+            model, report, comparison = best[1]
+            logger.info("round %d: keeping %s in float (output SQNR %.1f dB)", round_no, ", ".join(best[0]), _score(comparison)[0])
+            round_no += 1
     return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history))
 
 
@@ -174,10 +212,10 @@ _PASS_THROUGH = ("Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "
 
 def static_exclusion_unit(float_model, name: str, quantized: set[str]) -> tuple[str, ...]:
     """For int8-static: a node and the quantized nodes producing its activation inputs
-    (through Relu/Clip and pass-through ops). Keeping only the node in float leaves its
-    inputs quantized whenever their producer stays quantized (the producer's fused output
-    is 8-bit); keeping the producers in float too removes that quantization step, which is
-    what the node's added noise (measured from its float inputs to its output) includes."""
+    (through Relu/Clip and pass-through ops). An excluded node's inputs stay float, so
+    their producers can no longer be fused into int8 ops and run in float anyway (with
+    dequantized int8 weights): keeping them in float too buys their accuracy at no
+    further speed cost."""
     node = next((n for n in float_model.graph if n.name == name), None)
     if node is None:
         return (name,)

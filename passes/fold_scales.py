@@ -16,7 +16,9 @@ node's output tensor name (bias correction computes them); a Conv without a bias
 Then every Conv / ConvTranspose / Gemm whose activation and weight inputs come through
 DequantizeLinear and whose bias is a float constant gets an int32 bias with scale
 ``s_x * s_w`` (per output channel) behind a DequantizeLinear, the form ORT folds into
-QLinearConv / QGemm. A second run with the same qparams changes nothing.
+QLinearConv / QGemm. A node whose activation input is float (a neighbour kept in float)
+keeps a float bias: a given one is written as a float initializer. A second run with the
+same qparams changes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import onnx_ir as ir
 from onnxq import irutil
 from onnxq import qparams as qp
 from onnxq.errors import OnnxqError
-from onnxq.passes.insert_qdq import add_initializer
 
 __all__ = ["FoldScalesPass"]
 
@@ -150,12 +151,31 @@ class FoldScalesPass(ir.passes.InPlacePass):
                 return table[name]
         return None
 
+    def _set_float_bias(self, node: ir.Node, given: np.ndarray, names: irutil.FreshNames, originals) -> bool:
+        bias_v = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias_v is not None:
+            current = irutil.const_array(bias_v)
+            if current is None:
+                raise OnnxqError(f"{irutil.node_label(node)}: a corrected bias was computed but its bias is not a constant")
+            if current.dtype == given.dtype and np.array_equal(current, given):
+                return False
+        label = bias_v.name if bias_v is not None else f"{node.outputs[0].name}_bias"
+        new = irutil.add_initializer(node.graph, names(f"{label}_corrected"), given)
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, new)
+        if bias_v is not None:
+            originals.append((bias_v.graph or node.graph, bias_v))
+        return True
+
     def _quantize_bias(self, node: ir.Node, names: irutil.FreshNames, originals) -> bool:
         dq_x, dq_w = _producer(node.inputs[0], "DequantizeLinear"), _producer(node.inputs[1], "DequantizeLinear")
-        if dq_x is None or dq_w is None:
-            return False
         bias_v = node.inputs[2] if len(node.inputs) > 2 else None
         given = self._given_bias(node)
+        if dq_x is None or dq_w is None:
+            # a float input (its producer is kept in float): the bias stays float, but a
+            # given one (bias correction, equalization) must still be written
+            return self._set_float_bias(node, given, names, originals) if given is not None else False
         if bias_v is None:
             if given is None or node.op_type not in ("Conv", "ConvTranspose"):
                 return False
@@ -186,9 +206,9 @@ class FoldScalesPass(ir.passes.InPlacePass):
         q = np.clip(q, _INT32.min, _INT32.max).astype(np.int32)
         graph = node.graph
         label = bias_v.name if bias_v is not None else f"{node.outputs[0].name}_bias"
-        q_v = add_initializer(graph, names(f"{label}_quantized"), q)
-        s_v = add_initializer(graph, names(f"{label}_scale"), scale)
-        z_v = add_initializer(graph, names(f"{label}_zero_point"), np.zeros(b.shape, np.int32))
+        q_v = irutil.add_initializer(graph, names(f"{label}_quantized"), q)
+        s_v = irutil.add_initializer(graph, names(f"{label}_scale"), scale)
+        z_v = irutil.add_initializer(graph, names(f"{label}_zero_point"), np.zeros(b.shape, np.int32))
         nb = irutil.NodeBuilder(names, f"{label}_dq")
         out = nb.op("DequantizeLinear", [q_v, s_v, z_v], {"axis": 0})
         out.dtype = ir.DataType.FLOAT

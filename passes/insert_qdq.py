@@ -25,6 +25,10 @@ QLinearGlobalAveragePool, and runs MaxPool/Resize/Reshape/... directly on uint8)
   consumer of a tensor produced by a quantized op reads the dequantized value so that the
   producer can still be fused.
 
+Nodes excluded by name (``exclude``) run in float: their weights stay float and their
+activation inputs and outputs (and a Relu/Clip output right after them) get no Q/DQ pair,
+so a quantized neighbour reads or writes those tensors in float (see ``kept_float_tensors``).
+
 Nodes inside If/Loop bodies are handled like the others (calibration lifts their tensors
 out); nodes in other subgraphs (Scan, custom ops) are skipped with a reason. Weights held in
 ``Constant`` nodes are quantized like initializers.
@@ -51,6 +55,7 @@ __all__ = [
     "StaticPlan",
     "ScaleGroup",
     "plan_static",
+    "kept_float_tensors",
     "group_qparams",
     "quantize_weight",
     "PASS_THROUGH_OPS",
@@ -310,6 +315,30 @@ def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
     return None
 
 
+EXCLUDED = "excluded by name"
+
+
+def kept_float_tensors(excluded: Iterable[ir.Node]) -> frozenset[str]:
+    """The activations that must stay float so that nodes excluded by name really run in
+    float: their non-constant inputs, their outputs, and the output of a Relu/Clip that
+    alone consumes one (quantizing after the activation would quantize the node's result).
+    A quantized neighbour then reads or writes these tensors in float (its own weights
+    stay int8), instead of handing the excluded node 8-bit data."""
+    out: set[str] = set()
+    for node in excluded:
+        for v in node.inputs:
+            if v is not None and v.name and not irutil.is_constant(v):
+                out.add(v.name)
+        for v in node.outputs:
+            if not v.name:
+                continue
+            out.add(v.name)
+            uses = v.uses()
+            if len(uses) == 1 and uses[0][0].op_type in ("Relu", "Clip") and uses[0][0].outputs:
+                out.add(uses[0][0].outputs[0].name)
+    return frozenset(out)
+
+
 def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
     """Decide, without touching the model, what InsertQdqPass(recipe) will rewrite."""
     from onnxq.calib.probe import subgraph_owners
@@ -317,6 +346,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
     owners = subgraph_owners(model)
     decisions = select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, owners))
     selected = [d.node for d in decisions if d.selected]
+    float_tensors = kept_float_tensors(d.node for d in decisions if d.reason == EXCLUDED)
     act_type = qp.qtype_named(recipe.activation_type)
     w_type = qp.qtype_named(recipe.weight_type)
 
@@ -330,6 +360,8 @@ def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
     for node in selected:
         op = node.op_type
         inputs = list(node.inputs)
+        if op in _SHARED_SCALE_OPS and (inputs[0].name in float_tensors or node.outputs[0].name in float_tensors):
+            continue  # one scale for input and output: both float, or neither
         act_inputs: list[int] = []
         if op in _WEIGHTED_OPS:
             act_inputs.append(0)
@@ -350,6 +382,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
             act_inputs = list(range(len(inputs)))
         else:  # pools, Resize
             act_inputs.append(0)
+        act_inputs = [i for i in act_inputs if inputs[i].name not in float_tensors]
         for i in act_inputs:
             uf.add(inputs[i].name)
         quantized_inputs[id(node)].extend(act_inputs)
@@ -357,6 +390,9 @@ def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
         act = _folded_activation(node)
         if act is not None:
             out = act.outputs[0]
+        if out.name in float_tensors:  # read (or computed) by a node kept in float
+            continue
+        if act is not None:
             b = _activation_bounds(act)
             bounds[out.name] = b[1]
             quantized_producers.add(id(act))
@@ -380,6 +416,8 @@ def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
         if _already_qdq(node) or not _is_float(node.outputs[0]) or _unobservable_owner(node, owners):
             continue
         x, y = node.inputs[0], node.outputs[0]
+        if y.name in float_tensors:
+            continue
         uf.union(x.name, y.name)
         derived.add(y.name)
         if x.name in bounds:
@@ -535,11 +573,13 @@ class InsertQdqPass(ir.passes.InPlacePass):
         quantized_consumers: set[tuple[int, int]] = {
             (node_id, i) for node_id, idxs in plan.quantized_inputs.items() for i in idxs
         }
-        values = _values_by_name(model)
+        from onnxq.calib.probe import value_map
+
+        values = value_map(model)
         for group in plan.groups:
             zp0 = _placeholder_zero_point(group.qtype, group.symmetric)
-            scale = add_initializer(root, names(f"{group.key}_scale"), np.array(1.0, np.float32))
-            zp = add_initializer(
+            scale = irutil.add_initializer(root, names(f"{group.key}_scale"), np.array(1.0, np.float32))
+            zp = irutil.add_initializer(
                 root, names(f"{group.key}_zero_point"), np.array(zp0, dtype=group.qtype.storage_dtype)
             )
             for t in group.members:
@@ -564,9 +604,9 @@ class InsertQdqPass(ir.passes.InPlacePass):
             q, scale_arr, zp_arr, _ = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
             label = value.name or node.name or "w"
             home = root_of(graph)
-            q_v = add_initializer(home, names(f"{label}_quantized"), q)
-            s_v = add_initializer(home, names(f"{label}_scale"), scale_arr.astype(np.float32))
-            z_v = add_initializer(home, names(f"{label}_zero_point"), zp_arr.astype(spec.qtype.storage_dtype))
+            q_v = irutil.add_initializer(home, names(f"{label}_quantized"), q)
+            s_v = irutil.add_initializer(home, names(f"{label}_scale"), scale_arr.astype(np.float32))
+            z_v = irutil.add_initializer(home, names(f"{label}_zero_point"), zp_arr.astype(spec.qtype.storage_dtype))
             attrs = {"axis": spec.axis} if spec.axis is not None else {}
             b = irutil.NodeBuilder(names, f"{label}_dq")
             dq = b.op("DequantizeLinear", [q_v, s_v, z_v], attrs)
@@ -640,7 +680,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
             return None
         graph = user.graph
         b = irutil.NodeBuilder(names, f"{q.name}_float_input")
-        target = add_initializer(graph, names(f"{q.name}_channels"), np.array([channels], np.int64))
+        target = irutil.add_initializer(graph, names(f"{q.name}_channels"), np.array([channels], np.int64))
         scale_c = b.op("Expand", [scale, target])
         scale_c.dtype, scale_c.shape = ir.DataType.FLOAT, ir.Shape([channels])
         zp_c = b.op("Expand", [zp, target])
@@ -651,16 +691,6 @@ class InsertQdqPass(ir.passes.InPlacePass):
         return out
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Like ``irutil.add_initializer`` but keeps 0-d arrays 0-d (``np.ascontiguousarray``
-    turns them into shape (1,), which ORT's QDQ fusions reject as non-scalar scales)."""
-    array = np.require(np.asarray(array), requirements="C")
-    tensor = ir.tensor(array, name=name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
-    graph.register_initializer(value)
-    return value
-
-
 def qtype_dtype(qtype: qp.QType) -> ir.DataType:
     return ir.DataType(qtype.onnx_dtype)
 
@@ -669,15 +699,3 @@ def root_of(graph: ir.Graph) -> ir.Graph:
     """Initializers go in the graph itself (subgraph initializers are valid and keep the
     quantized weight next to its DequantizeLinear)."""
     return graph
-
-
-def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:
-    out: dict[str, ir.Value] = {}
-    for g in irutil.iter_graphs(model.graph):
-        for v in g.inputs:
-            out.setdefault(v.name, v)
-        for node in g:
-            for v in node.outputs:
-                if v.name:
-                    out.setdefault(v.name, v)
-    return out

@@ -38,7 +38,7 @@ import onnx_ir as ir
 from onnxq import irutil
 from onnxq.errors import OnnxqError
 
-__all__ = ["Probe", "MeanProbe", "Packed", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners"]
+__all__ = ["Probe", "MeanProbe", "Packed", "build_probe_model", "DEFAULT_SAMPLE_SIZE", "subgraph_owners", "value_map"]
 
 DEFAULT_SAMPLE_SIZE = 4096
 _REPLICA_MIN_SIDE = 28  # observe Conv-into-Add outputs through a strided copy from this size on
@@ -94,7 +94,9 @@ def subgraph_owners(model: ir.Model) -> dict[int, ir.Node]:
     return owners
 
 
-def _value_map(model: ir.Model) -> dict[str, ir.Value]:
+def value_map(model: ir.Model) -> dict[str, ir.Value]:
+    """Name -> value for every graph input and node output, subgraphs included (the first
+    one wins)."""
     out: dict[str, ir.Value] = {}
     for g in irutil.iter_graphs(model.graph):
         for v in g.inputs:
@@ -395,7 +397,7 @@ def build_probe_model(
     in numpy with a handful of vector operations per run). Raises OnnxqError for a tensor that
     does not exist or sits in a subgraph other than If/Loop."""
     probe = model.clone()
-    values = _value_map(probe)
+    values = value_map(probe)
     owners = subgraph_owners(probe)
     names = irutil.FreshNames(probe.graph)
     b = _Builder(names, sample_size)

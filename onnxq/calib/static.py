@@ -52,6 +52,17 @@ def _infer_shapes(model: ir.Model) -> None:
         logger.info("shape inference failed (%s); continuing without it", str(e)[:200])
 
 
+def _const_shape(value) -> tuple[int, ...] | None:
+    """The shape of a constant without converting it to numpy (that costs ~0.1 ms per
+    weight, and calibration looks at every weight several times)."""
+    if value is None or not irutil.is_constant(value):
+        return None
+    if value.const_value is not None:
+        return tuple(int(d) for d in value.const_value.shape)
+    a = irutil.const_array(value)
+    return None if a is None else a.shape
+
+
 def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
     """(weight spec, input tensor, channel axis, rank, channels) of every Conv/Gemm whose
     bias FoldScalesPass can rewrite, for bias correction."""
@@ -60,17 +71,17 @@ def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
         node = spec.node
         if spec.index != 1 or node.op_type not in ("Conv", "Gemm"):
             continue
-        w = irutil.const_array(node.inputs[1])
+        shape = _const_shape(node.inputs[1])
         if node.op_type == "Conv":
-            channels = w.shape[1] * node.attributes.get_int("group", 1)
-            out.append((spec, node.inputs[0].name, 1, w.ndim, channels))
+            channels = shape[1] * node.attributes.get_int("group", 1)
+            out.append((spec, node.inputs[0].name, 1, len(shape), channels))
         else:
             if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
                 continue
             c = node.inputs[2] if len(node.inputs) > 2 else None
-            if c is None or irutil.const_array(c) is None or irutil.const_array(c).ndim != 1:
+            if c is None or not irutil.is_constant(c) or len(_const_shape(c)) != 1:
                 continue
-            channels = w.shape[1] if node.attributes.get_int("transB", 0) else w.shape[0]
+            channels = shape[1] if node.attributes.get_int("transB", 0) else shape[0]
             out.append((spec, node.inputs[0].name, 1, 2, channels))
     return out
 
@@ -79,7 +90,7 @@ def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
     """sum over the kernel (axes >= 2, Conv) of W_q - W for the weight quantization
     InsertQdqPass will apply: [O, C/g] for a Conv, the full [K, N] / [N, K] for Gemm. The
     symmetric per-channel case (every weight of a default recipe) avoids building W_q:
-    sum(W_q) = scale * sum(rint(W / scale)), computed in place in float32."""
+    W_q - W = scale * (rint(W / scale) - W / scale), summed in float32 scratch buffers."""
     from onnxq.passes.insert_qdq import quantize_weight
 
     if spec.axis is None or not spec.symmetric or not spec.qtype.signed or w.ndim < 3 or spec.axis % w.ndim != 0:
@@ -90,29 +101,32 @@ def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
     absmax = np.maximum(-flat.min(axis=1), flat.max(axis=1))
     p = qp.qparams_from_range(-absmax.astype(np.float64), absmax.astype(np.float64), spec.qtype, symmetric=True)
     scale = p.scale.astype(np.float32)
-    # |w / scale| <= qmax by construction (scale = absmax / qmax): no clipping needed
-    q = _scratch(flat.shape)
+    # |w / scale| <= qmax by construction (scale = absmax / qmax): no clipping needed.
+    # In units of the scale, the rounding error is rint(q) - q, in [-0.5, 0.5]: its float32
+    # sums over the kernel are exact enough, and W itself is never summed (no float64 copy)
+    q = _scratch(flat.shape, 0)
     np.divide(flat, scale[:, None], out=q)
-    np.rint(q, out=q)
+    err = _scratch(flat.shape, 1)
+    np.rint(q, out=err)
+    err -= q
     kk = flat.shape[1] // c
     if kk == 1:
-        qsum, wsum = q.astype(np.float64), flat.astype(np.float64)
+        esum = err
     else:  # a matrix-vector product sums the small kernel axis far faster than .sum(axis=2)
-        ones = np.ones(kk, np.float32)
-        qsum = (q.reshape(o * c, kk) @ ones).reshape(o, c).astype(np.float64)  # exact: small integers
-        wsum = (flat.reshape(o * c, kk).astype(np.float64) @ ones.astype(np.float64)).reshape(o, c)
-    return qsum * scale.astype(np.float64)[:, None] - wsum
+        esum = (err.reshape(o * c, kk) @ np.ones(kk, np.float32)).reshape(o, c)
+    return esum.astype(np.float64) * scale.astype(np.float64)[:, None]
 
 
-_SCRATCH: list[np.ndarray] = []
+_SCRATCH: dict[int, np.ndarray] = {}
 
 
-def _scratch(shape: tuple[int, ...]) -> np.ndarray:
-    """A reused float32 buffer (fresh multi-MB arrays for every weight cost page faults)."""
+def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+    """A reused float32 buffer per ``slot`` (fresh multi-MB arrays for every weight cost
+    page faults)."""
     n = int(np.prod(shape))
-    if not _SCRATCH or _SCRATCH[0].size < n:
-        _SCRATCH[:] = [np.empty(n, np.float32)]
-    return _SCRATCH[0][:n].reshape(shape)
+    if slot not in _SCRATCH or _SCRATCH[slot].size < n:
+        _SCRATCH[slot] = np.empty(n, np.float32)
+    return _SCRATCH[slot][:n].reshape(shape)
 
 
 def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
@@ -153,14 +167,14 @@ def _equalization_targets(plan, values) -> list[_Equalization]:
             continue
         if len(conv.inputs[1].uses()) != 1:
             continue
-        channels = irutil.const_array(conv.inputs[1]).shape[0]
+        channels = _const_shape(conv.inputs[1])[0]
         consumers = []
         for user, index in t.uses():
             sp = specs.get(id(user))
-            w = irutil.const_array(user.inputs[1]) if sp is not None else None
+            w_shape = _const_shape(user.inputs[1]) if sp is not None else None
             if (
-                sp is None or index != 0 or user.op_type != "Conv" or sp.axis != 0 or w is None
-                or user.attributes.get_int("group", 1) != channels or w.shape[:2] != (channels, 1)
+                sp is None or index != 0 or user.op_type != "Conv" or sp.axis != 0 or w_shape is None
+                or user.attributes.get_int("group", 1) != channels or w_shape[:2] != (channels, 1)
                 or len(user.inputs[1].uses()) != 1
             ):
                 consumers = []
@@ -234,7 +248,7 @@ def calibrate_plan(
     equalize = _equalization_targets(plan, values) if recipe.channel_equalization else []
     maxima: dict[str, ChannelMaxObserver] = {}
     for eq in equalize:
-        rank = len(irutil.const_array(eq.producer.node.inputs[1]).shape)
+        rank = len(_const_shape(eq.producer.node.inputs[1]))
         maxima[eq.tensor] = ChannelMaxObserver(1, rank, eq.channels)
         channel_stats.setdefault(eq.tensor, []).append(maxima[eq.tensor])
     stats = None

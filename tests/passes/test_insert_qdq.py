@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx_ir
 import onnxruntime as ort
 import pytest
 
@@ -281,9 +282,9 @@ def test_uint16_activations_use_wide_qdq():
 
 
 def test_excluded_conv_stays_float_in_ort():
-    """ORT (WeightBiasQuantization) quantizes the float weights of a Conv fed by a per-tensor
-    DequantizeLinear to int8 *per tensor*: an excluded Conv must be fed through a
-    DequantizeLinear with a per-channel scale so that it really runs in float."""
+    """An excluded Conv really runs in float: float weights, no DequantizeLinear feeding it,
+    no QuantizeLinear on its output; its quantized neighbours read and write those tensors
+    in float (d's output k, after its Clip, is e's input), and everything else is fused."""
     import collections
     import tempfile
     from pathlib import Path
@@ -297,24 +298,29 @@ def test_excluded_conv_stays_float_in_ort():
     for n in model.graph:
         n.name = n.outputs[0].name
     data = _data(4)
+    plan = plan_static(model, StaticInt8(exclude=("e",)))
+    assert {"k", "e"}.isdisjoint(plan.tensors) and {"x", "r", "a"} <= set(plan.tensors)
     out = onnxq.quantize(model, StaticInt8(calibration="minmax", exclude=("e",)), data=data)
     check_full(out)
-    (dq,) = [n for n in out.graph if n.op_type == "DequantizeLinear" and any(u.name == "e" for u, _ in n.outputs[0].uses())]
-    assert dq.attributes.get_int("axis", 1) == 1 and dq.inputs[1].producer().op_type == "Expand"
     e = next(n for n in out.graph if n.name == "e")
-    assert e.inputs[1].const_value is not None  # its weight stays a float initializer
-    with tempfile.TemporaryDirectory() as d:
+    assert e.inputs[1].const_value is not None and e.inputs[1].dtype == onnx_ir.DataType.FLOAT
+    assert e.inputs[0].producer().op_type == "Clip" and e.inputs[0].name == "k"
+    assert [u.op_type for u, _ in e.outputs[0].uses()] == ["Add"]
+    assert all(u.op_type != "QuantizeLinear" for u, _ in e.inputs[0].uses())
+    d = next(n for n in out.graph if n.name == "d")
+    assert d.inputs[1].producer().op_type == "DequantizeLinear"  # the neighbour keeps int8 weights
+    with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
-        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
         ort.InferenceSession(to_bytes(out), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(so.optimized_model_filepath)
     ops = collections.Counter(n.op_type for n in opt.graph.node)
-    assert ops["QLinearConv"] == 2, ops  # c and d; e runs in float
-    float_convs = [n for n in opt.graph.node if n.op_type == "Conv"]
-    assert len(float_convs) == 1
+    assert ops["QLinearConv"] == 1, ops  # c; d writes k in float, e runs in float
+    float_convs = [n for n in opt.graph.node if n.op_type in ("Conv", "FusedConv")]  # (NCHWc ones too)
+    assert len(float_convs) == 2, ops
     inits = {i.name for i in opt.graph.initializer if i.data_type == onnx.TensorProto.INT8}
     producers = {o: n for n in opt.graph.node for o in n.output}
-    w = float_convs[0].input[1]
+    (w,) = [n.input[1] for n in float_convs if n.input[0] == "k"]
     assert w not in inits and (w not in producers or producers[w].op_type != "DequantizeLinear")
     (got,) = run_ort(out, data[0])
     (ref,) = run_ort(_cnn(), data[0])

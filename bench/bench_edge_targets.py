@@ -87,8 +87,9 @@ def main() -> None:
             from onnxq.deploy.openvino import compile_openvino, runtime_layers
 
             ov_fp32, ov_q = compile_openvino(MODEL, threads=1), compile_openvino(qpath, threads=1)
-            ref_pred = _logits(ov_fp32, xs).argmax(1)
-            q_pred = _logits(ov_q, xs).argmax(1)
+            ref_logits = _logits(ov_fp32, xs)
+            q_logits = _logits(ov_q, xs)
+            ref_pred, q_pred = ref_logits.argmax(1), q_logits.argmax(1)
             ms = interleaved_median_ms({"fp32": lambda: ov_fp32(feed0), "int8": lambda: ov_q(feed0)},
                                        repeats=args.rounds, warmup=5)
             prec = [f"{d['type']}:{d['precision']}" for d in runtime_layers(ov_q)
@@ -109,7 +110,7 @@ def main() -> None:
             q_run, _ = ort_runner(run_path, threads=1, options=opts)
             q_logits = _logits(q_run, xs)
             q_pred = q_logits.argmax(1)
-            ref_pred = fp32_pred
+            ref_logits, ref_pred = fp32_logits, fp32_pred
             if target == "ort-mobile":
                 onnx_logits = _logits(onnx_run, xs)
                 extra["ort_vs_onnx_max_abs"] = float(np.max(np.abs(onnx_logits - q_logits)))
@@ -119,6 +120,8 @@ def main() -> None:
             row["runtime"] = {"ort-cpu": "ORT CPU", "ort-mobile": "ORT (.ort file)"}.get(target, "ORT CPU (emulation)")
         row["top-1 agreement"] = round(float(np.mean(q_pred == ref_pred)) * 100, 1)
         row["top-1 vs labels"] = round(float(np.mean(q_pred == ys)) * 100, 1)
+        noise = float(np.sum((q_logits.astype(np.float64) - ref_logits) ** 2))
+        row["output SQNR dB"] = round(10 * np.log10(float(np.sum(ref_logits.astype(np.float64) ** 2)) / max(noise, 1e-30)), 2)
         row["fp32 ms"] = round(ms["fp32"], 2)
         row["int8 ms"] = round(ms["int8"], 2)
         row["int8/fp32"] = round(ms["int8"] / ms["fp32"], 3)
@@ -126,7 +129,7 @@ def main() -> None:
         details[target] = extra
         print(json.dumps(row), flush=True)
 
-    columns = ["target", "runtime", "top-1 agreement", "top-1 vs labels", "fp32 ms", "int8 ms", "int8/fp32",
+    columns = ["target", "runtime", "top-1 agreement", "top-1 vs labels", "output SQNR dB", "fp32 ms", "int8 ms", "int8/fp32",
                "rule errors", "fallbacks", "quantize s"]
     print(markdown_table(rows, columns))
     calibration = args.calibration or onnxq.StaticInt8().calibration

@@ -28,11 +28,14 @@ import torch  # noqa: E402
 
 from bench.device.cuda_int4_harness import (  # noqa: E402
     N_TC_CONFIGS,
+    N_WG_CONFIGS,
     PATH_AUTO,
     PATH_SKINNY,
     PATH_TC,
+    PATH_WG,
     Harness,
     find_or_build_lib,
+    wgmma_device,
 )
 
 L2_BYTES = 50 * 2**20
@@ -92,7 +95,8 @@ def dequant_ref(packed: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Ten
     return (codes * scales.float()[:, :, None]).reshape(n, -1)[:, :k]
 
 
-def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, sweep: bool, log) -> list[dict]:
+def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, sweep: bool, log,
+                tc_sweep: bool = True) -> list[dict]:
     dev = "cuda"
     nb = math.ceil(k / bs)
     layer_bytes = n * nb * bs // 2 + n * nb * 2
@@ -128,9 +132,12 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
             if m <= 16:
                 for c in (0, 4, 8):
                     variants[f"skinny_c{c}"] = ours(PATH_SKINNY, c)
-            if m >= 16:
+            if m >= 16 and tc_sweep:
                 for c in range(N_TC_CONFIGS):
                     variants[f"tc{c}"] = ours(PATH_TC, c)
+            if m >= 16 and wgmma_device():
+                for c in range(N_WG_CONFIGS):
+                    variants[f"wg{c}"] = ours(PATH_WG, c)
         times = {}
         for name, fn in variants.items():
             try:
@@ -184,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="4096x4096,4096x11008,11008x4096", help="KxN list")
     ap.add_argument("--block-sizes", default="128,32")
     ap.add_argument("--no-sweep", action="store_true", help="time only the auto choice (and pdl)")
+    ap.add_argument("--no-tc-sweep", action="store_true", help="sweep without the mma.sync tensor-core configs")
     args = ap.parse_args(argv)
 
     lib = find_or_build_lib()
@@ -202,7 +210,8 @@ def main(argv=None) -> int:
     for bs in [int(x) for x in args.block_sizes.split(",")]:
         for shp in args.shapes.split(","):
             k, n = (int(x) for x in shp.split("x"))
-            rows += bench_shape(h, k, n, bs, ms, args.bw, not args.no_sweep, lambda s: print(s, flush=True))
+            rows += bench_shape(h, k, n, bs, ms, args.bw, not args.no_sweep, lambda s: print(s, flush=True),
+                                tc_sweep=not args.no_tc_sweep)
     result = {
         "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
         "cuda": torch.version.cuda, "host": platform.node(), "copy_bandwidth_TBps": copy_bw / 1e12,

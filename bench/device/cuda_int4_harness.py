@@ -15,9 +15,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LIB = REPO / "build" / "cuda-harness" / "libonnxq_cuda_harness.so"
 
-PATH_AUTO, PATH_SKINNY, PATH_TC, PATH_SIMT = 0, 1, 2, 3
-PATH_NAMES = {PATH_AUTO: "auto", PATH_SKINNY: "skinny", PATH_TC: "tensorcore", PATH_SIMT: "simt"}
+PATH_AUTO, PATH_SKINNY, PATH_TC, PATH_SIMT, PATH_WG = 0, 1, 2, 3, 4
+PATH_NAMES = {PATH_AUTO: "auto", PATH_SKINNY: "skinny", PATH_TC: "tensorcore", PATH_SIMT: "simt", PATH_WG: "wgmma"}
 N_TC_CONFIGS = 8
+N_WG_CONFIGS = 10  # wgmma path (sm_90 only): ops/cuda/block_int4_kernels.cu Wg0..Wg9
+
+
+def wgmma_device() -> bool:
+    """True when the current torch device runs the wgmma path (compute capability 9.0)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
 def find_or_build_lib(build: bool = True) -> Path | None:

@@ -45,6 +45,7 @@ enum class Path : int {
   kSkinny = 1,      // fp16, M <= 16: 16-byte loads of B, dequant in registers, mma.sync
   kTensorCore = 2,  // fp16, any M: B dequantized into shared memory, ldmatrix + mma.sync
   kSimt = 3,        // fp32 A: exact fp32 dequant + FFMA on CUDA cores (any M)
+  kWgmma = 4,       // fp16, any M, sm_90a: weights dequantized into wgmma register operands
 };
 
 struct MatMulArgs {

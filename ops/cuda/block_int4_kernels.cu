@@ -1,6 +1,6 @@
 // CUDA kernels for com.onnxq MatMulBlockInt4: Y = A @ dequant(B) (+ bias).
 //
-// Three kernel families (see block_int4_cuda.h for the layout):
+// Four kernel families (see block_int4_cuda.h for the layout):
 //  * skinny_f16: fp16 A, M <= 16. Each warp owns 16 output columns and a contiguous range
 //    of 128-k "units". A lane (g = lane/4, t = lane%4) loads 16 bytes (32 codes) of column
 //    g and of column g+8 per unit, dequantizes them in registers straight into the A
@@ -9,9 +9,11 @@
 //    (logical k 16s+2t+e -> actual 32t+4s+e, 16s+8+2t+e -> 32t+4s+2+e) identically for
 //    both operands, which makes the activation fragment a plain contiguous 16-byte load.
 //    Warps of a block split K; one shared-memory reduction at the end.
-//  * gemm_f16: fp16 A, any M (used for M > 16). CTA tile BM x BN x 64; A via cp.async,
+//  * gemm_f16: fp16 A, any M (M > 16 off sm_90). CTA tile BM x BN x 64; A via cp.async,
 //    B loaded as packed bytes into registers one k-tile ahead, dequantized to fp16 into
 //    shared memory; ldmatrix + mma.sync m16n8k16 with fp32 accumulation.
+//  * wgmma_f16: fp16 A, any M, sm_90a (default for M > 16 on sm_90): dequantized weights are the
+//    register operand of warpgroup MMA, activations the shared-memory operand (see its section).
 //  * simt_f32: fp32 A, any M. Exact fp32 dequant ((code - zp) * scale, one rounding, the
 //    same arithmetic as onnxq.formats) and fp32 FMA on CUDA cores.
 //
@@ -989,6 +991,468 @@ using Gemm7 = GemmCfg<64, 128, 2, 4, 2, 4>;   // 256 threads, warp 32x32, 2-way
 constexpr int kNumGemmConfigs = 8;
 
 // ------------------------------------------------------------------------------------
+// Hopper warpgroup-MMA fp16 GEMM (sm_90a, any M)
+// ------------------------------------------------------------------------------------
+// Y^T = W · A^T on wgmma: the dequantized weights are the register operand (each of the two
+// warpgroups owns WGM x 64 rows of N; one m64nBTk16 per 16 k), the activations the
+// shared-memory operand (BT tokens x 64 k per stage, K-major, 128-byte swizzle, written by
+// cp.async). Packed weights (32 bytes per row per 64-k tile) and per-16-k scales / zero
+// points go through the same STAGES-deep ring; each thread dequantizes its fragment straight
+// from the packed bytes in shared memory (prmt/lop3/hfma2, exact (c - z), one fp16 multiply
+// by the scale), so fp16 weights are never stored. The dequant of step s+1 runs while the
+// wgmma of step s is in flight. SPLIT > 1 splits K over a thread-block cluster, reduced
+// through distributed shared memory (as gemm_f16_kernel).
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ONNXQ_WGMMA_DEVICE 1
+#endif
+
+__device__ __forceinline__ void wgmma_m64n32(float (&d)[16], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t desc, int scale_d) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(scale_d));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_m64n64(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t desc, int scale_d) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(scale_d));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_m64n128(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t desc, int scale_d) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(scale_d));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_m64n256(float (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                              uint64_t desc, int scale_d) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+      "{%128,%129,%130,%131}, %132, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(scale_d));
+#endif
+}
+
+template <int BT>
+__device__ __forceinline__ void wgmma_bt(float (&d)[BT / 2], const uint32_t (&a)[4], uint64_t desc, int scale_d) {
+  if constexpr (BT == 32) wgmma_m64n32(d, a[0], a[1], a[2], a[3], desc, scale_d);
+  else if constexpr (BT == 64) wgmma_m64n64(d, a[0], a[1], a[2], a[3], desc, scale_d);
+  else if constexpr (BT == 128) wgmma_m64n128(d, a[0], a[1], a[2], a[3], desc, scale_d);
+  else wgmma_m64n256(d, a[0], a[1], a[2], a[3], desc, scale_d);
+}
+
+__device__ __forceinline__ void wg_fence() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t saddr) {
+  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// Pair of codes in byte `sel` (runtime prmt selector, see wgmma kernel) -> exact (c_lo - z, c_hi - z).
+__device__ __forceinline__ uint32_t dq_pair_sel(uint32_t x, uint32_t sel, uint32_t sub) {
+  const uint32_t y = __byte_perm(x, 0u, sel);
+  return hfma2_u32(lop3_and_or(y, 0x00F0000Fu, 0x64006400u), kMulLoHi, sub);
+}
+
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_>
+struct WgCfg {
+  static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
+  static constexpr int kThreads = 256;  // two warpgroups
+  static constexpr int BN = 2 * 64 * WGM;
+  static constexpr int NACC = BT / 2;       // fp32 accumulators per thread per 64-row tile
+  static constexpr int kA = KT * BT * 128;  // activations: KT atoms of BT rows x 64 halves, 128B-swizzled
+  static constexpr int kB = BN * 32 * KT;   // packed weights: BN rows x 32*KT bytes
+  static constexpr int kS = BN * 8 * KT;    // fp16 scale of each row for each 16-k step
+  static constexpr int kZ = BN * 4 * KT;    // zero-point code of each row for each 16-k step
+  static constexpr int kStageBytes = (kA + kB + kS + kZ + 1023) / 1024 * 1024;
+  static constexpr int kPipeBytes = STAGES * kStageBytes;
+  static constexpr int kRedBytes = SPLIT > 1 ? kThreads * WGM * NACC * 4 : 0;
+  static constexpr int kSmemBytes = (kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes) + 1024;  // + alignment
+  static constexpr int kSPer = BN * 4 * KT / kThreads;  // scale entries staged per thread per tile
+  static constexpr int kMinBlocks = (BT * WGM <= 128 && kSmemBytes <= 113 * 1024) ? 2 : 1;
+  static_assert(STAGES >= 5, "scales are stored two or more iterations after their load");
+  static_assert(BT % 32 == 0 && BT <= 256 && (BT * 8) % kThreads == 0, "token tile");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+// Per-thread copy state of the wgmma kernel, computed once per CTA: every 64-k tile then costs
+// a few integer adds per copy (the address math otherwise dominates the instruction stream).
+// Rows past M / N read row 0 (their outputs are never stored), so only the K tail needs guards:
+// tiles wholly inside K and the packed rows take a guard-free path.
+__device__ __forceinline__ void cp_async16_s(uint32_t saddr, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async16_s_full(uint32_t saddr, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(saddr), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async16_s_l2_256_full(uint32_t saddr, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(saddr), "l"(gmem));
+}
+
+template <class C, bool kAVec>
+struct WgLoader {
+  static constexpr int NA = C::KT * C::BT * 8 / C::kThreads;  // 16-byte activation chunks per thread per tile
+  static constexpr int NB = C::KT * C::BN * 2 / C::kThreads;  // 16-byte packed-weight chunks
+  const uint16_t* a_src[NA];  // (row, chunk) at k = 0
+  uint32_t a_dst[NA];         // byte offset in the stage (128B swizzle)
+  int a_k[NA];                // chunk's k offset in the tile
+  const uint8_t* b_src[NB];   // (row, 16-byte piece) at k = 0
+  uint32_t b_dst[NB];
+  int b_k[NB];
+  const uint16_t* s_src[C::kSPer];  // scale row
+  const uint8_t* z_src[C::kSPer];   // zero-point row (null: symmetric)
+  int s_k[C::kSPer];                // 16-k step offset of the entry
+
+  __device__ __forceinline__ WgLoader(const KernelParams& p, int64_t m0, int64_t n0) {
+    const uint16_t* A = static_cast<const uint16_t*>(p.a);
+#pragma unroll
+    for (int i = 0; i < NA; ++i) {
+      const int c = threadIdx.x + i * C::kThreads, sub = c / (C::BT * 8), cc = c % (C::BT * 8);
+      const int r = cc >> 3, kc = cc & 7;
+      const int64_t gm = m0 + r < p.m ? m0 + r : 0;
+      a_src[i] = A + gm * p.k + sub * 64 + kc * 8;
+      a_dst[i] = sub * C::BT * 128 + r * 128 + ((kc ^ (r & 7)) << 4);
+      a_k[i] = sub * 64 + kc * 8;
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      const int c = threadIdx.x + i * C::kThreads, row = c / (2 * C::KT), h = c % (2 * C::KT);
+      const int64_t gn = n0 + row < p.n ? n0 + row : 0;
+      b_src[i] = p.b + gn * p.row_bytes + h * 16;
+      b_dst[i] = C::kA + row * 32 * C::KT + h * 16;
+      b_k[i] = 32 * h;
+    }
+#pragma unroll
+    for (int i = 0; i < C::kSPer; ++i) {
+      const int e = threadIdx.x + i * C::kThreads;
+      const int64_t gn = n0 + e / (4 * C::KT) < p.n ? n0 + e / (4 * C::KT) : 0;
+      s_src[i] = static_cast<const uint16_t*>(p.s) + gn * p.nb;
+      z_src[i] = p.z ? p.z + gn * p.zcols : nullptr;
+      s_k[i] = 16 * (e % (4 * C::KT));
+    }
+  }
+
+  __device__ __forceinline__ void issue_a(const KernelParams& p, uint8_t* stage, int k0) const {
+    const uint32_t st = smem_u32(stage);
+    if (kAVec && k0 + C::BK <= (int)p.k) {  // block-uniform: whole tile inside K
+#pragma unroll
+      for (int i = 0; i < NA; ++i) cp_async16_s_full(st + a_dst[i], a_src[i] + k0);
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < NA; ++i) {
+      const int gk = k0 + a_k[i];
+      if (kAVec) {
+        const bool ok = gk < (int)p.k;
+        cp_async16_s(st + a_dst[i], ok ? (const void*)(a_src[i] + k0) : p.a, ok ? 16 : 0);
+      } else {  // K % 8 != 0: synchronous guarded loads
+        uint32_t v[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t lo = (gk + 2 * q < p.k) ? ldg_u16(a_src[i] + k0 + 2 * q) : 0u;
+          const uint32_t hi = (gk + 2 * q + 1 < p.k) ? ldg_u16(a_src[i] + k0 + 2 * q + 1) : 0u;
+          v[q] = lo | (hi << 16);
+        }
+        *reinterpret_cast<uint4*>(stage + a_dst[i]) = make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void issue_b(const KernelParams& p, uint8_t* stage, int k0) const {
+    const uint32_t st = smem_u32(stage);
+    if (p.b_vec16 && k0 + C::BK <= (int)p.kp) {  // block-uniform: whole tile inside the packed rows
+#pragma unroll
+      for (int i = 0; i < NB; ++i) cp_async16_s_l2_256_full(st + b_dst[i], b_src[i] + (k0 >> 1));
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      const int kc = k0 + b_k[i];
+      const int nbytes = kc + 32 <= (int)p.kp ? 16 : (kc + 16 <= (int)p.kp ? 8 : 0);
+      const uint8_t* src = nbytes ? b_src[i] + (k0 >> 1) : p.b;
+      uint8_t* dst = stage + b_dst[i];
+      if (p.b_vec16) {
+        cp_async16_l2_256(dst, src, nbytes);
+      } else {
+        cp_async8(dst, src, nbytes >= 8 ? 8 : 0);
+        cp_async8(dst + 8, nbytes == 16 ? src + 8 : p.b, nbytes == 16 ? 8 : 0);
+      }
+    }
+  }
+
+  // Scales / zero-point bytes of one tile, as loaded (entry e = row * 4 * KT + 16-k step).
+  __device__ __forceinline__ void load_scales(const KernelParams& p, uint32_t (&sc)[C::kSPer],
+                                              uint32_t (&zb)[C::kSPer], int k0) const {
+#pragma unroll
+    for (int i = 0; i < C::kSPer; ++i) {
+      const int kk = k0 + s_k[i];
+      const bool in = kk < (int)p.kp;
+      const int kb = kk >> p.bs_shift;
+      sc[i] = in ? ldg_u16(s_src[i] + kb) : 0u;
+      zb[i] = (in && z_src[i]) ? (uint32_t)__ldg(z_src[i] + (kb >> 1)) : 0x88u;
+    }
+  }
+
+  __device__ __forceinline__ void store_scales(const KernelParams& p, const uint32_t (&sc)[C::kSPer],
+                                               const uint32_t (&zb)[C::kSPer], uint8_t* stage, int k0) const {
+    uint16_t* ss = reinterpret_cast<uint16_t*>(stage + C::kA + C::kB);
+    uint8_t* sz = stage + C::kA + C::kB + C::kS;
+#pragma unroll
+    for (int i = 0; i < C::kSPer; ++i) {
+      const int e = threadIdx.x + i * C::kThreads;
+      const int kb = (k0 + s_k[i]) >> p.bs_shift;
+      ss[e] = (uint16_t)sc[i];
+      sz[e] = (uint8_t)((zb[i] >> ((kb & 1) * 4)) & 0xFu);
+    }
+  }
+};
+
+template <class C, bool kAVec>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_f16_kernel(const KernelParams p) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  extern __shared__ uint8_t wg_smem_raw[];
+  const uint32_t raw_u32 = smem_u32(wg_smem_raw);
+  const uint32_t base_u32 = (raw_u32 + 1023u) & ~1023u;  // 128B swizzle: 1024-byte aligned stages
+  uint8_t* base = wg_smem_raw + (base_u32 - raw_u32);
+  constexpr int S = C::STAGES;
+
+  const int64_t tiles_m = (p.m + C::BT - 1) / C::BT;
+  const int64_t tile = (int64_t)blockIdx.x / C::SPLIT;
+  const int rank = (int)(blockIdx.x % C::SPLIT);  // == cluster rank (cluster dims (SPLIT,1,1))
+  const int64_t tn = tile / tiles_m, tm = tile % tiles_m;  // n-tile major: m-tiles of one weight tile adjacent
+  const int64_t m0 = tm * C::BT, n0 = tn * C::BN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wq = warp & 3, g = lane >> 2, t = lane & 3;
+  const int ktiles = (int)((p.k + C::BK - 1) / C::BK);
+  const int per = (ktiles + C::SPLIT - 1) / C::SPLIT;
+  const int kt0 = min(ktiles, rank * per), nt = min(ktiles, kt0 + per) - kt0;
+  const uint32_t sel = (uint32_t)t | 0x4040u | ((uint32_t)t << 8);  // bytes (t, 0, t, 0)
+
+  if (p.pdl) griddep_launch_dependents();
+
+  float acc[C::WGM][C::NACC];  // the first wgmma overwrites (scale-d 0): no other writer in the main loop
+
+  // Scales / zero points of tile j are loaded (into registers) with its weights at iteration
+  // j - (S-2) and stored into its stage at iteration j - 1, kLag iterations later: storing a
+  // just-loaded register would stall the whole CTA for a memory latency every tile.
+  constexpr int kLag = S - 3;
+  uint32_t psc[kLag][C::kSPer], pzb[kLag][C::kSPer];
+  const WgLoader<C, kAVec> ld(p, m0, n0);
+  const int kbase = kt0 * C::BK;
+  // prologue: weights and scales first (independent of earlier kernels), A after the PDL wait;
+  // all scale loads in flight together, then stored (one memory latency, not S-2)
+  {
+    uint32_t qsc[S - 2][C::kSPer], qzb[S - 2][C::kSPer];
+#pragma unroll
+    for (int s = 0; s < S - 2; ++s)
+      if (s < nt) {
+        const int k0 = kbase + s * C::BK;
+        ld.issue_b(p, base + s * C::kStageBytes, k0);
+        ld.load_scales(p, qsc[s], qzb[s], k0);
+      }
+#pragma unroll
+    for (int s = 0; s < S - 2; ++s)
+      if (s < nt) ld.store_scales(p, qsc[s], qzb[s], base + s * C::kStageBytes, kbase + s * C::BK);
+  }
+  if (p.pdl) griddep_wait();
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < nt) ld.issue_a(p, base + s * C::kStageBytes, kbase + s * C::BK);
+    cp_async_commit();
+  }
+
+  for (int i0 = 0; i0 < nt; i0 += kLag) {
+#pragma unroll
+  for (int r = 0; r < kLag; ++r) {  // i % kLag == r: static register slots
+    const int i = i0 + r;
+    if (i >= nt) break;  // block-uniform
+    cp_async_wait<S - 3>();
+    __syncthreads();  // tile i landed for all; every warpgroup's wgmmas of tile i-2 are complete
+    {
+      const int jn = i + 1;  // its scales were loaded at iteration i - kLag, slot r
+      if (jn >= S - 2 && jn < nt)
+        ld.store_scales(p, psc[r], pzb[r], base + (jn % S) * C::kStageBytes, kbase + jn * C::BK);
+      const int j = i + S - 2;
+      if (j < nt) {
+        uint8_t* st = base + (j % S) * C::kStageBytes;
+        const int k0 = kbase + j * C::BK;
+        ld.issue_b(p, st, k0);
+        ld.issue_a(p, st, k0);
+        ld.load_scales(p, psc[r], pzb[r], k0);
+      }
+      cp_async_commit();
+    }
+
+    const int st = i % S;
+    const uint8_t* sb = base + st * C::kStageBytes + C::kA;
+    const uint16_t* ss = reinterpret_cast<const uint16_t*>(sb + C::kB);
+    const uint8_t* sz = sb + C::kB + C::kS;
+    const uint32_t a_addr = base_u32 + st * C::kStageBytes;
+    uint4 w[C::WGM][2][2 * C::KT];  // [m64 tile][row g / g+8][16 bytes]
+    uint2 sv[C::WGM][2][C::KT];
+    uint32_t zv[C::WGM][2][C::KT];
+#pragma unroll
+    for (int mt = 0; mt < C::WGM; ++mt) {
+      const int r0 = (wg * C::WGM + mt) * 64 + wq * 16 + g;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = r0 + 8 * h;
+#pragma unroll
+        for (int q = 0; q < 2 * C::KT; ++q) w[mt][h][q] = *reinterpret_cast<const uint4*>(sb + r * 32 * C::KT + 16 * q);
+#pragma unroll
+        for (int q = 0; q < C::KT; ++q) {
+          sv[mt][h][q] = *reinterpret_cast<const uint2*>(ss + r * 4 * C::KT + 4 * q);
+          zv[mt][h][q] = *reinterpret_cast<const uint32_t*>(sz + r * 4 * C::KT + 4 * q);
+        }
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < 4 * C::KT; ++s) {
+      const int sub = s >> 2, s4 = s & 3;  // 64-k atom, 16-k step inside it
+      uint32_t fr[C::WGM][4];
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // h: row g / g + 8
+          const uint32_t hv = (s4 < 2) ? sv[mt][h][sub].x : sv[mt][h][sub].y;
+          const uint32_t sc = __byte_perm(hv, 0u, (s4 & 1) ? 0x3232u : 0x1010u);
+          const uint32_t sub_bits = zp_sub_bits((zv[mt][h][sub] >> (8 * s4)) & 0xFu);
+          const uint4& wv = w[mt][h][s >> 1];
+          const uint32_t xlo = word_of(wv, 2 * (s & 1)), xhi = word_of(wv, 2 * (s & 1) + 1);
+          fr[mt][h] = hmul2_u32(dq_pair_sel(xlo, sel, sub_bits), sc);      // k 2t, 2t+1
+          fr[mt][2 + h] = hmul2_u32(dq_pair_sel(xhi, sel, sub_bits), sc);  // k 2t+8, 2t+9
+        }
+      }
+      wg_fence();
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt) {
+        wg_fence_acc(acc[mt]);
+        wgmma_bt<C::BT>(acc[mt], fr[mt], wg_desc_sw128(a_addr + sub * C::BT * 128 + 32 * s4), (i | s) != 0);
+        wg_fence_acc(acc[mt]);
+      }
+      wg_commit();
+      wg_wait<1>();
+    }
+  }
+  }
+  wg_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt) wg_fence_acc(acc[mt]);
+  if (nt == 0) {  // empty K slice (split-K remainder): no wgmma wrote acc
+#pragma unroll
+    for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+      for (int e = 0; e < C::NACC; ++e) acc[a][e] = 0.f;
+  }
+  cp_async_wait<0>();
+
+  if constexpr (C::SPLIT > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    float* red = reinterpret_cast<float*>(base);
+    __syncthreads();  // pipeline buffers are free
+    if (rank != 0) {
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * C::kThreads + tid] = acc[a][e];
+    }
+    cluster.sync();
+    if (rank == 0) {
+#pragma unroll 1
+      for (int r = 1; r < C::SPLIT; ++r) {
+        const float* peer = cluster.map_shared_rank(red, r);
+#pragma unroll
+        for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+          for (int e = 0; e < C::NACC; ++e) acc[a][e] += peer[(a * C::NACC + e) * C::kThreads + tid];
+      }
+    }
+    cluster.sync();  // peers' shared memory must outlive rank 0's reads
+    if (rank != 0) return;
+  }
+
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  __half* Y = static_cast<__half*>(p.y);
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
+      if (col < p.n) {
+        const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
+#pragma unroll
+        for (int j = 0; j < C::BT / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t row = m0 + 8 * j + 2 * t + e;
+            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
+          }
+      }
+    }
+#else
+  __trap();  // launched only on sm_90 from an sm_90a build (see WgmmaAvailable)
+#endif
+}
+
+// wgmma configurations (index = MatMulArgs::config for Path::kWgmma).
+// CTA tile: BN = 128 * WGM rows of N x BT tokens x 64*KT k per pipeline stage.
+//                BT WGM SPLIT STAGES KT
+using Wg0 = WgCfg<32, 1, 1, 8, 1>;
+using Wg1 = WgCfg<64, 1, 2, 5, 2>;
+using Wg2 = WgCfg<256, 1, 4, 5, 1>;
+using Wg3 = WgCfg<64, 1, 4, 7, 1>;
+using Wg4 = WgCfg<128, 1, 2, 5, 2>;
+using Wg5 = WgCfg<128, 1, 2, 6, 1>;
+using Wg6 = WgCfg<256, 1, 1, 5, 1>;
+using Wg7 = WgCfg<256, 1, 2, 5, 1>;
+using Wg8 = WgCfg<128, 1, 2, 5, 1>;
+using Wg9 = WgCfg<64, 1, 8, 7, 1>;
+constexpr int kNumWgConfigs = 10;
+
+// ------------------------------------------------------------------------------------
 // SIMT fp32 kernel (any M): exact fp32 dequant, FFMA
 // ------------------------------------------------------------------------------------
 
@@ -1179,6 +1643,41 @@ int LaunchGemm(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStr
   return Launch(k, grid, block, C::kSmemBytes, stream, pdl, C::SPLIT, p, err, len);
 }
 
+// The wgmma path runs on sm_90 (exactly: sm_90a code) from a build that has sm_90a code.
+bool WgmmaAvailable(const DeviceInfo& dev) {
+#if defined(ONNXQ_HAVE_SM90A)
+  return dev.major == 9;
+#else
+  (void)dev;
+  return false;
+#endif
+}
+
+template <class C>
+int LaunchWg(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
+             size_t len) {
+  static std::atomic<uint64_t> smem_done[2];
+  if (!WgmmaAvailable(dev))
+    return Fail(err, len, kInvalidArgument, "the wgmma path needs an sm_90 GPU and a build with sm_90a code");
+  const int64_t tiles = ((p.m + C::BT - 1) / C::BT) * ((p.n + C::BN - 1) / C::BN) * C::SPLIT;
+  if (tiles > 0x7fffffffLL) return Fail(err, len, kInvalidArgument, "problem too large: %lld tiles", (long long)tiles);
+  auto k = a_vec ? wgmma_f16_kernel<C, true> : wgmma_f16_kernel<C, false>;
+  int rc = EnsureSmem(reinterpret_cast<const void*>(k), C::kSmemBytes, &smem_done[a_vec ? 1 : 0], err, len);
+  if (rc != kOk) return rc;
+  return Launch(k, dim3(static_cast<unsigned>(tiles)), dim3(C::kThreads), C::kSmemBytes, stream, pdl, C::SPLIT, p, err,
+                len);
+}
+
+// wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): BT=64 with
+// 4-way split-K (2 CTAs per SM) up to M=64; BT=128 x 128 k per stage with 2-way split-K while
+// that fits one wave, else BT=256 unsplit.
+int ChooseWgConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
+  auto ctas = [&](int bt, int bn) { return ((m + bt - 1) / bt) * ((n + bn - 1) / bn); };
+  if (m <= 64) return 3;
+  if (m <= 128) return 4;
+  return ctas(128, 128) * 2 <= dev.sms ? 4 : 6;
+}
+
 // Tensor-core configuration for M > 16 (tuned on H100; sm_80 gets the split-free ones).
 int ChooseGemmConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
   const bool hopper = dev.major >= 9;
@@ -1262,7 +1761,10 @@ int LaunchSkinny(KernelParams p, bool a_vec, const DeviceInfo& dev, cudaStream_t
 
 Path ChoosePath(DType dtype, int64_t m, int64_t /*k*/, int64_t /*n*/, int64_t /*block_size*/) {
   if (dtype == DType::kFloat32) return Path::kSimt;
-  return m <= 16 ? Path::kSkinny : Path::kTensorCore;
+  if (m <= 16) return Path::kSkinny;
+  DeviceInfo dev;
+  if (GetDeviceInfo(&dev, nullptr, 0) == kOk && WgmmaAvailable(dev)) return Path::kWgmma;
+  return Path::kTensorCore;
 }
 
 int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, size_t len) {
@@ -1334,7 +1836,25 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
     p.skinny_cfg = args.config >= 0 ? args.config : ((m <= 8 && bs % 128 == 0) ? 4 : kSkinnyDefaultCfg);
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }
-  if (path != Path::kTensorCore) return Fail(err, len, kInvalidArgument, "float16 A runs on the skinny or tensor-core path");
+  if (path == Path::kWgmma) {
+    int cfg = args.config;
+    if (cfg < 0) cfg = ChooseWgConfig(m, n, dev);
+    switch (cfg) {
+      case 0: return LaunchWg<Wg0>(p, a_vec, dev, stream, pdl, err, len);
+      case 1: return LaunchWg<Wg1>(p, a_vec, dev, stream, pdl, err, len);
+      case 2: return LaunchWg<Wg2>(p, a_vec, dev, stream, pdl, err, len);
+      case 3: return LaunchWg<Wg3>(p, a_vec, dev, stream, pdl, err, len);
+      case 4: return LaunchWg<Wg4>(p, a_vec, dev, stream, pdl, err, len);
+      case 5: return LaunchWg<Wg5>(p, a_vec, dev, stream, pdl, err, len);
+      case 6: return LaunchWg<Wg6>(p, a_vec, dev, stream, pdl, err, len);
+      case 7: return LaunchWg<Wg7>(p, a_vec, dev, stream, pdl, err, len);
+      case 8: return LaunchWg<Wg8>(p, a_vec, dev, stream, pdl, err, len);
+      case 9: return LaunchWg<Wg9>(p, a_vec, dev, stream, pdl, err, len);
+      default: return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg, kNumWgConfigs - 1);
+    }
+  }
+  if (path != Path::kTensorCore)
+    return Fail(err, len, kInvalidArgument, "float16 A runs on the skinny, tensor-core or wgmma path");
   int cfg = args.config;
   if (cfg < 0) cfg = ChooseGemmConfig(m, n, dev);
   switch (cfg) {

@@ -42,13 +42,16 @@ if not torch.cuda.is_available():
 
 from bench.device.cuda_int4_harness import (  # noqa: E402
     N_TC_CONFIGS,
+    N_WG_CONFIGS,
     PATH_AUTO,
     PATH_SIMT,
     PATH_SKINNY,
     PATH_TC,
+    PATH_WG,
     Harness,
     HarnessError,
     find_or_build_lib,
+    wgmma_device,
 )
 
 F32_TOL = 1e-5
@@ -62,8 +65,10 @@ CASES = [
     (4100, 129, 16, False, False),  # odd block count: 8-byte B rows
     (768, 96, 256, True, True),  # block 256
     (2048, 47, 64, False, False),  # small odd N
+    (96, 300, 32, False, True),  # two 64-k tiles: empty K slices under 4-way split-K
 ]
 MS = [1, 3, 16, 129]
+WG = wgmma_device()  # the wgmma path exists on sm_90 only
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,8 @@ def test_fp16_every_kernel(harness, case, m):
     if m <= 16:  # default; interleaved units; L2::256B loads; shared-memory whole-line staging
         runs += [(f"skinny_c{c}", PATH_SKINNY, c) for c in (-1, 1, 2, 4)]
     runs += [(f"tc{c}", PATH_TC, c) for c in range(N_TC_CONFIGS)]
+    if WG:
+        runs += [(f"wg{c}", PATH_WG, c) for c in range(N_WG_CONFIGS)]
     for name, path, cfg in runs:
         y = _run(harness, p, a, bias, path=path, config=cfg)
         _check(y, ref, True, f"{name} M={m}")
@@ -164,8 +171,28 @@ def test_llm_shape_fp16(harness):
     for bs in (128, 32):
         p, a, bias = _inputs((4096, 11008, bs, True, False), 16, True, seed=bs)
         ref = _reference(p, a, True, None)
-        for name, path in (("skinny", PATH_SKINNY), ("tc", PATH_TC)):
+        paths = [("skinny", PATH_SKINNY), ("tc", PATH_TC)] + ([("wg", PATH_WG)] if WG else [])
+        for name, path in paths:
             _check(_run(harness, p, a, None, path=path), ref, True, f"{name} bs={bs}")
+
+
+@pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
+@pytest.mark.parametrize("m", [64, 200, 256])
+def test_wgmma_llm_shapes(harness, m):
+    """Every wgmma config on a full-size layer, M over one and several token tiles."""
+    p, a, bias = _inputs((4096, 4096, 128, False, True), m, True, seed=100 + m)
+    ref = _reference(p, a, True, bias)
+    for c in range(N_WG_CONFIGS):
+        _check(_run(harness, p, a, bias, path=PATH_WG, config=c), ref, True, f"wg{c} M={m}")
+
+
+@pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
+def test_wgmma_pdl_and_errors(harness):
+    p, a, bias = _inputs(CASES[0], 129, True, seed=3)
+    ref = _reference(p, a, True, bias)
+    _check(_run(harness, p, a, bias, path=PATH_WG, pdl=True), ref, True, "wg pdl")
+    with pytest.raises(HarnessError, match="wgmma config"):
+        _run(harness, p, a, bias, path=PATH_WG, config=N_WG_CONFIGS)
 
 
 def test_invalid_arguments_are_errors(harness):

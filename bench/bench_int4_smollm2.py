@@ -1,7 +1,7 @@
 """SmolLM2-135M block-int4 weight-only: onnxq's RTN/HQQ/GPTQ/AWQ against ONNX Runtime's
 MatMulNBits quantizer (``onnxruntime.quantization.matmul_nbits_quantizer``) on the same text.
 
-    python -m bench.bench_int4_smollm2 [--quick] [--skip-ort-gptq]
+    python -m bench.bench_int4_smollm2 [--quick] [--skip-ort-gptq] [--ort-timeout S] [--reuse-ort]
 
 Perplexity: ``models.perplexity`` (windows of 512, stride 256) on the first 4,096 tokens of
 the corpus's ``bible_web_dev.txt``; fp32 is the yardstick. Calibration (GPTQ/AWQ, ours and
@@ -10,7 +10,11 @@ calibration never sees the evaluated text. Every quantized model is evaluated wi
 activations (MatMulNBits ``accuracy_level`` 0) so the numbers compare algorithms, not
 kernels. Quantization time is the weight-quantization step alone (our pass; ORT's
 ``process()``), load/save/calibration excluded and reported apart. ORT configurations run in
-a child process each (with a time limit): ORT's GPTQ may crash or run for long.
+a child process each (with a time limit, 300 s by default): ORT's GPTQ may crash or run for
+long. ``--reuse-ort`` copies the ORT rows of the previous results file instead of running ORT
+again (each such row, and the file, says so). Quantization time side by side: RTN, HQQ and
+GPTQ (block 128 symmetric) timed in interleaved rounds in this process, best of each,
+as multiples of RTN's time (``quantize_time_vs_rtn``).
 Writes ``bench/results/int4_smollm2.json``.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +45,10 @@ OURS = [
     ("awq+gptq", 128, True, dict(algorithm="awq+gptq")),
     ("gptq, lm_head int8", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD,))),
     ("awq+gptq, lm_head int8", 128, True, dict(algorithm="awq+gptq", keep_8bit=(LM_HEAD,))),
+    ("awq+gptq, lm_head int8, refit scales", 128, True, dict(algorithm="awq+gptq", keep_8bit=(LM_HEAD,), refit_scales=True)),
+    ("gptq, lm_head int8, first token x8", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD,), first_token_weight=8.0)),
+    ("gptq, lm_head int8, first token x8, refit scales", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD,), first_token_weight=8.0, refit_scales=True)),
+    ("awq+gptq, lm_head int8, first token x8", 128, True, dict(algorithm="awq+gptq", keep_8bit=(LM_HEAD,), first_token_weight=8.0)),
     ("hqq (asym, float zero)", 128, False, dict(algorithm="hqq")),
     ("rtn", 32, False, dict(algorithm="rtn")),
     ("hqq", 32, False, dict(algorithm="hqq")),
@@ -171,7 +178,7 @@ def run_ours(label, block, sym, overrides, fp32: Path, tmp: Path, stats) -> dict
     return row
 
 
-def calibrate(fp32: Path):
+def calibrate(fp32: Path, first_token_weight: float = 1.0):
     import onnx_ir as ir
 
     from onnxq import api, modelio
@@ -188,15 +195,56 @@ def calibrate(fp32: Path):
         if d.selected
     ]
     t0 = time.perf_counter()
-    stats = collect_activation_stats(model, values, lm_feeds(["input_ids", "attention_mask"], _ids()[1]))
+    stats = collect_activation_stats(
+        model, values, lm_feeds(["input_ids", "attention_mask"], _ids()[1]), first_token_weight=first_token_weight
+    )
     return stats, time.perf_counter() - t0
+
+
+def time_side_by_side(fp32: Path, stats, rounds: int = 3) -> dict:
+    """Best-of-``rounds`` quantization time of RTN, HQQ and GPTQ (block 128 symmetric, the
+    rows' recipes), interleaved so machine noise hits each alike; and each over RTN's."""
+    from onnxq import api, modelio
+    from onnxq.passes.quantize_matmul_int4 import QuantizeMatMulInt4Pass
+    from onnxq.recipes import WeightOnlyInt4
+
+    times: dict[str, list[float]] = {"rtn": [], "hqq": [], "gptq": []}
+    for _ in range(rounds):
+        for algo in times:
+            recipe = WeightOnlyInt4(algorithm=algo, format="matmulnbits", accuracy_level=0)
+            model = modelio.load(fp32)
+            api.prepare(model)
+            t0 = time.perf_counter()
+            QuantizeMatMulInt4Pass(recipe, stats if recipe.needs_calibration else None)(model)
+            times[algo].append(time.perf_counter() - t0)
+            del model
+    best = {a: min(v) for a, v in times.items()}
+    return {
+        "rounds": rounds,
+        "best_s": best,
+        "all_s": times,
+        "ratio_to_rtn": {a: best[a] / best["rtn"] for a in best},
+    }
+
+
+def _previous_ort_rows() -> list[dict]:
+    path = REPO / "bench" / "results" / "int4_smollm2.json"
+    if not path.exists():
+        raise SystemExit("--reuse-ort: no previous bench/results/int4_smollm2.json to take the ORT rows from")
+    rows = [r for r in json.loads(path.read_text())["rows"] if r.get("tool") == "ORT"]
+    for r in rows:
+        r.pop("ratio", None)
+        r.setdefault("reused", "from an earlier run of this script (--reuse-ort)")
+    return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="block 128 symmetric only")
     ap.add_argument("--skip-ort-gptq", action="store_true")
-    ap.add_argument("--ort-timeout", type=int, default=1200)
+    ap.add_argument("--ort-timeout", type=int, default=300, help="seconds per ORT configuration (default 300)")
+    ap.add_argument("--reuse-ort", action="store_true", help="copy the ORT rows of the previous results file")
+    ap.add_argument("--time-rounds", type=int, default=3, help="interleaved rounds of the RTN/HQQ/GPTQ timing")
     ap.add_argument("--ort-child", nargs=3, metavar=("SPEC", "FP32", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ort_child:
@@ -218,14 +266,35 @@ def main(argv=None) -> int:
         tmp = Path(tmpdir)
         todo_ours = [c for c in OURS if not args.quick or (c[1] == 128 and c[2])]
         todo_ort = [c for c in ORT if (not args.quick or (c[1] == 128)) and not (args.skip_ort_gptq and c[3] == "gptq")]
+        weighted = {}  # first_token_weight -> statistics calibrated with it
         for label, block, sym, overrides in todo_ours:
-            row = run_ours(label, block, sym, overrides, fp32, tmp, stats)
+            ftw = overrides.get("first_token_weight", 1.0)
+            if ftw != 1.0 and ftw not in weighted:
+                weighted[ftw], dt = calibrate(fp32, ftw)
+                print(f"onnxq calibration with first_token_weight {ftw}: {dt:.1f} s", flush=True)
+            row = run_ours(label, block, sym, overrides, fp32, tmp, stats if ftw == 1.0 else weighted[ftw])
             rows.append(row)
             print(json.dumps(row), flush=True)
-        for label, block, sym, algo in todo_ort:
-            row = run_ort(label, block, sym, algo, fp32, tmp, args.ort_timeout)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        if args.reuse_ort:
+            prev = _previous_ort_rows()
+            rows.extend(r for r in prev if not args.quick or r["block"] == 128)
+        else:
+            gptq128_failed = None
+            for label, block, sym, algo in todo_ort:
+                if algo == "gptq" and block != 128 and gptq128_failed:
+                    row = {"tool": "ORT", "algorithm": label, "block": block, "symmetric": sym}
+                    row["error"] = f"not run: block-128 GPTQ gave {gptq128_failed}"
+                else:
+                    row = run_ort(label, block, sym, algo, fp32, tmp, args.ort_timeout)
+                if algo == "gptq" and block == 128 and "error" in row:
+                    gptq128_failed = row["error"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    speed = time_side_by_side(fp32, stats, args.time_rounds) if args.time_rounds > 0 else None
+    if speed is not None:
+        print("quantization time, best of %d interleaved rounds: %s" % (
+            speed["rounds"], ", ".join(f"{a} {t:.2f} s ({speed['ratio_to_rtn'][a]:.1f}x RTN)" for a, t in speed["best_s"].items())
+        ), flush=True)
     for r in rows:
         if "ppl" in r:
             r["ratio"] = r["ppl"] / ppl32
@@ -241,6 +310,8 @@ def main(argv=None) -> int:
             "eval_tokens": N_EVAL,
             "calibration": f"{CALIB_SAMPLES} x {CALIB_SEQ} tokens after the evaluated ones (bible_web_dev.txt)",
             "onnxq_calibration_s": calib_s,
+            "quantize_time_vs_rtn": speed,
+            **({"note": "ORT rows reused from an earlier run of this script (--reuse-ort), not re-measured"} if args.reuse_ort else {}),
             "columns": columns,
             "rows": rows,
         },

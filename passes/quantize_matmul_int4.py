@@ -46,7 +46,7 @@ from onnxq import qparams as qp
 from onnxq.int4._blas import single_thread
 from onnxq.int4.awq import awq_search
 from onnxq.int4.blocks import BlockQuant, Int4Spec, rtn
-from onnxq.int4.gptq import gptq, gptq_batch
+from onnxq.int4.gptq import gptq, gptq_batch, refit_scales
 from onnxq.int4.hqq import hqq
 from onnxq.recipes import WeightOnlyInt4
 from onnxq.selection import Decision, name_matches, select
@@ -358,10 +358,11 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             if h is None:
                 logger.warning("GPTQ: no calibration statistics for %s; using RTN", t.node.name)
                 return rtn(w, self.spec, mse=bool(recipe.scale_search))
-            return gptq(
+            bq = gptq(
                 w, h, self.spec, percdamp=recipe.percdamp, act_order=recipe.act_order,
                 mse=recipe.scale_search is not False,
             )
+            return refit_scales(w, h, bq) if recipe.refit_scales else bq
         if algo == "hqq":
             # HQQ's float zero points where the format stores them (MatMulNBits, com.onnxq);
             # opset-21 DequantizeLinear needs uint4 ones
@@ -422,6 +423,8 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
                     [w for _, w, _ in chunk], [h for _, _, h in chunk], self.spec,
                     percdamp=recipe.percdamp, act_order=recipe.act_order, mse=recipe.scale_search is not False,
                 )
+                if recipe.refit_scales:
+                    results = [refit_scales(w, h, bq) for (_, w, h), bq in zip(chunk, results)]
                 logger.info("GPTQ: %d problem(s) of %dx%d in %.2fs", len(chunk), k, n, time.perf_counter() - t0)
                 for (members, _, _), bq in zip(chunk, results):
                     c0 = 0

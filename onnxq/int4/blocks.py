@@ -183,6 +183,9 @@ def quantize_codes(wb: np.ndarray, scale: np.ndarray, zero: np.ndarray | None) -
     return q
 
 
+_SEARCH_CHUNK = 1 << 18  # elements of a column chunk in search_scales
+
+
 def search_scales(
     wb: np.ndarray,
     symmetric: bool,
@@ -199,6 +202,25 @@ def search_scales(
     if grid is None:
         grid = np.linspace(1.0, 0.55, 19, dtype=np.float32)
     d = None if importance is None else np.asarray(importance, dtype=np.float32).reshape(wb.shape[0], wb.shape[1], 1)
+    nb, bs, n = wb.shape
+    cols = max(1, _SEARCH_CHUNK // max(nb * bs, 1))
+    if n <= cols:
+        return _search_chunk(wb, symmetric, d, grid)
+    # column chunks that stay in cache across the whole grid (one pass over memory instead
+    # of one per candidate: 3x faster on SmolLM2's lm_head)
+    scale = np.empty((nb, n), dtype=np.float32)
+    zero = None if symmetric else np.empty((nb, n), dtype=np.float32)
+    for c0 in range(0, n, cols):
+        c1 = min(n, c0 + cols)
+        s, z = _search_chunk(np.ascontiguousarray(wb[:, :, c0:c1]), symmetric, d, grid)
+        scale[:, c0:c1] = s
+        if zero is not None:
+            zero[:, c0:c1] = z
+    return scale, zero
+
+
+def _search_chunk(wb: np.ndarray, symmetric: bool, d: np.ndarray | None, grid: np.ndarray):
+    """``search_scales`` of one column chunk; ``d`` is ``[nb, bs, 1]`` or None."""
     wmax = wb.max(axis=1)
     wmin = wb.min(axis=1)
     best_err = None

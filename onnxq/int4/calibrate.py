@@ -5,6 +5,13 @@ calibration sample is run once and folded into per-tensor state, so memory is fl
 number of samples: ``H = sum x x^T`` (``[K, K]``, float64), ``sum |x|`` (``[K]``), a token
 count, and the first few rows (kept for the accuracy-level parity check). Many MatMuls
 share one input (q/k/v; gate/up): their statistics are collected once.
+
+``first_token_weight``: for inputs with a sequence axis (rank >= 3, ``[..., seq, K]``) the
+first position of every sample counts this many times in ``H``. In a causal LM that
+position is the attention sink: its hidden state carries the massive activations that
+every later token's attention reads. Measured on SmolLM2-135M (GPTQ, block 128
+symmetric, lm_head int8): dropping it from ``H`` gave 4.1x fp32 perplexity, weight 1
+1.148x, weight 8 1.117x.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class ActivationStats:
     abs_sum: np.ndarray  # float64 [K]
     n_tokens: int = 0
     samples: np.ndarray | None = None  # float32 [<= SAMPLE_ROWS, K]
+    first_token_weight: float = 1.0
 
     @property
     def k(self) -> int:
@@ -52,6 +60,10 @@ class ActivationStats:
         if not np.all(np.isfinite(x2)):
             raise CalibrationDataError(f"calibration produced NaN/Inf in {self.name}")
         self.hessian += (x2.T @ x2).astype(np.float64)
+        x = np.asarray(x)
+        if self.first_token_weight != 1.0 and x.ndim >= 3:
+            x0 = np.asarray(x[..., 0, :], dtype=np.float32).reshape(-1, self.k)
+            self.hessian += (self.first_token_weight - 1.0) * (x0.T @ x0).astype(np.float64)
         self.abs_sum += np.abs(x2).sum(axis=0, dtype=np.float64)
         self.n_tokens += x2.shape[0]
         have = 0 if self.samples is None else self.samples.shape[0]
@@ -90,11 +102,14 @@ def collect_activation_stats(
     feeds: Iterable[Mapping[str, np.ndarray]],
     *,
     progress: Callable[[int], None] | None = None,
+    first_token_weight: float = 1.0,
 ) -> dict[str, ActivationStats]:
     """Run ``feeds`` through ``model`` and return statistics for each value (by name).
 
     ``values``: ``(tensor, K)`` pairs, tensors of the main graph (MatMul inputs) whose last
-    dimension is ``K``."""
+    dimension is ``K``. ``first_token_weight``: see the module docstring."""
+    if not first_token_weight >= 0:
+        raise CalibrationDataError(f"first_token_weight must be >= 0, got {first_token_weight}")
     uniq: dict[str, ir.Value] = {}
     stats: dict[str, ActivationStats] = {}
     for v, k in values:
@@ -103,7 +118,10 @@ def collect_activation_stats(
         if v.name in uniq:
             continue
         uniq[v.name] = v
-        stats[v.name] = ActivationStats(v.name, np.zeros((k, k), dtype=np.float64), np.zeros(k, dtype=np.float64))
+        stats[v.name] = ActivationStats(
+            v.name, np.zeros((k, k), dtype=np.float64), np.zeros(k, dtype=np.float64),
+            first_token_weight=float(first_token_weight),
+        )
     names = list(uniq)
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
         sess = _session_for(model, list(uniq.values()), Path(tmp))

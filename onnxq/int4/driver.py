@@ -83,7 +83,7 @@ def run_weight_only_int4(
                 k = w.shape[1] if d.node.op_type == "Gemm" and d.node.attributes.get_int("transB", 0) else w.shape[0]
                 values.append((d.node.inputs[0], int(k)))
         t0 = time.perf_counter()
-        stats = collect_activation_stats(model, values, feeds)
+        stats = collect_activation_stats(model, values, feeds, first_token_weight=recipe.first_token_weight)
         notes.append(
             f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
             f"in {time.perf_counter() - t0:.1f} s"

@@ -36,8 +36,24 @@ __all__ = ["hqq", "hqq_blocked"]
 
 def _shrink(x: np.ndarray, beta: float, p: float) -> np.ndarray:
     """Proximal operator of ``|x|^p / beta`` (generalised soft threshold, HQQ's ``shrink_lp``):
-    ``sign(x) * max(|x| - |x|^(p-1) / beta, 0)``."""
+    ``sign(x) * max(|x| - |x|^(p-1) / beta, 0)``.
+
+    For ``p < 2`` that is 0 wherever ``|x| <= beta^(-1/(2-p))``: quantization errors mostly
+    are (about 0.17 at ``beta = 10, p = 0.7`` against weight steps of ~0.01), so the
+    fractional power — most of HQQ's time — is taken only where the result can be nonzero
+    (with a margin, so the values are exactly those of the full formula)."""
     ax = np.abs(x)
+    if p < 2:
+        thresh = np.float32(0.999 * (1.0 / beta) ** (1.0 / (2.0 - p)))
+        idx = np.flatnonzero(ax > thresh)
+        out = np.zeros_like(x)
+        if idx.size:
+            a = ax.reshape(-1)[idx]
+            t = np.power(a + np.float32(1e-8), np.float32(p - 1.0))
+            t *= np.float32(1.0 / beta)
+            t = np.maximum(a - t, 0.0)
+            out.reshape(-1)[idx] = np.copysign(t, x.reshape(-1)[idx])
+        return out
     t = ax + np.float32(1e-8)
     np.power(t, np.float32(p - 1.0), out=t)
     t *= np.float32(1.0 / beta)

@@ -169,3 +169,89 @@ def test_blockquant_dequantize_is_the_packed_reference():
     w = RNG.standard_normal((100, 7)).astype(np.float32)
     bq: BlockQuant = rtn(w, Int4Spec(32, False))
     np.testing.assert_array_equal(bq.to_packed().dequantize(), bq.dequantize())
+
+
+def test_blocked_cholesky_and_inverse_match_lapack():
+    from onnxq.int4.gptq import _cholesky_and_inverse
+
+    x = _correlated(900, 300, seed=5).astype(np.float64)
+    h = x.T @ x + 1e-3 * np.eye(300)
+    lower, inv = _cholesky_and_inverse(h, True)
+    ref = np.linalg.cholesky(h)
+    np.testing.assert_allclose(lower, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(inv @ ref, np.eye(300), rtol=0, atol=1e-8)
+    assert _cholesky_and_inverse(h, False)[1] is None
+
+
+def test_search_scales_in_column_chunks_equals_one_piece(monkeypatch):
+    import onnxq.int4.blocks as blocks
+
+    wb = RNG.standard_normal((3, 32, 700)).astype(np.float32)
+    imp = RNG.random((3, 32)).astype(np.float32)
+    for sym in (True, False):
+        whole = search_scales(wb, sym, imp)
+        monkeypatch.setattr(blocks, "_SEARCH_CHUNK", 3 * 32 * 64)  # 11 chunks, the last ragged
+        chunked = search_scales(wb, sym, imp)
+        monkeypatch.undo()
+        assert np.array_equal(whole[0], chunked[0])
+        assert (whole[1] is None and chunked[1] is None) or np.array_equal(whole[1], chunked[1])
+
+
+def test_hqq_shrink_skips_only_exact_zeros():
+    from onnxq.int4.hqq import _shrink
+
+    x = (RNG.standard_normal(20000) * np.float32(10.0) ** RNG.integers(-4, 2, 20000)).astype(np.float32)
+    for beta in (1.0, 10.0, 1000.0):
+        for p in (0.3, 0.7, 1.0):
+            ax = np.abs(x)
+            t = np.power(ax + np.float32(1e-8), np.float32(p - 1.0)) * np.float32(1.0 / beta)
+            ref = np.copysign(np.maximum(ax - t, 0.0), x)
+            assert np.array_equal(_shrink(x, beta, p), ref)
+
+
+@pytest.mark.parametrize("k,n,bs,sym", [(256, 48, 64, True), (200, 40, 128, True), (160, 24, 32, False)])
+def test_refit_scales_lowers_the_layer_loss_and_recovers_exact_scales(k, n, bs, sym):
+    from onnxq.int4.gptq import refit_scales
+
+    x = _correlated(4 * k, k, seed=6)
+    h = x.T.astype(np.float64) @ x
+    w = (RNG.standard_normal((k, n)) * 0.05).astype(np.float32)
+    spec = Int4Spec(bs, sym)
+
+    def loss(bq):
+        e = (w - bq.dequantize()).astype(np.float64)
+        return float(np.einsum("kn,kj,jn->", e, h, e))
+
+    for bq in (gptq(w, h, spec, act_order=True, percdamp=0.01), rtn(w, spec)):
+        re = refit_scales(w, h, bq)
+        assert np.array_equal(re.codes, bq.codes) and (bq.zeros is None or np.array_equal(re.zeros, bq.zeros))
+        assert loss(re) <= loss(bq) * (1 + 1e-6)
+        np.testing.assert_array_equal(re.to_packed().dequantize(), re.dequantize())  # the declared layout
+    assert loss(refit_scales(w, h, rtn(w, spec))) < 0.95 * loss(rtn(w, spec))
+    # weights that are exactly on a grid: from any wrong scales the refit finds the true ones
+    true = rtn(w, spec)
+    exact = true.dequantize()
+    wrong = BlockQuant(spec, true.codes, true.scales * np.float32(1.3), true.zeros)
+    got = refit_scales(exact, h, wrong)
+    np.testing.assert_allclose(got.scales, true.scales, rtol=2e-3)
+
+
+def test_first_token_weight_counts_each_samples_first_position_that_many_times():
+    from onnxq.int4.calibrate import ActivationStats
+
+    x = np.random.default_rng(7).standard_normal((2, 5, 8)).astype(np.float32)  # [batch, seq, K]
+    plain = ActivationStats("x", np.zeros((8, 8)), np.zeros(8))
+    heavy = ActivationStats("x", np.zeros((8, 8)), np.zeros(8), first_token_weight=8.0)
+    for st in (plain, heavy):
+        st.update(x)
+        st.update(x[:, :3])
+    x64 = x.astype(np.float64)
+    ref = 2 * np.einsum("bsk,bsj->kj", x64[:, :3], x64[:, :3]) + np.einsum("bsk,bsj->kj", x64[:, 3:], x64[:, 3:])
+    tol = 1e-5 * np.abs(ref).max()
+    np.testing.assert_allclose(plain.hessian, ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(heavy.hessian, ref + 2 * 7.0 * x64[:, 0].T @ x64[:, 0], rtol=0, atol=8 * tol)
+    assert heavy.n_tokens == plain.n_tokens == 16
+    np.testing.assert_array_equal(heavy.abs_sum, plain.abs_sum)  # only H is weighted
+    flat = ActivationStats("y", np.zeros((8, 8)), np.zeros(8), first_token_weight=8.0)
+    flat.update(x[0])  # rank 2: no sequence axis, nothing weighted
+    np.testing.assert_allclose(flat.hessian, x64[0].T @ x64[0], rtol=0, atol=tol)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 import onnxq
 from onnxq.calib_text import TextCalibration, lm_feeds, load_token_ids, token_windows
 from onnxq.cli import main
-from onnxq.errors import CalibrationDataError
+from onnxq.errors import CalibrationDataError, RecipeError
 from onnxq.recipes import WeightOnlyInt4
 from tests.helpers import model_from_text, run_ort
 
@@ -120,6 +120,31 @@ def test_text_calibrated_algorithms_end_to_end(tmp_path, tokenizer_json, algorit
         assert len(levels) == 4 and set(levels) <= {1, 4}
     assert any("calibrated" in n for n in report.notes)
     assert errs[algorithm] < errs["rtn"], errs
+
+
+def test_first_token_weight_is_validated():
+    with pytest.raises(RecipeError, match="first_token_weight"):
+        WeightOnlyInt4(algorithm="gptq", first_token_weight=-1.0)
+    assert WeightOnlyInt4(algorithm="gptq", first_token_weight=8.0).first_token_weight == 8.0
+
+
+def test_gptq_refit_scales_keeps_the_codes_and_changes_the_scales(tmp_path, tokenizer_json):
+    data = TextCalibration(_text(tmp_path), tokenizer_json, seq_len=64, n_samples=8)
+    ids = RNG.integers(1, VOCAB, (1, 48))
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    ref = run_ort(_lm(), feed)[0]
+    inits, errs = {}, {}
+    for refit in (False, True):
+        recipe = WeightOnlyInt4(algorithm="gptq", block_size=32, format="matmulnbits", accuracy_level=0, refit_scales=refit)
+        model = onnxq.quantize(_lm(), recipe, data)
+        errs[refit] = float(np.mean((run_ort(model, feed)[0] - ref) ** 2) / np.mean(ref**2))
+        inits[refit] = {n: v.const_value.numpy() for n, v in model.graph.initializers.items()}
+    packed = [n for n in inits[False] if n.endswith("_weight_packed")]
+    scales = [n for n in inits[False] if n.endswith("_weight_scales")]
+    assert len(packed) == 4 and len(scales) == 4
+    assert all(np.array_equal(inits[False][n], inits[True][n]) for n in packed)
+    assert any(not np.array_equal(inits[False][n], inits[True][n]) for n in scales)
+    assert errs[True] < 1.1 * errs[False], errs
 
 
 def test_cli_int4_with_npy_calibration(tmp_path, lm_path):

@@ -93,7 +93,20 @@ def run_weight_only_int4(
     t0 = time.perf_counter()
     QuantizeMatMulInt4Pass(recipe, stats, progress=progress)(model)
     notes.append(f"{recipe.algorithm} on {len(selected)} weights in {time.perf_counter() - t0:.1f} s")
-    if recipe.format in ("matmulnbits", "onnxq") and recipe.accuracy_level is None:
+    library_missing = None
+    if recipe.format == "onnxq" and recipe.accuracy_level is None:
+        from onnxq import runtime
+        from onnxq.errors import OnnxqError
+
+        try:
+            runtime.library_path("cpu")
+        except OnnxqError as e:  # the model is still right; only the measured choice needs the op
+            library_missing = str(e)
+            notes.append(
+                "MatMulBlockInt4 accuracy_level left unset (float activations): the parity check runs the op "
+                f"and {library_missing}"
+            )
+    if recipe.format in ("matmulnbits", "onnxq") and recipe.accuracy_level is None and library_missing is None:
         levels = choose_accuracy_levels(model, stats, recipe.accuracy_tolerance)
         fast = sum(1 for v in levels.values() if v == 4)
         op = "MatMulNBits" if recipe.format == "matmulnbits" else "MatMulBlockInt4"

@@ -3,15 +3,21 @@
 Memory: each (method, N) runs in a fresh subprocess (peak RSS = the child's ru_maxrss),
 next to a child doing plain fp32 inference over the same N samples.
 
-Time: in one process (the machine is noisy), interleaved repetitions of
+Time: in one process (the machine is noisy and shared), per method and repetition:
 - plain fp32 inference over N samples (session + runs), the yardstick, and
 - onnxq's calibration of every int8-static scale group over the same N samples (probe
-  model + session + runs + choosing the ranges), per method;
-the median of the per-repetition ratios is reported.
+  model + session + runs + choosing the ranges),
+interleaved sample by sample: the calibration's data stream runs the plain session on each
+sample just before handing it over, and that plain run's time is taken out of the
+calibration's clock (each sample is generated once; its generation time is counted in both
+clocks, as a stream's would be). Load that comes and goes on the machine then hits both
+sides alike. Both sessions use ORT's default threads. The median of the per-repetition
+ratios is reported.
 
 Samples are generated on the fly (seeded), never held together, as a stream would be.
 
     .venv/bin/python bench/bench_calib_memory.py [--samples 32,128,512] [--methods ...] [--json out.json]
+    .venv/bin/python bench/bench_calib_memory.py --rss-methods ""   # the time table only
 """
 
 from __future__ import annotations
@@ -82,6 +88,52 @@ def child_calib(model: str, n: int, method: str) -> dict:
     return {"seconds": end - t, "groups": len(plan.groups), "runs": stats.feeds}
 
 
+def timed_pair(model: str, n: int, method: str) -> dict:
+    """(plain fp32 seconds, calibration seconds) over the same ``n`` samples, interleaved
+    sample by sample (see the module docstring)."""
+    import onnxruntime as ort
+
+    import onnxq
+    from onnxq.calib.static import _infer_shapes, calibrate_plan
+    from onnxq.passes.insert_qdq import plan_static
+
+    m = onnxq.load(model)
+    _infer_shapes(m)
+    recipe = onnxq.StaticInt8(calibration=method)
+    plan = plan_static(m, recipe)
+    name = _input_name(model)
+    t = time.perf_counter()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    plain = time.perf_counter() - t
+    gen_s = plain_runs = 0.0
+    runs = 0
+    gen = _samples(n)
+
+    def data():
+        nonlocal gen_s, plain_runs, runs
+        it = gen()
+        while True:
+            t0 = time.perf_counter()
+            feed = next(it, None)
+            t1 = time.perf_counter()
+            gen_s += t1 - t0
+            if feed is None:
+                return
+            sess.run(None, {name: feed["input"]})
+            plain_runs += time.perf_counter() - t1
+            runs += 1
+            yield {name: feed["input"]}
+
+    t = time.perf_counter()
+    calibrate_plan(m, plan, recipe, data)
+    calib = time.perf_counter() - t - plain_runs
+    if runs != n:
+        raise RuntimeError(f"the calibration read {runs} samples, not {n}: the clocks would not compare")
+    return {"fp32_s": plain + plain_runs + gen_s, "calib_s": calib}
+
+
 def _child(args) -> None:
     if args.child == "infer":
         out = child_infer(args.model, args.n)
@@ -108,7 +160,7 @@ def main() -> int:
     ap.add_argument("--methods", default="minmax,percentile,entropy,mse")
     ap.add_argument("--rss-methods", default="entropy")
     ap.add_argument("--time-samples", type=int, default=64)
-    ap.add_argument("--time-reps", type=int, default=3)
+    ap.add_argument("--time-reps", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.child:
@@ -125,9 +177,9 @@ def main() -> int:
     print(f"ResNet-50-like ({size_mb:.0f} MB), 2 cores")
     print("peak RSS, each cell a fresh process:")
     print(f"{'method':<11}{'samples':>8}{'peak RSS MiB':>14}{'fp32 inference RSS':>20}")
-    for n in [int(v) for v in args.samples.split(",")]:
+    for n in [int(v) for v in args.samples.split(",") if v] if args.rss_methods else []:
         base = _spawn("--child", "infer", "--model", model, "--n", str(n))
-        for method in args.rss_methods.split(","):
+        for method in [v for v in args.rss_methods.split(",") if v]:  # "": time only
             r = _spawn("--child", "calib", "--model", model, "--n", str(n), "--method", method)
             rows.append({"kind": "rss", "method": method, "samples": n, "peak_rss_mib": r["peak_rss_mib"],
                          "fp32_peak_rss_mib": base["peak_rss_mib"]})
@@ -137,13 +189,14 @@ def main() -> int:
         if len(rss) > 1:
             print(f"{method}: peak RSS spread {max(rss) / min(rss) - 1:.1%} across {args.samples} samples")
     n = args.time_samples
-    print(f"calibration time / fp32 inference time over {n} samples, one process, {args.time_reps} interleaved reps:")
+    print(f"calibration time / fp32 inference time over {n} samples, one process, interleaved per sample, "
+          f"median of {args.time_reps} reps:")
     print(f"{'method':<11}{'calib s':>9}{'fp32 s':>8}{'ratio':>7}")
     for method in methods:
         ratios, cal, inf = [], [], []
         for _ in range(args.time_reps):
-            a = child_infer(model, n)["seconds"]
-            b = child_calib(model, n, method)["seconds"]
+            r = timed_pair(model, n, method)
+            a, b = r["fp32_s"], r["calib_s"]
             inf.append(a)
             cal.append(b)
             ratios.append(b / a)

@@ -17,7 +17,10 @@ second consumer of the Conv output would stop ORT fusing Conv+Add+Relu); the sam
 4-D map is a 1x1 ``MaxPool`` with a spatial stride (a plain subsample of about
 ``sample_size`` values per sample).
 Histogram observers' feature maps get only the sample (their extremes come from it).
-Per-channel results are packed into a few Concat outputs and reduced in numpy. Other
+Per-channel results are packed into a few Concat outputs and reduced in numpy; 4-D maps
+whose channel count is a multiple of 16 are packed apart from the others, so that ORT
+keeps their Concat in the blocked layout and reorders one packed result instead of every
+per-channel result (on ResNet-50 that removes ~140 reorder nodes per run). Other
 tensors use ReduceMin/ReduceMax and a flattened, strided sample.
 
 Tensors inside ``If`` branches and ``Loop`` bodies are lifted out level by level: a Loop
@@ -42,6 +45,10 @@ __all__ = ["Probe", "MeanProbe", "Packed", "build_probe_model", "DEFAULT_SAMPLE_
 
 DEFAULT_SAMPLE_SIZE = 4096
 _REPLICA_MIN_SIDE = 28  # observe Conv-into-Add outputs through a strided copy from this size on
+# ORT keeps a Concat of per-channel results in its blocked (NCHWc) layout, with one reorder
+# for the whole output instead of one per input, only when every input is 4-D with a channel
+# count that is a multiple of the block size (8 or 16): such tensors are packed apart
+_NCHWC_ALIGN = 16
 
 _FLOAT = ir.DataType.FLOAT
 
@@ -60,7 +67,7 @@ class Probe:
 @dataclasses.dataclass(frozen=True)
 class Packed:
     """Per-channel statistics of the fast-path tensors, side by side in a few outputs (one
-    Concat per group of tensors of one rank and batch dimension; each output is
+    Concat per group of tensors of one rank, batch dimension and NCHWc alignment; each output is
     ``[N, total, 1, ...]``): the extremes outputs hold channel maxima and negated channel
     minima (both reduce with max over samples), the means outputs channel means.
     ``segments``: (tensor, kind) -> (output, start, stop), kind one of ``max``, ``negmin``
@@ -438,14 +445,16 @@ def build_probe_model(
     stats = dict(channel_stats or {})
     probes: dict[str, Probe] = {}
     mean_probes: dict[tuple[str, str], MeanProbe] = {}
-    # (kind group, rank, batch dim) -> [(tensor, kind, value, channels)], packed at the end
-    pack: dict[tuple[str, int, str], list[tuple[str, str, ir.Value, int]]] = {}
+    # (kind group, rank, batch dim, blocked) -> [(tensor, kind, value, channels)], packed at the end
+    pack: dict[tuple[str, int, str, bool], list[tuple[str, str, ir.Value, int]]] = {}
 
     done: set[tuple[str, str]] = set()  # channel statistics already packed
 
     def add_packed(group: str, name: str, kind: str, v: ir.Value, value: ir.Value) -> None:
-        key = (group, len(v.shape), str(v.shape[0]))
-        pack.setdefault(key, []).append((name, kind, value, int(v.shape[1])))
+        channels = int(v.shape[1])
+        blocked = len(v.shape) == 4 and channels % _NCHWC_ALIGN == 0
+        key = (group, len(v.shape), str(v.shape[0]), blocked)
+        pack.setdefault(key, []).append((name, kind, value, channels))
         if kind in ("mean", "chmax"):
             done.add((name, "max" if kind == "chmax" else kind))
 
@@ -500,7 +509,7 @@ def build_probe_model(
     segments: dict[tuple[str, str], tuple[str, int, int]] = {}
     packed_outputs: list[str] = []
     b.anchor = None
-    for (group, rank, _), members in pack.items():
+    for (group, rank, _, _), members in pack.items():
         inputs: list[ir.Value] = []
         offset = 0
         for name, kind, value, channels in members:

@@ -90,7 +90,9 @@ def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
     """sum over the kernel (axes >= 2, Conv) of W_q - W for the weight quantization
     InsertQdqPass will apply: [O, C/g] for a Conv, the full [K, N] / [N, K] for Gemm. The
     symmetric per-channel case (every weight of a default recipe) avoids building W_q:
-    W_q - W = scale * (rint(W / scale) - W / scale), summed in float32 scratch buffers."""
+    W_q - W = scale * (rint(W / scale) - W / scale), summed in float32 scratch buffers, a
+    block of output channels at a time (about ``_BLOCK_ELEMENTS`` weights: the block stays
+    in cache across the passes over it)."""
     from onnxq.passes.insert_qdq import quantize_weight
 
     if spec.axis is None or not spec.symmetric or not spec.qtype.signed or w.ndim < 3 or spec.axis % w.ndim != 0:
@@ -98,23 +100,30 @@ def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
         return dw.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim >= 3 else dw
     o, c = w.shape[0], w.shape[1]
     flat = w.reshape(o, -1)
-    absmax = np.maximum(-flat.min(axis=1), flat.max(axis=1))
-    p = qp.qparams_from_range(-absmax.astype(np.float64), absmax.astype(np.float64), spec.qtype, symmetric=True)
-    scale = p.scale.astype(np.float32)
-    # |w / scale| <= qmax by construction (scale = absmax / qmax): no clipping needed.
-    # In units of the scale, the rounding error is rint(q) - q, in [-0.5, 0.5]: its float32
-    # sums over the kernel are exact enough, and W itself is never summed (no float64 copy)
-    q = _scratch(flat.shape, 0)
-    np.divide(flat, scale[:, None], out=q)
-    err = _scratch(flat.shape, 1)
-    np.rint(q, out=err)
-    err -= q
     kk = flat.shape[1] // c
-    if kk == 1:
-        esum = err
-    else:  # a matrix-vector product sums the small kernel axis far faster than .sum(axis=2)
-        esum = (err.reshape(o * c, kk) @ np.ones(kk, np.float32)).reshape(o, c)
-    return esum.astype(np.float64) * scale.astype(np.float64)[:, None]
+    ones = np.ones(kk, np.float32)
+    out = np.empty((o, c), np.float64)
+    rows = max(1, _BLOCK_ELEMENTS // flat.shape[1])
+    for a in range(0, o, rows):
+        z = min(o, a + rows)
+        block = flat[a:z]
+        absmax = np.maximum(-block.min(axis=1), block.max(axis=1)).astype(np.float64)
+        scale = qp.qparams_from_range(-absmax, absmax, spec.qtype, symmetric=True).scale.astype(np.float32)
+        # |w / scale| <= qmax by construction (scale = absmax / qmax): no clipping needed.
+        # In units of the scale, the rounding error is rint(q) - q, in [-0.5, 0.5]: its
+        # float32 sums over the kernel are exact enough, and W itself is never summed
+        q = _scratch(block.shape, 0)
+        np.divide(block, scale[:, None], out=q)
+        err = _scratch(block.shape, 1)
+        np.rint(q, out=err)
+        err -= q
+        # a matrix-vector product sums the small kernel axis far faster than .sum(axis=2)
+        esum = err if kk == 1 else (err.reshape((z - a) * c, kk) @ ones).reshape(z - a, c)
+        np.multiply(esum, scale.astype(np.float64)[:, None], out=out[a:z])
+    return out
+
+
+_BLOCK_ELEMENTS = 1 << 14
 
 
 _SCRATCH: dict[int, np.ndarray] = {}

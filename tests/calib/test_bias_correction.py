@@ -8,7 +8,8 @@ from onnxq.calib.static import _rounding_error_sums
 from onnxq.passes.insert_qdq import WeightSpec, quantize_weight
 
 
-@pytest.mark.parametrize("shape", [(16, 8, 1, 1), (32, 1, 3, 3), (8, 4, 5, 5), (6, 3, 7)])
+# the last two span several blocks of output channels (one block: about 16K weights)
+@pytest.mark.parametrize("shape", [(16, 8, 1, 1), (32, 1, 3, 3), (8, 4, 5, 5), (6, 3, 7), (300, 64, 3, 3), (5, 5000, 1, 1)])
 def test_rounding_error_sums_match_the_reference(shape):
     rng = np.random.default_rng(sum(shape))
     w = (rng.standard_normal(shape) * rng.uniform(0.01, 3, (shape[0],) + (1,) * (len(shape) - 1))).astype(np.float32)

@@ -138,3 +138,54 @@ def test_centered_subsample_is_exact_and_starts_inside_the_map():
     x = RNG.standard_normal((1, 16, 37, 30)).astype(np.float32)
     for step, got in zip(steps, sess.run(None, {"x": x})[1:]):
         np.testing.assert_array_equal(got, x[:, :, step // 2 :: step, step // 2 :: step])
+
+
+def _optimized_ops(m: ir.Model) -> collections.Counter:
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(ir.serde.serialize_model(m).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_block_aligned_maps_are_packed_apart_with_one_layout_reorder_per_output():
+    # x has 3 channels (not a multiple of ORT's NCHWc block): packed apart from the 16-channel
+    # maps, whose per-channel results ORT concatenates in its blocked layout
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 3, 12, 12] x) => (float[1, 16, 12, 12] y) {
+        h = Conv <pads: ints = [1, 1, 1, 1]> (x, w0, b0)
+        r = Relu(h)
+        c = Conv (r, w1, b1)
+        a = Add(c, r)
+        y = Relu(a)
+    }
+    """
+    w0 = RNG.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3
+    w1 = RNG.standard_normal((16, 16, 1, 1)).astype(np.float32) * 0.3
+    b0, b1 = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
+    model = model_from_text(text, {"w0": w0, "b0": b0, "w1": w1, "b1": b1})
+    _infer_shapes(model)
+    watched = ("x", "r", "c", "y")
+    probe, probes, _, packed = build_probe_model(
+        model, {t: False for t in watched}, nonnegative=frozenset({"r", "y"}),
+        channel_stats={("r", "mean"): (1, 4, 16), ("x", "mean"): (1, 4, 3)},
+    )
+    outputs = {packed.segments[(t, "max")][0] for t in watched}
+    assert len(outputs) == 2 and packed.segments[("x", "max")][0] != packed.segments[("c", "max")][0]
+    # five 16-channel reductions (maxima of r, c, y, c's negated minima, r's means) reach the
+    # outputs through one reorder per packed output (extremes, means), not one each
+    extra = _optimized_ops(probe)["ReorderOutput"] - _optimized_ops(model)["ReorderOutput"]
+    assert extra <= 2
+    feeds = [{"x": RNG.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(2)]
+    obs = {t: MinMaxObserver() for t in watched}
+    means = {t: ChannelMeanObserver(1, 4, ch) for t, ch in (("r", 16), ("x", 3))}
+    calibrate(model, obs, feeds, channel_stats=means, nonnegative=frozenset({"r", "y"}))
+    ref = _reference(model, feeds, list(watched))
+    for t in ("x", "c"):
+        assert (obs[t].min, obs[t].max) == pytest.approx((ref[t].min(), ref[t].max()), rel=1e-6)
+    for t in ("r", "y"):
+        assert obs[t].min == 0.0 and obs[t].max == pytest.approx(ref[t].max(), rel=1e-6)
+    for t, obs_mean in means.items():
+        np.testing.assert_allclose(obs_mean.mean, ref[t].mean(axis=(0, 1, 3, 4)), rtol=1e-4, atol=1e-6)

@@ -65,7 +65,7 @@ OURS = [
     ("awq+gptq, lm_head int8, first token x8", 128, True, dict(algorithm="awq+gptq", keep_8bit=(LM_HEAD,), first_token_weight=8.0)),
     ("gptq, lm_head + down_proj int8, first token x8, refit scales", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD, DOWN_ALL), first_token_weight=8.0, refit_scales=True)),
     ("gptq, lm_head + down_proj of layers 0-3,26-29 int8, first token x8, refit scales", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD, DOWN_EDGES), first_token_weight=8.0, refit_scales=True)),
-    ("gptq, lm_head + down_proj of 8 swept layers int8, first token x8, refit scales", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD, DOWN_SWEPT8), first_token_weight=8.0, refit_scales=True)),
+    ("gptq, lm_head + down_proj of 8 layers int8 (layers chosen on the evaluated text: optimistic), first token x8, refit scales", 128, True, dict(algorithm="gptq", keep_8bit=(LM_HEAD, DOWN_SWEPT8), first_token_weight=8.0, refit_scales=True)),
     ("hqq (asym, float zero)", 128, False, dict(algorithm="hqq")),
     ("rtn", 32, False, dict(algorithm="rtn")),
     ("hqq", 32, False, dict(algorithm="hqq")),

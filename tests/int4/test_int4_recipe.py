@@ -169,13 +169,21 @@ def test_cli_rejects_int4_options_for_other_recipes(tmp_path, lm_path):
     assert r.exit_code != 0 and "int4-weight-only recipe only" in r.output
 
 
+def _one_matmul(seed: int):
+    """A 256 -> 64 MatMul with a random constant weight."""
+    w = np.random.default_rng(seed).standard_normal((256, 64)).astype(np.float32)
+    return model_from_text(
+        """
+        <ir_version: 9, opset_import: ["" : 17]>
+        g (float[2, 256] x) => (float[2, 64] y) { y = MatMul(x, w) }
+        """,
+        {"w": w},
+    )
+
+
 def test_onnxq_format_without_library_keeps_exact_level(monkeypatch):
     """--format onnxq still quantizes when the custom-op library is missing: the per-layer
     accuracy choice (which runs the op) is skipped and the report says why."""
-    import numpy as np
-    import onnx_ir as ir
-
-    import onnxq
     from onnxq import runtime
     from onnxq.errors import OnnxqError
 
@@ -183,14 +191,7 @@ def test_onnxq_format_without_library_keeps_exact_level(monkeypatch):
         raise OnnxqError("the custom-op library was not built: test")
 
     monkeypatch.setattr(runtime, "library_path", missing)
-    rng = np.random.default_rng(0)
-    x = ir.Value(name="x", shape=ir.Shape([2, 256]), type=ir.TensorType(ir.DataType.FLOAT))
-    w = ir.Value(name="w", const_value=ir.tensor(rng.standard_normal((256, 64)).astype(np.float32), name="w"))
-    w.shape, w.type = ir.Shape([256, 64]), ir.TensorType(ir.DataType.FLOAT)
-    y = ir.Value(name="y", shape=ir.Shape([2, 64]), type=ir.TensorType(ir.DataType.FLOAT))
-    g = ir.Graph([x], [y], nodes=[ir.node("MatMul", [x, w], outputs=[y], name="mm")], initializers=[w],
-                 opset_imports={"": 17})
-    model, report = onnxq.quantize_with_report(ir.Model(g, ir_version=9), onnxq.WeightOnlyInt4(format="onnxq"))
+    model, report = onnxq.quantize_with_report(_one_matmul(0), WeightOnlyInt4(format="onnxq"))
     (node,) = [n for n in model.graph if n.op_type == "MatMulBlockInt4"]
     assert "accuracy_level" not in node.attributes
     assert any("accuracy_level left unset" in n for n in report.notes)
@@ -199,10 +200,6 @@ def test_onnxq_format_without_library_keeps_exact_level(monkeypatch):
 def test_onnxq_format_chooses_accuracy_level_by_parity():
     """With the library built, every MatMulBlockInt4 gets accuracy_level 4 or 1 from the
     measured parity check (as MatMulNBits does), and the report says how many got 4."""
-    import numpy as np
-    import onnx_ir as ir
-
-    import onnxq
     from onnxq import runtime
     from onnxq.errors import OnnxqError
 
@@ -210,14 +207,7 @@ def test_onnxq_format_chooses_accuracy_level_by_parity():
         runtime.library_path("cpu")
     except OnnxqError as e:
         pytest.skip(str(e))
-    rng = np.random.default_rng(1)
-    x = ir.Value(name="x", shape=ir.Shape([2, 256]), type=ir.TensorType(ir.DataType.FLOAT))
-    w = ir.Value(name="w", const_value=ir.tensor(rng.standard_normal((256, 64)).astype(np.float32), name="w"))
-    w.shape, w.type = ir.Shape([256, 64]), ir.TensorType(ir.DataType.FLOAT)
-    y = ir.Value(name="y", shape=ir.Shape([2, 64]), type=ir.TensorType(ir.DataType.FLOAT))
-    g = ir.Graph([x], [y], nodes=[ir.node("MatMul", [x, w], outputs=[y], name="mm")], initializers=[w],
-                 opset_imports={"": 17})
-    model, report = onnxq.quantize_with_report(ir.Model(g, ir_version=9), onnxq.WeightOnlyInt4(format="onnxq"))
+    model, report = onnxq.quantize_with_report(_one_matmul(1), WeightOnlyInt4(format="onnxq"))
     (node,) = [n for n in model.graph if n.op_type == "MatMulBlockInt4"]
     assert node.attributes.get_int("accuracy_level") in (1, 4)
     assert any("MatMulBlockInt4 accuracy_level 4" in n for n in report.notes)

@@ -64,8 +64,8 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--op-types", multiple=True, help="Op types to quantize, e.g. MatMul,Gemm.")
 @click.option("--fused", is_flag=True, default=None, help="int8-dynamic: emit ORT's fused com.microsoft op.")
 @click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
-@click.option("--calib-data", type=click.Path(path_type=str), help="int8-static: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
-@click.option("--calib-images", type=click.Path(path_type=str), help="int8-static: a folder of images (searched recursively) for an image model.")
+@click.option("--calib-data", type=click.Path(path_type=str), help="int8-static, and int4 gptq/awq for models without text input: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
+@click.option("--calib-images", type=click.Path(path_type=str), help="int8-static, int4 gptq/awq: a folder of images (searched recursively) for an image model.")
 @click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR.")
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
@@ -74,7 +74,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--float-budget", type=float, default=None, help="With --target-sqnr/--max-drop: at most PCT %% of the Conv/Gemm/MatMul multiply-adds and of their weights kept in float (default: 15 %% of the multiply-adds, 2 %% of the weights).")
 @click.option("--target", default=None, help="Runtime to quantize for: ort-cpu (default), ort-mobile, openvino, tensorrt, qnn (README: Targets).")
 @click.option("--block-size", type=int, default=None, help="int4-weight-only: block length along K (16, 32, 64, 128, 256).")
-@click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq"]), default=None, help="int4-weight-only: algorithm (gptq/awq need --calib-text).")
+@click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq"]), default=None, help="int4-weight-only: algorithm (gptq/awq need --calib-text, or --calib-data/--calib-images).")
 @click.option("--format", "int4_format", type=click.Choice(["qdq", "matmulnbits", "onnxq"]), default=None, help="int4-weight-only: opset-21 DequantizeLinear, ORT MatMulNBits, or com.onnxq.MatMulBlockInt4.")
 @click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int4-weight-only: calibration text for gptq/awq: token ids (.npy) or a text file (tokenised with --tokenizer).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=str), help="With a text --calib-text: a tokenizer.json (default: tokenizer.json beside MODEL).")
@@ -104,7 +104,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         int4_given = any(v for v in (block_size, algo, int4_format, calib_text, keep_float, keep_8bit)) or (
             symmetric is not None or accuracy_level is not None
         )
-        default = "int8-static" if (calib_data or calib_images) else "int4-weight-only" if int4_given else "int8-dynamic"
+        default = "int4-weight-only" if int4_given else "int8-static" if (calib_data or calib_images) else "int8-dynamic"
         recipe = recipes.recipe_class(recipe_name or default)()
     overrides: dict = {}
     if exclude:
@@ -125,8 +125,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             overrides[key] = value
     data = None
     if calib_data or calib_images or preprocess:
-        if not isinstance(recipe, recipes.StaticInt8):
-            raise RecipeError("--calib-data/--calib-images/--preprocess apply to the int8-static recipe only")
+        if not isinstance(recipe, (recipes.StaticInt8, recipes.WeightOnlyInt4)):
+            raise RecipeError("--calib-data/--calib-images/--preprocess apply to the int8-static and int4-weight-only recipes")
         from onnxq.data import open_calibration_source
 
         data = open_calibration_source(calib_data, calib_images, preprocess)
@@ -149,7 +149,15 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     if calib_text or tokenizer:
         if not isinstance(recipe, recipes.WeightOnlyInt4):
             raise RecipeError("--calib-text/--tokenizer apply to the int4-weight-only recipe only")
+        if data is not None:
+            raise RecipeError("give either --calib-text or --calib-data/--calib-images, not both")
         int4_data = _text_calibration(model, calib_text, tokenizer, recipe)
+    if isinstance(recipe, recipes.WeightOnlyInt4) and data is not None:
+        if not recipe.needs_calibration:
+            raise RecipeError(
+                f"--algo {recipe.algorithm} uses no calibration data; --calib-data/--calib-images feed gptq and awq"
+            )
+        int4_data, data = data, None
 
     target_notes: tuple[str, ...] = ()
     if target is not None:
@@ -180,8 +188,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         share = {} if float_budget is None else {"max_float_share": float_budget / 100, "max_float_weight_share": float_budget / 100}
         qmodel, report, _ = quantize_static_to_target(model, recipe, data, accuracy_target, **share)
     else:
-        with _calibration_progress(data) as data:
-            qmodel, report = api.quantize_with_report(model, recipe, data if int4_data is None else int4_data)
+        with _calibration_progress(data if int4_data is None else int4_data) as feeds:
+            qmodel, report = api.quantize_with_report(model, recipe, feeds)
     elapsed = time.perf_counter() - t0
     if target is not None:
         from onnxq.targets import finalize_for_target
@@ -221,8 +229,10 @@ class _calibration_progress:
         self.progress = None
 
     def __enter__(self):
-        if self.data is None:
-            return None
+        from onnxq.data import CalibrationData
+
+        if not isinstance(self.data, CalibrationData):
+            return self.data
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(

@@ -62,7 +62,7 @@ def _check(node: ir.Node, recipe: DynamicInt8) -> str | None:
     if node.op_type == "Gather":
         return _check_gather(node, recipe)
     if not node.inputs or not _float32_input(node.inputs[0]):
-        return "activation is not float32 (DynamicQuantizeLinear takes float32 only)"
+        return "activation is not float32 (DynamicQuantizeLinear takes float32 only: convert the model to float32 first)"
     weight_index = 1
     w = irutil.const_array(node.inputs[weight_index] if len(node.inputs) > 1 else None)
     if w is None:

@@ -138,6 +138,17 @@ def _is_float(v: ir.Value | None) -> bool:
     return v is not None and v.dtype in (None, ir.DataType.FLOAT)
 
 
+def _not_float32(*values: ir.Value | None) -> str:
+    """Why a node with non-float32 tensors is skipped, and what the user can do about it."""
+    types = sorted({v.dtype.name for v in values if v is not None and v.dtype not in (None, ir.DataType.FLOAT)})
+    if not types:
+        return "not float32"
+    what = "/".join(types)
+    if set(types) & {"FLOAT16", "BFLOAT16"}:
+        return f"tensors are {what}, not float32 (int8 QDQ needs float32 activations: convert the model to float32 first)"
+    return f"tensors are {what}, not float32"
+
+
 def _opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
@@ -181,13 +192,13 @@ def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
         if irutil.is_constant(x):
             return "first input is a constant"
         if not _is_float(x) or not _is_float(node.outputs[0]):
-            return "not float32"
+            return _not_float32(x, node.outputs[0])
         w = inputs[1] if len(inputs) > 1 else None
         if w is None:
             return "no weight input"
         if op in ("MatMul",):
             if not irutil.is_constant(w):
-                return None if _is_float(w) else "not float32"
+                return None if _is_float(w) else _not_float32(w)
         elif not irutil.is_constant(w):
             return "weight is not a constant"
         warr = irutil.const_array(w)
@@ -208,7 +219,7 @@ def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
         return None
     if op in ("Add", "Mul"):
         if len(inputs) != 2 or not all(_is_float(v) for v in inputs) or not _is_float(node.outputs[0]):
-            return "not float32"
+            return _not_float32(*inputs, node.outputs[0])
         if all(irutil.is_constant(v) for v in inputs):
             return "both inputs are constants (constant folding territory)"
         for v in inputs:
@@ -219,7 +230,7 @@ def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
         return None
     if op == "Concat":
         if not all(_is_float(v) for v in inputs) or not _is_float(node.outputs[0]):
-            return "not float32"
+            return _not_float32(*inputs, node.outputs[0])
         if any(v is None or irutil.is_constant(v) for v in inputs):
             return "has a constant input (would need the output's scale before calibration)"
         return None

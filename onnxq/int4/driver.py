@@ -32,15 +32,22 @@ def calibration_feeds(model: ir.Model, data: Any, recipe: WeightOnlyInt4) -> Ite
     if isinstance(data, TextCalibration):
         return data.feeds(names)
     if isinstance(data, Mapping):
-        return [data]
-    try:
-        iter(data)
-    except TypeError:
-        raise CalibrationDataError(
-            f"calibration data must be a TextCalibration, a .npy of token ids or an iterable of feeds, "
-            f"not {type(data).__name__}"
-        ) from None
-    return data
+        data = [data]
+    from onnxq.data import CalibrationData, as_calibration_data, input_specs
+
+    if not isinstance(data, CalibrationData):
+        try:
+            iter(data)
+        except TypeError:
+            raise CalibrationDataError(
+                f"calibration data must be a TextCalibration, a .npy of token ids or an iterable of feeds, "
+                f"not {type(data).__name__}"
+            ) from None
+        data = as_calibration_data(data)
+    # feeds checked against the model's inputs (names, dtypes, ranks) as for int8-static
+    specs = input_specs(model)
+    data.precheck(specs)
+    return data.feeds(specs)
 
 
 def run_weight_only_int4(
@@ -73,7 +80,8 @@ def run_weight_only_int4(
         if data is None:
             raise CalibrationDataError(
                 f"algorithm {recipe.algorithm} needs calibration data: pass --calib-text FILE (token ids .npy, "
-                "or text with a tokenizer.json), or use rtn/hqq"
+                "or text with a tokenizer.json) for a language model, --calib-data/--calib-images for other "
+                "models, or use rtn/hqq"
             )
         feeds = calibration_feeds(model, data, recipe)
         values = []

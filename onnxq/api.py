@@ -99,7 +99,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
-        raise NothingToQuantizeError(_nothing_message(recipe, decisions))
+        raise NothingToQuantizeError(_nothing_message(recipe, decisions, model))
     notes = []
     if data is not None:
         notes.append("int8-dynamic needs no calibration data; the data given was not used")
@@ -140,9 +140,14 @@ def _run_int4(recipe: WeightOnlyInt4, model: ir.Model, data: Any) -> QuantizeRep
     return run_weight_only_int4(recipe, model, data)
 
 
-def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...]) -> str:
+def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...], model: ir.Model | None = None) -> str:
     if not decisions:
-        return f"nothing to quantize: the model has no {'/'.join(recipe.op_types)} nodes"
+        msg = f"nothing to quantize: the model has no {'/'.join(recipe.op_types)} nodes"
+        convs = sum(1 for n in model.graph if n.op_type == "Conv") if model is not None else 0
+        if convs and "Conv" not in recipe.op_types:
+            alt = ", or add --op-types Conv" if isinstance(recipe, DynamicInt8) else ""
+            msg += f" (it has {convs} Conv: use --recipe int8-static with --calib-data/--calib-images{alt})"
+        return msg
     reasons = sorted({d.reason for d in decisions})
     return f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
 

@@ -185,3 +185,26 @@ def test_read_only_output_location_via_cli(tiny):
     r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", "/proc/onnxq_out.onnx"])
     assert r.exit_code != 0 and ("cannot write" in r.output or "not writable" in r.output), r.output
     assert len(r.output.strip().splitlines()) == 1 and _digest(tiny) == before
+
+
+CONV_TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+    y = Conv <pads = [1, 1, 1, 1]> (x, w)
+}
+"""
+
+
+@pytest.mark.parametrize("recipe, hint", [
+    ("int8-dynamic", "it has 1 Conv: use --recipe int8-static with --calib-data/--calib-images, or add --op-types Conv"),
+    ("int4-weight-only", "it has 1 Conv: use --recipe int8-static with --calib-data/--calib-images)"),
+])
+def test_conv_only_model_names_the_recipe_that_fits(tmp_path, recipe, hint):
+    src = tmp_path / "conv.onnx"
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    src.write_bytes(to_bytes(model_from_text(CONV_TEXT, {"w": w})))
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--recipe", recipe])
+    assert r.exit_code != 0
+    assert hint in " ".join(r.output.split()), r.output
+    assert not out.exists()

@@ -68,7 +68,7 @@ def run_weight_only_int4(
     decisions = tuple(plan_int4(model, recipe))
     selected = [d for d in decisions if d.selected]
     if not selected:
-        raise NothingToQuantizeError(_nothing_message(recipe, decisions))
+        raise NothingToQuantizeError(_nothing_message(recipe, decisions, model))
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
     if recipe.format == "qdq" or (recipe.keep_8bit and opset < 13):
         target = 21 if recipe.format == "qdq" else 13

@@ -66,13 +66,19 @@ static_assert(V::L == 8 || V::L == 16, "8 or 16 lanes");
 constexpr int L = V::L;
 constexpr int kChunkK = L * 8;      // k per chunk
 constexpr int kChunkBytes = L * 4;  // bytes of a column per chunk
-constexpr int NV = 2;               // vectors of columns per GEMM panel
-constexpr int NT = NV * L;          // columns per GEMM panel
-constexpr int kKtInt8 = 4096;       // k per panel (int8): NT*KT/2 bytes (64 KiB, in L2); few micro-kernel calls
+constexpr int NV = 2;               // vectors of columns per GEMM panel (fp32)
+constexpr int NT = NV * L;          // columns per GEMM panel (fp32)
+constexpr int NVI = 2;              // vectors of columns per GEMM panel (int8); 2 x 7 rows measured best
+constexpr int NTI = NVI * L;        // columns per GEMM panel (int8)
+// k per panel (int8): NTI*KT/2 bytes (up to 256 KiB, in L2). Usually all of K in one panel:
+// fewer round trips of Y and micro-kernel calls (K = 11008 measured 2 % faster than 4096).
+constexpr int kKtInt8 = 16384;
 constexpr int kKtF32 = 256;         // k per panel (fp32): NT*KT*4 bytes
-constexpr int kMrInt8 = (L == 16) ? 7 : 2;
+constexpr int kPanelGroupBytes = NVI * kChunkBytes;  // int8 panel bytes per group of 8 k
+constexpr int kMrInt8 = (L == 16) ? 7 : 2;  // rows per int8 tile (AVX-512: 7 x 2 vectors measured best)
 constexpr int kMrF32 = (L == 16) ? 14 : 6;
 constexpr int64_t kGemvColsPerTask = 64;
+constexpr int64_t kQuantPrefetchK = 512;  // int8 A quantization: software prefetch distance (floats)
 constexpr int kPrefetchBytes = 8192;  // GEMV: software prefetch distance of the streamed column
 
 inline int ilog2(int64_t x) {
@@ -132,6 +138,9 @@ inline void quantize_row(const float* a, int64_t K, int64_t bs, int64_t kp, int6
   const int64_t nb = ceil_div(K, bs);
   for (int64_t b = 0; b < nb; ++b) {
     const int64_t k0 = b * bs, len = imin(bs, K - k0);
+    // A is often the previous layer's output, in L3 or DRAM: fetch ahead of the two passes
+    const int64_t pf0 = k0 + kQuantPrefetchK, pf1 = imin(K, pf0 + bs);
+    for (int64_t k = pf0; k < pf1; k += 16) _mm_prefetch(reinterpret_cast<const char*>(a + k), _MM_HINT_T0);
     typename V::F vmax = V::zero();
     for (int64_t k = 0; k < len; k += L) vmax = V::max(vmax, V::abs(V::load_n(a + k0 + k, static_cast<int>(imin(L, len - k)))));
     const float amax = V::reduce_max(vmax);
@@ -293,13 +302,30 @@ struct RowPrepCtx {
   const Problem* p;
   float* ap;
   int8_t* q;
-  int8_t* q_tmp;  // GEMV int8: per-row scratch of kp + 64 bytes, one per task
+  int8_t* q_tmp;  // int8: per-row scratch of kp + 64 bytes, one per row
   int32_t* qz;    // GEMM int8, symmetric weights: -8 * sum(q) per block, [nbp][M]; or null
   float* sa;
   float* rb;
   int64_t kp, ld, nbp;
   bool gemv;
 };
+
+// The row tiles of the int8 GEMM: ceil(M / kMrInt8) tiles of at most kMrInt8 rows, balanced
+// (no tile of one or two rows at the end): the first M % tiles tiles have base + 1 rows,
+// the others base. Row m lies in the tile [*m0, *m0 + *rows). The prepared A of a tile is
+// stored group-interleaved, q[m0 * kp + (gi * rows + r) * 8 + j] (gi = k / 8, r = row in
+// the tile): the micro-kernel reads one sequential stream instead of one per row.
+inline void gemm_row_tile(int64_t M, int64_t m, int64_t* m0, int64_t* rows) {
+  const int64_t tiles = ceil_div(M, kMrInt8);
+  const int64_t base = M / tiles, extra = M % tiles;
+  if (m < extra * (base + 1)) {
+    *rows = base + 1;
+    *m0 = m / (base + 1) * (base + 1);
+  } else {
+    *rows = base;
+    *m0 = m - (m - extra * (base + 1)) % base;
+  }
+}
 
 void prep_rows_task(void* ctx, size_t t) {
   const RowPrepCtx& r = *static_cast<const RowPrepCtx*>(ctx);
@@ -317,14 +343,20 @@ void prep_rows_task(void* ctx, size_t t) {
     }
     return;
   }
-  int8_t* dst = r.q + m * r.ld;
-  int8_t* lin = r.gemv ? r.q_tmp + m * (r.kp + 64) : dst;
+  int8_t* lin = r.q_tmp + m * (r.kp + 64);
   if (r.gemv)
     quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m * r.nbp, r.rb + m * r.nbp, 1);
   else  // GEMM: block-major [nbp][M], the rows of a tile side by side
     quantize_row(a, K, bs, r.kp, r.nbp, lin, r.sa + m, r.rb + m, p.M, r.qz ? r.qz + m : nullptr);
   interleave_groups(lin, r.kp);
-  if (r.gemv) groups_to_chunks(lin, dst, r.kp);
+  if (r.gemv) {
+    groups_to_chunks(lin, r.q + m * r.ld, r.kp);
+  } else {  // GEMM: row tiles interleaved by group (see gemm_row_tile)
+    int64_t m0 = 0, rows = 0;
+    gemm_row_tile(p.M, m, &m0, &rows);
+    int8_t* d = r.q + m0 * r.kp + (m - m0) * 8;
+    for (int64_t k = 0; k < r.kp; k += 8, d += rows * 8) std::memcpy(d, lin + k, 8);
+  }
 }
 
 // Sizes and scratch buffers of the prepared rows of A (both paths; see RowPrepCtx).
@@ -370,12 +402,15 @@ struct GemmCtx {
   int* failed;  // set when a task cannot allocate its panel
 };
 
-// Scales of one column panel, transposed: sT[b][NT] = s(n0 + j, b), zsT = zp * s, for
-// blocks [0, nblk) (zero outside the weight). Vectorized: L columns x L blocks at a time.
-inline void tile_scales(const Weights& w, int64_t n0, int64_t nblk, float* sT, float* zsT) {
+// Scales of one column panel of NVX * L columns, transposed: sT[b][NVX * L] = s(n0 + j, b),
+// zsT = zp * s (only if need_zs), for blocks [0, nblk) (zero outside the weight).
+// Vectorized: L columns x L blocks at a time.
+template <int NVX>
+inline void tile_scales(const Weights& w, int64_t n0, int64_t nblk, float* sT, float* zsT, bool need_zs) {
   using I = typename V::I;
   using F = typename V::F;
-  for (int v = 0; v < NV; ++v) {
+  constexpr int NTX = NVX * L;
+  for (int v = 0; v < NVX; ++v) {
     for (int64_t b0 = 0; b0 < nblk; b0 += L) {
       const int cnt = static_cast<int>(imax(0, imin(L, w.n_blocks - b0)));
       I rs[L], rz[L];
@@ -384,32 +419,33 @@ inline void tile_scales(const Weights& w, int64_t n0, int64_t nblk, float* sT, f
         if (n < w.N && cnt > 0) {
           const F sv = V::load_n(w.scales + n * w.n_blocks + b0, cnt);
           rs[i] = V::castf2i(sv);
-          rz[i] = V::castf2i(V::mul(sv, zero_points(w, n, b0, cnt)));
+          rz[i] = need_zs ? V::castf2i(V::mul(sv, zero_points(w, n, b0, cnt))) : V::zeroi();
         } else {
           rs[i] = rz[i] = V::zeroi();
         }
       }
       V::transpose(rs);
-      V::transpose(rz);
+      if (need_zs) V::transpose(rz);
       for (int j = 0; j < L && b0 + j < nblk; ++j) {
-        V::store(sT + (b0 + j) * NT + v * L, V::casti2f(rs[j]));
-        V::store(zsT + (b0 + j) * NT + v * L, V::casti2f(rz[j]));
+        V::store(sT + (b0 + j) * NTX + v * L, V::casti2f(rs[j]));
+        if (need_zs) V::store(zsT + (b0 + j) * NTX + v * L, V::casti2f(rz[j]));
       }
     }
   }
 }
 
 // Loads chunk c of L columns [n0, n0 + L) and transposes: r[j] = dword j of each column.
-// Each full load also prefetches the line `pf_delta` bytes further (what the next panel
-// build will load: the panel loads jump between columns, which hardware prefetchers follow
-// poorly, and B is read once, from DRAM).
+// With pf_delta != 0 each full load also prefetches the line `pf_delta` bytes further (what
+// the next panel build will load: the panel loads jump between columns, which hardware
+// prefetchers follow poorly, and B is read once, from DRAM). The int8 path prefetches with
+// a PanelPrefetch instead, spread over the micro-kernel calls.
 inline void load_transposed(const Weights& w, int64_t n0, int64_t c, int64_t pf_delta, typename V::I r[L]) {
   const int64_t off = c * kChunkBytes;
   const int64_t avail = w.row_bytes - off;
   const uint8_t* src = w.packed + n0 * w.row_bytes + off;
   if (n0 + L <= w.N && avail >= kChunkBytes) {  // the common case
     for (int i = 0; i < L; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(src + i * w.row_bytes + pf_delta), _MM_HINT_T0);
+      if (pf_delta != 0) _mm_prefetch(reinterpret_cast<const char*>(src + i * w.row_bytes + pf_delta), _MM_HINT_T0);
       r[i] = V::load_i(src + i * w.row_bytes);
     }
   } else {
@@ -431,17 +467,70 @@ inline int64_t next_panel_delta(const Weights& w, int64_t kt0, int64_t kt1, int6
   return kt1 < kp ? (kt1 - kt0) / 2 : NT * w.row_bytes - kt0 / 2;
 }
 
+// Software prefetch of what the next panel build reads (the packed codes of its columns and,
+// when it starts new columns, their scales), spread evenly over the micro-kernel calls of
+// the current panel: issued in one burst at build time the lines arrive too late (the build
+// stalls on DRAM) and fill the miss buffers; spread out they are in cache when needed.
+struct PanelPrefetch {
+  struct Region {
+    const uint8_t* base = nullptr;
+    int64_t stride = 0, cols = 0, lines = 0;  // `lines` 64-byte lines from each column start
+  };
+  Region r[2];
+  int nreg = 0, reg = 0;
+  int64_t col = 0, line = 0;
+  int per_step = 0;
+  void add(const void* base, int64_t stride, int64_t cols, int64_t bytes) {
+    if (cols <= 0 || bytes <= 0) return;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(base);
+    r[nreg++] = Region{static_cast<const uint8_t*>(base), stride, cols, static_cast<int64_t>(((a & 63) + bytes + 63) / 64)};
+  }
+  int64_t total() const {
+    int64_t t = 0;
+    for (int i = 0; i < nreg; ++i) t += r[i].cols * r[i].lines;
+    return t;
+  }
+  void set_steps(int64_t steps) { per_step = static_cast<int>(steps > 0 ? ceil_div(total(), steps) : total()); }
+  void step() {
+    for (int i = 0; i < per_step && reg < nreg; ++i) {
+      const Region& g = r[reg];
+      _mm_prefetch(reinterpret_cast<const char*>(g.base + col * g.stride + line * 64), _MM_HINT_T0);
+      if (++line == g.lines) {
+        line = 0;
+        if (++col == g.cols) {
+          col = 0;
+          ++reg;
+        }
+      }
+    }
+  }
+};
+
+// The PanelPrefetch for the int8 panel after the one ending at kt1 (panels of kt k): the next
+// k panel of columns n0, else the first k panel of the next columns (the next task's).
+inline PanelPrefetch next_panel_prefetch(const Weights& w, int64_t n0, int64_t kt1, int64_t kt, int64_t kp) {
+  PanelPrefetch pf;
+  const int64_t n1 = kt1 < kp ? n0 : n0 + NTI;
+  const int64_t k0 = kt1 < kp ? kt1 : 0;
+  const int64_t k1 = imin(kp, k0 + kt);
+  const int64_t cols = imin(NTI, w.N - n1);
+  const int64_t b0 = k0 / 2, b1 = imin(w.row_bytes, k1 / 2);
+  if (cols > 0 && b1 > b0) pf.add(w.packed + n1 * w.row_bytes + b0, w.row_bytes, cols, b1 - b0);
+  if (cols > 0 && kt1 >= kp) pf.add(w.scales + n1 * w.n_blocks, w.n_blocks * 4, cols, w.n_blocks * 4);
+  return pf;
+}
+
 // int8 panel: for group gl (k = kt0 + 8 gl ..): [gl][v] vectors of L packed dwords (8
 // codes of a column each). The micro-kernel splits the nibbles: its vpand/vpsrld run beside
 // vpdpbusd at no cost (Zen 5), and the panel is half the size of u8 codes.
-inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, int64_t pf_delta, uint8_t* panel) {
+inline void build_panel_int8(const Weights& w, int64_t n0, int64_t kt0, int64_t kt1, uint8_t* panel) {
   using I = typename V::I;
-  for (int v = 0; v < NV; ++v) {
+  for (int v = 0; v < NVI; ++v) {
     for (int64_t c = kt0 / kChunkK; c < kt1 / kChunkK; ++c) {
       I r[L];
-      load_transposed(w, n0 + v * L, c, pf_delta, r);
+      load_transposed(w, n0 + v * L, c, 0, r);  // prefetched by a PanelPrefetch
       const int64_t g0 = c * L - kt0 / 8;
-      for (int j = 0; j < L; ++j) V::store_i(panel + ((g0 + j) * NV + v) * kChunkBytes, r[j]);
+      for (int j = 0; j < L; ++j) V::store_i(panel + ((g0 + j) * NVI + v) * kChunkBytes, r[j]);
     }
   }
 }
@@ -497,66 +586,66 @@ void micro_f32(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt
       V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, c[m][v], static_cast<int>(imax(0, imin(L, ncols - v * L))));
 }
 
+// int8 micro-kernel: MR rows x NTI columns. The int32 block sums stay in registers (MR * NVI
+// of them); the float accumulators live in a small L1-resident buffer that the per-block
+// epilogue loads, updates and stores (measured as fast as float accumulators in registers).
+// A comes group-interleaved (gemm_row_tile): one sequential stream for all rows of the tile.
 template <int MR, bool SYM>
 void micro_int8(const GemmCtx& g, int64_t m0, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel,
-                const float* sT, const float* zsT) {
+                const float* sT, const float* zsT, PanelPrefetch* pf) {
   using F = typename V::F;
   using I = typename V::I;
   const Problem& p = *g.p;
   const int64_t bs = g.w->block_size;
-  const int64_t ncols = imin(NT, g.w->N - n0);
-  F c[MR][NV];  // float accumulators, in registers with the int32 block sums (MR <= 7)
+  const int64_t ncols = imin(NTI, g.w->N - n0);
+  alignas(64) float cbuf[MR][NTI];
   for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v)
-      c[m][v] = kt0 == 0 ? V::zero()
-                         : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, static_cast<int>(imax(0, imin(L, ncols - v * L))));
+    for (int v = 0; v < NVI; ++v)
+      V::store(&cbuf[m][v * L], kt0 == 0 ? V::zero()
+                                          : V::load_n(p.Y + (m0 + m) * p.ldy + n0 + v * L,
+                                                      static_cast<int>(imax(0, imin(L, ncols - v * L)))));
   const I mask = V::set1_i32(0x0F0F0F0F);
-  const int8_t* qa = g.q + m0 * g.ld;
+  const int8_t* qa = g.q + m0 * g.kp;  // group-interleaved rows (gemm_row_tile)
   const int64_t b_first = kt0 / bs;
   for (int64_t b = b_first; b * bs < kt1; ++b) {
     const int64_t g_begin = imax(b * bs, kt0) / 8, g_end = imin((b + 1) * bs, kt1) / 8;
     const int32_t* qzb = SYM ? g.qz + b * p.M + m0 : nullptr;  // int32 zero-point term
-    I acc[MR][NV];
+    I acc[MR][NVI];
     for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = SYM ? V::set1_i32(qzb[m]) : V::zeroi();
-    const uint8_t* pp = panel + (g_begin - kt0 / 8) * NV * kChunkBytes;
-    const int8_t* qg = qa + g_begin * 8;
+      for (int v = 0; v < NVI; ++v) acc[m][v] = SYM ? V::set1_i32(qzb[m]) : V::zeroi();
+    const uint8_t* pp = panel + (g_begin - kt0 / 8) * kPanelGroupBytes;
+    const int8_t* qg = qa + g_begin * MR * 8;
 #pragma GCC unroll 1
-    for (int64_t gi = g_begin; gi < g_end; ++gi, pp += NV * kChunkBytes, qg += 8) {
-      const I x0 = V::load_i(pp), x1 = V::load_i(pp + kChunkBytes);
-      const I lo0 = V::and_i(x0, mask), lo1 = V::and_i(x1, mask);
+    for (int64_t gi = g_begin; gi < g_end; ++gi, pp += kPanelGroupBytes, qg += MR * 8) {
+      I u[NVI];
+      for (int v = 0; v < NVI; ++v) u[v] = V::and_i(V::load_i(pp + v * kChunkBytes), mask);
       for (int m = 0; m < MR; ++m) {
-        const I alo = V::bcast32(qg + m * g.ld);
-        acc[m][0] = V::dot(acc[m][0], lo0, alo);
-        acc[m][1] = V::dot(acc[m][1], lo1, alo);
+        const I alo = V::bcast32(qg + m * 8);
+        for (int v = 0; v < NVI; ++v) acc[m][v] = V::dot(acc[m][v], u[v], alo);
       }
-      const I hi0 = V::and_i(V::srl32(x0, 4), mask), hi1 = V::and_i(V::srl32(x1, 4), mask);
+      for (int v = 0; v < NVI; ++v) u[v] = V::and_i(V::srl32(V::load_i(pp + v * kChunkBytes), 4), mask);
       for (int m = 0; m < MR; ++m) {
-        const I ahi = V::bcast32(qg + m * g.ld + 4);
-        acc[m][0] = V::dot(acc[m][0], hi0, ahi);
-        acc[m][1] = V::dot(acc[m][1], hi1, ahi);
+        const I ahi = V::bcast32(qg + m * 8 + 4);
+        for (int v = 0; v < NVI; ++v) acc[m][v] = V::dot(acc[m][v], u[v], ahi);
       }
     }
+    pf->step();
     const int64_t bi = b - b_first;
     const float* sab = g.sa + b * p.M + m0;
     const float* rbb = g.rb + b * p.M + m0;
-    const F s0 = V::load(sT + bi * NT), s1 = V::load(sT + bi * NT + L);
-    const F z0 = V::load(zsT + bi * NT), z1 = V::load(zsT + bi * NT + L);
     for (int m = 0; m < MR; ++m) {
       const F sam = V::set1(sab[m]);
-      const F rbm = V::set1(rbb[m]);
-      if constexpr (SYM) {
-        c[m][0] = V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]);
-        c[m][1] = V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]);
-      } else {
-        c[m][0] = V::fnma(z0, rbm, V::fma(V::cvt(acc[m][0]), V::mul(s0, sam), c[m][0]));
-        c[m][1] = V::fnma(z1, rbm, V::fma(V::cvt(acc[m][1]), V::mul(s1, sam), c[m][1]));
+      for (int v = 0; v < NVI; ++v) {
+        F c = V::fma(V::cvt(acc[m][v]), V::mul(V::load(sT + bi * NTI + v * L), sam), V::load(&cbuf[m][v * L]));
+        if constexpr (!SYM) c = V::fnma(V::load(zsT + bi * NTI + v * L), V::set1(rbb[m]), c);
+        V::store(&cbuf[m][v * L], c);
       }
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v)
-      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, c[m][v], static_cast<int>(imax(0, imin(L, ncols - v * L))));
+    for (int v = 0; v < NVI; ++v)
+      V::store_n(p.Y + (m0 + m) * p.ldy + n0 + v * L, V::load(&cbuf[m][v * L]),
+                 static_cast<int>(imax(0, imin(L, ncols - v * L))));
 }
 
 template <int MR>
@@ -578,12 +667,15 @@ void micro_f32_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, cons
 }
 
 // Rows in balanced tiles of at most MR (no tile of one or two rows at the end): the
-// first M % tiles tiles have base + 1 rows, the others base.
+// first M % tiles tiles have base + 1 rows, the others base. MR = kMrInt8: the partition
+// of gemm_row_tile, which laid out the prepared A.
 template <int MR, bool SYM>
 void micro_int8_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, const uint8_t* panel, const float* sT,
-                     const float* zsT) {
+                     const float* zsT, PanelPrefetch* pf) {
   const int64_t M = g.p->M;
   const int64_t tiles = ceil_div(M, MR);
+  const int64_t bs = g.w->block_size;
+  pf->set_steps(tiles * (ceil_div(kt1, bs) - kt0 / bs));
   const int64_t base = M / tiles, extra = M % tiles;
   int64_t m0 = 0;
   for (int64_t t = 0; t < tiles; ++t) {
@@ -591,10 +683,10 @@ void micro_int8_rows(const GemmCtx& g, int64_t n0, int64_t kt0, int64_t kt1, con
     switch (rows) {
 #define ONNXQ_CASE(R) \
   case R:             \
-    if constexpr (R <= MR) micro_int8<R, SYM>(g, m0, n0, kt0, kt1, panel, sT, zsT); \
+    if constexpr (R <= MR) micro_int8<R, SYM>(g, m0, n0, kt0, kt1, panel, sT, zsT, pf); \
     break;
       ONNXQ_CASE(1) ONNXQ_CASE(2) ONNXQ_CASE(3) ONNXQ_CASE(4) ONNXQ_CASE(5) ONNXQ_CASE(6) ONNXQ_CASE(7)
-      ONNXQ_CASE(8)
+      ONNXQ_CASE(8) ONNXQ_CASE(9) ONNXQ_CASE(10) ONNXQ_CASE(11) ONNXQ_CASE(12)
 #undef ONNXQ_CASE
       default:
         break;
@@ -607,29 +699,31 @@ template <bool INT8>
 void gemm_task(void* ctx, size_t t) {
   const GemmCtx& g = *static_cast<const GemmCtx*>(ctx);
   const Weights& w = *g.w;
-  const int64_t n0 = static_cast<int64_t>(t) * NT;
+  constexpr int NTX = INT8 ? NTI : NT;
+  const int64_t n0 = static_cast<int64_t>(t) * NTX;
   const int64_t bs = w.block_size;
   const int64_t kt = INT8 ? kKtInt8 : kKtF32;  // multiple of kChunkK and of every block size
   const int64_t nblk_all = ceil_div(g.kp, bs);
-  Scratch panel(5, INT8 ? static_cast<size_t>(kt / 8 * NV * kChunkBytes) : sizeof(float) * static_cast<size_t>(kt * NT));
-  Scratch scales(6, sizeof(float) * static_cast<size_t>(2 * round_up(nblk_all, L) * NT));
+  Scratch panel(5, INT8 ? static_cast<size_t>(kt / 8 * kPanelGroupBytes) : sizeof(float) * static_cast<size_t>(kt * NT));
+  Scratch scales(6, sizeof(float) * static_cast<size_t>(2 * round_up(nblk_all, L) * NTX));
   if (!panel.p || !scales.p) {
     __atomic_store_n(g.failed, 1, __ATOMIC_RELAXED);
     return;
   }
   float* sT = scales.as<float>();
-  float* zsT = sT + round_up(nblk_all, L) * NT;
-  tile_scales(w, n0, nblk_all, sT, zsT);
+  float* zsT = sT + round_up(nblk_all, L) * NTX;
+  tile_scales<INT8 ? NVI : NV>(w, n0, nblk_all, sT, zsT, !(INT8 && g.qz));  // symmetric int8: no zsT
   for (int64_t kt0 = 0; kt0 < g.kp; kt0 += kt) {
     const int64_t kt1 = imin(g.kp, kt0 + kt);
     const int64_t b_first = kt0 / bs;
     const int64_t pf_delta = next_panel_delta(w, kt0, kt1, g.kp);
     if constexpr (INT8) {
-      build_panel_int8(w, n0, kt0, kt1, pf_delta, panel.as<uint8_t>());
+      build_panel_int8(w, n0, kt0, kt1, panel.as<uint8_t>());
+      PanelPrefetch pf = next_panel_prefetch(w, n0, kt1, kt, g.kp);
       if (g.qz)
-        micro_int8_rows<kMrInt8, true>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
+        micro_int8_rows<kMrInt8, true>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NTI, zsT + b_first * NTI, &pf);
       else
-        micro_int8_rows<kMrInt8, false>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NT, zsT + b_first * NT);
+        micro_int8_rows<kMrInt8, false>(g, n0, kt0, kt1, panel.as<uint8_t>(), sT + b_first * NTI, zsT + b_first * NTI, &pf);
     } else {
       build_panel_f32(w, n0, kt0, kt1, pf_delta, sT + b_first * NT, zsT + b_first * NT, panel.as<float>());
       micro_f32_rows<kMrF32>(g, n0, kt0, kt1, panel.as<float>());
@@ -642,13 +736,14 @@ int gemm(const Weights& w, const Problem& p, const Runner& runner) {
   const int64_t kp = a.kp, nbp = a.nbp, ld = a.ld;
   const bool sym = p.int8_a && !w.zp_packed && !w.zp_float;
   Scratch qz(7, sym ? sizeof(int32_t) * static_cast<size_t>(p.M * nbp) : 64);
-  if (!a.ok() || !qz.p) return kOutOfMemory;
+  Scratch q_tmp(2, p.int8_a ? static_cast<size_t>(p.M * (kp + 64)) : 64);
+  if (!a.ok() || !qz.p || !q_tmp.p) return kOutOfMemory;
   int32_t* qzp = sym ? qz.as<int32_t>() : nullptr;
-  RowPrepCtx r{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), nullptr, qzp, a.sa.as<float>(), a.rb.as<float>(), kp, ld, nbp, false};
+  RowPrepCtx r{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), q_tmp.as<int8_t>(), qzp, a.sa.as<float>(), a.rb.as<float>(), kp, ld, nbp, false};
   runner.run(static_cast<size_t>(p.M), prep_rows_task, &r);
   int failed = 0;
   GemmCtx g{&w, &p, a.ap.as<float>(), a.q.as<int8_t>(), a.sa.as<float>(), a.rb.as<float>(), qzp, kp, ld, nbp, &failed};
-  runner.run(static_cast<size_t>(ceil_div(w.N, NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
+  runner.run(static_cast<size_t>(ceil_div(w.N, p.int8_a ? NTI : NT)), p.int8_a ? gemm_task<true> : gemm_task<false>, &g);
   return __atomic_load_n(&failed, __ATOMIC_RELAXED) ? kOutOfMemory : kOk;
 }
 

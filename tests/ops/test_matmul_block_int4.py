@@ -81,6 +81,17 @@ def test_row_tilings(ops_lib, monkeypatch, path):
         assert rel_err(s4.run(None, {"A": a})[0], int8_reference(a, p)) <= TOL, m
 
 
+@pytest.mark.parametrize("k,bs,sym", [(16384 + 300, 128, True), (16384 + 4096 + 64, 64, False)])
+def test_int8_panel_kernel_long_k(ops_lib, monkeypatch, k, bs, sym):
+    """K over the int8 panel depth (16384 k): the panel kernel carries Y across k panels."""
+    monkeypatch.setenv("ONNXQ_KERNEL_PATH", "gemm")
+    p = packed_weight(k, 37, bs, sym, seed=5)
+    s4 = session(op_model(p, accuracy_level=4), ops_lib)
+    for m in (3, 16):
+        a = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+        assert rel_err(s4.run(None, {"A": a})[0], int8_reference(a, p)) <= TOL, m
+
+
 def test_bad_isa_name_is_an_error(ops_lib, monkeypatch):
     monkeypatch.setenv("ONNXQ_ISA", "sse9")
     p = packed_weight(64, 4, 32, True)

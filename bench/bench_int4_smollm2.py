@@ -2,6 +2,7 @@
 MatMulNBits quantizer (``onnxruntime.quantization.matmul_nbits_quantizer``) on the same text.
 
     python -m bench.bench_int4_smollm2 [--quick] [--skip-ort-gptq] [--ort-timeout S] [--reuse-ort]
+    python -m bench.bench_int4_smollm2 --time-only [--time-rounds N]
 
 Perplexity: ``models.perplexity`` (windows of 512, stride 256) on the first 4,096 tokens of
 the corpus's ``bible_web_dev.txt``; fp32 is the yardstick. Calibration (GPTQ/AWQ, ours and
@@ -15,7 +16,9 @@ long. ``--reuse-ort`` copies the ORT rows of the previous results file instead o
 again (each such row, and the file, says so). Quantization time side by side: RTN, HQQ and
 GPTQ (block 128 symmetric) timed in interleaved rounds in this process, best of each,
 as multiples of RTN's time (``quantize_time_vs_rtn``).
-Writes ``bench/results/int4_smollm2.json``.
+Writes ``bench/results/int4_smollm2.json``. ``--time-only``: only that side-by-side timing
+(calibration once, no perplexity, no ORT), written to
+``bench/results/int4_smollm2_quantize_time.json``.
 """
 
 from __future__ import annotations
@@ -244,6 +247,31 @@ def time_side_by_side(fp32: Path, stats, rounds: int = 3) -> dict:
     }
 
 
+def _print_speed(speed: dict) -> None:
+    print("quantization time, best of %d interleaved rounds: %s" % (
+        speed["rounds"], ", ".join(f"{a} {t:.2f} s ({speed['ratio_to_rtn'][a]:.1f}x RTN)" for a, t in speed["best_s"].items())
+    ), flush=True)
+
+
+def _time_only(fp32: Path, rounds: int) -> int:
+    """``--time-only``: calibrate once, then the side-by-side quantization timing alone."""
+    stats, calib_s = calibrate(fp32)
+    print(f"onnxq calibration: {CALIB_SAMPLES}x{CALIB_SEQ} tokens, {len(stats)} MatMul inputs, {calib_s:.1f} s", flush=True)
+    speed = time_side_by_side(fp32, stats, rounds)
+    _print_speed(speed)
+    path = write_results(
+        "int4_smollm2_quantize_time",
+        {
+            "title": "SmolLM2-135M block-int4 (block 128 symmetric): quantization time of RTN/HQQ/GPTQ, side by side",
+            "command": f"python -m bench.bench_int4_smollm2 --time-only --time-rounds {rounds}",
+            "onnxq_calibration_s": calib_s,
+            "quantize_time_vs_rtn": speed,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def _previous_ort_rows() -> list[dict]:
     path = REPO / "bench" / "results" / "int4_smollm2.json"
     if not path.exists():
@@ -262,6 +290,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ort-timeout", type=int, default=300, help="seconds per ORT configuration (default 300)")
     ap.add_argument("--reuse-ort", action="store_true", help="copy the ORT rows of the previous results file")
     ap.add_argument("--time-rounds", type=int, default=3, help="interleaved rounds of the RTN/HQQ/GPTQ timing")
+    ap.add_argument(
+        "--time-only", action="store_true",
+        help="only the RTN/HQQ/GPTQ quantization-time comparison (writes int4_smollm2_quantize_time.json)",
+    )
     ap.add_argument("--ort-child", nargs=3, metavar=("SPEC", "FP32", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.ort_child:
@@ -274,6 +306,8 @@ def main(argv=None) -> int:
         print("needs ../shared/corpus", file=sys.stderr)
         return 1
     fp32 = smollm2.build()
+    if args.time_only:
+        return _time_only(fp32, max(1, args.time_rounds))
     ppl32 = _ppl(fp32)
     print(f"fp32 perplexity {ppl32:.3f} on {N_EVAL} tokens", flush=True)
     stats, calib_s = calibrate(fp32)
@@ -309,9 +343,7 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
     speed = time_side_by_side(fp32, stats, args.time_rounds) if args.time_rounds > 0 else None
     if speed is not None:
-        print("quantization time, best of %d interleaved rounds: %s" % (
-            speed["rounds"], ", ".join(f"{a} {t:.2f} s ({speed['ratio_to_rtn'][a]:.1f}x RTN)" for a, t in speed["best_s"].items())
-        ), flush=True)
+        _print_speed(speed)
     for r in rows:
         if "ppl" in r:
             r["ratio"] = r["ppl"] / ppl32

@@ -10,12 +10,17 @@ the calibration tokens of the MatMul's input. The layer's output error
 - lazy block updates, two levels: rows are processed in lazy blocks of ``lazy_block`` (a
   divisor of the quantization block size) inside outer blocks of about 128 rows; inside a
   lazy block row ``i`` is brought up to date with one small matrix-vector product of the
-  block's earlier errors, the rest of the outer block once per lazy block and the rest of
-  ``W`` once per outer block with a matrix product (without act-order an outer block is a
-  multiple of the quantization block, so each quantization block starts when every
-  earlier update has reached all its rows, and its scale is chosen from the updated rows);
+  block's earlier errors, the rest of the outer block once per lazy block with a matrix
+  product, and each outer block, before it starts, with one matrix product of all earlier
+  rows' errors ("left-looking": the product's output is one outer block, not the rest of
+  ``W``) (without act-order an outer block is a multiple of the quantization block, so each
+  quantization block starts when every earlier update has reached all its rows, and its
+  scale is chosen from the updated rows);
 - ``U`` (the upper Cholesky factor of ``H^-1``) from one Cholesky factorisation and its
-  triangular inverse computed together by recursive blocking, all in matrix products;
+  triangular inverse computed together by recursive blocking, all in matrix products that
+  skip the zero halves of triangular factors;
+- scale search (``mse``): symmetric, a faster form of ``blocks.search_scales`` (tested
+  against it); asymmetric, ``search_scales`` itself;
 - act-order (optional): rows in order of decreasing ``H_kk``; the block scales are then
   fixed beforehand from the original weights ("static groups"), so the stored layout stays
   the plain block layout (no ``g_idx``);
@@ -27,16 +32,23 @@ the calibration tokens of the MatMul's input. The layer's output error
 Many problems of one shape (the same projection in every transformer layer) run as one
 batch: the row loop — the part that cannot be vectorised — then runs once per batch
 instead of once per layer. Weights sharing one input (q/k/v) share one Hessian; the caller
-concatenates them along N.
+concatenates them along N. A batch runs on a few threads (``workers``): one problem per
+thread while preparing (static groups, the factorisation), column slices of the batch in
+the row loop; BLAS stays single-threaded in each.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
 from onnxq.formats import SYMMETRIC_ZERO_CODE
+from onnxq.int4 import _blas
 from onnxq.int4._blas import single_thread
 from onnxq.int4.blocks import QMAX, BlockQuant, Int4Spec, rtn_params, search_scales
 
@@ -48,7 +60,10 @@ _GPTQ_GRID = np.linspace(1.0, 0.55, 10, dtype=np.float32)
 
 logger = logging.getLogger(__name__)
 
-_OUTER = 128  # rows of an outer block (see gptq_batch)
+_OUTER = 128  # rows of an outer block (see _row_loop)
+_MIN_UNIT_COLS = 128  # the row loop splits columns across threads only into slices this wide
+
+T = TypeVar("T")
 
 
 def prepare_hessian(h: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,33 +78,77 @@ def prepare_hessian(h: np.ndarray, percdamp: float) -> tuple[np.ndarray, np.ndar
     return h, dead
 
 
-def _cholesky_and_inverse(a: np.ndarray, need_inverse: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Lower Cholesky factor ``L`` of ``a`` (and ``L^-1`` if asked) by recursive 2x2 blocking,
-    so the work is in matrix products (single-threaded LAPACK ``potrf`` was measured 2-3x
-    slower at K = 1536): ``L11 = chol(A11)``, ``L21 = A21 L11^-T``, ``L22 = chol(A22 - L21
-    L21^T)``, ``L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``."""
+_TRI_MIN = 96  # below this size a triangular product is one plain matrix product
+
+
+def _split(n: int) -> int:
+    """Where a recursive halving of ``n`` splits (a multiple of 32)."""
+    return (n // 2 + 31) // 32 * 32
+
+
+def _lmul_tri(t: np.ndarray, m: np.ndarray, lower: bool) -> np.ndarray:
+    """``t @ m`` for a triangular ``t`` ``[n, n]`` (lower or upper, the other triangle
+    stored as zeros) by recursive halving, so the zero half costs nothing: about half the
+    multiply-adds of a plain ``t @ m`` (a BLAS ``trmm``, which numpy does not expose)."""
+    n = t.shape[0]
+    if n <= _TRI_MIN:
+        return t @ m
+    h = _split(n)
+    out = np.empty((n, m.shape[1]), dtype=np.result_type(t, m))
+    if lower:
+        out[:h] = _lmul_tri(t[:h, :h], m[:h], True)
+        out[h:] = _lmul_tri(t[h:, h:], m[h:], True)
+        out[h:] += t[h:, :h] @ m[:h]
+    else:
+        out[:h] = _lmul_tri(t[:h, :h], m[:h], False)
+        out[:h] += t[:h, h:] @ m[h:]
+        out[h:] = _lmul_tri(t[h:, h:], m[h:], False)
+    return out
+
+
+def _syrk_lower(c: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``c - a @ a.T`` on and below the diagonal (above it: unspecified; ``c``'s upper
+    triangle is never read): about half the multiply-adds of the full product (a BLAS
+    ``syrk``)."""
+    n = c.shape[0]
+    if n <= _TRI_MIN:
+        return c - a @ a.T
+    h = _split(n)
+    out = np.empty_like(c, shape=c.shape)
+    out[:h, :h] = _syrk_lower(c[:h, :h], a[:h])
+    np.subtract(c[h:, :h], a[h:] @ a[:h].T, out=out[h:, :h])
+    out[h:, h:] = _syrk_lower(c[h:, h:], a[h:])
+    return out
+
+
+def _inverse_cholesky(a: np.ndarray, out: np.ndarray, diag: np.ndarray) -> None:
+    """``out`` <- ``L^-1`` (lower, zeros above the diagonal) and ``diag`` <- ``diag(L)`` for
+    the lower Cholesky factor ``L`` of ``a`` (only its lower triangle is read), by recursive
+    2x2 blocking so the work is in matrix products (single-threaded LAPACK ``potrf`` was
+    measured 2-3x slower at K = 1536): ``L11 = chol(A11)``, ``L21 = A21 L11^-T``, ``L22 =
+    chol(A22 - L21 L21^T)``, ``L^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``. ``L``
+    itself is never assembled (only ``L21`` of each level is used), the inverse is written in
+    place, and the products by triangular factors and the symmetric update skip the zero /
+    mirrored halves (:func:`_lmul_tri`, :func:`_syrk_lower`): about 2/3 ``n^3``
+    multiply-adds instead of 4/3 ``n^3``."""
     n = a.shape[0]
     if n <= 64:
-        lower = np.linalg.cholesky(a)
-        return lower, (np.linalg.inv(lower) if need_inverse else None)
-    m = (n // 2 + 31) // 32 * 32
-    l11, l11_inv = _cholesky_and_inverse(a[:m, :m], True)
-    l21 = a[m:, :m] @ l11_inv.T
-    l22, l22_inv = _cholesky_and_inverse(a[m:, m:] - l21 @ l21.T, need_inverse)
-    lower = np.zeros_like(a)
-    lower[:m, :m] = l11
-    lower[m:, :m] = l21
-    lower[m:, m:] = l22
-    if not need_inverse:
-        return lower, None
-    inv = np.zeros_like(a)
-    inv[:m, :m] = l11_inv
-    inv[m:, m:] = l22_inv
-    inv[m:, :m] = -(l22_inv @ (l21 @ l11_inv))
-    return lower, inv
+        lower = np.linalg.cholesky(a)  # reads the lower triangle only
+        diag[:] = np.diagonal(lower)
+        out[:] = np.tril(np.linalg.inv(lower))
+        return
+    m = _split(n)
+    x11 = out[:m, :m]
+    _inverse_cholesky(a[:m, :m], x11, diag[:m])
+    l21 = _lmul_tri(x11, a[m:, :m].T, lower=True).T  # A21 L11^-T
+    x22 = out[m:, m:]
+    _inverse_cholesky(_syrk_lower(a[m:, m:], l21), x22, diag[m:])
+    out[:m, m:] = 0.0
+    p = _lmul_tri(x11.T, l21.T, lower=False).T  # L21 L11^-1
+    np.negative(_lmul_tri(x22, p, lower=True), out=out[m:, :m])
 
 
-def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+def _upper_cholesky_of_inverse(h: np.ndarray, *, reversed_: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``), float32, dampening more
     if needed.
 
@@ -98,14 +157,22 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
     together), no general inverse. float32 is enough once H is dampened (GPTQ's reference
     code does the same). (GPTQ can also be written with ``L`` alone — Babai's nearest plane,
     feeding back ``w_i - q_i`` of the original rows — but those residuals are large and
-    cancel: measured in float32 it drifted from the float64 result where this form matches.)"""
-    hr = np.array(h[::-1, ::-1], dtype=np.float32)
+    cancel: measured in float32 it drifted from the float64 result where this form matches.)
+
+    ``reversed_``: ``h`` is already ``J H J`` in float32 (and may be changed); ``out``: where
+    ``U`` goes."""
+    hr = h if reversed_ and h.dtype == np.float32 else np.array(h if reversed_ else h[::-1, ::-1], dtype=np.float32)
+    inv_lower = np.empty_like(hr)
+    ldiag = np.empty(hr.shape[0], dtype=hr.dtype)
     damp = 0.0
     for _ in range(8):
         try:
-            lower, inv_lower = _cholesky_and_inverse(hr, True)
-            if np.all(np.isfinite(inv_lower)) and np.all(np.diag(lower) > 0):
-                return np.ascontiguousarray(inv_lower[::-1, ::-1])
+            _inverse_cholesky(hr, inv_lower, ldiag)
+            if np.all(ldiag > 0) and np.all(np.isfinite(inv_lower)):
+                if out is None:
+                    return np.ascontiguousarray(inv_lower[::-1, ::-1])
+                out[...] = inv_lower[::-1, ::-1]
+                return out
         except np.linalg.LinAlgError:
             pass
         damp = damp * 10 if damp else 1e-4 * float(np.mean(np.diag(hr)))
@@ -119,10 +186,67 @@ def _group_params(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale/zero ``[B, N]`` of one block of rows ``[B, r, N]`` of each problem (r <= block
     size); with ``mse`` a clip search weighted by ``importance`` ``[B, r]`` (the Hessian
-    diagonal: clipping a weight that meets a massive activation channel is never "cheap")."""
+    diagonal: clipping a weight that meets a massive activation channel is never "cheap").
+    Symmetric: :func:`_search_symmetric` (the same search as ``search_scales``, faster)."""
     if mse:
+        if symmetric:
+            return _search_symmetric(rows, importance, _GPTQ_GRID), None
         return search_scales(rows, symmetric, None if importance is None else importance[:, :, None], grid=_GPTQ_GRID)
     return rtn_params(rows, symmetric)
+
+
+_SYM_SEARCH_CHUNK = 1 << 17  # elements of a column chunk in _search_symmetric
+
+
+def _search_symmetric(wb: np.ndarray, importance: np.ndarray | None, grid: np.ndarray) -> np.ndarray:
+    """Symmetric scales of blocked ``wb`` ``[nb, bs, N]`` by the clipping search of
+    :func:`onnxq.int4.blocks.search_scales` (its reference): per block the candidate
+    ``s_r = r * extreme / -8`` minimising ``sum_k d_k (s_r q_k - w_k)^2``, ``q_k =
+    clip(rint(w_k / s_r), -8, 7)``; the first of equal errors wins; a block of zeros gets
+    scale 1. Faster, in the normalised form: with ``y = w / s_r = (w / extreme) * (-8 / r)``
+    the error is ``(r * extreme / 8)^2 sum_k d_k (q_k - y_k)^2`` and ``extreme^2`` is common
+    to all candidates of a block, so each candidate costs one scalar multiply, rint, clip,
+    subtract, square and one matrix-vector product (no per-column broadcasts). Rounding of
+    ``y`` differs from the reference's ``w * (1 / s)`` by an ulp, which can swap two
+    candidates of (near) equal error; the scale stored is computed as the reference does."""
+    nb, bs, n = wb.shape
+    wmax = wb.max(axis=1)
+    wmin = wb.min(axis=1)
+    extreme = np.where(-wmin > wmax, wmin, wmax)  # [nb, N]
+    zero = extreme == 0
+    inv = np.float32(1.0) / np.where(zero, np.float32(1.0), extreme)
+    inv[zero] = 0.0
+    if importance is None:
+        d = np.ones((nb, 1, bs), dtype=np.float32)
+    else:
+        d = np.ascontiguousarray(np.asarray(importance, dtype=np.float32).reshape(nb, 1, bs))
+    best_r = np.empty((nb, n), dtype=np.float32)
+    cols = max(1, _SYM_SEARCH_CHUNK // max(nb * bs, 1))
+    lo, hi = np.float32(-SYMMETRIC_ZERO_CODE), np.float32(QMAX - SYMMETRIC_ZERO_CODE)
+    for c0 in range(0, n, cols):
+        c1 = min(n, c0 + cols)
+        wn = wb[:, :, c0:c1] * inv[:, None, c0:c1]  # in [-1, 1], the extreme at +1
+        y = np.empty_like(wn)
+        q = np.empty_like(wn)
+        best_err = best = None
+        for r in grid:
+            r = np.float32(r)
+            np.multiply(wn, np.float32(-8.0) / r, out=y)
+            np.rint(y, out=q)
+            np.clip(q, lo, hi, out=q)
+            q -= y
+            q *= q
+            err = np.matmul(d, q)[:, 0] * (r * r)  # [nb, cols], over (extreme / 8)^2
+            if best_err is None:
+                best_err, best = err, np.full(err.shape, r, dtype=np.float32)
+            else:
+                better = err < best_err
+                best_err = np.where(better, err, best_err)
+                best[better] = r
+        best_r[:, c0:c1] = best
+    scale = (extreme * best_r / np.float32(-8.0)).astype(np.float32)
+    scale[scale == 0] = 1.0
+    return scale
 
 
 def refit_scales(w: np.ndarray, h: np.ndarray, bq: BlockQuant) -> BlockQuant:
@@ -174,6 +298,44 @@ def refit_scales(w: np.ndarray, h: np.ndarray, bq: BlockQuant) -> BlockQuant:
     return BlockQuant(bq.spec, bq.codes, np.ascontiguousarray(new.T, dtype=np.float32), bq.zeros)
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One lasting pool per worker count (starting threads per batch cost more than the
+    small batches' work on a loaded machine)."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxq-gptq")
+        return pool
+
+
+def _parallel(fn: Callable[[T], None], items: Sequence[T], workers: int) -> None:
+    """``fn(item)`` for every item, on up to ``workers`` threads (numpy and BLAS release the
+    GIL in the heavy work); exceptions propagate."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    for _ in _pool(workers).map(fn, items):
+        pass
+
+
+def _work_units(nprob: int, n: int, workers: int) -> list[tuple[int, int, int, int]]:
+    """``(b0, b1, c0, c1)`` slices of problems x columns for the row loop, one per worker:
+    columns are independent given ``U`` (each column of ``W`` is its own GPTQ run), so wide
+    weights split by columns (even shares, whatever the batch); narrow ones by problems."""
+    if workers <= 1:
+        return [(0, nprob, 0, n)]
+    if n >= _MIN_UNIT_COLS * workers:
+        cuts = [(n * i // workers) // 16 * 16 for i in range(workers)] + [n]
+        return [(0, nprob, c0, c1) for c0, c1 in zip(cuts, cuts[1:]) if c1 > c0]
+    cuts = [nprob * i // workers for i in range(workers + 1)]
+    return [(b0, b1, 0, n) for b0, b1 in zip(cuts, cuts[1:]) if b1 > b0]
+
+
 def gptq_batch(
     ws: list[np.ndarray],
     hs: list[np.ndarray],
@@ -183,14 +345,21 @@ def gptq_batch(
     act_order: bool = False,
     lazy_block: int = 32,
     mse: bool = False,
+    workers: int | None = None,
 ) -> list[BlockQuant]:
     """GPTQ of several same-shape problems at once: ``ws[b]`` ``[K, N]`` with Hessian
-    ``hs[b]`` ``[K, K]`` (``X^T X``, any positive multiple)."""
+    ``hs[b]`` ``[K, K]`` (``X^T X``, any positive multiple).
+
+    ``workers``: threads (None: :func:`onnxq.int4._blas.workers`); each runs single-threaded
+    BLAS. The per-problem preparation (dampening, static groups, the factorisation) runs one
+    problem per thread; the row loop in column (or problem) slices, one per thread. The
+    result does not depend on ``workers`` beyond float32 rounding in the matrix products."""
     nprob = len(ws)
     k, n = ws[0].shape
     for w, h in zip(ws, hs):
         if w.shape != (k, n) or h.shape != (k, k):
             raise ValueError(f"GPTQ batch needs equal shapes: weight {w.shape} / Hessian {h.shape} vs ({k}, {n})")
+    nw = max(1, _blas.workers() if workers is None else int(workers))
     bs = spec.block_size
     nb = spec.n_blocks(k)
     W = np.empty((nprob, k, n), dtype=np.float32)  # rows in processing order
@@ -199,103 +368,168 @@ def gptq_batch(
     diags = np.empty((nprob, k), dtype=np.float32)  # Hessian diagonal in processing order
     scales = np.empty((nprob, nb, n), dtype=np.float32)
     zeros = None if spec.symmetric else np.empty((nprob, nb, n), dtype=np.float32)
-    for b, (w, h) in enumerate(zip(ws, hs)):
-        hd, dead = prepare_hessian(h, percdamp)
-        hd = hd.astype(np.float32)
-        wb = np.asarray(w, dtype=np.float32)
+
+    def prepare(b: int) -> None:
+        h = np.asarray(hs[b])
+        diag64 = np.diag(h).astype(np.float64)
+        dead = diag64 <= 0
+        diag64[dead] = 1.0
+        diag64 += percdamp * float(np.mean(diag64))  # prepare_hessian, without a float64 copy
+        imp = diag64.astype(np.float32)  # the dampened diagonal, in the original order
+        wb = np.asarray(ws[b], dtype=np.float32)
         if dead.any():
             wb = wb.copy()
             wb[dead, :] = 0.0
         if act_order:
-            perm = np.argsort(-np.diag(hd), kind="stable")
+            perm = np.argsort(-imp, kind="stable")
             # static groups from the original weights, all groups at once (zero padding
-            # with zero importance changes neither min/max nor the weighted search)
-            if k == nb * bs:
-                wpad = wb.reshape(nb, bs, n)
-            else:
-                wpad = np.zeros((nb * bs, n), dtype=np.float32)
-                wpad[:k] = wb
-                wpad = wpad.reshape(nb, bs, n)
-            imp = np.zeros(nb * bs, dtype=np.float32)
-            imp[:k] = np.diag(hd)
-            s, z = _group_params(wpad, spec.symmetric, mse, imp.reshape(nb, bs))
-            scales[b] = s
-            if zeros is not None:
-                zeros[b] = z
-            del wpad
-            W[b] = wb[perm]
-            hd = hd[perm][:, perm]
+            # with zero importance changes neither min/max nor the weighted search; only
+            # a ragged last block is padded, the rest is a view)
+            full = k // bs
+            if full:
+                blocks = wb[: full * bs].reshape(full, bs, n)
+                bimp = imp[: full * bs].reshape(full, bs)
+
+                def search(cols: slice) -> None:
+                    s, z = _group_params(blocks[:, :, cols], spec.symmetric, mse, bimp)
+                    scales[b, :full, cols] = s
+                    if zeros is not None:
+                        zeros[b, :full, cols] = z
+
+                # a batch of one (lm_head) leaves the other threads idle: share its columns
+                inner = nw if nprob == 1 else 1
+                cuts = [n * i // inner for i in range(inner + 1)]
+                _parallel(search, [slice(c0, c1) for c0, c1 in zip(cuts, cuts[1:]) if c1 > c0], inner)
+            if full < nb:
+                tail = np.zeros((bs, n), dtype=np.float32)
+                tail[: k - full * bs] = wb[full * bs :]
+                timp = np.zeros(bs, dtype=np.float32)
+                timp[: k - full * bs] = imp[full * bs :]
+                s, z = _group_params(tail[None], spec.symmetric, mse, timp[None])
+                scales[b, full:] = s
+                if zeros is not None:
+                    zeros[b, full:] = z
+            np.take(wb, perm, axis=0, out=W[b])
         else:
             perm = np.arange(k)
             W[b] = wb
         perms[b] = perm
-        diags[b] = np.diag(hd)
-        with single_thread():
-            U[b] = _upper_cholesky_of_inverse(hd)
-        del hd, wb
-    groups = perms // bs  # [B, K]: the block of each processed row
+        diags[b] = imp[perm]
+        # J P^T H P J in float32 in one gather (J: order reversal), dampened diagonal
+        rev = perm[::-1]
+        # (np.take by axis: 4x faster than np.ix_ indexing at K = 1536)
+        hr = np.take(np.take(h.astype(np.float32), rev, axis=0), rev, axis=1)
+        hr[np.diag_indices_from(hr)] = imp[rev]
+        _upper_cholesky_of_inverse(hr, reversed_=True, out=U[b])
+
     codes_p = np.empty((nprob, k, n), dtype=np.uint8)  # codes in processing order
-    # rows run in small lazy blocks (a per-row loop: row i is brought up to date with one
-    # matrix-vector product of the lazy block's earlier errors) inside outer blocks of about
-    # 128 rows (after each lazy block one matrix product brings the rest of the outer block
-    # up to date, after each outer block one the rest of W). A lazy block divides the
-    # quantization block and (without act-order) an outer block is a multiple of it, so
-    # every group starts a lazy block when all earlier updates have reached all its rows,
-    # and its scale is chosen from the updated rows.
+    rows = functools.partial(
+        _row_loop, bs=bs, lazy_block=lazy_block, act_order=act_order, symmetric=spec.symmetric, mse=mse
+    )
+
+    def run(unit: tuple[int, int, int, int]) -> None:
+        # views (numpy's matrix products take strided rows): updated in place
+        b0, b1, c0, c1 = unit
+        sl, cs = slice(b0, b1), slice(c0, c1)
+        rows(
+            W[sl, :, cs], U[sl], perms[sl] // bs, diags[sl], scales[sl, :, cs],
+            None if zeros is None else zeros[sl, :, cs], codes_p[sl, :, cs],
+        )
+
+    with single_thread():
+        _parallel(prepare, range(nprob), nw)
+        _parallel(run, _work_units(nprob, n, nw), nw)
+        del W, U
+        codes = np.empty((nprob, k, n), dtype=np.uint8)
+
+        def unpermute(unit: tuple[int, int, int, int]) -> None:
+            b0, b1, c0, c1 = unit
+            for b in range(b0, b1):
+                codes[b, perms[b], c0:c1] = codes_p[b, :, c0:c1]
+
+        _parallel(unpermute, _work_units(nprob, n, nw), nw)
+    return [BlockQuant(spec, codes[b], scales[b], None if zeros is None else zeros[b]) for b in range(nprob)]
+
+
+def _row_loop(
+    W: np.ndarray,
+    U: np.ndarray,
+    groups: np.ndarray,
+    diags: np.ndarray,
+    scales: np.ndarray,
+    zeros: np.ndarray | None,
+    codes_p: np.ndarray,
+    *,
+    bs: int,
+    lazy_block: int,
+    act_order: bool,
+    symmetric: bool,
+    mse: bool,
+) -> None:
+    """GPTQ's row loop over ``W`` ``[B, K, N]`` (rows in processing order; overwritten: each
+    row ends as its scaled error) with ``U`` ``[B, K, K]``; writes ``codes_p`` (processing
+    order) and, without act-order, ``scales``/``zeros``.
+
+    Rows run in small lazy blocks (a per-row loop: row i is brought up to date with one
+    matrix-vector product of the lazy block's earlier errors) inside outer blocks of about
+    128 rows (after each lazy block one matrix product brings the rest of the outer block
+    up to date; an outer block is brought up to date with all earlier rows' errors in one
+    matrix product before it starts). A lazy block divides the
+    quantization block and (without act-order) an outer block is a multiple of it, so
+    every group starts a lazy block when all earlier updates have reached all its rows,
+    and its scale is chosen from the updated rows."""
+    nprob, k, n = W.shape
     step = min(bs, max(1, lazy_block))
     while bs % step:
         step -= 1
     outer = _OUTER if act_order else bs * max(1, _OUTER // bs)
     bidx = np.arange(nprob)[:, None]
     lo, hi = (-SYMMETRIC_ZERO_CODE, QMAX - SYMMETRIC_ZERO_CODE) if zeros is None else (0, QMAX)
+    tmp = np.empty((nprob, n), dtype=np.float32)
     for o1 in range(0, k, outer):
         o2 = min(o1 + outer, k)
-        E = np.empty((nprob, o2 - o1, n), dtype=np.float32)  # scaled errors of the outer block
+        if o1:
+            # left-looking: the outer block takes every earlier row's update at once (the
+            # rows before o1 of W now hold their scaled errors): one [o2-o1, o1] x [o1, N]
+            # product whose output stays small, instead of updating all later rows of W
+            # after each outer block
+            W[:, o1:o2] -= np.matmul(U[:, :o1, o1:o2].transpose(0, 2, 1), W[:, :o1])
         for i1 in range(o1, o2, step):
             i2 = min(i1 + step, o2)
             if not act_order and i1 % bs == 0:
-                s, z = _group_params(W[:, i1 : i1 + bs], spec.symmetric, mse, diags[:, i1 : i1 + bs])
+                s, z = _group_params(W[:, i1 : i1 + bs], symmetric, mse, diags[:, i1 : i1 + bs])
                 scales[:, i1 // bs] = s
                 if zeros is not None:
                     zeros[:, i1 // bs] = z
             g = groups[:, i1:i2]
             S1 = scales[bidx, g]  # [B, r, N]
             Z1 = None if zeros is None else zeros[bidx, g]
-            W1 = W[:, i1:i2]  # view: rows are brought up to date in place
-            E1 = E[:, i1 - o1 : i2 - o1]
+            W1 = W[:, i1:i2]  # view: each row is brought up to date, then holds its scaled error
             Ut = np.ascontiguousarray(U[:, i1:i2, i1:i2].transpose(0, 2, 1))  # Ut[b, i, j] = U[b, i1 + j, i1 + i]
-            d = np.ascontiguousarray(U[:, np.arange(i1, i2), np.arange(i1, i2)])[:, :, None]  # [B, r, 1]
+            dinv = np.float32(1.0) / U[:, np.arange(i1, i2), np.arange(i1, i2)][:, :, None]  # [B, r, 1]
             Q1 = np.empty((nprob, i2 - i1, n), dtype=np.float32)
             for i in range(i2 - i1):
                 x = W1[:, i]
                 if i:
-                    x -= np.matmul(Ut[:, i : i + 1, :i], E1[:, :i])[:, 0]
-                q = np.divide(x, S1[:, i])
+                    x -= np.matmul(Ut[:, i : i + 1, :i], W1[:, :i])[:, 0]
+                q = Q1[:, i]
+                np.divide(x, S1[:, i], out=q)
                 np.rint(q, out=q)
                 if Z1 is not None:
                     q += Z1[:, i]
                 np.clip(q, lo, hi, out=q)
-                Q1[:, i] = q
                 if Z1 is not None:
-                    q -= Z1[:, i]
-                q *= S1[:, i]
-                e = E1[:, i]
-                np.subtract(x, q, out=e)
-                np.divide(e, d[:, i], out=e)
+                    np.subtract(q, Z1[:, i], out=tmp)
+                    tmp *= S1[:, i]
+                else:
+                    np.multiply(q, S1[:, i], out=tmp)
+                x -= tmp
+                x *= dinv[:, i]  # the row's scaled error, in place of the row
             if Z1 is None:
                 Q1 += np.float32(SYMMETRIC_ZERO_CODE)
             codes_p[:, i1:i2] = Q1
             if i2 < o2:
-                W[:, i2:o2] -= np.matmul(U[:, i1:i2, i2:o2].transpose(0, 2, 1), E1)
-        if o2 < k:
-            W[:, o2:] -= np.matmul(U[:, o1:o2, o2:].transpose(0, 2, 1), E)
-    del W, U
-    out = []
-    for b in range(nprob):
-        codes = np.empty((k, n), dtype=np.uint8)
-        codes[perms[b]] = codes_p[b]
-        out.append(BlockQuant(spec, codes, scales[b], None if zeros is None else zeros[b]))
-    return out
+                W[:, i2:o2] -= np.matmul(U[:, i1:i2, i2:o2].transpose(0, 2, 1), W1)
 
 
 def gptq(
@@ -307,8 +541,11 @@ def gptq(
     act_order: bool = False,
     lazy_block: int = 32,
     mse: bool = False,
+    workers: int | None = None,
 ) -> BlockQuant:
     """GPTQ-quantize ``w`` ``[K, N]`` with Hessian ``h`` ``[K, K]`` (``X^T X``, any scale)."""
     if h.shape != (w.shape[0], w.shape[0]):
         raise ValueError(f"Hessian shape {h.shape} does not match weight rows {w.shape[0]}")
-    return gptq_batch([w], [h], spec, percdamp=percdamp, act_order=act_order, lazy_block=lazy_block, mse=mse)[0]
+    return gptq_batch(
+        [w], [h], spec, percdamp=percdamp, act_order=act_order, lazy_block=lazy_block, mse=mse, workers=workers
+    )[0]

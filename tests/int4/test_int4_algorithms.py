@@ -171,16 +171,23 @@ def test_blockquant_dequantize_is_the_packed_reference():
     np.testing.assert_array_equal(bq.to_packed().dequantize(), bq.dequantize())
 
 
-def test_blocked_cholesky_and_inverse_match_lapack():
-    from onnxq.int4.gptq import _cholesky_and_inverse
+@pytest.mark.parametrize("dtype,k", [(np.float64, 300), (np.float64, 64), (np.float32, 450)])
+def test_blocked_inverse_cholesky_matches_lapack(dtype, k):
+    from onnxq.int4.gptq import _inverse_cholesky
 
-    x = _correlated(900, 300, seed=5).astype(np.float64)
-    h = x.T @ x + 1e-3 * np.eye(300)
-    lower, inv = _cholesky_and_inverse(h, True)
+    x = _correlated(3 * k, k, seed=5).astype(np.float64)
+    h = x.T @ x
+    # float64: barely dampened; float32: dampened as GPTQ does (1% of the mean diagonal)
+    h += (1e-3 if dtype == np.float64 else 0.01 * np.mean(np.diag(h))) * np.eye(k)
     ref = np.linalg.cholesky(h)
-    np.testing.assert_allclose(lower, ref, rtol=0, atol=1e-9 * np.abs(ref).max())
-    np.testing.assert_allclose(inv @ ref, np.eye(300), rtol=0, atol=1e-8)
-    assert _cholesky_and_inverse(h, False)[1] is None
+    hu = np.triu(np.full((k, k), np.nan), 1) + np.tril(h)  # the upper triangle is never read
+    inv = np.full((k, k), np.nan, dtype=dtype)
+    diag = np.empty(k, dtype=dtype)
+    _inverse_cholesky(hu.astype(dtype), inv, diag)
+    tol = 1e-8 if dtype == np.float64 else 2e-3
+    assert np.all(np.triu(inv, 1) == 0)
+    np.testing.assert_allclose(diag, np.diag(ref), rtol=tol)
+    np.testing.assert_allclose(inv @ ref, np.eye(k), rtol=0, atol=tol)
 
 
 def test_search_scales_in_column_chunks_equals_one_piece(monkeypatch):
@@ -255,3 +262,101 @@ def test_first_token_weight_counts_each_samples_first_position_that_many_times()
     flat = ActivationStats("y", np.zeros((8, 8)), np.zeros(8), first_token_weight=8.0)
     flat.update(x[0])  # rank 2: no sequence axis, nothing weighted
     np.testing.assert_allclose(flat.hessian, x64[0].T @ x64[0], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("n", [200, 333])
+def test_triangular_products_match_plain_products(n):
+    from onnxq.int4.gptq import _lmul_tri, _syrk_lower
+
+    rng = np.random.default_rng(7)
+    t = np.tril(rng.standard_normal((n, n)))
+    m = rng.standard_normal((n, 37))
+    np.testing.assert_allclose(_lmul_tri(t, m, lower=True), t @ m, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_lmul_tri(t.T, m, lower=False), t.T @ m, rtol=1e-12, atol=1e-12)
+    c = rng.standard_normal((n, n))
+    a = rng.standard_normal((n, 50))
+    got = _syrk_lower(c, a)
+    np.testing.assert_allclose(np.tril(got), np.tril(c - a @ a.T), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nb,bs,n", [(3, 32, 700), (5, 128, 64)])
+def test_symmetric_search_matches_the_reference_search(nb, bs, n):
+    from onnxq.int4.gptq import _GPTQ_GRID, _search_symmetric
+
+    rng = np.random.default_rng(11)
+    wb = rng.standard_normal((nb, bs, n)).astype(np.float32) * rng.random((1, 1, n)).astype(np.float32)
+    wb[:, :3] *= 6  # outliers: clipping pays somewhere
+    wb[1, :, :5] = 0.0  # all-zero blocks
+    imp = rng.random((nb, bs)).astype(np.float32)
+    imp[-1, bs // 2 :] = 0.0  # a zero-padded tail
+    wb[-1, bs // 2 :] = 0.0
+    ref, _ = search_scales(wb, True, imp[:, :, None], grid=_GPTQ_GRID)
+    got = _search_symmetric(wb, imp, _GPTQ_GRID)
+    assert np.all(got[1, :5] == 1.0)
+
+    def err(s):
+        q = np.clip(np.rint(wb / s[:, None, :]), -8, 7) * s[:, None, :]
+        return np.einsum("bkn,bk->bn", (q - wb).astype(np.float64) ** 2, imp)
+
+    same = got == ref
+    assert same.mean() > 0.995
+    # where an ulp of rounding picked another candidate, it is as good
+    np.testing.assert_allclose(err(got)[~same], err(ref)[~same], rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,act_order,sym", [(300, True, True), (300, False, False), (40, True, True)])
+def test_gptq_batch_threads_give_the_single_thread_result(n, act_order, sym):
+    # n = 300: the row loop splits columns across the threads; n = 40: problems
+    spec = Int4Spec(32, sym)
+    k = 96
+    ws = [(RNG.standard_normal((k, n)) * 0.1).astype(np.float32) for _ in range(3)]
+    hs = []
+    for i in range(3):
+        x = _correlated(512, k, seed=20 + i)
+        hs.append(x.T.astype(np.float64) @ x)
+    one = gptq_batch(ws, hs, spec, act_order=act_order, mse=True, workers=1)
+    two = gptq_batch(ws, hs, spec, act_order=act_order, mse=True, workers=2)
+    for a, b in zip(one, two):
+        assert np.mean(a.codes == b.codes) > 0.999
+        np.testing.assert_allclose(a.scales, b.scales, rtol=1e-5)
+
+
+def test_single_thread_nests_across_threads_and_restores_the_count():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from onnxq.int4 import _blas
+
+    lib = _blas._openblas()
+    if lib is None:
+        pytest.skip("numpy without a bundled OpenBLAS")
+    get, put = lib
+    before = get()
+    put(2)
+    try:
+
+        def work(_):
+            with _blas.single_thread():
+                assert get() == 1
+                with _blas.single_thread():
+                    assert get() == 1
+                return get()
+
+        with ThreadPoolExecutor(4) as ex:
+            assert list(ex.map(work, range(16))) == [1] * 16
+        assert get() == 2
+    finally:
+        put(before)
+
+
+def test_workers_counts_idle_cpus(monkeypatch):
+    import os
+
+    from onnxq.int4 import _blas
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert _blas.workers() == min(8, _blas.MAX_WORKERS)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.8, 0.0, 0.0))  # ~1 idle CPU
+    assert _blas.workers() == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (20.0, 0.0, 0.0))
+    assert _blas.workers() == 1

@@ -2,7 +2,9 @@
 
 Each point runs a stack of L distinct layers (weights together >= 4x the 50 MB L2, so every
 layer's weights come from HBM), captured in one CUDA graph; the time per layer is the median
-graph replay (CUDA events) over L. Roofline = (packed bytes + scale bytes) / --bw.
+graph replay (CUDA events) over L. Roofline = (packed bytes + scale bytes) / --bw. Per shape
+also the floors of that graph (bench/device/floor_kernels.cu): an empty kernel per launch and a
+plain coalesced read of the packed bytes, each with and without PDL (row field floors_us).
 
     python3 bench/bench_cuda_int4.py [--out bench/results/cuda_int4.json] [--quick]
 
@@ -40,6 +42,14 @@ from bench.device.cuda_int4_harness import (  # noqa: E402
 
 L2_BYTES = 50 * 2**20
 STACK_BYTES = 4 * L2_BYTES
+# A graph replay has a fixed start cost (~10 µs measured on H100) that time_graph spreads over the
+# launches of one replay: the stack of distinct layers is cycled until a replay holds at least
+# this many launches (each layer is reused only after >= STACK_BYTES of others, so from HBM).
+MIN_LAUNCHES = 100
+
+
+def cycles(layers: int) -> int:
+    return max(1, math.ceil(MIN_LAUNCHES / layers))
 
 
 def time_graph(fn, layers: int, reps: int = 30) -> float:
@@ -88,6 +98,43 @@ def copy_bandwidth() -> float:
     return 2 * n / sec
 
 
+class Floor:
+    """bench/device/floor_kernels.cu: empty kernel (per-launch floor) and a plain stream read."""
+
+    def __init__(self, lib_path: Path):
+        import ctypes
+
+        self.lib = ctypes.CDLL(str(lib_path))
+        f = self.lib.onnxq_floor_launch
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+
+    def launch(self, kind: int, src: int, nbytes: int, sink: int, pdl: bool, stream: int) -> None:
+        if self.lib.onnxq_floor_launch(kind, src or None, nbytes, sink or None, 1 if pdl else 0, stream or None):
+            raise RuntimeError("floor kernel launch failed")
+
+
+def floor_times(fl: Floor, bufs: list, nbytes: int, log) -> dict:
+    """µs per layer: empty kernel, and a plain read of each layer's packed bytes (+ PDL)."""
+    sink = torch.zeros(4, dtype=torch.int32, device="cuda")
+    stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
+    out = {}
+    for name, kind in (("empty", 0), ("stream_read", 1)):
+        for pdl in (False, True):
+            def fn(kind=kind, pdl=pdl):
+                s = stream()
+                for _ in range(cycles(len(bufs))):
+                    for b in bufs:
+                        fl.launch(kind, b.data_ptr(), nbytes, sink.data_ptr(), pdl, s)
+            key = name + ("_pdl" if pdl else "")
+            try:
+                out[key] = time_graph(fn, len(bufs) * cycles(len(bufs)))
+            except Exception as e:  # noqa: BLE001
+                log(f"  floor {key} failed: {e}")
+                torch.cuda.synchronize()
+    return out
+
+
 def dequant_ref(packed: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Tensor:
     """[N, nb, bs/2] uint8 + [N, nb] scales → float32 [N, K] (symmetric, zero code 8)."""
     n, nb, half = packed.shape
@@ -96,7 +143,8 @@ def dequant_ref(packed: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Ten
 
 
 def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, sweep: bool, log,
-                tc_sweep: bool = True) -> list[dict]:
+                tc_sweep: bool = True, wg_sweep: bool = True, skinny_cfgs=(0, 4, 32, 288),
+                floor: Floor | None = None) -> list[dict]:
     dev = "cuda"
     nb = math.ceil(k / bs)
     layer_bytes = n * nb * bs // 2 + n * nb * 2
@@ -108,6 +156,12 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
     w16t = [w.t().contiguous() for w in w16]  # [K, N] for A @ W
     roof_us = layer_bytes / bw * 1e6
     stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
+    floors = {}
+    if floor is not None:
+        floors = floor_times(floor, packed, n * nb * bs // 2 // 16 * 16, log)
+        log(f"K={k:5d} N={n:5d} bs={bs:3d} floors (µs/layer): "
+            + " ".join(f"{kk}={v:.2f}" for kk, v in floors.items())
+            + f" | packed-bytes roofline {n * nb * bs // 2 / bw * 1e6:.2f}")
     rows = []
     for m in ms:
         a = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -121,7 +175,8 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
         def ours(path=PATH_AUTO, cfg=-1, pdl=False):
             def fn():
                 s = stream()
-                for i in range(L):
+                for i in range(L * cycles(L)):
+                    i %= L
                     h.matmul_raw(f16=True, a=a.data_ptr(), b=packed[i].data_ptr(), scales=scales[i].data_ptr(),
                                  zp=None, bias=None, y=y.data_ptr(), m=m, k=k, n=n, block_size=bs, path=path,
                                  config=cfg, pdl=pdl, stream=s)
@@ -130,18 +185,19 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
         variants = {"auto": ours(), "auto+pdl": ours(pdl=True)}
         if sweep:
             if m <= 16:
-                for c in (0, 4, 8):
+                for c in skinny_cfgs:
                     variants[f"skinny_c{c}"] = ours(PATH_SKINNY, c)
+                    variants[f"skinny_c{c}+pdl"] = ours(PATH_SKINNY, c, pdl=True)
             if m >= 16 and tc_sweep:
                 for c in range(N_TC_CONFIGS):
                     variants[f"tc{c}"] = ours(PATH_TC, c)
-            if m >= 16 and wgmma_device():
+            if m >= 16 and wg_sweep and wgmma_device():
                 for c in range(N_WG_CONFIGS):
                     variants[f"wg{c}"] = ours(PATH_WG, c)
         times = {}
         for name, fn in variants.items():
             try:
-                times[name] = time_graph(fn, L)
+                times[name] = time_graph(fn, L * cycles(L))
             except Exception as e:  # noqa: BLE001 - record and go on (e.g. PDL not capturable)
                 log(f"  {name} failed: {e}")
                 torch.cuda.synchronize()
@@ -151,14 +207,14 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
         out16 = torch.empty(m, n, device=dev, dtype=torch.float16)
 
         def cublas_mm():
-            for i in range(Lh):
-                torch.matmul(a, w16t[i], out=out16)
+            for i in range(Lh * cycles(Lh)):
+                torch.matmul(a, w16t[i % Lh], out=out16)
 
         def cublas_linear():
-            for i in range(Lh):
-                torch.nn.functional.linear(a, w16[i])
+            for i in range(Lh * cycles(Lh)):
+                torch.nn.functional.linear(a, w16[i % Lh])
 
-        t_mm, t_lin = time_graph(cublas_mm, Lh), time_graph(cublas_linear, Lh)
+        t_mm, t_lin = time_graph(cublas_mm, Lh * cycles(Lh)), time_graph(cublas_linear, Lh * cycles(Lh))
         t_cublas = min(t_mm, t_lin)
         t_auto = times["auto"]
         best = min((kk for kk in times if times[kk] == times[kk]), key=times.get)
@@ -171,6 +227,7 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
             "pct_of_roofline_pdl": roof_us / times["auto+pdl"] * 100,
             "speedup_vs_cublas": t_cublas / t_auto, "speedup_vs_cublas_pdl": t_cublas / times["auto+pdl"],
             "achieved_TBps": layer_bytes / t_auto / 1e6,
+            "floors_us": floors,
         }
         rows.append(row)
         log(f"K={k:5d} N={n:5d} bs={bs:3d} M={m:3d} | ours {t_auto:7.2f} µs (pdl {times['auto+pdl']:7.2f}) "
@@ -192,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--block-sizes", default="128,32")
     ap.add_argument("--no-sweep", action="store_true", help="time only the auto choice (and pdl)")
     ap.add_argument("--no-tc-sweep", action="store_true", help="sweep without the mma.sync tensor-core configs")
+    ap.add_argument("--no-wg-sweep", action="store_true", help="sweep without the wgmma configs")
+    ap.add_argument("--skinny-cfgs", default="0,4,32,40,160,288,296,416,928",
+                    help="skinny configs to sweep for M <= 16 (each also with PDL)")
     args = ap.parse_args(argv)
 
     lib = find_or_build_lib()
@@ -199,6 +259,8 @@ def main(argv=None) -> int:
         print("harness library not found; run bench/device/build_cuda_harness.sh", file=sys.stderr)
         return 2
     h = Harness(lib)
+    floor_lib = Path(lib).parent / "libonnxq_cuda_floor.so"
+    floor = Floor(floor_lib) if floor_lib.exists() else None
     torch.manual_seed(0)
     props = torch.cuda.get_device_properties(0)
     t0 = time.time()
@@ -211,13 +273,16 @@ def main(argv=None) -> int:
         for shp in args.shapes.split(","):
             k, n = (int(x) for x in shp.split("x"))
             rows += bench_shape(h, k, n, bs, ms, args.bw, not args.no_sweep, lambda s: print(s, flush=True),
-                                tc_sweep=not args.no_tc_sweep)
+                                tc_sweep=not args.no_tc_sweep, wg_sweep=not args.no_wg_sweep,
+                                skinny_cfgs=[int(c) for c in args.skinny_cfgs.split(",") if c],
+                                floor=floor)
     result = {
         "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
         "cuda": torch.version.cuda, "host": platform.node(), "copy_bandwidth_TBps": copy_bw / 1e12,
         "roofline_bandwidth_TBps": args.bw / 1e12, "l2_bytes_assumed": L2_BYTES,
-        "method": "CUDA graph of a stack of L distinct layers (>= 200 MB of weights), median of 30 replays "
-                  "(CUDA events) / L; cuBLAS = min(torch.matmul(A, W[K,N]), F.linear(A, W[N,K])) fp16",
+        "method": "CUDA graph of a stack of L distinct layers (>= 200 MB of weights), cycled to >= "
+                  f"{MIN_LAUNCHES} launches per graph, median of 30 replays (CUDA events) / launches; "
+                  "cuBLAS = min(torch.matmul(A, W[K,N]), F.linear(A, W[N,K])) fp16",
         "rows": rows, "seconds": time.time() - t0,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

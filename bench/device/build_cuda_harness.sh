@@ -13,4 +13,8 @@ nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC -Xcompiler -fvisibility=hidden \
   -Xlinker --version-script="$src/exports_harness.map" \
   -o "$out/libonnxq_cuda_harness.so" 2> "$out/ptxas.log" || { cat "$out/ptxas.log" >&2; exit 1; }
 grep -i "spill\|error" "$out/ptxas.log" | grep -v " 0 bytes spill" >&2 || true
+# reference kernels for the bench (empty-kernel launch floor, plain stream read); not part of onnxq
+nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC -Xcompiler -fvisibility=hidden \
+  -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
+  bench/device/floor_kernels.cu -o "$out/libonnxq_cuda_floor.so" || echo "floor kernels not built" >&2
 echo "$out/libonnxq_cuda_harness.so"

@@ -8,7 +8,9 @@
 //    operand), so B never touches shared memory. The k order inside a unit is permuted
 //    (logical k 16s+2t+e -> actual 32t+4s+e, 16s+8+2t+e -> 32t+4s+2+e) identically for
 //    both operands, which makes the activation fragment a plain contiguous 16-byte load.
-//    Warps of a block split K; one shared-memory reduction at the end.
+//    Warps of a block split K; one shared-memory reduction at the end. Two drivers: the
+//    one-shot burst kernel (default; one CTA per 16 columns, every weight load of a batch in
+//    flight before any math) and the older persistent register-ring / smem-staging kernels.
 //  * gemm_f16: fp16 A, any M (M > 16 off sm_90). CTA tile BM x BN x 64; A via cp.async,
 //    B loaded as packed bytes into registers one k-tile ahead, dequantized to fp16 into
 //    shared memory; ldmatrix + mma.sync m16n8k16 with fp32 accumulation.
@@ -183,7 +185,13 @@ struct KernelParams {
   int units_per_warp;
   int skinny_cfg;          // bit 0: warps interleave units (else contiguous K slices); bit 1: L2::256B loads;
                            // bit 2: shared-memory whole-line staging; bit 4: default L1 policy;
-                           // bit 3: DIAGNOSTIC stream-only (no math, wrong Y), benchmarks only
+                           // bit 3: DIAGNOSTIC stream-only (no math, wrong Y), benchmarks only;
+                           // bit 5: one-shot burst kernel (bits 1, 4 apply, 0 and 2 unused);
+                           // bit 6: unused (was a cp.async.bulk variant, see ops/cuda/NOTES.md);
+                           // bit 7: burst kernel reads A from a shared-memory copy (bs % 128 == 0:
+                           //        permuted, with the lean dequant of skinny_compute_perm);
+                           // bit 8: one-shot burst kernel with 16 warps per CTA (2 units per batch);
+                           // bit 9: DIAGNOSTIC (with bits 5+7, bs % 128 == 0): no activation staging, wrong Y
   // tiling (gemm / simt)
   int tiles_n;
 };
@@ -230,7 +238,11 @@ __device__ __forceinline__ void cp_async_wait() {
 
 constexpr int kSkinnyWarps = 8;
 constexpr int kSkinnyThreads = kSkinnyWarps * 32;
-constexpr int kSkinnyDefaultCfg = 0;  // see KernelParams::skinny_cfg
+// Default skinny configs (KernelParams::skinny_cfg), measured on H100 (bench/results/cuda_int4.json):
+// the one-shot burst kernel, activations from global memory; 16 warps per CTA for M <= 8 with
+// bs % 128 == 0, else 8 (two token tiles or per-16-k scales need the registers).
+constexpr int kSkinnyDefaultCfg = 32 | 256;
+constexpr int kSkinnyDefaultCfgNT2 = 32;
 
 // Values are kept exactly as loaded (no arithmetic on them until the item is computed):
 // combining a just-loaded value at prefetch time would stall the warp for the whole memory
@@ -342,12 +354,30 @@ __device__ __forceinline__ void load_act(const uint16_t* a, int kc, int k, uint3
   }
 }
 
-template <int NT, bool kScaleAfter, bool kFast>
+// Activation fragment from a shared-memory stage (rows zero-padded past K, 16-byte aligned).
+__device__ __forceinline__ void load_act_smem(const uint16_t* a, uint32_t (&f)[16]) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const uint4 v = reinterpret_cast<const uint4*>(a)[q];
+    f[4 * q + 0] = v.x;
+    f[4 * q + 1] = v.y;
+    f[4 * q + 2] = v.z;
+    f[4 * q + 3] = v.w;
+  }
+}
+
+// kSmemAct: arow points into a shared-memory copy of A (stage_act_smem), else into global A.
+template <int NT, bool kScaleAfter, bool kFast, bool kSmemAct = false>
 __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint16_t* const (&arow)[NT], int kc,
                                                int k, float (&acc)[NT][4]) {
   uint32_t af[NT][16];
 #pragma unroll
-  for (int j = 0; j < NT; ++j) load_act<kFast>(arow[j] + kc, kc, k, af[j]);
+  for (int j = 0; j < NT; ++j) {
+    if (kSmemAct)
+      load_act_smem(arow[j] + kc, af[j]);
+    else
+      load_act<kFast>(arow[j] + kc, kc, k, af[j]);
+  }
 
   uint32_t sub0[2], sub1[2], sc0[2], sc1[2];
 #pragma unroll
@@ -689,6 +719,263 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_smem_kernel(const Ke
     }
   }
   cp_async_wait<0>();
+}
+
+// ------------------------------------------------------------------------------------
+// Skinny fp16 kernel, one-shot ("burst") variant (skinny_cfg bit 5; default for fp16 M <= 16)
+// ------------------------------------------------------------------------------------
+// At decode sizes a layer is only ~65-170 KB of weights per SM, so the kernel is bound by
+// memory latency and instruction issue, not by a steady-state stream: no persistent loop and
+// no register ring. One CTA per 16-column group (the grid covers the layer exactly once);
+// its 8 (or 16) warps split K. A warp issues the weight and scale loads of a whole batch of
+// kBurstUnits (or half) 128-k units (8 x 16 B per lane) before any math, then dequantizes +
+// mma's the batch; at 2 CTAs per SM that is ~64 KB per SM in flight, the whole share of a
+// 4096 x 4096 layer. Under PDL the first batch's weight loads go out before
+// griddepcontrol.wait (the activations may still be being written by the previous kernel).
+// Same fragment math as the persistent kernel (skinny_load / skinny_compute), or with bit 7
+// and bs % 128 == 0 the lean one (skinny_compute_perm). Measured: ops/cuda/NOTES.md.
+constexpr int kBurstUnits = 4;  // 8 warps and NT == 1; else half (registers)
+
+// Rows [0, rows) of A into shared memory [rows][stride] halves, zero past K up to kpad
+// (kpad % 8 == 0, K % 8 == 0, A 16-byte aligned), by all threads of the CTA; the caller syncs.
+__device__ __forceinline__ void stage_act_smem(const KernelParams& p, int rows, int kpad, int stride, uint16_t* dst) {
+  const int per_row = kpad >> 3;  // 16-byte chunks
+  const int total = rows * per_row;
+  const int k = (int)p.k;
+  const uint16_t* a = static_cast<const uint16_t*>(p.a);
+  const int nthr = (int)blockDim.x;
+  for (int e0 = threadIdx.x; e0 < total; e0 += 4 * nthr) {
+    uint4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // four loads in flight per thread
+      const int e = e0 + i * nthr;
+      const int r = e / per_row, c = (e - r * per_row) << 3;
+      v[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (e < total && c < k) v[i] = __ldg(reinterpret_cast<const uint4*>(a + (int64_t)r * p.k + c));
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int e = e0 + i * nthr;
+      const int r = e / per_row, c = (e - r * per_row) << 3;
+      if (e < total) *reinterpret_cast<uint4*>(dst + r * stride + c) = v[i];
+    }
+  }
+}
+
+// Shared-memory activation stage of the one-shot kernels: rows actually read (lanes past M
+// read row M-1) x (units * 128 + 8) halves (the pad staggers rows over the banks).
+__host__ __device__ inline int act_stage_rows(int64_t m, int nt) { return (int)(m < 8 * nt ? m : 8 * nt); }
+__host__ __device__ inline int act_stage_stride(int units) { return units * 128 + 8; }
+
+// Lean dequant for the one-shot kernel with shared-memory activations and bs % 128 == 0
+// (skinny_compute_perm). Per 32-bit word of 8 codes c0..c7 it spends 4 lop3 + 1 shift and
+// no fp16 arithmetic: lop3(x, 0x000F000F, 0x6400'6400) is the half2 (1024 + c0, 1024 + c4)
+// exactly, lop3(x, 0x00F000F0, ..) is (1024 + 16 c1, 1024 + 16 c5), and x >> 8 gives c2/c6,
+// c3/c7 the same way. The activations are staged to match: every 8 k (a0..a7) become the
+// words (a0, a4), (a1, a5) / 16, (a2, a6), (a3, a7) / 16, so the mma sees
+//   sum_k a_k c_k + 1024 * S1,   S1 = the sum of the staged values of the unit,
+// and the zero point and the 1024 offset come off once per (unit, token) in fp32:
+//   sum_k a_k (c_k - z) = mma - 1024 * S1 - z * S2,   S2 = sum of a_k as the mma sees them.
+// The staging computes (-1024 S1, -S2) per (unit, row) into `corr` [units][rows]; the first
+// mma chain starts from the correction instead of zero. fp32 error: |mma| ~ 1024 |S1| and
+// one fp32 rounding there is ~1e-7 of it, far below the fp16 output rounding.
+constexpr uint32_t kQuarterHalf2 = 0x2C002C00u;  // half2(1/16, 1/16)
+
+__device__ __forceinline__ float2 half2_bits_to_float2(uint32_t h) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// Staging in two steps so that the copies are in flight while the weights stream in:
+// stage_act_issue puts every 16-byte chunk of rows [0, rows) x [0, units * 128) of A in flight
+// with cp.async (zero-filled past K: no registers held), stage_act_perm then waits for them,
+// permutes each chunk in place and writes the per-(unit, row) corrections. Both are called by
+// every thread of the CTA; stage_act_perm ends with the stage visible to the whole CTA.
+__device__ __forceinline__ void stage_act_issue(const KernelParams& p, int rows, int units, int stride,
+                                                uint16_t* dst) {
+  const int per_row = units * 16;  // 16-byte chunks (8 k)
+  const int total = rows * per_row;
+  const int k = (int)p.k;
+  const uint16_t* a = static_cast<const uint16_t*>(p.a);
+  for (int e = threadIdx.x; e < total; e += blockDim.x) {
+    const int r = e / per_row, c = (e - r * per_row) << 3;
+    cp_async16(dst + r * stride + c, c < k ? (const void*)(a + (int64_t)r * p.k + c) : (const void*)a, c < k ? 16 : 0);
+  }
+  cp_async_commit();
+}
+
+__device__ __forceinline__ void stage_act_perm(int rows, int units, int stride, uint16_t* dst, float2* corr) {
+  const int per_row = units * 16;
+  const int total = rows * per_row;
+  cp_async_wait<0>();
+  __syncthreads();
+  for (int e0 = 0; e0 < total; e0 += blockDim.x) {  // block-uniform trip count (shuffles below)
+    const int e = e0 + (int)threadIdx.x;
+    const int r = e / per_row, c = e - r * per_row;
+    uint4* q = reinterpret_cast<uint4*>(dst + r * stride + (c << 3));
+    const uint4 v = e < total ? *q : make_uint4(0u, 0u, 0u, 0u);
+    uint4 o;
+    o.x = __byte_perm(v.x, v.z, 0x5410);
+    o.y = hmul2_u32(__byte_perm(v.x, v.z, 0x7632), kQuarterHalf2);
+    o.z = __byte_perm(v.y, v.w, 0x5410);
+    o.w = hmul2_u32(__byte_perm(v.y, v.w, 0x7632), kQuarterHalf2);
+    if (e < total) *q = o;  // in place: each chunk is read and written by one thread
+    const float2 f0 = half2_bits_to_float2(o.x), f1 = half2_bits_to_float2(o.y);
+    const float2 f2 = half2_bits_to_float2(o.z), f3 = half2_bits_to_float2(o.w);
+    const float lo = (f0.x + f0.y) + (f2.x + f2.y), hi = (f1.x + f1.y) + (f3.x + f3.y);
+    float s1 = lo + hi, s2 = fmaf(16.f, hi, lo);
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) {  // the 16 chunks of one unit of one row: 16 aligned lanes
+      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+      s2 += __shfl_xor_sync(0xffffffffu, s2, off);
+    }
+    if (e < total && (threadIdx.x & 15) == 0) corr[(c >> 4) * rows + r] = make_float2(-1024.f * s1, -s2);
+  }
+  __syncthreads();
+}
+
+template <int NT, bool kZP>
+__device__ __forceinline__ void skinny_compute_perm(const SkinnySlot& sl, const uint16_t* const (&arow)[NT],
+                                                    const float2* const (&crow)[NT][2], int u, int kc,
+                                                    float (&acc)[NT][4]) {
+  uint32_t af[NT][16];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) load_act_smem(arow[j] + kc, af[j]);
+  const float z0 = kZP ? (float)((sl.z0[0] >> sl.zsh[0]) & 0xFu) : (float)kSymmetricZeroCode;
+  const float z1 = kZP ? (float)((sl.z1[0] >> sl.zsh[0]) & 0xFu) : (float)kSymmetricZeroCode;
+  float tmp[2][NT][4];  // chain 0 starts from the correction, chain 1 from zero
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const float2 ca = crow[j][0][u], cb = crow[j][1][u];
+    tmp[0][j][0] = fmaf(z0, ca.y, ca.x);
+    tmp[0][j][1] = fmaf(z0, cb.y, cb.x);
+    tmp[0][j][2] = fmaf(z1, ca.y, ca.x);
+    tmp[0][j][3] = fmaf(z1, cb.y, cb.x);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) tmp[1][j][e] = 0.f;
+  }
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    uint32_t x0 = word_of(sl.w0, w), x1 = word_of(sl.w1, w);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {  // e = 0: codes 0/4 and 1/5 of the word; e = 1: 2/6 and 3/7
+      const uint32_t r0 = lop3_and_or(x0, 0x000F000Fu, 0x64006400u), r2 = lop3_and_or(x0, 0x00F000F0u, 0x64006400u);
+      const uint32_t r1 = lop3_and_or(x1, 0x000F000Fu, 0x64006400u), r3 = lop3_and_or(x1, 0x00F000F0u, 0x64006400u);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) mma16816(tmp[e][j], r0, r1, r2, r3, af[j][4 * w + 2 * e], af[j][4 * w + 2 * e + 1]);
+      x0 >>= 8;
+      x1 >>= 8;
+    }
+  }
+  const float fs0 = half_bits_to_float(sl.s0[0]), fs1 = half_bits_to_float(sl.s1[0]);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[j][0] = fmaf(tmp[0][j][0] + tmp[1][j][0], fs0, acc[j][0]);
+    acc[j][1] = fmaf(tmp[0][j][1] + tmp[1][j][1], fs0, acc[j][1]);
+    acc[j][2] = fmaf(tmp[0][j][2] + tmp[1][j][2], fs1, acc[j][2]);
+    acc[j][3] = fmaf(tmp[0][j][3] + tmp[1][j][3], fs1, acc[j][3]);
+  }
+}
+
+// WARPS = 16 (cfg bit 8): twice the warps per CTA, each with half the K slice, so that a warp's
+// math waits on fewer loads (units per batch: 2).
+template <int NT, bool kScaleAfter, bool kZP, bool kFast, bool kSmemAct, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, WARPS == 16 ? 2 : ((kSmemAct && kScaleAfter && !kZP) ? 3 : 2))
+    skinny_burst_kernel(const KernelParams p) {
+  extern __shared__ __align__(16) uint8_t bsm[];  // activation stage (kSmemAct)
+  __shared__ float red[WARPS][NT * 4 * 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int upw = p.units_per_warp;
+  const int u0 = warp * upw;
+  const int k = (int)p.k;
+  const int64_t group = blockIdx.x;
+  const SkinnyCols c = skinny_cols(p, group, g, t, u0);
+  constexpr bool kPerm = kSmemAct && kScaleAfter;  // lean dequant (skinny_compute_perm)
+  const int arows = act_stage_rows(p.m, NT);
+  float2* corr = reinterpret_cast<float2*>(bsm + arows * act_stage_stride(p.units) * 2);  // [units][arows]
+  const uint16_t* arow[NT];
+  const float2* crow[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int64_t row = (j * 8 + g) < p.m ? (j * 8 + g) : p.m - 1;
+    arow[j] = kSmemAct ? reinterpret_cast<const uint16_t*>(bsm) + row * act_stage_stride(p.units)
+                       : static_cast<const uint16_t*>(p.a) + row * p.k;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // tokens of the accumulator columns: j * 8 + 2t + h
+      const int tok = j * 8 + 2 * t + h;
+      crow[j][h] = corr + (tok < p.m ? tok : (int)p.m - 1);
+    }
+  }
+  if (p.pdl) griddep_launch_dependents();
+  const bool stage = kPerm && !(p.skinny_cfg & 512);  // bit 9: DIAGNOSTIC, no activation staging
+  if (stage && !p.pdl)  // A is ready at entry: its copies go out first
+    stage_act_issue(p, arows, p.units, act_stage_stride(p.units), reinterpret_cast<uint16_t*>(bsm));
+
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+
+  constexpr int UB = (NT == 1 && WARPS == 8) ? kBurstUnits : kBurstUnits / 2;
+  for (int ub = 0; ub < upw; ub += UB) {  // warp-uniform
+    SkinnySlot sl[UB];
+#pragma unroll
+    for (int i = 0; i < UB; ++i)
+      if (ub + i < upw) skinny_load<kScaleAfter, kZP, kFast>(p, c, u0 + ub + i, ub + i, t, sl[i]);
+    if (ub == 0) {                // block-uniform
+      if (p.pdl) griddep_wait();  // weights are in flight; A may come from the previous kernel
+      if (kPerm) {
+        if (stage) {
+          if (p.pdl) stage_act_issue(p, arows, p.units, act_stage_stride(p.units), reinterpret_cast<uint16_t*>(bsm));
+          stage_act_perm(arows, p.units, act_stage_stride(p.units), reinterpret_cast<uint16_t*>(bsm), corr);
+        }
+        __syncthreads();
+      } else if (kSmemAct) {
+        stage_act_smem(p, arows, p.units * 128, act_stage_stride(p.units), reinterpret_cast<uint16_t*>(bsm));
+        __syncthreads();
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < UB; ++i) {
+      const int u = u0 + ub + i;
+      if (ub + i < upw && u * 128 < k) {  // warp-uniform
+        const int kc = u * 128 + t * 32;
+        if (p.skinny_cfg & 8) {  // diagnostic: stream the weights only, no dequant / mma
+          acc[0][0] += __uint_as_float((sl[i].w0.x ^ sl[i].w0.y ^ sl[i].w0.z ^ sl[i].w0.w ^ sl[i].w1.x ^ sl[i].w1.y ^
+                                        sl[i].w1.z ^ sl[i].w1.w ^ sl[i].s0[0]) &
+                                       0x3FFFFFu);
+        } else {
+          if constexpr (kPerm) {
+            const float2* cr[NT][2];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) cr[j][0] = crow[j][0] + u * arows, cr[j][1] = crow[j][1] + u * arows;
+            skinny_compute_perm<NT, kZP>(sl[i], arow, cr, 0, kc, acc);
+          } else {
+            skinny_compute<NT, kScaleAfter, kFast, kSmemAct>(sl[i], arow, kc, k, acc);
+          }
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][(j * 4 + i) * 32 + lane] = acc[j][i];
+  __syncthreads();
+  for (int e = threadIdx.x; e < NT * 4 * 32; e += WARPS * 32) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) v += red[w][e];
+    const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
+    const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
+    const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
+    if (row < p.m && col < p.n) {
+      if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
+      static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------
@@ -1727,11 +2014,43 @@ int LaunchSkinnySmem(KernelParams p, const DeviceInfo& dev, cudaStream_t stream,
                 err, len);
 }
 
+constexpr int kActStageMaxSmem = 96 * 1024;  // activation stage cap of the one-shot kernels
+
+template <int NT, bool kScaleAfter, bool kZP, bool kFast, int WARPS>
+int LaunchSkinnyBurstW(KernelParams p, cudaStream_t stream, bool pdl, char* err, size_t len) {
+  const int64_t groups = (p.n + 15) / 16;  // one CTA per 16-column group, no persistent loop
+  if (groups > 0x7fffffffLL) return Fail(err, len, kInvalidArgument, "problem too large: N=%lld", (long long)p.n);
+  p.units_per_warp = (p.units + WARPS - 1) / WARPS;
+  const int act_bytes = act_stage_rows(p.m, NT) * (act_stage_stride(p.units) * 2 + (kScaleAfter ? p.units * 8 : 0));
+  if constexpr (kFast) {
+    if ((p.skinny_cfg & 128) && act_bytes <= kActStageMaxSmem) {  // activations staged in shared memory
+      static std::atomic<uint64_t> smem_done;
+      auto k = skinny_burst_kernel<NT, kScaleAfter, kZP, kFast, true, WARPS>;
+      int rc = EnsureSmem(reinterpret_cast<const void*>(k), kActStageMaxSmem, &smem_done, err, len);
+      if (rc != kOk) return rc;
+      return Launch(k, dim3(static_cast<unsigned>(groups)), dim3(WARPS * 32), act_bytes, stream, pdl, 1, p, err, len);
+    }
+  }
+  return Launch(skinny_burst_kernel<NT, kScaleAfter, kZP, kFast, false, WARPS>, dim3(static_cast<unsigned>(groups)),
+                dim3(WARPS * 32), 0, stream, pdl, 1, p, err, len);
+}
+
+template <int NT, bool kScaleAfter, bool kZP, bool kFast>
+int LaunchSkinnyBurst(const KernelParams& p, cudaStream_t stream, bool pdl, char* err, size_t len) {
+  return (p.skinny_cfg & 256) ? LaunchSkinnyBurstW<NT, kScaleAfter, kZP, kFast, 16>(p, stream, pdl, err, len)
+                              : LaunchSkinnyBurstW<NT, kScaleAfter, kZP, kFast, 8>(p, stream, pdl, err, len);
+}
+
 template <int NT, bool kScaleAfter>
 int LaunchSkinny2(const KernelParams& p, bool fast, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
                   size_t len) {
-  // Shared-memory whole-line staging (cfg bit 2) measured faster on H100 for M <= 8 with
-  // bs % 128 == 0, the register ring otherwise (bench/results/cuda_int4.json).
+  if (p.skinny_cfg & 32) {  // one-shot burst kernel
+    if (p.z != nullptr)
+      return fast ? LaunchSkinnyBurst<NT, kScaleAfter, true, true>(p, stream, pdl, err, len)
+                  : LaunchSkinnyBurst<NT, kScaleAfter, true, false>(p, stream, pdl, err, len);
+    return fast ? LaunchSkinnyBurst<NT, kScaleAfter, false, true>(p, stream, pdl, err, len)
+                : LaunchSkinnyBurst<NT, kScaleAfter, false, false>(p, stream, pdl, err, len);
+  }
   if (fast && (p.skinny_cfg & 4))
     return p.z != nullptr ? LaunchSkinnySmem<NT, kScaleAfter, true>(p, dev, stream, pdl, err, len)
                           : LaunchSkinnySmem<NT, kScaleAfter, false>(p, dev, stream, pdl, err, len);
@@ -1832,8 +2151,9 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   const bool a_vec = addr(args.a) % 16 == 0 && k % 8 == 0;
   if (path == Path::kSkinny) {
     if (m > 16) return Fail(err, len, kInvalidArgument, "the skinny path takes M <= 16, got M=%lld", (long long)m);
-    if (args.config > 31) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..31)", args.config);
-    p.skinny_cfg = args.config >= 0 ? args.config : ((m <= 8 && bs % 128 == 0) ? 4 : kSkinnyDefaultCfg);
+    if (args.config > 1023) return Fail(err, len, kInvalidArgument, "unknown skinny config %d (0..1023)", args.config);
+    p.skinny_cfg = args.config >= 0 ? args.config
+                                    : ((m <= 8 && bs % 128 == 0) ? kSkinnyDefaultCfg : kSkinnyDefaultCfgNT2);
     return LaunchSkinny(p, a_vec, dev, stream, pdl, err, len);
   }
   if (path == Path::kWgmma) {

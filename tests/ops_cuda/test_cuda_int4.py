@@ -134,8 +134,9 @@ def test_fp16_every_kernel(harness, case, m):
     p, a, bias = _inputs(case, m, True, seed=zlib.crc32(repr((case, m)).encode()))
     ref = _reference(p, a, True, bias)
     runs = [("auto", PATH_AUTO, -1)]
-    if m <= 16:  # default; interleaved units; L2::256B loads; shared-memory whole-line staging
-        runs += [(f"skinny_c{c}", PATH_SKINNY, c) for c in (-1, 1, 2, 4)]
+    if m <= 16:  # default; persistent ring (+ interleaved units, L2::256B loads); shared-memory
+        # whole-line staging; one-shot burst kernel (+ L2::256B loads, + smem activations, 16 warps)
+        runs += [(f"skinny_c{c}", PATH_SKINNY, c) for c in (-1, 0, 1, 2, 4, 32, 34, 160, 288, 416)]
     runs += [(f"tc{c}", PATH_TC, c) for c in range(N_TC_CONFIGS)]
     if WG:
         runs += [(f"wg{c}", PATH_WG, c) for c in range(N_WG_CONFIGS)]

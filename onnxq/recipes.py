@@ -216,6 +216,9 @@ class WeightOnlyInt4(Recipe):
     ``calib_samples`` windows of ``calib_seq_len`` tokens feed GPTQ/AWQ from calibration text;
     ``first_token_weight``: how many times each window's first position (a causal LM's
     attention sink) counts in the Hessian (``onnxq.int4.calibrate``).
+    ``calib_memory_mb``: the float64 ``K x K`` Hessians held in memory at once while
+    calibrating; layers beyond it are calibrated in further passes over the same samples and
+    their Hessians kept on disk until used (``onnxq.int4.calibrate``).
     ``accuracy_tolerance``: largest relative output error vs the reference that
     ``accuracy_level`` 4 (int8 activations; MatMulNBits and MatMulBlockInt4) may add on a layer before level 1 (fp32) is used.
     """
@@ -239,6 +242,7 @@ class WeightOnlyInt4(Recipe):
     calib_samples: int = 16
     calib_seq_len: int = 512
     first_token_weight: float = 1.0  # GPTQ/AWQ: weight of each sample's first position in H
+    calib_memory_mb: int = 4096  # GPTQ/AWQ: Hessians held in RAM at once (more: extra passes, spilled to disk); 0: no bound
     accuracy_tolerance: float = 0.01
 
     _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq")
@@ -267,6 +271,8 @@ class WeightOnlyInt4(Recipe):
             raise RecipeError("hqq_iters must be >= 0 and awq_grid >= 1")
         if not self.first_token_weight >= 0:
             raise RecipeError(f"first_token_weight must be >= 0, got {self.first_token_weight}")
+        if self.calib_memory_mb < 0:
+            raise RecipeError(f"calib_memory_mb must be >= 0 (0: no bound), got {self.calib_memory_mb}")
         if self.calib_samples < 1 or self.calib_seq_len < 2:
             raise RecipeError("calib_samples must be >= 1 and calib_seq_len >= 2")
         if not self.accuracy_tolerance > 0:

@@ -401,23 +401,26 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         for t in targets:
             w = ir.convenience.get_const_tensor(t.node.inputs[1])
             k = w.shape[1] if t.node.op_type == "Gemm" and t.node.attributes.get_int("transB", 0) else w.shape[0]
-            h = self._hessian(t, k)
-            if h is None:
+            st = self.stats.get(t.stats_key)
+            if st is None or st.k != k:
                 logger.warning("GPTQ: no calibration statistics for %s; using RTN", t.node.name)
                 continue
             key = (t.stats_key, id(t.row_scale) if t.row_scale is not None else None, k)
             problems.setdefault(key, []).append(t)
-        by_shape: dict[tuple[int, int], list[tuple[list[_Target], np.ndarray, np.ndarray]]] = {}
-        for members in problems.values():
-            w = np.concatenate([self._float_weight(t) for t in members], axis=1)
-            h = self._hessian(members[0], w.shape[0])
-            by_shape.setdefault(w.shape, []).append((members, w, h))
+        # weights and Hessians are materialised one chunk at a time (a big model's do not
+        # fit in memory together; spilled Hessians are read back here)
+        by_shape: dict[tuple[int, int], list[list[_Target]]] = {}
+        for (_, _, k), members in problems.items():
+            by_shape.setdefault((k, sum(t.n_cols for t in members)), []).append(members)
         budget = 256 << 20
-        for (k, n), items in by_shape.items():
+        for (k, n), groups in by_shape.items():
             per = 4 * (2 * k * k + 3 * k * n)
             step = max(1, budget // per)
-            for i in range(0, len(items), step):
-                chunk = items[i : i + step]
+            for i in range(0, len(groups), step):
+                chunk = [
+                    (members, np.concatenate([self._float_weight(t) for t in members], axis=1), self._hessian(members[0], k))
+                    for members in groups[i : i + step]
+                ]
                 t0 = time.perf_counter()
                 results = gptq_batch(
                     [w for _, w, _ in chunk], [h for _, _, h in chunk], self.spec,
@@ -435,6 +438,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
                             None if bq.zeros is None else bq.zeros[:, c0:c1],
                         )
                         c0 = c1
+                del chunk, results  # before the next chunk is built
 
     def _rewrite(self, graph: ir.Graph, t: _Target, names: irutil.FreshNames, cache: dict, label: str) -> None:
         node = t.node

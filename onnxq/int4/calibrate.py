@@ -12,14 +12,23 @@ position is the attention sink: its hidden state carries the massive activations
 every later token's attention reads. Measured on SmolLM2-135M (GPTQ, block 128
 symmetric, lm_head int8): dropping it from ``H`` gave 4.1x fp32 perplexity, weight 1
 1.148x, weight 8 1.117x.
+
+Memory: the Hessians are ``K x K`` float64 each -- for a 7B LLM tens of GB if all were held
+at once. ``memory_budget_bytes`` bounds what is held: the observed tensors are split, in
+graph order, into groups whose Hessians fit the budget; each group takes one pass over the
+samples (ORT runs only the part of the graph that group needs), and a finished group's
+Hessians are written to a temporary folder and read back (a fresh copy) only when the
+quantizer reaches their layer. The statistics are the same either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -36,20 +45,55 @@ logger = logging.getLogger(__name__)
 SAMPLE_ROWS = 64
 
 
-@dataclasses.dataclass
 class ActivationStats:
-    """What calibration saw of one MatMul input (its last axis is K)."""
+    """What calibration saw of one MatMul input (its last axis is K).
 
-    name: str
-    hessian: np.ndarray  # float64 [K, K], sum over tokens of x x^T
-    abs_sum: np.ndarray  # float64 [K]
-    n_tokens: int = 0
-    samples: np.ndarray | None = None  # float32 [<= SAMPLE_ROWS, K]
-    first_token_weight: float = 1.0
+    ``hessian``: float64 ``[K, K]``, the sum over tokens of ``x x^T``. Once spilled to disk
+    (:meth:`spill_to`) each read of ``hessian`` loads a fresh in-memory copy, freed when
+    the caller drops it."""
+
+    def __init__(
+        self,
+        name: str,
+        hessian: np.ndarray,
+        abs_sum: np.ndarray,
+        n_tokens: int = 0,
+        samples: np.ndarray | None = None,
+        first_token_weight: float = 1.0,
+    ) -> None:
+        self.name = name
+        self._hessian: np.ndarray | None = hessian
+        self.abs_sum = abs_sum  # float64 [K]
+        self.n_tokens = n_tokens
+        self.samples = samples  # float32 [<= SAMPLE_ROWS, K]
+        self.first_token_weight = first_token_weight
+        self._k = int(hessian.shape[0])
+        self._path: Path | None = None
+        self._folder: _SpillFolder | None = None  # keeps the spill folder alive
+
+    def __repr__(self) -> str:
+        where = f", on disk {self._path}" if self._path is not None else ""
+        return f"ActivationStats({self.name!r}, K={self._k}, n_tokens={self.n_tokens}{where})"
+
+    @property
+    def hessian(self) -> np.ndarray:
+        if self._hessian is None:
+            return np.load(self._path)
+        return self._hessian
+
+    @property
+    def on_disk(self) -> bool:
+        return self._path is not None
+
+    def spill_to(self, folder: "_SpillFolder") -> None:
+        """Move ``hessian`` to ``folder`` on disk; later reads load it back."""
+        self._path = folder.store(self._hessian)
+        self._folder = folder
+        self._hessian = None
 
     @property
     def k(self) -> int:
-        return int(self.hessian.shape[0])
+        return self._k
 
     @property
     def mean_abs(self) -> np.ndarray:
@@ -59,11 +103,13 @@ class ActivationStats:
         x2 = np.asarray(x, dtype=np.float32).reshape(-1, self.k)
         if not np.all(np.isfinite(x2)):
             raise CalibrationDataError(f"calibration produced NaN/Inf in {self.name}")
-        self.hessian += (x2.T @ x2).astype(np.float64)
+        if self._hessian is None:
+            raise CalibrationDataError(f"statistics of {self.name} were already written to disk")
+        self._hessian += (x2.T @ x2).astype(np.float64)
         x = np.asarray(x)
         if self.first_token_weight != 1.0 and x.ndim >= 3:
             x0 = np.asarray(x[..., 0, :], dtype=np.float32).reshape(-1, self.k)
-            self.hessian += (self.first_token_weight - 1.0) * (x0.T @ x0).astype(np.float64)
+            self._hessian += (self.first_token_weight - 1.0) * (x0.T @ x0).astype(np.float64)
         self.abs_sum += np.abs(x2).sum(axis=0, dtype=np.float64)
         self.n_tokens += x2.shape[0]
         have = 0 if self.samples is None else self.samples.shape[0]
@@ -72,12 +118,42 @@ class ActivationStats:
             self.samples = take if self.samples is None else np.concatenate([self.samples, take])
 
 
+class _SpillFolder:
+    """A temporary folder of spilled Hessians, removed once no statistics refer to it."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="onnxq-hessians-"))
+        self._n = 0
+        weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def store(self, a: np.ndarray) -> Path:
+        self._n += 1
+        p = self.path / f"h{self._n}.npy"
+        np.save(p, a)
+        return p
+
+
+def _groups(names: Sequence[str], ks: Mapping[str, int], budget: int | None) -> list[list[str]]:
+    """``names`` in order, cut into runs whose float64 Hessians fit ``budget`` bytes (a
+    tensor larger than the budget gets a group of its own)."""
+    if not budget or budget <= 0:
+        return [list(names)]
+    out: list[list[str]] = [[]]
+    used = 0
+    for n in names:
+        size = 8 * ks[n] * ks[n]
+        if out[-1] and used + size > budget:
+            out.append([])
+            used = 0
+        out[-1].append(n)
+        used += size
+    return out
+
+
 def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
     """An ORT session over ``model`` with ``outputs`` appended to the graph outputs (the
     model itself is left as it was)."""
     import onnxruntime as ort
-
-    from onnxq import modelio
 
     graph = model.graph
     added = [v for v in outputs if not v.is_graph_output()]
@@ -85,12 +161,12 @@ def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
     try:
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        if modelio.model_weight_bytes(model) > modelio.EXTERNAL_DATA_THRESHOLD_BYTES:
-            path = workdir / "calib.onnx"
-            ir.save(model, path, external_data="calib.onnx.data")
-            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        data = ir.serde.serialize_model(model).SerializeToString()
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        # always through a file with external data: serialising in memory would hold one
+        # more full copy of the weights while ORT builds its own (SmolLM2-135M: 0.7 GB more
+        # peak RSS measured)
+        path = workdir / "calib.onnx"
+        ir.save(model, path, external_data="calib.onnx.data")
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     finally:
         for v in added:
             graph.outputs.remove(v)
@@ -103,11 +179,14 @@ def collect_activation_stats(
     *,
     progress: Callable[[int], None] | None = None,
     first_token_weight: float = 1.0,
+    memory_budget_bytes: int | None = None,
 ) -> dict[str, ActivationStats]:
     """Run ``feeds`` through ``model`` and return statistics for each value (by name).
 
     ``values``: ``(tensor, K)`` pairs, tensors of the main graph (MatMul inputs) whose last
-    dimension is ``K``. ``first_token_weight``: see the module docstring."""
+    dimension is ``K``. ``first_token_weight``, ``memory_budget_bytes`` (None: no bound):
+    see the module docstring. With more than one group the samples are kept in a list
+    for the later passes (they are small beside the Hessians)."""
     if not first_token_weight >= 0:
         raise CalibrationDataError(f"first_token_weight must be >= 0, got {first_token_weight}")
     uniq: dict[str, ir.Value] = {}
@@ -123,25 +202,44 @@ def collect_activation_stats(
             first_token_weight=float(first_token_weight),
         )
     names = list(uniq)
+    groups = _groups(names, {n: stats[n].k for n in names}, memory_budget_bytes)
+    spill = _SpillFolder() if len(groups) > 1 else None
+    kept: list[dict[str, np.ndarray]] | None = [] if len(groups) > 1 else None
+    t0 = time.perf_counter()
+    n = 0
     with tempfile.TemporaryDirectory(prefix="onnxq-calib-") as tmp:
         sess = _session_for(model, list(uniq.values()), Path(tmp))
         input_names = {i.name for i in sess.get_inputs()}
-        n = 0
-        t0 = time.perf_counter()
-        for feed in feeds:
-            missing = input_names - set(feed)
-            if missing:
-                raise CalibrationDataError(f"calibration sample lacks model input(s) {sorted(missing)}")
-            outs = sess.run(names, {k: v for k, v in feed.items() if k in input_names})
-            with single_thread():
-                for name, x in zip(names, outs):
-                    stats[name].update(x)
-            n += 1
-            if progress is not None:
-                progress(n)
-            logger.debug("calibration sample %d done (%.1f s)", n, time.perf_counter() - t0)
+        for g, group in enumerate(groups):
+            n = 0
+            for feed in feeds if g == 0 else kept:
+                if g == 0:
+                    missing = input_names - set(feed)
+                    if missing:
+                        raise CalibrationDataError(f"calibration sample lacks model input(s) {sorted(missing)}")
+                    feed = {k: v for k, v in feed.items() if k in input_names}
+                    if kept is not None:
+                        kept.append(feed)
+                outs = sess.run(group, feed)
+                with single_thread():
+                    for name, x in zip(group, outs):
+                        stats[name].update(x)
+                del outs
+                n += 1
+                if progress is not None:
+                    progress(n if len(groups) == 1 else g * len(kept) + n)
+                logger.debug("calibration sample %d of group %d done (%.1f s)", n, g + 1, time.perf_counter() - t0)
+            if n == 0:
+                raise CalibrationDataError("the calibration data is empty")
+            if spill is not None:
+                for name in group:
+                    stats[name].spill_to(spill)
+                logger.info(
+                    "calibration group %d/%d: %d tensors, Hessians written to %s", g + 1, len(groups), len(group), spill.path
+                )
         del sess
-    if n == 0:
-        raise CalibrationDataError("the calibration data is empty")
-    logger.info("calibration: %d samples, %d observed tensors, %.1f s", n, len(names), time.perf_counter() - t0)
+    logger.info(
+        "calibration: %d samples, %d observed tensors in %d pass(es), %.1f s",
+        n, len(names), len(groups), time.perf_counter() - t0,
+    )
     return stats

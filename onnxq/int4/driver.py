@@ -91,10 +91,16 @@ def run_weight_only_int4(
                 k = w.shape[1] if d.node.op_type == "Gemm" and d.node.attributes.get_int("transB", 0) else w.shape[0]
                 values.append((d.node.inputs[0], int(k)))
         t0 = time.perf_counter()
-        stats = collect_activation_stats(model, values, feeds, first_token_weight=recipe.first_token_weight)
+        stats = collect_activation_stats(
+            model, values, feeds, first_token_weight=recipe.first_token_weight,
+            memory_budget_bytes=recipe.calib_memory_mb << 20 if recipe.calib_memory_mb else None,
+        )
+        on_disk = sum(1 for st in stats.values() if st.on_disk)
         notes.append(
             f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
             f"in {time.perf_counter() - t0:.1f} s"
+            + (f" (Hessians over calib_memory_mb={recipe.calib_memory_mb}: several passes, {on_disk} kept on disk "
+               "until used)" if on_disk else "")
         )
     elif data is not None:
         notes.append(f"algorithm {recipe.algorithm} needs no calibration data; the data given was not used")

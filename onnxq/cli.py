@@ -68,6 +68,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--calib-images", type=click.Path(path_type=str), help="int8-static, int4 gptq/awq: a folder of images (searched recursively) for an image model.")
 @click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR.")
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
+@click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None, help="int8-static: integer weight values by round to nearest (default) or GPTQ on the calibration data (lower layer error; one more pass over the data).")
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
 @click.option("--target-sqnr", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until every output's SQNR on the calibration data is at least DB.")
 @click.option("--max-drop", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until at most PCT %% of the calibration samples change their top-1 class.")
@@ -83,7 +84,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
 @click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,
-             calib_data, calib_images, preprocess, calibration, max_samples, target_sqnr=None, max_drop=None,
+             calib_data, calib_images, preprocess, calibration, max_samples, weight_rounding=None, target_sqnr=None, max_drop=None,
              float_budget=None, target=None,
              block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, symmetric=None,
              accuracy_level=None, keep_float=(), keep_8bit=()):
@@ -117,7 +118,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if not isinstance(recipe, recipes.DynamicInt8):
             raise RecipeError("--fused applies to the int8-dynamic recipe only")
         overrides["fused"] = fused
-    static_options = {"calibration": calibration, "max_samples": max_samples}
+    static_options = {"calibration": calibration, "max_samples": max_samples, "weight_rounding": weight_rounding}
     for key, value in static_options.items():
         if value is not None:
             if not isinstance(recipe, recipes.StaticInt8):
@@ -328,6 +329,7 @@ def inspect(model, as_json):
 @click.option("--data", "data_path", type=click.Path(path_type=str), help="Samples: an .npz or a folder of .npy/.npz.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=str), help="A folder of images.")
 @click.option("--preprocess", default=None, help='With --images: e.g. "imagenet" or "resize=256 crop=224 layout=NHWC".')
+@click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None, help="int8-static: integer weight values by round to nearest (default) or GPTQ on the calibration data (lower layer error; one more pass over the data).")
 @click.option("--max-samples", type=int, default=None, help="Compare on at most this many samples.")
 @click.option("--no-layers", is_flag=True, help="Only the outputs, not the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -10,6 +10,10 @@ values. A pair with no entry is an error: a placeholder scale must never reach a
 (keyed like ``biases``): channel equalization moves a factor from one layer to the next
 this way, exactly, without touching the int8 values.
 
+``weight_values`` (optional): integer values for the quantized weight of a node (keyed
+like ``biases``; same shape and dtype as what InsertQdqPass wrote), e.g. GPTQ rounding
+instead of round to nearest; the scales stay as they are.
+
 ``biases`` (optional): float bias values to use instead of the graph's, keyed by the
 node's output tensor name (bias correction computes them); a Conv without a bias gets one.
 
@@ -62,11 +66,13 @@ class FoldScalesPass(ir.passes.InPlacePass):
         qparams: Mapping[str, qp.QParams],
         biases: Mapping[str, np.ndarray] | None = None,
         weight_scales: Mapping[str, np.ndarray] | None = None,
+        weight_values: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__()
         self.qparams = dict(qparams)
         self.biases = {k: np.asarray(v, dtype=np.float32) for k, v in (biases or {}).items()}
         self.weight_scales = {k: np.asarray(v, dtype=np.float32) for k, v in (weight_scales or {}).items()}
+        self.weight_values = {k: np.asarray(v) for k, v in (weight_values or {}).items()}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
@@ -75,13 +81,16 @@ class FoldScalesPass(ir.passes.InPlacePass):
             if node.op_type == "QuantizeLinear" and not irutil.is_constant(node.inputs[0]):
                 modified |= self._fold_pair(node)
         originals: list[tuple[ir.Graph, ir.Value]] = []
-        if self.weight_scales:
+        if self.weight_scales or self.weight_values:
             for node in list(irutil.iter_nodes(model.graph)):
                 if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
                     continue
                 given = self._given(node, self.weight_scales)
                 if given is not None:
                     modified |= self._set_weight_scale(node, given)
+                given = self._given(node, self.weight_values)
+                if given is not None:
+                    modified |= self._set_weight_values(node, given)
         for node in list(irutil.iter_nodes(model.graph)):
             if node.op_type in ("Conv", "ConvTranspose", "Gemm") and node.domain in ("", "ai.onnx"):
                 modified |= self._quantize_bias(node, names, originals)
@@ -134,6 +143,20 @@ class FoldScalesPass(ir.passes.InPlacePass):
         if current.shape != scale.shape:
             raise OnnxqError(f"weight_scales: {irutil.node_label(node)} needs a scale of shape {current.shape}, got {scale.shape}")
         return _set_constant(dq.inputs[1], scale)
+
+    def _set_weight_values(self, node: ir.Node, values: np.ndarray) -> bool:
+        dq = _producer(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
+        if dq is None or not dq.inputs[0].is_initializer():
+            raise OnnxqError(f"weight_values: {irutil.node_label(node)} has no quantized weight")
+        if len(dq.outputs[0].uses()) != 1 or len(dq.inputs[0].uses()) != 1:
+            raise OnnxqError(f"weight_values: the weight of {irutil.node_label(node)} is shared; its values cannot change alone")
+        current = dq.inputs[0].const_value.numpy()
+        if current.shape != values.shape or current.dtype != values.dtype:
+            raise OnnxqError(
+                f"weight_values: {irutil.node_label(node)} needs {current.dtype} values of shape {current.shape}, "
+                f"got {values.dtype} {values.shape}"
+            )
+        return _set_constant(dq.inputs[0], values)
 
     def _given_bias(self, node: ir.Node) -> np.ndarray | None:
         return self._given(node, self.biases)

@@ -18,7 +18,7 @@ from onnxq.errors import NothingToQuantizeError, OnnxqError
 from onnxq.recipes import StaticInt8
 from onnxq.selection import Decision
 
-__all__ = ["quantize_static", "StaticResult", "calibrate_plan"]
+__all__ = ["quantize_static", "StaticResult", "calibrate_plan", "gptq_weight_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class StaticResult:
     qparams: dict[str, qp.QParams]
     biases: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     weight_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    weight_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +139,24 @@ def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
     return _SCRATCH[slot][:n].reshape(shape)
 
 
-def _corrected_bias(spec, mean: np.ndarray) -> np.ndarray:
-    """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)."""
+def _code_error_sums(w: np.ndarray, spec, codes: np.ndarray) -> np.ndarray:
+    """Like ``_rounding_error_sums`` for given integer ``codes`` (GPTQ) instead of round to
+    nearest (same per-channel scale)."""
+    from onnxq.passes.insert_qdq import quantize_weight
+
+    scale = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[1].astype(np.float64)
+    shape = [1] * w.ndim
+    shape[spec.axis % w.ndim] = -1
+    dw = codes.astype(np.float64) * scale.reshape(shape) - w
+    return dw.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim >= 3 else dw
+
+
+def _corrected_bias(spec, mean: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+    """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)
+    (``codes``: the weight's integer values when they are not round to nearest)."""
     node = spec.node
     w = irutil.const_array(node.inputs[1]).astype(np.float32, copy=False)
-    dsum = _rounding_error_sums(w, spec)
+    dsum = _rounding_error_sums(w, spec) if codes is None else _code_error_sums(w, spec, codes)
     if node.op_type == "Conv":
         groups = node.attributes.get_int("group", 1)
         o, cpg = w.shape[0], w.shape[1]
@@ -227,15 +241,19 @@ def _weight_scale(spec) -> np.ndarray:
 
 
 def calibrate_plan(
-    model: ir.Model, plan, recipe: StaticInt8, data: Any
+    model: ir.Model, plan, recipe: StaticInt8, data: Any, *, weight_values: dict[str, np.ndarray] | None = None
 ) -> tuple[
     dict[str, qp.QParams], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], CalibrationStats | None
 ]:
     """Observe every scale group of ``plan`` on ``data``. Returns qparams for every member
     tensor, float biases (bias correction, equalization) and weight scales (equalization)
     keyed by node output name, the per-channel factors (axis 1) by which equalization
-    scales tensors relative to the float model, and the run statistics."""
+    scales tensors relative to the float model, and the run statistics.
+    ``weight_values``: integer weights that replace round to nearest (from
+    :func:`gptq_weight_values`, keyed by node output name); bias correction uses them."""
     from onnxq.passes.insert_qdq import group_qparams
+
+    codes = dict(weight_values or {})
 
     observers: dict[str, Observer] = {}
     per_group: dict[str, Observer] = {}
@@ -285,7 +303,8 @@ def calibrate_plan(
     for spec, tensor, *_ in targets:
         mean = means[tensor].mean
         if mean is not None:
-            biases[spec.node.outputs[0].name] = _corrected_bias(spec, mean)
+            key = spec.node.outputs[0].name
+            biases[key] = _corrected_bias(spec, mean, codes.get(key))
     weight_scales: dict[str, np.ndarray] = {}
     channel_scales: dict[str, np.ndarray] = {}
     for eq in equalize:
@@ -313,6 +332,41 @@ def calibrate_plan(
     return out, biases, weight_scales, channel_scales, stats
 
 
+def gptq_weight_values(model: ir.Model, plan, recipe: StaticInt8, data: Any) -> dict[str, np.ndarray]:
+    """GPTQ int8 codes (same per-channel scales as round to nearest) for every Conv/Gemm
+    weight of ``plan`` it applies to, from layer-input Hessians of the float model."""
+    import time
+
+    from onnxq.calib import gptq8
+    from onnxq.passes.insert_qdq import quantize_weight
+
+    targets = gptq8.gptq_targets(plan)
+    if not targets:
+        return {}
+    accs, seconds = gptq8.collect_hessians(
+        model, targets, data, batch_size=recipe.batch_size, max_samples=recipe.max_samples
+    )
+    t0 = time.perf_counter()
+    codes: dict[str, np.ndarray] = {}
+    for t in targets:
+        spec = t.spec
+        w = irutil.const_array(spec.node.inputs[1]).astype(np.float32)
+        q_rtn, scale, _, _ = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
+        wg = gptq8.weight_groups(w, t)
+        q = gptq8.gptq_quantize(
+            wg, accs[t.key].hessian(gptq8.CENTERED), scale.reshape(wg.shape[0], wg.shape[1]), spec.qtype.qmax,
+            damp=gptq8.DAMP, act_order=gptq8.ACT_ORDER,
+        )
+        if t.op_type == "Conv":
+            q = q.reshape(w.shape)
+        else:
+            q = q[0] if spec.node.attributes.get_int("transB", 0) else q[0].T
+        codes[t.key] = q.astype(q_rtn.dtype)
+    logger.info("GPTQ int8 rounding of %d weights: Hessians %.2f s, rounding %.2f s",
+                len(targets), seconds, time.perf_counter() - t0)
+    return codes
+
+
 def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticResult:
     from onnxq.passes.fold_scales import FoldScalesPass
     from onnxq.passes.insert_qdq import InsertQdqPass, plan_static
@@ -324,17 +378,34 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         from onnxq.api import _nothing_message
 
         raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions))
-    qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(model, plan, recipe, data)
+    codes: dict[str, np.ndarray] = {}
+    if recipe.weight_rounding == "gptq":
+        from onnxq.data import as_calibration_data
+
+        data = as_calibration_data(data, batch_size=recipe.batch_size)  # one source, read twice
+        if data.reiterable:
+            codes = gptq_weight_values(model, plan, recipe, data)
+        else:
+            logger.warning(
+                "weight_rounding='gptq' needs calibration data that can be read twice (a list, a function "
+                "returning a fresh iterator, files); %s is one pass only: rounding weights to nearest",
+                data.description,
+            )
+    qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(
+        model, plan, recipe, data, weight_values=codes
+    )
     InsertQdqPass(recipe)(model)
-    FoldScalesPass(qparams, biases, weight_scales)(model)
+    FoldScalesPass(qparams, biases, weight_scales, weight_values=codes)(model)
     if channel_scales:
         from onnxq.compare import record_channel_scales
 
         record_channel_scales(model, channel_scales)
     notes = list(plan.notes)
+    if codes:
+        notes.append(f"rounded {len(codes)} int8 weights with GPTQ (layer-input Hessians of the calibration data)")
     if stats is not None:
         notes.append(
             f"calibrated {len(plan.groups)} scale groups with {recipe.calibration} on {stats.rows} samples "
             f"({stats.feeds} runs, {stats.seconds:.1f} s)"
         )
-    return StaticResult(plan.decisions, tuple(notes), stats, qparams, biases, weight_scales)
+    return StaticResult(plan.decisions, tuple(notes), stats, qparams, biases, weight_scales, codes)

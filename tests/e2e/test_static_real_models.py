@@ -58,3 +58,39 @@ def test_static_cli_errors_are_one_line(mobilenet_path, tmp_path):
         )
         assert r.exit_code != 0 and message in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_mobilenet_gptq_weight_rounding_cli(mobilenet_path, corpus, tmp_path):
+    """``--weight-rounding gptq`` changes only integer weight values (same scales, same graph)
+    and keeps the output as close to fp32 as round to nearest on photos it never saw."""
+    from onnx import numpy_helper
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for p in image_files(corpus / "images")[::2][:24]:
+        (calib / p.name).symlink_to(p)
+    outs = {}
+    for mode in ("nearest", "gptq"):
+        outs[mode] = tmp_path / f"{mode}.onnx"
+        r = CliRunner().invoke(main, ["quantize", str(mobilenet_path), "-o", str(outs[mode]), "--calib-images",
+                                      str(calib), "--weight-rounding", mode])
+        assert r.exit_code == 0, r.output
+    inits = {m: {i.name: numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer} for m, p in outs.items()}
+    assert inits["nearest"].keys() == inits["gptq"].keys()
+    int8 = [k for k, v in inits["nearest"].items() if v.dtype == np.int8 and v.ndim >= 2]
+    changed = [k for k in int8 if not np.array_equal(inits["nearest"][k], inits["gptq"][k])]
+    assert len(changed) > len(int8) // 2, (len(changed), len(int8))
+    for k in int8:  # same scales: codes move by a few steps at most
+        assert np.abs(inits["nearest"][k].astype(int) - inits["gptq"][k].astype(int)).max() <= 8, k
+    ref = ort.InferenceSession(str(mobilenet_path), providers=["CPUExecutionProvider"])
+    sess = {m: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for m, p in outs.items()}
+    labels = json.loads((corpus / "imagenet_dev" / "labels.json").read_text())[:12]
+    sig, err = 0.0, collections.Counter()
+    for e in labels:
+        x = load_image(corpus / "imagenet_dev" / e["file"])
+        z = ref.run(None, {"input": x})[0].astype(np.float64)
+        sig += float((z**2).sum())
+        for m, s in sess.items():
+            err[m] += float(((s.run(None, {"input": x})[0] - z) ** 2).sum())
+    sqnr = {m: 10 * np.log10(sig / e) for m, e in err.items()}
+    assert sqnr["gptq"] > sqnr["nearest"] - 0.5, sqnr

@@ -228,15 +228,28 @@ def time_side_by_side(fp32: Path, stats, rounds: int = 3) -> dict:
     from onnxq.passes.quantize_matmul_int4 import QuantizeMatMulInt4Pass
     from onnxq.recipes import WeightOnlyInt4
 
-    times: dict[str, list[float]] = {"rtn": [], "hqq": [], "gptq": []}
+    from onnxq.int4 import _blas
+
+    # RTN and HQQ run on one thread; GPTQ spreads its batches over the idle CPUs
+    # (onnxq.int4._blas.workers): timed as shipped and pinned to one thread
+    times: dict[str, list[float]] = {"rtn": [], "hqq": [], "gptq": [], "gptq_1thread": []}
+    gptq_threads: list[int] = []
+    max_workers = _blas.MAX_WORKERS
     for _ in range(rounds):
-        for algo in times:
+        for variant in times:
+            algo = variant.split("_")[0]
             recipe = WeightOnlyInt4(algorithm=algo, format="matmulnbits", accuracy_level=0)
             model = modelio.load(fp32)
             api.prepare(model)
-            t0 = time.perf_counter()
-            QuantizeMatMulInt4Pass(recipe, stats if recipe.needs_calibration else None)(model)
-            times[algo].append(time.perf_counter() - t0)
+            _blas.MAX_WORKERS = 1 if variant == "gptq_1thread" else max_workers
+            if variant == "gptq":
+                gptq_threads.append(_blas.workers())
+            try:
+                t0 = time.perf_counter()
+                QuantizeMatMulInt4Pass(recipe, stats if recipe.needs_calibration else None)(model)
+                times[variant].append(time.perf_counter() - t0)
+            finally:
+                _blas.MAX_WORKERS = max_workers
             del model
     best = {a: min(v) for a, v in times.items()}
     return {
@@ -244,6 +257,7 @@ def time_side_by_side(fp32: Path, stats, rounds: int = 3) -> dict:
         "best_s": best,
         "all_s": times,
         "ratio_to_rtn": {a: best[a] / best["rtn"] for a in best},
+        "gptq_threads_per_round": gptq_threads,
     }
 
 

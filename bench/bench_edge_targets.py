@@ -95,6 +95,15 @@ def main() -> None:
             prec = [f"{d['type']}:{d['precision']}" for d in runtime_layers(ov_q)
                     if d["type"] in ("Convolution", "FullyConnected")]
             extra["runtime_precisions"] = {p: prec.count(p) for p in sorted(set(prec))}
+            # the same file in ORT CPU: how far apart the two runtimes' int8 arithmetic is
+            ort_q, _ = ort_runner(qpath, threads=1, options=quiet_session_options())
+            ort_logits = _logits(ort_q, xs).astype(np.float64)
+            diff = float(np.sum((q_logits.astype(np.float64) - ort_logits) ** 2))
+            extra["same_file_in_ort_cpu"] = {
+                "top1_same": float(np.mean(ort_logits.argmax(1) == q_pred)),
+                "sqnr_db_openvino_vs_ort": float(10 * np.log10(float(np.sum(ort_logits**2)) / max(diff, 1e-30))),
+                "ort_cpu_agreement": float(np.mean(ort_logits.argmax(1) == fp32_pred)),
+            }
             row["runtime"] = "OpenVINO CPU"
         else:
             if target == "ort-mobile":
@@ -142,7 +151,15 @@ def main() -> None:
         "details": details,
         "notes": [f"fp32 top-1 vs labels {details['fp32_top1_vs_labels']:.1%} on {len(xs)} photos",
                   "agreement is with the fp32 model run in the same runtime; tensorrt/qnn rows run the QDQ graph "
-                  "in ORT CPU (those runtimes cannot run here)"],
+                  "in ORT CPU (those runtimes cannot run here)"]
+                 + ([
+                     "openvino vs ORT CPU on the same file: top-1 same on "
+                     f"{details['openvino']['same_file_in_ort_cpu']['top1_same']:.1%} of the photos, logits "
+                     f"{details['openvino']['same_file_in_ort_cpu']['sqnr_db_openvino_vs_ort']:.1f} dB apart. OpenVINO's "
+                     "low-precision transformations add a Conv output to the residual Add without the Conv's own "
+                     "requantization (measured on a Conv -> Q/DQ -> Add graph: OpenVINO matches the Add of the float "
+                     "Conv output, ORT the QDQ semantics), so the two runtimes round differently from the first "
+                     "residual block on"] if "openvino" in details else []),
     })
     print(f"results: {path}")
 

@@ -6,6 +6,7 @@ Speed: ORT CPU, 1 thread, fp32 and int8 timed in one process, interleaved (round
 median per-image latency. Also counts, in ORT's optimized graph, how many Conv stay float.
 
 Rows: each calibration method, ``onnxq-default`` (``StaticInt8()`` as shipped), the default
+with GPTQ weight rounding (``--weight-rounding gptq``), the default
 with ``--target-sqnr`` (sensitivity: nodes kept in float within ``--float-budget`` of the
 multiply-adds, default 15 %, measured on the calibration photos), and ORT's ``quantize_static``.
 
@@ -174,6 +175,10 @@ def main() -> int:
             quant_seconds[key] = onnxq_quantize(paths[key], calib_dir, calibration=method, activation_type=act)
     paths["onnxq-default"] = tmp / "onnxq-default.onnx"
     quant_seconds["onnxq-default"] = onnxq_quantize(paths["onnxq-default"], calib_dir)
+    paths["onnxq-default+weight-rounding=gptq"] = tmp / "onnxq-gptq.onnx"
+    quant_seconds["onnxq-default+weight-rounding=gptq"] = onnxq_quantize(
+        paths["onnxq-default+weight-rounding=gptq"], calib_dir, weight_rounding="gptq"
+    )
     notes: dict[str, list[str]] = {}
     if args.target_sqnr:
         key = f"onnxq-default+target-sqnr={args.target_sqnr:g}" + (

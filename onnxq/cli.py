@@ -329,7 +329,6 @@ def inspect(model, as_json):
 @click.option("--data", "data_path", type=click.Path(path_type=str), help="Samples: an .npz or a folder of .npy/.npz.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=str), help="A folder of images.")
 @click.option("--preprocess", default=None, help='With --images: e.g. "imagenet" or "resize=256 crop=224 layout=NHWC".')
-@click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None, help="int8-static: integer weight values by round to nearest (default) or GPTQ on the calibration data (lower layer error; one more pass over the data).")
 @click.option("--max-samples", type=int, default=None, help="Compare on at most this many samples.")
 @click.option("--no-layers", is_flag=True, help="Only the outputs, not the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -440,6 +440,26 @@ __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint1
   }
 }
 
+// Sum the per-warp mma.m16n8k16 accumulators of one 16-column group (staged in `red`,
+// [warps][NT * 4 * 32]) and store the group's rows (+ bias) as fp16. All `nthreads`
+// threads of the block take part; the caller synchronises before and after.
+template <int NT, int WARPS>
+__device__ __forceinline__ void reduce_store_group(float (*red)[NT * 4 * 32], const KernelParams& p,
+                                                   int64_t group, int nthreads) {
+  for (int e = threadIdx.x; e < NT * 4 * 32; e += nthreads) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) v += red[w][e];
+    const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
+    const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
+    const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
+    if (row < p.m && col < p.n) {
+      if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
+      static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
+    }
+  }
+}
+
 template <int NT, bool kScaleAfter, bool kZP, bool kFast>
 __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const KernelParams p) {
   constexpr bool kLean = kScaleAfter && !kZP;  // smallest ring slots
@@ -522,18 +542,7 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_f16_kernel(const Ker
               acc[j][i] = 0.f;
             }
           __syncthreads();
-          for (int e = threadIdx.x; e < NT * 4 * 32; e += kSkinnyThreads) {
-            float v = 0.f;
-#pragma unroll
-            for (int w = 0; w < kSkinnyWarps; ++w) v += red[w][e];
-            const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
-            const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
-            const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
-            if (row < p.m && col < p.n) {
-              if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
-              static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
-            }
-          }
+          reduce_store_group<NT, kSkinnyWarps>(red, p, group, kSkinnyThreads);
           __syncthreads();
           ul = 0;
           ++gi;
@@ -699,18 +708,7 @@ __global__ void __launch_bounds__(kSkinnyThreads, 2) skinny_smem_kernel(const Ke
               acc[j][i] = 0.f;
             }
           __syncthreads();
-          for (int e = threadIdx.x; e < NT * 4 * 32; e += kSkinnyThreads) {
-            float v = 0.f;
-#pragma unroll
-            for (int w = 0; w < kSkinnyWarps; ++w) v += red[w][e];
-            const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
-            const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
-            const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
-            if (row < p.m && col < p.n) {
-              if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
-              static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
-            }
-          }
+          reduce_store_group<NT, kSkinnyWarps>(red, p, group, kSkinnyThreads);
           __syncthreads();
           il = 0;
           ++gi;
@@ -964,18 +962,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 16 ? 2 : ((kSmemAct && kS
 #pragma unroll
     for (int i = 0; i < 4; ++i) red[warp][(j * 4 + i) * 32 + lane] = acc[j][i];
   __syncthreads();
-  for (int e = threadIdx.x; e < NT * 4 * 32; e += WARPS * 32) {
-    float v = 0.f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) v += red[w][e];
-    const int j = e / 128, i = (e / 32) & 3, ln = e & 31;
-    const int64_t col = group * 16 + (ln >> 2) + (i >= 2 ? 8 : 0);
-    const int64_t row = j * 8 + 2 * (ln & 3) + (i & 1);
-    if (row < p.m && col < p.n) {
-      if (p.bias) v += half_bits_to_float(ldg_u16(static_cast<const uint16_t*>(p.bias) + col));
-      static_cast<__half*>(p.y)[row * p.n + col] = __float2half_rn(v);
-    }
-  }
+  reduce_store_group<NT, WARPS>(red, p, group, WARPS * 32);
 }
 
 // ------------------------------------------------------------------------------------

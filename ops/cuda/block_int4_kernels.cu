@@ -366,6 +366,21 @@ __device__ __forceinline__ void load_act_smem(const uint16_t* a, uint32_t (&f)[1
   }
 }
 
+// acc += (chain 0 + chain 1) * the slot's block scale: s0 for the rows of the fragment's
+// first 8 columns (elements 0, 1), s1 for the second 8 (elements 2, 3).
+template <int NT>
+__device__ __forceinline__ void add_scaled_chains(const float (&tmp)[2][NT][4], const SkinnySlot& sl,
+                                                  float (&acc)[NT][4]) {
+  const float fs0 = half_bits_to_float(sl.s0[0]), fs1 = half_bits_to_float(sl.s1[0]);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[j][0] = fmaf(tmp[0][j][0] + tmp[1][j][0], fs0, acc[j][0]);
+    acc[j][1] = fmaf(tmp[0][j][1] + tmp[1][j][1], fs0, acc[j][1]);
+    acc[j][2] = fmaf(tmp[0][j][2] + tmp[1][j][2], fs1, acc[j][2]);
+    acc[j][3] = fmaf(tmp[0][j][3] + tmp[1][j][3], fs1, acc[j][3]);
+  }
+}
+
 // kSmemAct: arow points into a shared-memory copy of A (stage_act_smem), else into global A.
 template <int NT, bool kScaleAfter, bool kFast, bool kSmemAct = false>
 __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint16_t* const (&arow)[NT], int kc,
@@ -424,14 +439,7 @@ __device__ __forceinline__ void skinny_compute(const SkinnySlot& sl, const uint1
     for (int j = 0; j < NT; ++j) mma16816(tmp[s & 1][j], r0, r1, r2, r3, af[j][2 * s], af[j][2 * s + 1]);
   }
   if (kScaleAfter) {
-    const float fs0 = half_bits_to_float(sl.s0[0]), fs1 = half_bits_to_float(sl.s1[0]);
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      acc[j][0] = fmaf(tmp[0][j][0] + tmp[1][j][0], fs0, acc[j][0]);
-      acc[j][1] = fmaf(tmp[0][j][1] + tmp[1][j][1], fs0, acc[j][1]);
-      acc[j][2] = fmaf(tmp[0][j][2] + tmp[1][j][2], fs1, acc[j][2]);
-      acc[j][3] = fmaf(tmp[0][j][3] + tmp[1][j][3], fs1, acc[j][3]);
-    }
+    add_scaled_chains<NT>(tmp, sl, acc);
   } else {
 #pragma unroll
     for (int j = 0; j < NT; ++j)
@@ -864,14 +872,7 @@ __device__ __forceinline__ void skinny_compute_perm(const SkinnySlot& sl, const 
       x1 >>= 8;
     }
   }
-  const float fs0 = half_bits_to_float(sl.s0[0]), fs1 = half_bits_to_float(sl.s1[0]);
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    acc[j][0] = fmaf(tmp[0][j][0] + tmp[1][j][0], fs0, acc[j][0]);
-    acc[j][1] = fmaf(tmp[0][j][1] + tmp[1][j][1], fs0, acc[j][1]);
-    acc[j][2] = fmaf(tmp[0][j][2] + tmp[1][j][2], fs1, acc[j][2]);
-    acc[j][3] = fmaf(tmp[0][j][3] + tmp[1][j][3], fs1, acc[j][3]);
-  }
+  add_scaled_chains<NT>(tmp, sl, acc);
 }
 
 // WARPS = 16 (cfg bit 8): twice the warps per CTA, each with half the K slice, so that a warp's

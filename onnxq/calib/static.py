@@ -87,17 +87,28 @@ def _bias_targets(plan) -> list[tuple[Any, str, int, int, int]]:
     return out
 
 
-def _rounding_error_sums(w: np.ndarray, spec) -> np.ndarray:
+def _rounding_error_sums(w: np.ndarray, spec, codes: np.ndarray | None = None) -> np.ndarray:
     """sum over the kernel (axes >= 2, Conv) of W_q - W for the weight quantization
-    InsertQdqPass will apply: [O, C/g] for a Conv, the full [K, N] / [N, K] for Gemm. The
-    symmetric per-channel case (every weight of a default recipe) avoids building W_q:
+    InsertQdqPass will apply: [O, C/g] for a Conv, the full [K, N] / [N, K] for Gemm.
+    ``codes``: the weight's integer values when they are not round to nearest (GPTQ; same
+    symmetric per-channel scale). The symmetric per-channel round-to-nearest case (every
+    weight of a default recipe) avoids building W_q:
     W_q - W = scale * (rint(W / scale) - W / scale), summed in float32 scratch buffers, a
     block of output channels at a time (about ``_BLOCK_ELEMENTS`` weights: the block stays
     in cache across the passes over it)."""
     from onnxq.passes.insert_qdq import quantize_weight
 
-    if spec.axis is None or not spec.symmetric or not spec.qtype.signed or w.ndim < 3 or spec.axis % w.ndim != 0:
-        dw = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[3].astype(np.float64) - w
+    if (
+        codes is not None or spec.axis is None or not spec.symmetric or not spec.qtype.signed or w.ndim < 3
+        or spec.axis % w.ndim != 0
+    ):
+        _, scale, _, wq = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
+        if codes is None:
+            dw = wq.astype(np.float64) - w
+        else:
+            shape = [1] * w.ndim
+            shape[spec.axis % w.ndim] = -1
+            dw = codes.astype(np.float64) * scale.astype(np.float64).reshape(shape) - w
         return dw.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim >= 3 else dw
     o, c = w.shape[0], w.shape[1]
     flat = w.reshape(o, -1)
@@ -139,24 +150,12 @@ def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
     return _SCRATCH[slot][:n].reshape(shape)
 
 
-def _code_error_sums(w: np.ndarray, spec, codes: np.ndarray) -> np.ndarray:
-    """Like ``_rounding_error_sums`` for given integer ``codes`` (GPTQ) instead of round to
-    nearest (same per-channel scale)."""
-    from onnxq.passes.insert_qdq import quantize_weight
-
-    scale = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[1].astype(np.float64)
-    shape = [1] * w.ndim
-    shape[spec.axis % w.ndim] = -1
-    dw = codes.astype(np.float64) * scale.reshape(shape) - w
-    return dw.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) if w.ndim >= 3 else dw
-
-
 def _corrected_bias(spec, mean: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
     """The bias minus the mean output error that weight rounding causes: E[x] . (W_q - W)
     (``codes``: the weight's integer values when they are not round to nearest)."""
     node = spec.node
     w = irutil.const_array(node.inputs[1]).astype(np.float32, copy=False)
-    dsum = _rounding_error_sums(w, spec) if codes is None else _code_error_sums(w, spec, codes)
+    dsum = _rounding_error_sums(w, spec, codes)
     if node.op_type == "Conv":
         groups = node.attributes.get_int("group", 1)
         o, cpg = w.shape[0], w.shape[1]

@@ -123,9 +123,12 @@ class StaticInt8(Recipe):
     for MobileNetV2 (output SQNR and top-1 agreement with float, 6 splits of 40/20 photos);
     minmax is the exact [min, max].
 
-    ``weight_rounding``: ``gptq`` (default) picks the int8 codes of per-channel Conv/Gemm
-    weights by Hessian-guided rounding (``onnxq.calib.gptq8``; same scales, one more pass
-    over the calibration data); ``nearest`` rounds each weight to nearest."""
+    ``weight_rounding``: ``nearest`` (default) rounds each weight to nearest; ``gptq`` picks
+    the int8 codes of per-channel Conv/Gemm weights by Hessian-guided rounding
+    (``onnxq.calib.gptq8``; same scales, one more pass over the calibration data).
+
+    ``quantize_islands``: also quantize Add/Mul/Concat/pools/Resize that are not linked
+    to a quantized Conv/MatMul/Gemm (off: they stay float, see ``passes.insert_qdq``)."""
 
     name: ClassVar[str] = "int8-static"
     op_types: tuple[str, ...] = (
@@ -157,6 +160,11 @@ class StaticInt8(Recipe):
     # 3x3 conv of 512 channels) -- hence opt-in. One-pass iterables (a generator) cannot
     # be read twice: they get round to nearest, with a warning.
     weight_rounding: str = "nearest"
+    # also quantize Add/Mul/Concat/pool/Resize nodes that no quantized Conv/MatMul/Gemm
+    # feeds or reads (through reshapes and Relu/Clip): off by default, since alone they run
+    # no faster in int8 and only add rounding error; runtimes that run quantized graphs only
+    # (the qnn target) turn it on
+    quantize_islands: bool = False
 
     _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")
     _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")

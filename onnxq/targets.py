@@ -81,7 +81,9 @@ class TargetProfile:
     formats the runtime executes (first = preferred); int4_symmetric_only: zero points
     must be absent/0; dynamic_int8: ``any`` (both int8-dynamic forms run), ``fused`` (only
     ORT's fused DynamicQuantizeMatMul computes in int8) or ``""`` (not run);
-    static_shapes: the runtime needs fixed input shapes;
+    static_shapes: the runtime needs fixed input shapes; quantized_graph_only: the runtime
+    runs quantized graphs only, so Add/Mul/Concat/pools get Q/DQ even where no quantized
+    Conv/MatMul/Gemm is next to them (StaticInt8.quantize_islands);
     verification: ``runtime`` (loaded and run here) or ``structural`` (rule checker)."""
 
     name: str
@@ -103,6 +105,7 @@ class TargetProfile:
     static_shapes: bool
     verification: str
     sources: tuple[str, ...] = ()
+    quantized_graph_only: bool = False
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -271,6 +274,7 @@ _QNN = TargetProfile(
     dynamic_int8="",
     static_shapes=True,
     verification="structural",
+    quantized_graph_only=True,
     sources=(
         "onnxruntime.ai/docs/execution-providers/QNN-ExecutionProvider.html (HTP runs quantized models only; "
         "uint8/uint16; fixed shapes; supported ops; MatMul type pairs)",
@@ -353,6 +357,8 @@ def _apply_static(recipe: StaticInt8, target: TargetProfile) -> tuple[Recipe, li
         raise RecipeError(f"none of the requested op types are run quantized by {target.name}")
     if ops != tuple(recipe.op_types):
         changes["op_types"] = ops
+    if target.quantized_graph_only and not recipe.quantize_islands:
+        changes["quantize_islands"] = True
     # per-tensor overrides that ask for a type the target does not run
     for tensor, over in dict(recipe.tensor_overrides).items():
         t = over.get("activation_type") if isinstance(over, dict) else None

@@ -39,7 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -327,6 +327,8 @@ def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
 
 
 EXCLUDED = "excluded by name"
+ISLAND = "no quantized Conv/MatMul/Gemm next to it: int8 would only add Q/DQ (and error)"
+NEVER_RAN = "saw no finite values during calibration (a branch the data never takes, or NaN/Inf): left in float"
 
 
 def kept_float_tensors(excluded: Iterable[ir.Node]) -> frozenset[str]:
@@ -350,14 +352,65 @@ def kept_float_tensors(excluded: Iterable[ir.Node]) -> frozenset[str]:
     return frozenset(out)
 
 
-def plan_static(model: ir.Model, recipe: StaticInt8) -> StaticPlan:
-    """Decide, without touching the model, what InsertQdqPass(recipe) will rewrite."""
+_LINKS = PASS_THROUGH_OPS | {"Relu", "Clip"}
+
+
+def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable[ir.Node]:
+    """Chosen nodes that exchange an activation with ``node`` directly or through
+    pass-through ops and Relu/Clip (producers of its inputs, consumers of its outputs)."""
+    for v in node.inputs:
+        p = v.producer() if v is not None and not irutil.is_constant(v) else None
+        while p is not None and id(p) not in chosen and p.op_type in _LINKS and p.inputs and p.inputs[0] is not None:
+            p = p.inputs[0].producer()
+        if p is not None and id(p) in chosen:
+            yield p
+    stack = list(node.outputs)
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        for user, _ in v.uses():
+            if id(user) in chosen:
+                yield user
+            elif user.op_type in _LINKS and id(user) not in seen:
+                seen.add(id(user))
+                stack.extend(user.outputs)
+
+
+def _islands(selected: list[ir.Node]) -> set[int]:
+    """ids of selected nodes in groups (linked as in :func:`_linked_neighbours`) without a
+    Conv/ConvTranspose/MatMul/Gemm: an Add, Mul, Concat or pool between float ops runs no
+    faster in int8 (ORT would quantize its inputs and dequantize its output around it) and
+    only adds rounding error -- e.g. the |x|^2 sum before a Sqrt, or the gates of an
+    unrolled LSTM cell."""
+    chosen = {id(n): n for n in selected}
+    uf = _UnionFind()
+    for key in chosen:
+        uf.add(str(key))
+    for n in selected:
+        for m in _linked_neighbours(n, chosen):
+            uf.union(str(id(n)), str(id(m)))
+    anchored = {uf.find(str(id(n))) for n in selected if n.op_type in _WEIGHTED_OPS}
+    return {key for key in chosen if uf.find(str(key)) not in anchored}
+
+
+def plan_static(model: ir.Model, recipe: StaticInt8, never_ran: Collection[str] = ()) -> StaticPlan:
+    """Decide, without touching the model, what InsertQdqPass(recipe) will rewrite.
+    ``never_ran``: names of nodes that calibration found never run (in an If branch the
+    data never takes): they stay float like nodes excluded by name."""
     from onnxq.calib.probe import subgraph_owners
 
     owners = subgraph_owners(model)
-    decisions = select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, owners))
+    never_ran = frozenset(never_ran)
+
+    def check(node: ir.Node) -> str | None:
+        return NEVER_RAN if node.name and node.name in never_ran else _check(node, owners)
+
+    decisions = select(irutil.iter_nodes(model.graph), recipe.selection, check)
+    if not recipe.quantize_islands:
+        islands = _islands([d.node for d in decisions if d.selected])
+        decisions = [Decision(d.node, False, ISLAND) if id(d.node) in islands else d for d in decisions]
     selected = [d.node for d in decisions if d.selected]
-    float_tensors = kept_float_tensors(d.node for d in decisions if d.reason == EXCLUDED)
+    float_tensors = kept_float_tensors(d.node for d in decisions if d.reason in (EXCLUDED, NEVER_RAN))
     act_type = qp.qtype_named(recipe.activation_type)
     w_type = qp.qtype_named(recipe.weight_type)
 
@@ -552,9 +605,10 @@ def _placeholder_zero_point(qtype: qp.QType, symmetric: bool) -> int:
 class InsertQdqPass(ir.passes.InPlacePass):
     """Insert Q/DQ pairs (placeholder scales) and quantized weights per ``plan_static``."""
 
-    def __init__(self, recipe: StaticInt8) -> None:
+    def __init__(self, recipe: StaticInt8, never_ran: Collection[str] = ()) -> None:
         super().__init__()
         self.recipe = recipe
+        self.never_ran = frozenset(never_ran)
 
     def requires(self, model: ir.Model) -> None:
         opset = _opset(model)
@@ -565,7 +619,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        plan = plan_static(model, self.recipe)
+        plan = plan_static(model, self.recipe, self.never_ran)
         if not plan.groups and not plan.weights:
             return ir.passes.PassResult(model, modified=False)
         names = irutil.FreshNames(model.graph)

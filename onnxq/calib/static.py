@@ -44,6 +44,19 @@ class _Equalization:
     channels: int
 
 
+class UnobservedTensorsError(OnnxqError):
+    """Calibration saw no finite value of these tensors (a branch never taken, or NaN/Inf)."""
+
+    def __init__(self, tensors: list[str]) -> None:
+        self.tensors = tuple(tensors)
+        super().__init__(
+            f"calibration saw no finite values for tensor {tensors[0]!r}"
+            + (f" and {len(tensors) - 1} more" if len(tensors) > 1 else "")
+            + " (a branch never taken, or NaN/Inf activations); give it a range in tensor_overrides or exclude "
+            "its consumers"
+        )
+
+
 def _infer_shapes(model: ir.Model) -> None:
     from onnx_ir.passes.common import ShapeInferencePass
 
@@ -239,6 +252,21 @@ def _weight_scale(spec) -> np.ndarray:
     return quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[1]
 
 
+def _nodes_touching(plan, tensors: set[str]) -> list[ir.Node]:
+    """Selected nodes of ``plan`` that read or write one of ``tensors`` (also through the
+    Relu/Clip folded into them)."""
+    out = []
+    for d in plan.decisions:
+        if not d.selected:
+            continue
+        names = {v.name for v in d.node.inputs if v is not None} | {v.name for v in d.node.outputs}
+        for v in d.node.outputs:
+            names.update(u.outputs[0].name for u, _ in v.uses() if u.op_type in ("Relu", "Clip") and u.outputs)
+        if names & tensors:
+            out.append(d.node)
+    return out
+
+
 def calibrate_plan(
     model: ir.Model, plan, recipe: StaticInt8, data: Any, *, weight_values: dict[str, np.ndarray] | None = None
 ) -> tuple[
@@ -283,18 +311,15 @@ def calibrate_plan(
             model, observers, data, batch_size=recipe.batch_size, max_samples=recipe.max_samples,
             channel_stats=channel_stats, nonnegative=_nonnegative(values, observers),
         )
+    unseen = [t for g in plan.groups if g.fixed_range is None and not per_group[g.key].seen for t in g.members]
+    if unseen:
+        raise UnobservedTensorsError(unseen)
     out: dict[str, qp.QParams] = {}
     for g in plan.groups:
         if g.fixed_range is not None:
             lo, hi = g.fixed_range
         else:
-            obs = per_group[g.key]
-            if not obs.seen:
-                raise OnnxqError(
-                    f"calibration saw no finite values for tensor {g.key!r} (a branch never taken, or NaN/Inf "
-                    "activations); give it a range in tensor_overrides or exclude its consumers"
-                )
-            lo, hi = obs.range(g.qtype, symmetric=g.symmetric)
+            lo, hi = per_group[g.key].range(g.qtype, symmetric=g.symmetric)
         p = group_qparams(g, lo, hi)
         for t in g.members:
             out[t] = p
@@ -377,11 +402,11 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         from onnxq.api import _nothing_message
 
         raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions))
+    from onnxq.data import as_calibration_data
+
+    data = as_calibration_data(data, batch_size=recipe.batch_size)  # one source, maybe read again
     codes: dict[str, np.ndarray] = {}
     if recipe.weight_rounding == "gptq":
-        from onnxq.data import as_calibration_data
-
-        data = as_calibration_data(data, batch_size=recipe.batch_size)  # one source, read twice
         if data.reiterable:
             codes = gptq_weight_values(model, plan, recipe, data)
         else:
@@ -390,16 +415,46 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                 "returning a fresh iterator, files); %s is one pass only: rounding weights to nearest",
                 data.description,
             )
-    qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(
-        model, plan, recipe, data, weight_values=codes
-    )
-    InsertQdqPass(recipe)(model)
+    never_ran: set[str] = set()
+    while True:
+        try:
+            qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(
+                model, plan, recipe, data, weight_values=codes
+            )
+            break
+        except UnobservedTensorsError as e:
+            if not data.reiterable:
+                raise
+            nodes = _nodes_touching(plan, set(e.tensors))
+            if not nodes:
+                raise
+            names = irutil.FreshNames(model.graph)
+            for node in nodes:
+                if not node.name:
+                    node.name = names(f"{node.op_type}_unnamed")
+            never_ran.update(node.name for node in nodes)
+            logger.warning(
+                "%d quantizable node(s) saw no finite values during calibration (in a branch the data never "
+                "takes, or NaN/Inf): leaving them in float and calibrating again: %s",
+                len(nodes), ", ".join(sorted(node.name for node in nodes)[:5]) + (" ..." if len(nodes) > 5 else ""),
+            )
+            plan = plan_static(model, recipe, never_ran)
+            if not any(d.selected for d in plan.decisions):
+                from onnxq.api import _nothing_message
+
+                raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions)) from None
+    InsertQdqPass(recipe, never_ran)(model)
     FoldScalesPass(qparams, biases, weight_scales, weight_values=codes)(model)
     if channel_scales:
         from onnxq.compare import record_channel_scales
 
         record_channel_scales(model, channel_scales)
     notes = list(plan.notes)
+    if never_ran:
+        notes.append(
+            f"left {len(never_ran)} node(s) in float that never ran on the calibration data (a branch it never "
+            "takes); calibrate with data that reaches them to quantize them"
+        )
     if codes:
         notes.append(f"rounded {len(codes)} int8 weights with GPTQ (layer-input Hessians of the calibration data)")
     if stats is not None:

@@ -74,6 +74,8 @@ def _detach_initializers(model: ir.Model):
         t = value.const_value
         if t is None or value.is_graph_input() or t.nbytes < _EXTERNAL_BYTES:
             continue
+        if not value.uses() and not value.is_graph_output():
+            continue  # ORT drops unused initializers before it would look for this one
         try:
             a = np.ascontiguousarray(t.numpy())
         except Exception:  # pragma: no cover - a tensor type numpy cannot hold: keep it inline

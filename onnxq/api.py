@@ -129,6 +129,12 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
 
         UpgradeOpsetPass(13)(model)
         notes.append(f"upgraded the model from opset {version} to 13 (per-channel QDQ needs it)")
+    from onnxq.passes.fold_batch_norm import FoldBatchNormPass
+
+    bn_before = sum(1 for n in model.graph.all_nodes() if n.op_type == "BatchNormalization")
+    if FoldBatchNormPass()(model).modified:
+        bn_after = sum(1 for n in model.graph.all_nodes() if n.op_type == "BatchNormalization")
+        notes.append(f"folded {bn_before - bn_after} BatchNormalization node(s) into the Conv before them")
     result = quantize_static(model, recipe, data)
     return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
 

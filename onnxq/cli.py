@@ -66,7 +66,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
 @click.option("--calib-data", type=click.Path(path_type=str), help="int8-static, and int4 gptq/awq for models without text input: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
 @click.option("--calib-images", type=click.Path(path_type=str), help="int8-static, int4 gptq/awq: a folder of images (searched recursively) for an image model.")
-@click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR.")
+@click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR; resize=HxW crop=0 stretches to an exact size.")
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
 @click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None, help="int8-static: integer weight values by round to nearest (default) or GPTQ on the calibration data (lower layer error; one more pass over the data).")
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")

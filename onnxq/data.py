@@ -83,7 +83,8 @@ def input_specs(model) -> list[InputSpec]:
             dtype = np.dtype(_NUMPY_OF_ONNX[int(v.dtype)])
         shape = None
         if v.shape is not None:
-            shape = tuple(d if isinstance(d, int) else None for d in v.shape)
+            # exporters (paddle2onnx) write a dynamic dimension as the value -1
+            shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in v.shape)
         specs.append(InputSpec(v.name, dtype, shape))
     return specs
 

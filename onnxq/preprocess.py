@@ -35,11 +35,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocess:
-    """resize: shorter side in pixels (0: no resize); crop: centre crop size (0: none),
-    an int or (height, width); scale multiplies raw 0..255 pixels first; then
-    ``(x - mean) / std`` per channel in the output channel order."""
+    """resize: shorter side in pixels (aspect ratio kept), or (height, width) to stretch
+    to exactly that size (text-line and detector inputs), 0: no resize; crop: centre crop
+    size (0: none), an int or (height, width); scale multiplies raw 0..255 pixels first;
+    then ``(x - mean) / std`` per channel in the output channel order."""
 
-    resize: int = 256
+    resize: int | tuple[int, int] = 256
     crop: int | tuple[int, int] = 224
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
@@ -53,6 +54,10 @@ class ImagePreprocess:
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if isinstance(self.crop, (list, tuple)):
             object.__setattr__(self, "crop", tuple(int(c) for c in self.crop))
+        if isinstance(self.resize, (list, tuple)):
+            if len(self.resize) != 2 or min(int(r) for r in self.resize) <= 0:
+                raise CalibrationDataError(f"resize as height x width needs two positive sizes, got {self.resize}")
+            object.__setattr__(self, "resize", tuple(int(r) for r in self.resize))
         if self.layout not in ("NCHW", "NHWC"):
             raise CalibrationDataError(f"layout must be NCHW or NHWC, not {self.layout!r}")
         if self.channel_order not in ("RGB", "BGR"):
@@ -62,7 +67,7 @@ class ImagePreprocess:
                 raise CalibrationDataError(f"{name} needs 1 or 3 values, got {getattr(self, name)}")
         if any(s == 0 for s in self.std):
             raise CalibrationDataError("std values must be non-zero")
-        if self.resize < 0:
+        if isinstance(self.resize, int) and self.resize < 0:
             raise CalibrationDataError("resize must be >= 0")
 
     @property
@@ -112,7 +117,8 @@ def parse_preprocess(spec: str | Sequence[str] | None, base: ImagePreprocess = I
             raise CalibrationDataError(f"--preprocess: unknown key {key!r}; keys: {', '.join(sorted(_KEYS))}")
         try:
             if key == "resize":
-                fields["resize"] = int(value)
+                parts = [int(v) for v in value.replace("x", ",").split(",") if v]
+                fields["resize"] = parts[0] if len(parts) == 1 else tuple(parts[:2])
             elif key == "crop":
                 parts = [int(v) for v in value.replace("x", ",").split(",") if v]
                 fields["crop"] = parts[0] if len(parts) == 1 else tuple(parts[:2])
@@ -156,7 +162,10 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            if pp.resize:
+            if isinstance(pp.resize, tuple):
+                if im.size != (pp.resize[1], pp.resize[0]):
+                    im = im.resize((pp.resize[1], pp.resize[0]), Image.BILINEAR)
+            elif pp.resize:
                 w, h = im.size
                 if w <= h:
                     size = (pp.resize, int(pp.resize * h / w))
@@ -169,7 +178,8 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
                 w, h = im.size
                 if ch > h or cw > w:
                     raise CalibrationDataError(
-                        f"{path}: image {w}x{h} is smaller than the crop {cw}x{ch}; raise resize= or lower crop="
+                        f"{path}: image {w}x{h} is smaller than the crop {cw}x{ch}; raise resize=, lower crop=, or "
+                        f"stretch every image to the input size with resize={ch}x{cw} crop=0"
                     )
                 top = int(round((h - ch) / 2.0))
                 left = int(round((w - cw) / 2.0))

@@ -123,3 +123,35 @@ def test_images_with_preprocess(tmp_path):
 def _feeds_of(data, specs):
     data.precheck(specs)
     return data.feeds(specs)
+
+
+def test_resize_to_an_exact_size_and_minus_one_dims(tmp_path):
+    """``resize=HxW crop=0`` stretches (text-line recognizers); exporters that write a
+    dynamic dimension as -1 (paddle2onnx) get it treated as dynamic."""
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from onnxq.data import input_specs
+    from onnxq.preprocess import load_image, parse_preprocess
+
+    img = (RNG.uniform(0, 255, (40, 60, 3))).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "p.png")
+    pp = parse_preprocess("resize=16x96 crop=0 mean=0 std=1 scale=1")
+    x = load_image(tmp_path / "p.png", pp)
+    ref = np.asarray(Image.fromarray(img).resize((96, 16), Image.BILINEAR), np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(x[0], ref)
+    with pytest.raises(CalibrationDataError, match="resize=48x96 crop=0"):
+        load_image(tmp_path / "p.png", parse_preprocess("resize=32 crop=48x96"))
+    with pytest.raises(CalibrationDataError, match="two positive sizes"):
+        parse_preprocess("resize=0x96")
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph))
+    assert input_specs(model)[0].shape == (None, 3, None, None)
+    feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=16x96", "crop=0"]), input_specs(model)))
+    assert feeds[0]["x"].shape == (1, 3, 16, 96)

@@ -1,0 +1,77 @@
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from onnxq.passes.fold_batch_norm import FoldBatchNormPass
+from tests.helpers import assert_pass_idempotent, check_full, run_ort, to_bytes
+
+RNG = np.random.default_rng(3)
+
+
+def _bn_inits(prefix: str, c: int) -> list[onnx.TensorProto]:
+    return [
+        nh.from_array(RNG.uniform(0.5, 2.0, c).astype(np.float32), f"{prefix}_gamma"),
+        nh.from_array(RNG.standard_normal(c).astype(np.float32), f"{prefix}_beta"),
+        nh.from_array(RNG.standard_normal(c).astype(np.float32), f"{prefix}_mean"),
+        nh.from_array(RNG.uniform(0.1, 3.0, c).astype(np.float32), f"{prefix}_var"),
+    ]
+
+
+def _model(op: str = "Conv", group: int = 1, bias: bool = True, bn_is_output: bool = False, shared: bool = False):
+    cin, cout = 4, 4 if group > 1 else 6
+    if op == "Conv":
+        w = RNG.standard_normal((cout, cin // group, 3, 3)).astype(np.float32)
+    else:
+        w = RNG.standard_normal((cin, cout // group, 3, 3)).astype(np.float32)
+    inits = [nh.from_array(w, "w"), *_bn_inits("bn", cout)]
+    conv_in = ["x", "w"]
+    if bias:
+        inits.append(nh.from_array(RNG.standard_normal(cout).astype(np.float32), "b"))
+        conv_in.append("b")
+    nodes = [
+        h.make_node(op, conv_in, ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group, name="conv"),
+        h.make_node("BatchNormalization", ["c", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["y"], epsilon=1e-3,
+                    name="bn"),
+    ]
+    outputs = ["y"]
+    if not bn_is_output:
+        nodes.append(h.make_node("Relu", ["y"], ["r"], name="relu"))
+        outputs = ["r"]
+    if shared:
+        outputs.append("c")
+    graph = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, cin, 8, 8])],
+        [h.make_tensor_value_info(o, T.FLOAT, [1, cout, 8, 8]) for o in outputs], inits,
+    )
+    return ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 15)]))
+
+
+@pytest.mark.parametrize("op,group,bias", [("Conv", 1, True), ("Conv", 1, False), ("Conv", 4, True),
+                                           ("ConvTranspose", 1, True)])
+def test_folded_conv_computes_the_same(op, group, bias):
+    model = _model(op, group, bias)
+    x = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    before = run_ort(to_bytes(model), {"x": x})[0]
+    out = assert_pass_idempotent(FoldBatchNormPass, model)
+    check_full(out)
+    assert [n.op_type for n in out.graph] == [op, "Relu"]
+    conv = next(iter(out.graph))
+    assert conv.outputs[0].name == "y"  # the folded output carries the BN output's name
+    np.testing.assert_allclose(run_ort(to_bytes(out), {"x": x})[0], before, rtol=1e-4, atol=1e-4)
+
+
+def test_bn_that_is_the_graph_output_keeps_its_name():
+    model = _model(bn_is_output=True)
+    x = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    before = run_ort(to_bytes(model), {"x": x})[0]
+    out = assert_pass_idempotent(FoldBatchNormPass, model)
+    assert [v.name for v in out.graph.outputs] == ["y"]
+    np.testing.assert_allclose(run_ort(to_bytes(out), {"x": x})[0], before, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_output_used_elsewhere_is_not_folded():
+    assert_pass_idempotent(FoldBatchNormPass, _model(shared=True), expect_modified=False)

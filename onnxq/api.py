@@ -129,12 +129,20 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
 
         UpgradeOpsetPass(13)(model)
         notes.append(f"upgraded the model from opset {version} to 13 (per-channel QDQ needs it)")
-    from onnxq.passes.fold_batch_norm import FoldBatchNormPass
+    from onnxq.passes.fold_conv_affine import FoldConvAffinePass
 
-    bn_before = sum(1 for n in model.graph.all_nodes() if n.op_type == "BatchNormalization")
-    if FoldBatchNormPass()(model).modified:
-        bn_after = sum(1 for n in model.graph.all_nodes() if n.op_type == "BatchNormalization")
-        notes.append(f"folded {bn_before - bn_after} BatchNormalization node(s) into the Conv before them")
+    def affine_nodes() -> int:
+        return sum(1 for n in model.graph.all_nodes() if n.op_type in ("BatchNormalization", "Mul", "Div", "Add", "Sub"))
+
+    before = affine_nodes()
+    if FoldConvAffinePass()(model).modified:
+        folded = before - affine_nodes()
+        notes.append(f"folded {folded} BatchNormalization/Mul/Add node(s) into the Conv before them")
+    from onnxq.passes.fuse_hard_swish import FuseHardSwishPass
+
+    before = affine_nodes()
+    if FuseHardSwishPass()(model).modified:
+        notes.append(f"wrote {before - affine_nodes()} elementwise node(s) of hard-sigmoid/hard-swish as the ops")
     result = quantize_static(model, recipe, data)
     return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
 

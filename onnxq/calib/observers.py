@@ -466,3 +466,10 @@ def make_observer(method: str, *, percentile: float = 99.999, bins: int = DEFAUL
     if method == "mse":
         return MseObserver(bins)
     raise ValueError(f"unknown calibration method {method!r}; choose minmax, percentile, entropy or mse")
+
+
+class ChannelNegMaxObserver(ChannelMaxObserver):
+    """Running maximum of ``-x`` per channel, i.e. minus the channel minimum (channel
+    equalization of tensors that take both signs)."""
+
+    kind = "negmax"

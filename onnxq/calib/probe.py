@@ -494,13 +494,19 @@ def build_probe_model(
         v = find(name)
         if v.graph is root and b.fast_path(v) and axis % len(v.shape) == 1:
             b.place_after(v)
-            out = b.channel_mean(root, v) if kind == "mean" else b.node(root, "GlobalMaxPool", [v], base=f"{name}/probe")
             if kind == "mean":
-                add_packed("means", name, "mean", v, out)
+                add_packed("means", name, "mean", v, b.channel_mean(root, v))
+            elif kind == "negmax":
+                neg = b.node(root, "Neg", [v], base=f"{name}/probe")
+                add_packed("extremes", name, "negmax", v, b.node(root, "GlobalMaxPool", [neg], base=f"{name}/probe"))
             else:
-                add_packed("extremes", name, "chmax", v, out)
+                add_packed("extremes", name, "chmax", v, b.node(root, "GlobalMaxPool", [v], base=f"{name}/probe"))
             continue
-        out = b.channel_reduce(v.graph, v, {"mean": "ReduceMean", "max": "ReduceMax"}[kind], axis, rank, opset)
+        if kind == "negmax":
+            b.place_after(v)
+            v = b.node(v.graph, "Neg", [v], base=f"{name}/probe")
+        out = b.channel_reduce(v.graph, v, {"mean": "ReduceMean", "max": "ReduceMax", "negmax": "ReduceMax"}[kind],
+                               axis, rank, opset)
         (out,) = lift(
             name, v.graph, [out],
             lambda g, n=name, c=channels: [b.const(g, np.full(c, np.nan, np.float32), f"{n}/probe")],

@@ -12,7 +12,9 @@ from onnxq import qparams as qp
 import numpy as np
 
 from onnxq import irutil
-from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer, make_observer
+from onnxq.calib.observers import (
+    ChannelMaxObserver, ChannelMeanObserver, ChannelNegMaxObserver, Observer, make_observer,
+)
 from onnxq.calib.stream import CalibrationStats, calibrate
 from onnxq.errors import NothingToQuantizeError, OnnxqError
 from onnxq.recipes import StaticInt8
@@ -36,12 +38,14 @@ class StaticResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Equalization:
-    """Tensor ``tensor`` = act(Conv ``producer``) feeds only depthwise convs ``consumers``."""
+    """Tensor ``tensor`` = act(Conv ``producer``) feeds only depthwise convs ``consumers``
+    (``linear``: no activation in between, the tensor takes both signs)."""
 
     tensor: str
     producer: Any  # WeightSpec of the producing Conv
     consumers: tuple  # WeightSpecs of the depthwise Convs
     channels: int
+    linear: bool = False
 
 
 class UnobservedTensorsError(OnnxqError):
@@ -191,14 +195,22 @@ def _equalization_targets(plan, values) -> list[_Equalization]:
             continue
         t = values.get(g.key)
         act = t.producer() if t is not None else None
-        if act is None or act.op_type not in ("Relu", "Clip") or t.is_graph_output():
+        if act is None or t.is_graph_output():
             continue
-        bounds = _activation_bounds(act)
-        if bounds is None or bounds[0] != 0.0:
-            continue
-        conv = act.inputs[0].producer() if act.inputs[0] is not None else None
+        linear = act.op_type == "Conv"
+        if linear:  # a Conv output straight into depthwise convs: scaling a channel is exact
+            conv = act
+        else:
+            if act.op_type not in ("Relu", "Clip"):
+                continue
+            bounds = _activation_bounds(act)
+            if bounds is None or bounds[0] != 0.0:
+                continue
+            conv = act.inputs[0].producer() if act.inputs[0] is not None else None
         spec_a = specs.get(id(conv)) if conv is not None else None
-        if spec_a is None or conv.op_type != "Conv" or spec_a.axis != 0 or len(conv.outputs[0].uses()) != 1:
+        if spec_a is None or conv.op_type != "Conv" or spec_a.axis != 0 or len(conv.outputs[0].uses()) != (
+            len(t.uses()) if linear else 1
+        ):
             continue
         if len(conv.inputs[1].uses()) != 1:
             continue
@@ -216,7 +228,7 @@ def _equalization_targets(plan, values) -> list[_Equalization]:
                 break
             consumers.append(sp)
         if consumers:
-            out.append(_Equalization(g.key, spec_a, tuple(consumers), channels))
+            out.append(_Equalization(g.key, spec_a, tuple(consumers), channels, linear))
     return out
 
 
@@ -301,10 +313,14 @@ def calibrate_plan(
     values = _plan_values(plan)
     equalize = _equalization_targets(plan, values) if recipe.channel_equalization else []
     maxima: dict[str, ChannelMaxObserver] = {}
+    minima: dict[str, ChannelNegMaxObserver] = {}  # of linear tensors: -min per channel
     for eq in equalize:
         rank = len(_const_shape(eq.producer.node.inputs[1]))
         maxima[eq.tensor] = ChannelMaxObserver(1, rank, eq.channels)
         channel_stats.setdefault(eq.tensor, []).append(maxima[eq.tensor])
+        if eq.linear:
+            minima[eq.tensor] = ChannelNegMaxObserver(1, rank, eq.channels)
+            channel_stats[eq.tensor].append(minima[eq.tensor])
     stats = None
     if observers or channel_stats:
         stats = calibrate(
@@ -332,16 +348,18 @@ def calibrate_plan(
     weight_scales: dict[str, np.ndarray] = {}
     channel_scales: dict[str, np.ndarray] = {}
     for eq in equalize:
-        m = maxima[eq.tensor].max
+        hi = maxima[eq.tensor].max
+        lo = -minima[eq.tensor].max if eq.linear else np.zeros_like(hi)
+        m = np.maximum(hi, -lo)  # per-channel magnitude
         top = float(np.max(m)) if np.isfinite(m).all() else 0.0
         if top <= 0:
             continue
-        # every channel stretched to the tensor's maximum: s >= 1, so a Clip(0, hi) after
-        # the producer clips nothing new within the calibrated range
+        # every channel stretched to the tensor's largest magnitude: s >= 1, so a Clip(0, hi)
+        # after the producer clips nothing new within the calibrated range
         s = np.where(m > top * 1e-4, top / np.maximum(m, 1e-30), 1.0)
-        # the scaled tensor reaches ``top`` in every channel: its range is [0, top]
+        # the scaled tensor's exact range ([0, top] after a Relu/Clip)
         group = plan.group_of(eq.tensor)
-        out[eq.tensor] = group_qparams(group, 0.0, top)
+        out[eq.tensor] = group_qparams(group, float(min(0.0, np.min(lo * s))), float(np.max(hi * s)))
         a = eq.producer.node
         key_a = a.outputs[0].name
         channel_scales[key_a] = channel_scales[eq.tensor] = s.astype(np.float32)  # one array: stored once

@@ -148,6 +148,35 @@ def test_channel_equalization_moves_scales_exactly():
     assert _ort_optimized_ops(on)["QLinearConv"] == 2
 
 
+def test_channel_equalization_of_a_conv_output_without_activation():
+    """Conv (e.g. with a folded BatchNormalization, no activation) straight into a
+    depthwise conv: channels take both signs; equalization uses each channel's magnitude
+    and the scaled tensor's exact [min, max]."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    eq (float[N, 3, 10, 10] x) => (float[N, 8, 10, 10] y) {
+        c = Conv <pads: ints = [1, 1, 1, 1]> (x, w1, b1)
+        y = Conv <pads: ints = [1, 1, 1, 1], group: int = 8> (c, wd, bd)
+    }
+    """
+    rng = np.random.default_rng(4)
+    spread = np.array([0.002, 0.01, 0.05, 0.2, 1, 1, 2, 4], np.float32)
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * spread[:, None, None, None],
+        "b1": rng.standard_normal(8).astype(np.float32) * spread,
+        "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None],
+        "bd": rng.standard_normal(8).astype(np.float32),
+    }
+    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
+    (ref,) = run_ort(model_from_text(text, inits), x)
+    on, report = onnxq.quantize_with_report(model_from_text(text, inits), StaticInt8(), data=data)
+    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    e_on, e_off = _rel(run_ort(on, x)[0], ref), _rel(run_ort(off, x)[0], ref)
+    assert e_on < 0.25 * e_off, (e_on, e_off)
+    assert _ort_optimized_ops(on)["QLinearConv"] == 2
+
+
 def test_matmul_two_activations_add_mul_constants_and_graph_output_name():
     text = """
     <ir_version: 8, opset_import: ["" : 17]>

@@ -58,6 +58,32 @@ def _set_constant(value: ir.Value, array: np.ndarray) -> bool:
     return True
 
 
+def _widen_for_bias(node: ir.Node, dq_w: ir.Node, b: np.ndarray, s_x: float, s_w: np.ndarray, axis: int) -> np.ndarray:
+    """Per-channel weight scales raised where ``b / (s_x * s_w)`` would not fit int32 (a
+    channel whose weights are all but zero and whose bias is not: its tiny scale makes the
+    bias step tiny too); those channels' int8 codes are re-rounded to the wider scale, which
+    only coarsens weights that are negligible next to the bias. Returns the scales in use."""
+    limit = float(_INT32.max) * 0.999
+    need = np.abs(b.astype(np.float64)) / (max(s_x, 1e-45) * limit)
+    low = need > s_w.astype(np.float64)
+    if not low.any() or len(dq_w.outputs[0].uses()) != 1 or len(dq_w.inputs[0].uses()) != 1:
+        return s_w
+    codes = irutil.const_array(dq_w.inputs[0])
+    zp = irutil.const_array(dq_w.inputs[2]) if len(dq_w.inputs) > 2 and dq_w.inputs[2] is not None else None
+    if codes is None or codes.dtype.kind != "i" or (zp is not None and np.any(zp != 0)):
+        return s_w
+    new_s = np.where(low, need * 1.01, s_w.astype(np.float64)).astype(np.float32)
+    info = np.iinfo(codes.dtype)
+    c = np.moveaxis(codes.astype(np.float64), axis % codes.ndim, 0)
+    ratio = (s_w.astype(np.float64) / new_s.astype(np.float64)).reshape((-1,) + (1,) * (c.ndim - 1))
+    c = np.clip(np.rint(c * ratio), -info.max, info.max)
+    _set_constant(dq_w.inputs[0], np.moveaxis(c, 0, axis % codes.ndim).astype(codes.dtype))
+    _set_constant(dq_w.inputs[1], new_s.reshape(irutil.const_array(dq_w.inputs[1]).shape))
+    logger.info("%s: %d channel(s) with near-zero weights and a large bias get a wider weight scale so that "
+                "the bias fits int32", irutil.node_label(node), int(low.sum()))
+    return new_s
+
+
 class FoldScalesPass(ir.passes.InPlacePass):
     """Fill in QDQ scales from calibration and quantize float biases to int32."""
 
@@ -221,6 +247,8 @@ class FoldScalesPass(ir.passes.InPlacePass):
             expected_axis = 0 if node.attributes.get_int("transB", 0) else 1
         if s_w.size > 1 and w_axis != expected_axis:
             return False
+        if s_w.size == b.size and s_w.size > 1:
+            s_w = _widen_for_bias(node, dq_w, b, float(s_x.reshape(())), s_w.reshape(-1), w_axis)
         scale = (s_x.reshape(()).astype(np.float64) * np.broadcast_to(s_w.reshape(-1), b.shape).astype(np.float64)).astype(np.float32)
         scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
         q = np.rint(b.astype(np.float64) / scale.astype(np.float64))

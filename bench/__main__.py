@@ -29,6 +29,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("int4_big", "bench.bench_int4_big", []),
     ("int4_formats", "bench.bench_int4_formats", []),
     ("edge_targets", "bench.bench_edge_targets", []),
+    ("static_exported", "bench.bench_static_exported", []),
 ]
 
 README_BEGIN = "<!-- bench:begin -->"

@@ -129,7 +129,10 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
 
         UpgradeOpsetPass(13)(model)
         notes.append(f"upgraded the model from opset {version} to 13 (per-channel QDQ needs it)")
+    from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.fold_conv_affine import FoldConvAffinePass
+
+    FoldConstantsPass()(model)
 
     def affine_nodes() -> int:
         return sum(1 for n in model.graph.all_nodes() if n.op_type in ("BatchNormalization", "Mul", "Div", "Add", "Sub"))

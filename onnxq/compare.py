@@ -295,4 +295,6 @@ def _default_session(model: str | bytes):
         from onnxq import runtime
 
         return runtime.session(model)
-    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # ORT's warnings (e.g. unused initializers it drops) are not ours to print
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])

@@ -122,6 +122,7 @@ class StaticPlan:
     quantized_inputs: Mapping[int, tuple[int, ...]]  # id(node) -> input indices read via DQ
     rewire_all: frozenset[str]  # tensors whose every consumer reads the DQ output
     notes: tuple[str, ...] = ()
+    concats: tuple[tuple[ir.Node, tuple[str, ...]], ...] = ()  # quantized Concat, its input tensors
 
     def group_of(self, tensor: str) -> ScaleGroup | None:
         for g in self.groups:
@@ -328,6 +329,7 @@ def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
 
 EXCLUDED = "excluded by name"
 ISLAND = "no quantized Conv/MatMul/Gemm next to it: int8 would only add Q/DQ (and error)"
+MODEL_OUTPUT = "its output is a model output: int8 would only round it (no int8 consumer gains)"
 NEVER_RAN = "saw no finite values during calibration (a branch the data never takes, or NaN/Inf): left in float"
 
 
@@ -393,24 +395,36 @@ def _islands(selected: list[ir.Node]) -> set[int]:
     return {key for key in chosen if uf.find(str(key)) not in anchored}
 
 
-def plan_static(model: ir.Model, recipe: StaticInt8, never_ran: Collection[str] = ()) -> StaticPlan:
+def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, str] | None = None) -> StaticPlan:
     """Decide, without touching the model, what InsertQdqPass(recipe) will rewrite.
-    ``never_ran``: names of nodes that calibration found never run (in an If branch the
-    data never takes): they stay float like nodes excluded by name."""
+    ``float_nodes``: node name -> reason, for nodes calibration found must stay float (never
+    run: in an If branch the data never takes; a Concat of very different ranges): they
+    stay float like nodes excluded by name."""
     from onnxq.calib.probe import subgraph_owners
 
     owners = subgraph_owners(model)
-    never_ran = frozenset(never_ran)
+    float_nodes = dict(float_nodes or {})
 
     def check(node: ir.Node) -> str | None:
-        return NEVER_RAN if node.name and node.name in never_ran else _check(node, owners)
+        return float_nodes[node.name] if node.name and node.name in float_nodes else _check(node, owners)
 
     decisions = select(irutil.iter_nodes(model.graph), recipe.selection, check)
     if not recipe.quantize_islands:
+        # a Concat/Add/Mul/pool/Resize whose result the model returns: rounding it to 8 bits
+        # saves no work downstream (YOLO's Concat of box coordinates and class scores into
+        # one output would share one scale: the scores round to 0 or one step)
+        decisions = [
+            Decision(d.node, False, MODEL_OUTPUT)
+            if d.selected and d.node.op_type not in _WEIGHTED_OPS and any(v.is_graph_output() for v in d.node.outputs)
+            else d
+            for d in decisions
+        ]
         islands = _islands([d.node for d in decisions if d.selected])
         decisions = [Decision(d.node, False, ISLAND) if id(d.node) in islands else d for d in decisions]
     selected = [d.node for d in decisions if d.selected]
-    float_tensors = kept_float_tensors(d.node for d in decisions if d.reason in (EXCLUDED, NEVER_RAN))
+    float_tensors = kept_float_tensors(
+        d.node for d in decisions if d.reason == EXCLUDED or (d.node.name and d.node.name in float_nodes)
+    )
     act_type = qp.qtype_named(recipe.activation_type)
     w_type = qp.qtype_named(recipe.weight_type)
 
@@ -420,6 +434,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8, never_ran: Collection[str] 
     quantized_inputs: dict[int, list[int]] = collections.defaultdict(list)
     quantized_producers: set[int] = set()  # id(node) of nodes whose output is Q'd for fusion
     weights: list[WeightSpec] = []
+    concats: list[tuple[ir.Node, tuple[str, ...]]] = []
 
     for node in selected:
         op = node.op_type
@@ -466,6 +481,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8, never_ran: Collection[str] 
             for i in act_inputs:
                 uf.union(out.name, inputs[i].name)
                 derived.add(inputs[i].name)
+            concats.append((node, tuple(inputs[i].name for i in act_inputs)))
         elif op in _SHARED_SCALE_OPS:
             uf.union(inputs[0].name, out.name)
             derived.add(out.name)
@@ -541,6 +557,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8, never_ran: Collection[str] 
         quantized_inputs={k: tuple(v) for k, v in quantized_inputs.items()},
         rewire_all=frozenset(rewire_all),
         notes=tuple(notes),
+        concats=tuple((n, ins) for n, ins in concats if n.outputs[0].name in known),
     )
 
 
@@ -605,10 +622,10 @@ def _placeholder_zero_point(qtype: qp.QType, symmetric: bool) -> int:
 class InsertQdqPass(ir.passes.InPlacePass):
     """Insert Q/DQ pairs (placeholder scales) and quantized weights per ``plan_static``."""
 
-    def __init__(self, recipe: StaticInt8, never_ran: Collection[str] = ()) -> None:
+    def __init__(self, recipe: StaticInt8, float_nodes: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.recipe = recipe
-        self.never_ran = frozenset(never_ran)
+        self.float_nodes = dict(float_nodes or {})
 
     def requires(self, model: ir.Model) -> None:
         opset = _opset(model)
@@ -619,7 +636,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        plan = plan_static(model, self.recipe, self.never_ran)
+        plan = plan_static(model, self.recipe, self.float_nodes)
         if not plan.groups and not plan.weights:
             return ir.passes.PassResult(model, modified=False)
         names = irutil.FreshNames(model.graph)

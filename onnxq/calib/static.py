@@ -48,6 +48,19 @@ class _Equalization:
     linear: bool = False
 
 
+# a Concat shares one scale over its inputs: one that spans less than this fraction of the
+# joint range keeps fewer than 256 / 16 = 16 levels, and the Concat stays float instead
+CONCAT_RANGE_RATIO = 16.0
+
+
+class MismatchedConcatError(OnnxqError):
+    """Concat nodes whose inputs' ranges differ too much to share one int8 scale."""
+
+    def __init__(self, nodes: dict) -> None:
+        self.nodes = nodes  # node -> reason
+        super().__init__(f"{len(nodes)} Concat node(s) join ranges too different for one scale")
+
+
 class UnobservedTensorsError(OnnxqError):
     """Calibration saw no finite value of these tensors (a branch never taken, or NaN/Inf)."""
 
@@ -264,6 +277,29 @@ def _weight_scale(spec) -> np.ndarray:
     return quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)[1]
 
 
+def _span(obs: Observer) -> float:
+    lo, hi = obs.range(qp.qtype_named("uint8"), symmetric=False)
+    return float(max(hi, 0.0) - min(lo, 0.0))
+
+
+def _mismatched_concats(plan, observers: dict[str, Observer]) -> dict:
+    """Concat node -> reason, where one input spans less than 1/CONCAT_RANGE_RATIO of the
+    largest input's span (the inputs' exact extremes)."""
+    out = {}
+    for node, names in plan.concats:
+        spans = {t: _span(observers[t]) for t in names if t in observers and observers[t].seen}
+        if len(spans) < 2:
+            continue
+        top = max(spans.values())
+        small = min(spans, key=spans.get)
+        if top > 0 and spans[small] * CONCAT_RANGE_RATIO < top:
+            out[node] = (
+                f"its inputs' ranges differ {top / max(spans[small], 1e-30):.0f}x: one int8 scale would leave "
+                f"{small!r} fewer than {256 / CONCAT_RANGE_RATIO:.0f} levels; left in float"
+            )
+    return out
+
+
 def _nodes_touching(plan, tensors: set[str]) -> list[ir.Node]:
     """Selected nodes of ``plan`` that read or write one of ``tensors`` (also through the
     Relu/Clip folded into them)."""
@@ -280,7 +316,8 @@ def _nodes_touching(plan, tensors: set[str]) -> list[ir.Node]:
 
 
 def calibrate_plan(
-    model: ir.Model, plan, recipe: StaticInt8, data: Any, *, weight_values: dict[str, np.ndarray] | None = None
+    model: ir.Model, plan, recipe: StaticInt8, data: Any, *, weight_values: dict[str, np.ndarray] | None = None,
+    check_concats: bool = False,
 ) -> tuple[
     dict[str, qp.QParams], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray], CalibrationStats | None
 ]:
@@ -303,6 +340,14 @@ def calibrate_plan(
         per_group[g.key] = obs
         for t in g.observe:
             observers[t] = obs
+    # each input of a shared-scale Concat on its own (exact extremes, cheap)
+    for node, names in plan.concats if check_concats else ():
+        group = plan.group_of(node.outputs[0].name)
+        if group is None or group.fixed_range is not None or len(names) < 2:
+            continue
+        for t in names:
+            if t not in observers:
+                observers[t] = make_observer("minmax")
     channel_stats: dict[str, list] = {}
     means: dict[str, ChannelMeanObserver] = {}
     targets = _bias_targets(plan) if recipe.bias_correction else []
@@ -330,6 +375,9 @@ def calibrate_plan(
     unseen = [t for g in plan.groups if g.fixed_range is None and not per_group[g.key].seen for t in g.members]
     if unseen:
         raise UnobservedTensorsError(unseen)
+    mismatched = _mismatched_concats(plan, observers) if check_concats else {}
+    if mismatched:
+        raise MismatchedConcatError(mismatched)
     out: dict[str, qp.QParams] = {}
     for g in plan.groups:
         if g.fixed_range is not None:
@@ -433,41 +481,56 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                 "returning a fresh iterator, files); %s is one pass only: rounding weights to nearest",
                 data.description,
             )
-    never_ran: set[str] = set()
+    from onnxq.passes.insert_qdq import NEVER_RAN
+
+    float_nodes: dict[str, str] = {}  # node name -> why calibration left it in float
     while True:
         try:
+            # a second pass needs data that can be read again: one-pass data keeps shared scales
             qparams, biases, weight_scales, channel_scales, stats = calibrate_plan(
-                model, plan, recipe, data, weight_values=codes
+                model, plan, recipe, data, weight_values=codes, check_concats=data.reiterable
             )
             break
-        except UnobservedTensorsError as e:
+        except (UnobservedTensorsError, MismatchedConcatError) as e:
             if not data.reiterable:
                 raise
-            nodes = _nodes_touching(plan, set(e.tensors))
-            if not nodes:
-                raise
+            if isinstance(e, UnobservedTensorsError):
+                reasons = {node: NEVER_RAN for node in _nodes_touching(plan, set(e.tensors))}
+                if not reasons:
+                    raise
+                logger.warning(
+                    "%d quantizable node(s) saw no finite values during calibration (in a branch the data never "
+                    "takes, or NaN/Inf): leaving them in float and calibrating again: %s", len(reasons),
+                    ", ".join(sorted(n.name or n.op_type for n in reasons)[:5]) + (" ..." if len(reasons) > 5 else ""),
+                )
+            else:
+                reasons = e.nodes
+                logger.info("%d Concat node(s) join ranges too different for one int8 scale: left in float, "
+                            "calibrating again", len(reasons))
             names = irutil.FreshNames(model.graph)
-            for node in nodes:
+            for node, why in reasons.items():
                 if not node.name:
                     node.name = names(f"{node.op_type}_unnamed")
-            never_ran.update(node.name for node in nodes)
-            logger.warning(
-                "%d quantizable node(s) saw no finite values during calibration (in a branch the data never "
-                "takes, or NaN/Inf): leaving them in float and calibrating again: %s",
-                len(nodes), ", ".join(sorted(node.name for node in nodes)[:5]) + (" ..." if len(nodes) > 5 else ""),
-            )
-            plan = plan_static(model, recipe, never_ran)
+                float_nodes[node.name] = why
+            plan = plan_static(model, recipe, float_nodes)
             if not any(d.selected for d in plan.decisions):
                 from onnxq.api import _nothing_message
 
                 raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions)) from None
-    InsertQdqPass(recipe, never_ran)(model)
+    never_ran = [n for n, why in float_nodes.items() if why == NEVER_RAN]
+    concats = [n for n, why in float_nodes.items() if why != NEVER_RAN]
+    InsertQdqPass(recipe, float_nodes)(model)
     FoldScalesPass(qparams, biases, weight_scales, weight_values=codes)(model)
     if channel_scales:
         from onnxq.compare import record_channel_scales
 
         record_channel_scales(model, channel_scales)
     notes = list(plan.notes)
+    if concats:
+        notes.append(
+            f"left {len(concats)} Concat node(s) in float whose inputs' ranges differ more than "
+            f"{CONCAT_RANGE_RATIO:.0f}x (one shared int8 scale would erase the smaller ones)"
+        )
     if never_ran:
         notes.append(
             f"left {len(never_ran)} node(s) in float that never ran on the calibration data (a branch it never "

@@ -163,3 +163,49 @@ def test_unused_initializer_does_not_break_calibration(tmp_path):
     onnx.save(_model(unused_initializer=True), str(path))
     model = onnxq.quantize(path, onnxq.StaticInt8(), data=_feeds(8, 16000) + _feeds(8, 8000))
     assert any(n.op_type == "If" for n in model.graph)
+
+
+def test_concat_of_very_different_ranges_stays_float(tmp_path):
+    """A detector head's Concat of box regressions (large) and class logits (small) into
+    one tensor that float ops read: one shared int8 scale would erase the small part."""
+    from onnxq.calib.static import CONCAT_RANGE_RATIO
+
+    graph = h.make_graph(
+        [
+            h.make_node("Conv", ["x", "wa", "ba"], ["a"], kernel_shape=[1, 1], name="box"),
+            h.make_node("Conv", ["x", "wb", "bb"], ["b"], kernel_shape=[1, 1], name="cls"),
+            h.make_node("Concat", ["a", "b"], ["ab"], axis=1, name="head"),
+            h.make_node("Sigmoid", ["ab"], ["y"], name="sigmoid"),
+        ],
+        "head",
+        [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 6, 6])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, 6, 6, 6])],
+        [nh.from_array((wr.standard_normal(shape) * k).astype(np.float32), name) for wr in [np.random.default_rng(8)]
+         for name, shape, k in (("wa", (3, 4, 1, 1), 30.0), ("ba", (3,), 10.0), ("wb", (3, 4, 1, 1), 0.2),
+                                ("bb", (3,), 0.1))],
+    )
+    path = tmp_path / "head.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    rng = np.random.default_rng(2)
+    calib = [{"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)} for _ in range(8)]
+    held = [{"x": rng.standard_normal((1, 4, 6, 6)).astype(np.float32)} for _ in range(8)]
+    model, report = onnxq.quantize_with_report(path, onnxq.StaticInt8(), data=calib)
+    reason = {d.name: d.reason for d in report.decisions}
+    assert "ranges differ" in reason["head"] and reason["box"] == reason["cls"] == ""
+    assert any(f"more than {CONCAT_RANGE_RATIO:.0f}x" in n for n in report.notes)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    ref = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(onnxq.api.ir.serde.serialize_model(model).SerializeToString(), so,
+                             providers=["CPUExecutionProvider"])
+    small_ref = np.concatenate([ref.run(None, f)[0][:, 3:] for f in held])
+    small_q = np.concatenate([q.run(None, f)[0][:, 3:] for f in held])
+    # the class half keeps its own scale: close to float (a shared one: steps of ~0.5 in its logits)
+    assert np.abs(small_q - small_ref).max() < 0.02
+    # one-pass data cannot be calibrated twice: the Concat keeps the shared scale
+    shared = onnxq.quantize(path, onnxq.StaticInt8(), data=iter(calib))
+    assert any(n.op_type == "Concat" and n.inputs[0].producer().op_type == "DequantizeLinear" for n in shared.graph)
+    s = ort.InferenceSession(onnxq.api.ir.serde.serialize_model(shared).SerializeToString(), so,
+                             providers=["CPUExecutionProvider"])
+    small_shared = np.concatenate([s.run(None, f)[0][:, 3:] for f in held])
+    assert np.abs(small_shared - small_ref).max() > 5 * np.abs(small_q - small_ref).max()

@@ -166,7 +166,12 @@ def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...], model: ir.
             msg += f" (it has {convs} Conv: use --recipe int8-static with --calib-data/--calib-images{alt})"
         return msg
     reasons = sorted({d.reason for d in decisions})
-    return f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
+    msg = f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
+    from onnxq.passes.insert_qdq import ISLAND, MODEL_OUTPUT
+
+    if ISLAND in reasons or MODEL_OUTPUT in reasons:
+        msg += "; to quantize them anyway set quantize_islands = true in a --config recipe"
+    return msg
 
 
 def quantize_with_report(

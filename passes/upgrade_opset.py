@@ -226,8 +226,20 @@ def _convert_with_onnx(model: ir.Model, target: int) -> None:
             for name, value in graph.initializers.items():
                 if name in saved:
                     value.const_value = saved[name]
+    # the converter only resolves initializers that are also graph inputs (the IR < 4 rule):
+    # list them as inputs for the conversion, and drop those entries again afterwards
+    listed = {v.name for v in proto.graph.input}
+    added = []
+    for init in proto.graph.initializer:
+        if init.name not in listed:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            added.append(init.name)
     try:
         converted = onnx.version_converter.convert_version(proto, target)
+        if added:
+            keep = [v for v in converted.graph.input if v.name not in set(added)]
+            del converted.graph.input[:]
+            converted.graph.input.extend(keep)
     except Exception as e:
         raise ir.passes.PassError(f"onnx.version_converter could not convert the model to opset {target}: {e}") from None
     new = ir.serde.deserialize_model(converted)

@@ -117,3 +117,25 @@ def test_real_model_upgrades(mobilenet_path):
     before = run_ort(model, {"input": x})[0]
     UpgradeOpsetPass(21)(model)
     np.testing.assert_allclose(run_ort(model, {"input": x})[0], before, rtol=1e-5, atol=1e-5)
+
+
+def test_old_opset_with_initializers_that_are_not_inputs():
+    """onnx.version_converter only resolves initializers listed as graph inputs (the IR < 4
+    rule); models with IR >= 4 at an old opset (the ONNX node tests' frozen inputs) used to
+    fail with "Input y is undefined"."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from onnxq.passes.upgrade_opset import UpgradeOpsetPass
+
+    y = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Add", ["x", "y"], ["z"])], "g", [h.make_tensor_value_info("x", T.FLOAT, [3, 4])],
+                         [h.make_tensor_value_info("z", T.FLOAT, [3, 4])], [onnx.numpy_helper.from_array(y, "y")])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 7)], ir_version=8)
+    model = ir.serde.deserialize_model(proto)
+    assert UpgradeOpsetPass(13)(model).modified
+    assert model.opset_imports[""] == 13
+    assert [v.name for v in model.graph.inputs] == ["x"]  # y stays an initializer only
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], x + y)

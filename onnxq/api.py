@@ -157,16 +157,20 @@ def _run_int4(recipe: WeightOnlyInt4, model: ir.Model, data: Any) -> QuantizeRep
     return run_weight_only_int4(recipe, model, data)
 
 
+def _conv_hint(recipe: Recipe, model: ir.Model | None) -> str:
+    convs = sum(1 for n in model.graph.all_nodes() if n.op_type == "Conv") if model is not None else 0
+    if not convs or "Conv" in recipe.op_types:
+        return ""
+    alt = ", or add --op-types Conv" if isinstance(recipe, DynamicInt8) else ""
+    return f" (it has {convs} Conv: use --recipe int8-static with --calib-data/--calib-images{alt})"
+
+
 def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...], model: ir.Model | None = None) -> str:
     if not decisions:
-        msg = f"nothing to quantize: the model has no {'/'.join(recipe.op_types)} nodes"
-        convs = sum(1 for n in model.graph if n.op_type == "Conv") if model is not None else 0
-        if convs and "Conv" not in recipe.op_types:
-            alt = ", or add --op-types Conv" if isinstance(recipe, DynamicInt8) else ""
-            msg += f" (it has {convs} Conv: use --recipe int8-static with --calib-data/--calib-images{alt})"
-        return msg
+        return f"nothing to quantize: the model has no {'/'.join(recipe.op_types)} nodes" + _conv_hint(recipe, model)
     reasons = sorted({d.reason for d in decisions})
     msg = f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
+    msg += _conv_hint(recipe, model)
     from onnxq.passes.insert_qdq import ISLAND, MODEL_OUTPUT
 
     if ISLAND in reasons or MODEL_OUTPUT in reasons:

@@ -18,6 +18,8 @@ data, then both are compared with the float model on held-out data:
   (classifier) and per-position CTC argmax agreement (recognizer).
 - PP-OCRv4 detector: 640x640 crops; metric: output SQNR and the IoU of the text masks
   (probability > 0.3) with the float model's.
+- NudeNet's YOLOv8n detector (``320n.onnx``, 320x320): the anchors whose best class score
+  is above 0.25 in the float model that stay above it (detection recall before NMS).
 
 Speed: ORT CPU, 1 thread, float vs int8 in one process, interleaved.
 
@@ -43,13 +45,13 @@ from bench.common import REPO, RESULTS, interleaved_median_ms, ort_session
 
 CORPUS = REPO.parent / "shared" / "corpus"
 CACHE = REPO / ".cache" / "bench-wheels"
-WHEELS = {"silero-vad": "6.2.3", "rapidocr-onnxruntime": "1.4.4"}
+WHEELS = {"silero-vad": "6.2.3", "rapidocr-onnxruntime": "1.4.4", "nudenet": "3.4.2"}
 
 
 def fetch() -> Path:
     """The wheels' files, unpacked under CACHE/x."""
     out = CACHE / "x"
-    if not (out / "silero_vad").exists() or not (out / "rapidocr_onnxruntime").exists():
+    if not all((out / d).exists() for d in ("silero_vad", "rapidocr_onnxruntime", "nudenet")):
         CACHE.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(CACHE),
@@ -149,16 +151,20 @@ def task_metric(kind: str, ref: np.ndarray, out: np.ndarray) -> float:
         return float((ref.reshape(len(ref), -1).argmax(1) == out.reshape(len(out), -1).argmax(1)).mean())
     if kind == "rec":  # [samples, 1, T, classes]: per-position CTC argmax
         return float((ref.argmax(-1) == out.argmax(-1)).mean())
+    if kind == "yolo":  # [samples, 1, 4 + classes, anchors]
+        f, q = ref[:, 0, 4:].max(1) > 0.25, out[:, 0, 4:].max(1) > 0.25
+        return float((f & q).sum() / max(f.sum(), 1))
     a, b = ref > 0.3, out > 0.3  # det: text-mask IoU
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-METRIC = {"vad": "decisions agree", "cls": "top-1 agree", "rec": "CTC argmax agree", "det": "text-mask IoU"}
+METRIC = {"vad": "decisions agree", "cls": "top-1 agree", "rec": "CTC argmax agree", "det": "text-mask IoU",
+          "yolo": "detections kept (score > 0.25)"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="vad,cls,rec,det")
+    ap.add_argument("--models", default="vad,cls,rec,det,yolo")
     ap.add_argument("--json", default=str(RESULTS / "static_exported.json"))
     args = ap.parse_args()
     root = fetch()
@@ -176,6 +182,9 @@ def main() -> int:
                                 for d in (CORPUS / "images", CORPUS / "imagenet_dev"))),
         "det": (ocr / "ch_PP-OCRv4_det_infer.onnx",
                 lambda m: tuple(image_feeds(d, "x", "resize=640 crop=640") for d in (CORPUS / "images", CORPUS / "imagenet_dev"))),
+        "yolo": (root / "nudenet" / "320n.onnx",
+                 lambda m: tuple(image_feeds(d, "images", "resize=320x320 crop=0 mean=0 std=1")
+                                 for d in (CORPUS / "images", CORPUS / "imagenet_dev"))),
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -144,7 +144,7 @@ def dequant_ref(packed: torch.Tensor, scales: torch.Tensor, k: int) -> torch.Ten
 
 def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, sweep: bool, log,
                 tc_sweep: bool = True, wg_sweep: bool = True, skinny_cfgs=(0, 4, 32, 288),
-                floor: Floor | None = None) -> list[dict]:
+                floor: Floor | None = None, wg_cfgs=None) -> list[dict]:
     dev = "cuda"
     nb = math.ceil(k / bs)
     layer_bytes = n * nb * bs // 2 + n * nb * 2
@@ -192,7 +192,7 @@ def bench_shape(h: Harness, k: int, n: int, bs: int, ms: list[int], bw: float, s
                 for c in range(N_TC_CONFIGS):
                     variants[f"tc{c}"] = ours(PATH_TC, c)
             if m >= 16 and wg_sweep and wgmma_device():
-                for c in range(N_WG_CONFIGS):
+                for c in (range(N_WG_CONFIGS) if wg_cfgs is None else wg_cfgs):
                     variants[f"wg{c}"] = ours(PATH_WG, c)
         times = {}
         for name, fn in variants.items():
@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-wg-sweep", action="store_true", help="sweep without the wgmma configs")
     ap.add_argument("--skinny-cfgs", default="0,4,32,40,160,288,296,416,928",
                     help="skinny configs to sweep for M <= 16 (each also with PDL)")
+    ap.add_argument("--wg-cfgs", default="", help="wgmma configs to sweep (default: all)")
     args = ap.parse_args(argv)
 
     lib = find_or_build_lib()
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
             rows += bench_shape(h, k, n, bs, ms, args.bw, not args.no_sweep, lambda s: print(s, flush=True),
                                 tc_sweep=not args.no_tc_sweep, wg_sweep=not args.no_wg_sweep,
                                 skinny_cfgs=[int(c) for c in args.skinny_cfgs.split(",") if c],
-                                floor=floor)
+                                floor=floor,
+                                wg_cfgs=[int(c) for c in args.wg_cfgs.split(",")] if args.wg_cfgs else None)
     result = {
         "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
         "cuda": torch.version.cuda, "host": platform.node(), "copy_bandwidth_TBps": copy_bw / 1e12,

@@ -14,8 +14,10 @@
 //  * gemm_f16: fp16 A, any M (M > 16 off sm_90). CTA tile BM x BN x 64; A via cp.async,
 //    B loaded as packed bytes into registers one k-tile ahead, dequantized to fp16 into
 //    shared memory; ldmatrix + mma.sync m16n8k16 with fp32 accumulation.
-//  * wgmma_f16: fp16 A, any M, sm_90a (default for M > 16 on sm_90): dequantized weights are the
-//    register operand of warpgroup MMA, activations the shared-memory operand (see its section).
+//  * wgmma_f16: fp16 A, any M, sm_90a: dequantized weights are the register operand of warpgroup
+//    MMA, activations the shared-memory operand (see its section; configs 0..9, superseded).
+//  * wgmma_ws: the same math, warp-specialized (producer warpgroup with TMA / cp.async and an
+//    mbarrier ring, two consumer warpgroups); default for M > 16 on sm_90 (configs 10..19).
 //  * simt_f32: fp32 A, any M. Exact fp32 dequant ((code - zp) * scale, one rounding, the
 //    same arithmetic as onnxq.formats) and fp32 FMA on CUDA cores.
 //
@@ -24,6 +26,8 @@
 // (-(1024+z), -(64+z)) yields the exact integers (c0 - z, c1 - z).
 
 #include <cooperative_groups.h>
+#include <cuda.h>  // CUtensorMap (types only; the encoder comes through cudaGetDriverEntryPointByVersion)
+#include <cudaTypedefs.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -31,6 +35,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 #include "block_int4_cuda.h"
 
@@ -194,6 +199,8 @@ struct KernelParams {
                            // bit 9: DIAGNOSTIC (with bits 5+7, bs % 128 == 0): no activation staging, wrong Y
   // tiling (gemm / simt)
   int tiles_n;
+  int wg_diag;             // DIAGNOSTIC (warp-specialized wgmma, benchmarks only, wrong Y): bit 0 no scale
+                           // loads (config + 100)
 };
 
 // cp.async / ldmatrix helpers
@@ -1728,6 +1735,563 @@ using Wg9 = WgCfg<64, 1, 8, 7, 1>;
 constexpr int kNumWgConfigs = 10;
 
 // ------------------------------------------------------------------------------------
+// Hopper wgmma kernel, warp-specialized (sm_90a, any M)
+// ------------------------------------------------------------------------------------
+// Same math and shared-memory formats as wgmma_f16_kernel, but the copies leave the
+// consumers' instruction stream: warpgroup 0 (the producer, few registers after setmaxnreg)
+// issues every cp.async of a stage (activations 128B-swizzled, packed weights) and stages the
+// per-16-k scales / zero-point codes; completion is signalled on a per-stage "full" mbarrier
+// (cp.async.mbarrier.arrive.noinc from each producer thread, plus one ordinary arrive per
+// producer thread once the scales of that stage are stored, C::kLag stages after their loads,
+// so no thread waits on a just-loaded register). Warpgroups 1 and 2 (the consumers, more
+// registers) wait on "full", LDS their weight / scale fragments, dequantize and issue wgmma,
+// and release the stage on its "empty" mbarrier (one arrive per consumer warp) as soon as
+// the stage's wgmmas have completed. No __syncthreads in the main loop.
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWS_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WS_WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
+#endif
+}
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
+#endif
+}
+__device__ __forceinline__ void cp_async16_zfill(uint32_t saddr, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async8_zfill(uint32_t saddr, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(saddr), "l"(gmem), "r"(src_bytes));
+}
+
+
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// 2-D TMA tile load into this CTA's shared memory, completing on `bar` (transaction bytes).
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_>
+struct WsCfg {
+  static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
+  static constexpr int kProducers = 128, kConsumers = 256, kThreads = kProducers + kConsumers;
+  static constexpr int BN = 2 * 64 * WGM;
+  static constexpr int NACC = BT / 2;
+  static constexpr int kA = KT * BT * 128;
+  static constexpr int kB = BN * 32 * KT;
+  static constexpr int kS = BN * 8 * KT;
+  static constexpr int kZ = BN * 4 * KT;
+  static constexpr int kStageBytes = (kA + kB + kS + kZ + 1023) / 1024 * 1024;
+  static constexpr int kPipeBytes = STAGES * kStageBytes;
+  static constexpr int kRedBytes = SPLIT > 1 ? kConsumers * WGM * NACC * 4 : 0;
+  static constexpr int kBarOff = kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes;
+  static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + 1024;  // + mbarriers + alignment
+  static constexpr int kSPer = BN * 4 * KT / kProducers;  // scale entries per producer thread per stage
+  static constexpr int NA = KT * BT * 8 / kProducers;     // 16-byte activation chunks per producer thread
+  static constexpr int NB = KT * BN * 2 / kProducers;     // 16-byte weight chunks per producer thread
+  static constexpr int kMinBlocks = MINB_;
+  // setmaxnreg moves registers between the warpgroups of one CTA: the CTA keeps the allocation it
+  // was launched with (kThreads x the launch-bound register count), so 128 P + 256 C must fit in it
+  // (asking for more blocks setmaxnreg.inc forever once the SM is full). LaunchWs checks numRegs.
+  static constexpr int kRegCap = (65536 / (kThreads * MINB_)) & ~7;  // 168 or 80
+  static constexpr int kRegP = MINB_ == 1 ? 88 : 48;
+  static constexpr int kRegC = MINB_ == 1 ? 208 : 96;
+  static_assert(kProducers * kRegP + kConsumers * kRegC <= kThreads * kRegCap, "register split");
+  // Stages between a scale load and its store (producer register ring). The store of tile j-kLag
+  // precedes the empty-wait of tile j, so kLag <= STAGES - 1 cannot deadlock; a tile is complete
+  // only kLag producer iterations after its copies were issued.
+  static constexpr int kLagRegs = (MINB_ == 1 ? 16 : 8) / kSPer;  // ring slots that fit the producer's registers
+  static constexpr int kLag = STAGES - 1 < kLagRegs ? STAGES - 1 : kLagRegs;
+  static_assert(kLag >= 1 && kLag <= STAGES - 1, "pipeline depth");
+  static_assert(BT % 16 == 0 && BT <= 256 && (BT * 8) % kProducers == 0, "token tile");
+  static_assert((BN * 4 * KT) % kProducers == 0 && (KT * BN * 2) % kProducers == 0, "copy split");
+  static_assert(kSmemBytes * MINB_ <= 227 * 1024, "shared memory");
+};
+
+// Producer copy state: thread pt of 128 copies activation rows pt/8 + 16 i (chunk pt%8, the same
+// swizzled column for every i), weight rows pt/(2KT) + i*64/KT (16-byte piece pt%(2KT)) and the
+// scales of rows pt/(4KT) + i*32/KT (16-k step pt%(4KT)). Rows past M / N: zero-filled copies
+// (activations, weights) or row 0 (scales): their outputs are never stored.
+template <class C, bool kAVec>
+struct WsProducer {
+  const uint16_t* a0;  // A row (m0 + pt/8)
+  const uint8_t* b0;   // B row (n0 + pt/(2KT))
+  const uint16_t* s0;  // scale row (n0 + pt/(4KT))
+  const uint8_t* z0;   // zero-point row or null
+  int a_rows_ok;       // activation rows of this thread inside M (count of i % (BT/16))
+  int b_rows_ok;       // weight rows inside N (count of i)
+  int s_rows_ok;       // scale rows inside N
+  uint32_t a_dst, b_dst;
+  int a_kc, b_h, s_step;
+
+  __device__ __forceinline__ WsProducer(const KernelParams& p, int pt, int64_t m0, int64_t n0) {
+    const int ar = pt >> 3;
+    a_kc = pt & 7;
+    a0 = static_cast<const uint16_t*>(p.a) + (m0 + ar < p.m ? (m0 + ar) * p.k : 0);  // + gk per copy
+    const int64_t arem = p.m - m0 - ar;  // rows ar + 16 i < M  <=>  i < ceil(arem / 16)
+    a_rows_ok = arem <= 0 ? 0 : (int)((arem + 15) / 16 < C::BT / 16 ? (arem + 15) / 16 : C::BT / 16);
+    a_dst = ar * 128 + ((a_kc ^ (ar & 7)) << 4);
+    const int br = pt / (2 * C::KT);
+    b_h = pt % (2 * C::KT);
+    b0 = p.b + (n0 + br < p.n ? (n0 + br) * p.row_bytes : 0);  // + kc / 2 per copy
+    constexpr int kBStep = 64 / C::KT;
+    const int64_t brem = p.n - n0 - br;
+    b_rows_ok = brem <= 0 ? 0 : (int)((brem + kBStep - 1) / kBStep < C::NB ? (brem + kBStep - 1) / kBStep : C::NB);
+    b_dst = C::kA + br * 32 * C::KT + b_h * 16;
+    const int sr = pt / (4 * C::KT);
+    s_step = pt % (4 * C::KT);
+    s0 = static_cast<const uint16_t*>(p.s) + (n0 + sr < p.n ? (n0 + sr) * p.nb : 0);
+    z0 = p.z ? p.z + (n0 + sr < p.n ? (n0 + sr) * p.zcols : 0) : nullptr;
+    constexpr int kSStep = 32 / C::KT;
+    const int64_t srem = p.n - n0 - sr;
+    s_rows_ok = srem <= 0 ? 0 : (int)((srem + kSStep - 1) / kSStep < C::kSPer ? (srem + kSStep - 1) / kSStep : C::kSPer);
+  }
+
+  __device__ __forceinline__ void issue_a(const KernelParams& p, uint32_t st, int k0) const {
+    constexpr int RA = C::BT / 16;  // rows per thread per 64-k atom
+#pragma unroll
+    for (int i = 0; i < C::NA; ++i) {
+      const int sub = i / RA, ri = i % RA;
+      const int gk = k0 + sub * 64 + a_kc * 8;
+      const uint32_t dst = st + a_dst + sub * C::BT * 128 + ri * 16 * 128;
+      const uint16_t* src = a0 + (int64_t)ri * 16 * p.k + gk;
+      if (kAVec) {
+        const bool ok = ri < a_rows_ok && gk < (int)p.k;
+        cp_async16_zfill(dst, ok ? (const void*)src : p.a, ok ? 16 : 0);
+      } else {  // K % 8 != 0 or A unaligned: synchronous guarded loads (stored before the stage's arrive)
+        uint32_t v[4];
+        const bool rok = ri < a_rows_ok;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t lo = (rok && gk + 2 * q < p.k) ? ldg_u16(src + 2 * q) : 0u;
+          const uint32_t hi = (rok && gk + 2 * q + 1 < p.k) ? ldg_u16(src + 2 * q + 1) : 0u;
+          v[q] = lo | (hi << 16);
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "r"(v[0]), "r"(v[1]), "r"(v[2]),
+                     "r"(v[3])
+                     : "memory");
+      }
+    }
+  }
+
+  __device__ __forceinline__ void issue_b(const KernelParams& p, uint32_t st, int k0) const {
+    constexpr int kBStep = 64 / C::KT;
+    const int kc = k0 + 32 * b_h;  // first code of this thread's 16-byte piece
+    const int nbytes = kc + 32 <= (int)p.kp ? 16 : (kc + 16 <= (int)p.kp ? 8 : 0);
+#pragma unroll
+    for (int i = 0; i < C::NB; ++i) {
+      const uint32_t dst = st + b_dst + i * kBStep * 32 * C::KT;
+      const int nb = i < b_rows_ok ? nbytes : 0;
+      const uint8_t* src = nb ? b0 + (int64_t)i * kBStep * p.row_bytes + (kc >> 1) : p.b;
+      if (p.b_vec16) {
+        cp_async16_zfill(dst, src, nb);
+      } else {
+        cp_async8_zfill(dst, src, nb >= 8 ? 8 : 0);
+        cp_async8_zfill(dst + 8, nb == 16 ? src + 8 : p.b, nb == 16 ? 8 : 0);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void load_scales(const KernelParams& p, uint32_t (&sc)[C::kSPer],
+                                              uint32_t (&zb)[C::kSPer], int k0) const {
+    constexpr int kSStep = 32 / C::KT;
+    if (p.wg_diag & 1) {
+#pragma unroll
+      for (int i = 0; i < C::kSPer; ++i) {
+        sc[i] = 0x3C00u;
+        zb[i] = 0x88u;
+      }
+      return;
+    }
+    const int kk = k0 + 16 * s_step;
+    const bool in = kk < (int)p.kp;
+    const int kb = kk >> p.bs_shift;
+#pragma unroll
+    for (int i = 0; i < C::kSPer; ++i) {
+      const int64_t off = i < s_rows_ok ? (int64_t)i * kSStep : 0;
+      sc[i] = in ? ldg_u16(s0 + off * p.nb + kb) : 0u;
+      zb[i] = (in && z0) ? (uint32_t)__ldg(z0 + off * p.zcols + (kb >> 1)) : 0x88u;
+    }
+  }
+
+  __device__ __forceinline__ void store_scales(const KernelParams& p, const uint32_t (&sc)[C::kSPer],
+                                               const uint32_t (&zb)[C::kSPer], uint8_t* stage, int pt,
+                                               int k0) const {
+    uint16_t* ss = reinterpret_cast<uint16_t*>(stage + C::kA + C::kB);
+    uint8_t* sz = stage + C::kA + C::kB + C::kS;
+    const int sh = (((k0 + 16 * s_step) >> p.bs_shift) & 1) * 4;
+#pragma unroll
+    for (int i = 0; i < C::kSPer; ++i) {
+      ss[pt + i * C::kProducers] = (uint16_t)sc[i];
+      sz[pt + i * C::kProducers] = (uint8_t)((zb[i] >> sh) & 0xFu);
+    }
+  }
+};
+
+// kTma: activations and packed weights arrive by TMA (one thread issues two 2-D tile copies per
+// stage; needs 16-byte aligned A rows and B rows); otherwise by per-thread cp.async.
+template <class C, bool kAVec, bool kTma>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
+    wgmma_ws_kernel(const KernelParams p, const __grid_constant__ CUtensorMap tm_a,
+                    const __grid_constant__ CUtensorMap tm_b) {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  extern __shared__ uint8_t wg_smem_raw[];
+  const uint32_t raw_u32 = smem_u32(wg_smem_raw);
+  const uint32_t base_u32 = (raw_u32 + 1023u) & ~1023u;  // 128B swizzle: 1024-byte aligned stages
+  uint8_t* base = wg_smem_raw + (base_u32 - raw_u32);
+  constexpr int S = C::STAGES;
+  const uint32_t full_bar = base_u32 + C::kBarOff, empty_bar = full_bar + 8 * S;
+
+  const int64_t tiles_m = (p.m + C::BT - 1) / C::BT;
+  const int64_t tile = (int64_t)blockIdx.x / C::SPLIT;
+  const int rank = (int)(blockIdx.x % C::SPLIT);  // == cluster rank (cluster dims (SPLIT,1,1))
+  const int64_t tn = tile / tiles_m, tm = tile % tiles_m;
+  const int64_t m0 = tm * C::BT, n0 = tn * C::BN;
+  const int tid = threadIdx.x;
+  const int ktiles = (int)((p.k + C::BK - 1) / C::BK);
+  const int per = (ktiles + C::SPLIT - 1) / C::SPLIT;
+  const int kt0 = min(ktiles, rank * per), nt = min(ktiles, kt0 + per) - kt0;
+  const int kbase = kt0 * C::BK;
+
+  if (tid == 0) {
+#pragma unroll 1
+    for (int s = 0; s < S; ++s) {
+      // scale-store arrivals (+ cp.async arrivals; TMA completes transaction bytes instead)
+      mbar_init(full_bar + 8 * s, kTma ? C::kProducers : 2 * C::kProducers);
+      mbar_init(empty_bar + 8 * s, C::kConsumers / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  // PDL: the next kernel is released only once this CTA's producer has issued its last copy (its
+  // CTAs would otherwise take the SM slots this grid's later CTAs need; measured: 2-CTA/SM configs
+  // ran 1.3-1.5x slower with an early trigger).
+
+  if (tid < C::kProducers) {
+    // ---------------- producer warpgroup ----------------
+    setmaxnreg_dec<C::kRegP>();
+    const int pt = tid;
+    const WsProducer<C, kAVec> ld(p, pt, m0, n0);
+    const int pro = min(nt, S);
+    constexpr uint32_t kTxBytes = C::kA + C::kB;  // whole boxes, out-of-bounds parts zero-filled
+    auto tma_b = [&](uint32_t st, int k0, uint32_t bar) {
+      tma_load_2d(st + C::kA, &tm_b, k0 >> 1, (int)n0, bar);
+    };
+    auto tma_a = [&](uint32_t st, int k0, uint32_t bar) {
+#pragma unroll
+      for (int sub = 0; sub < C::KT; ++sub) tma_load_2d(st + sub * C::BT * 128, &tm_a, k0 + 64 * sub, (int)m0, bar);
+    };
+    if (p.pdl) {  // weights of the first stages are independent of earlier kernels
+#pragma unroll 1
+      for (int j = 0; j < pro; ++j) {
+        if constexpr (kTma) {
+          if (pt == 0) {
+            mbar_expect_tx(full_bar + 8 * j, kTxBytes);
+            tma_b(base_u32 + j * C::kStageBytes, kbase + j * C::BK, full_bar + 8 * j);
+          }
+        } else {
+          ld.issue_b(p, base_u32 + j * C::kStageBytes, kbase + j * C::BK);
+        }
+      }
+      griddep_wait();
+    }
+    // Issue of tile j's copies (TMA with its byte count, or cp.async with the noinc arrive).
+    auto issue = [&](uint32_t st, int k0, int j, uint32_t bar) {
+      if constexpr (kTma) {
+        if (pt == 0) {
+          if (!(p.pdl && j < pro)) {
+            mbar_expect_tx(bar, kTxBytes);
+            tma_b(st, k0, bar);
+          }
+          tma_a(st, k0, bar);
+        }
+      } else {
+        if (!(p.pdl && j < pro)) ld.issue_b(p, st, k0);
+        ld.issue_a(p, st, k0);
+        cp_async_mbar_arrive_noinc(bar);
+      }
+    };
+    if (p.bs >= C::BK) {  // one block per tile: the consumers load the scales themselves
+      int s_in = 0, ph_in = 0;
+#pragma unroll 1
+      for (int j = 0; j < nt; ++j) {
+        if (j >= S) mbar_wait(empty_bar + 8 * s_in, ph_in ^ 1);
+        issue(base_u32 + s_in * C::kStageBytes, kbase + j * C::BK, j, full_bar + 8 * s_in);
+        mbar_arrive(full_bar + 8 * s_in);
+        if (++s_in == S) { s_in = 0; ph_in ^= 1; }
+      }
+      if (p.pdl) griddep_launch_dependents();
+      if constexpr (C::SPLIT > 1) {
+        namespace cg = cooperative_groups;
+        cg::this_cluster().sync();
+        cg::this_cluster().sync();
+      }
+      return;
+    }
+    uint32_t rsc[C::kLag][C::kSPer], rzb[C::kLag][C::kSPer];
+    int s_in = 0, ph_in = 0;    // stage / phase of tile j
+    int s_out = 0;              // stage of tile j - C::kLag
+#pragma unroll 1
+    for (int j0 = 0; j0 < nt + C::kLag; j0 += C::kLag) {
+#pragma unroll
+      for (int r = 0; r < C::kLag; ++r) {
+        const int j = j0 + r;
+        if (j >= C::kLag && j - C::kLag < nt) {  // scales of tile j - C::kLag (loaded at iteration j - C::kLag)
+          ld.store_scales(p, rsc[r], rzb[r], base + s_out * C::kStageBytes, pt, kbase + (j - C::kLag) * C::BK);
+          if (!kAVec) fence_proxy_async_smem();  // activations written by st.shared, read by wgmma
+          mbar_arrive(full_bar + 8 * s_out);
+          s_out = s_out + 1 == S ? 0 : s_out + 1;
+        }
+        if (j < nt) {
+          if (j >= S) mbar_wait(empty_bar + 8 * s_in, ph_in ^ 1);
+          const uint32_t st = base_u32 + s_in * C::kStageBytes;
+          const int k0 = kbase + j * C::BK;
+          issue(st, k0, j, full_bar + 8 * s_in);
+          ld.load_scales(p, rsc[r], rzb[r], k0);
+          if (++s_in == S) { s_in = 0; ph_in ^= 1; }
+        }
+      }
+    }
+    if (p.pdl) griddep_launch_dependents();
+    if constexpr (C::SPLIT > 1) {  // the cluster barriers of the reduction count every thread
+      namespace cg = cooperative_groups;
+      cg::this_cluster().sync();
+      cg::this_cluster().sync();
+    }
+    return;
+  }
+
+  // ---------------- consumer warpgroups ----------------
+  setmaxnreg_inc<C::kRegC>();
+  if (p.pdl) griddep_wait();  // Y may still be read by the previous kernel
+  const int ct = tid - C::kProducers, lane = ct & 31, warp = ct >> 5;
+  const int wg = warp >> 2, wq = warp & 3, g = lane >> 2, t = lane & 3;
+  const uint32_t sel = (uint32_t)t | 0x4040u | ((uint32_t)t << 8);  // bytes (t, 0, t, 0)
+  float acc[C::WGM][C::NACC];  // the first wgmma overwrites (scale-d 0)
+
+  // Block size >= BK (one block per tile): each thread loads the scale / zero-point byte of its
+  // rows itself, one tile ahead (the load of tile i+1 is issued after tile i's values are used,
+  // so nothing waits on it before tile i+1), and the producer stages none.
+  const bool direct = p.bs >= C::BK;
+  const uint16_t* srow[C::WGM][2];
+  const uint8_t* zrow[C::WGM][2];
+  uint32_t pre_s[C::WGM][2], pre_z[C::WGM][2];
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
+      const int64_t rr = r < p.n ? r : 0;
+      srow[mt][h] = static_cast<const uint16_t*>(p.s) + rr * p.nb;
+      zrow[mt][h] = p.z ? p.z + rr * p.zcols : nullptr;
+      pre_s[mt][h] = 0u;
+      pre_z[mt][h] = 0x88u;
+    }
+  auto fetch_scales = [&](int kt) {  // tile kt of this CTA's K slice
+    const int kb = (kbase + kt * C::BK) >> p.bs_shift;
+#pragma unroll
+    for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        pre_s[mt][h] = ldg_u16(srow[mt][h] + kb);
+        pre_z[mt][h] = zrow[mt][h] ? (uint32_t)__ldg(zrow[mt][h] + (kb >> 1)) : 0x88u;
+      }
+  };
+  if (direct && nt > 0) fetch_scales(0);
+  int s_c = 0, ph_c = 0, s_prev = 0;
+#pragma unroll 1
+  for (int i = 0; i < nt; ++i) {
+    mbar_wait(full_bar + 8 * s_c, ph_c);
+    if (!kTma) fence_proxy_async_smem();  // cp.async writes (generic proxy) -> wgmma reads (async proxy)
+    const uint8_t* sb = base + s_c * C::kStageBytes + C::kA;
+    const uint16_t* ss = reinterpret_cast<const uint16_t*>(sb + C::kB);
+    const uint8_t* sz = sb + C::kB + C::kS;
+    const uint32_t a_addr = base_u32 + s_c * C::kStageBytes;
+    uint4 w[C::WGM][2][2 * C::KT];
+    uint2 sv[C::WGM][2][C::KT];
+    uint32_t zv[C::WGM][2][C::KT];
+#pragma unroll
+    for (int mt = 0; mt < C::WGM; ++mt) {
+      const int r0 = (wg * C::WGM + mt) * 64 + wq * 16 + g;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = r0 + 8 * h;
+#pragma unroll
+        for (int q = 0; q < 2 * C::KT; ++q) w[mt][h][q] = *reinterpret_cast<const uint4*>(sb + r * 32 * C::KT + 16 * q);
+        if (!direct) {
+#pragma unroll
+          for (int q = 0; q < C::KT; ++q) {
+            sv[mt][h][q] = *reinterpret_cast<const uint2*>(ss + r * 4 * C::KT + 4 * q);
+            zv[mt][h][q] = *reinterpret_cast<const uint32_t*>(sz + r * 4 * C::KT + 4 * q);
+          }
+        }
+      }
+    }
+    if (direct) {  // the same per-16-k-step format as the staged values: every step has the tile's block
+      const int sh = (((kbase + i * C::BK) >> p.bs_shift) & 1) * 4;
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t s2 = pre_s[mt][h] | (pre_s[mt][h] << 16);
+          const uint32_t z4 = ((pre_z[mt][h] >> sh) & 0xFu) * 0x01010101u;
+#pragma unroll
+          for (int q = 0; q < C::KT; ++q) {
+            sv[mt][h][q] = make_uint2(s2, s2);
+            zv[mt][h][q] = z4;
+          }
+        }
+      if (i + 1 < nt) fetch_scales(i + 1);
+    }
+    // Tile i-1's wgmmas (one group) must retire before its fragment registers are rewritten
+    // (wgmma reads register operands asynchronously; ptxas turns any earlier rewrite into a full
+    // wait after every wgmma, see ops/cuda/NOTES.md). The full-barrier wait and the shared-memory
+    // loads above overlap them, and the other consumer warpgroup's wgmmas keep the tensor cores
+    // busy while this one dequantizes.
+    wg_wait<0>();
+    if (i > 0) {  // tile i-1's stage is free
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty_bar + 8 * s_prev);
+    }
+    uint32_t fr[4 * C::KT][C::WGM][4];
+#pragma unroll
+    for (int s = 0; s < 4 * C::KT; ++s) {
+      const int sub = s >> 2, s4 = s & 3;
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t hv = (s4 < 2) ? sv[mt][h][sub].x : sv[mt][h][sub].y;
+          const uint32_t sc = __byte_perm(hv, 0u, (s4 & 1) ? 0x3232u : 0x1010u);
+          const uint32_t sub_bits = zp_sub_bits((zv[mt][h][sub] >> (8 * s4)) & 0xFu);
+          const uint4& wv = w[mt][h][s >> 1];
+          const uint32_t xlo = word_of(wv, 2 * (s & 1)), xhi = word_of(wv, 2 * (s & 1) + 1);
+          fr[s][mt][h] = hmul2_u32(dq_pair_sel(xlo, sel, sub_bits), sc);
+          fr[s][mt][2 + h] = hmul2_u32(dq_pair_sel(xhi, sel, sub_bits), sc);
+        }
+      }
+    }
+    wg_fence();
+#pragma unroll
+    for (int s = 0; s < 4 * C::KT; ++s) {
+      const int sub = s >> 2, s4 = s & 3;
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt) {
+        wg_fence_acc(acc[mt]);
+        wgmma_bt<C::BT>(acc[mt], fr[s][mt], wg_desc_sw128(a_addr + sub * C::BT * 128 + 32 * s4), (i | s) != 0);
+        wg_fence_acc(acc[mt]);
+      }
+    }
+    wg_commit();
+    s_prev = s_c;
+    if (++s_c == S) { s_c = 0; ph_c ^= 1; }
+  }
+  if (p.pdl) griddep_launch_dependents();
+  wg_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt) wg_fence_acc(acc[mt]);
+  if (nt == 0) {
+#pragma unroll
+    for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+      for (int e = 0; e < C::NACC; ++e) acc[a][e] = 0.f;
+  }
+
+  if constexpr (C::SPLIT > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    float* red = reinterpret_cast<float*>(base);
+    asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");  // both warpgroups left the pipeline
+    if (rank != 0) {
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * C::kConsumers + ct] = acc[a][e];
+    }
+    cluster.sync();
+    if (rank == 0) {
+#pragma unroll 1
+      for (int r = 1; r < C::SPLIT; ++r) {
+        const float* peer = cluster.map_shared_rank(red, r);
+#pragma unroll
+        for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+          for (int e = 0; e < C::NACC; ++e) acc[a][e] += peer[(a * C::NACC + e) * C::kConsumers + ct];
+      }
+    }
+    cluster.sync();
+    if (rank != 0) return;
+  }
+
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  __half* Y = static_cast<__half*>(p.y);
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
+      if (col < p.n) {
+        const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
+#pragma unroll
+        for (int j = 0; j < C::BT / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t row = m0 + 8 * j + 2 * t + e;
+            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
+          }
+      }
+    }
+#else
+  __trap();
+#endif
+}
+
+// Warp-specialized configurations: index kNumWgConfigs + i of Path::kWgmma.
+//                BT WGM SPLIT STAGES KT CTAs/SM
+using Ws0 = WsCfg<64, 1, 4, 8, 1, 1>;
+using Ws1 = WsCfg<64, 1, 8, 6, 1, 2>;
+using Ws2 = WsCfg<128, 1, 1, 6, 1, 1>;
+using Ws3 = WsCfg<64, 1, 3, 6, 1, 2>;
+using Ws4 = WsCfg<128, 1, 2, 6, 1, 1>;
+using Ws5 = WsCfg<256, 1, 4, 5, 1, 1>;
+using Ws6 = WsCfg<256, 1, 3, 5, 1, 1>;
+using Ws7 = WsCfg<256, 1, 1, 5, 1, 1>;
+using Ws8 = WsCfg<64, 1, 1, 6, 1, 2>;
+using Ws9 = WsCfg<64, 1, 2, 6, 1, 2>;
+constexpr int kNumWsConfigs = 10;
+
+// ------------------------------------------------------------------------------------
 // SIMT fp32 kernel (any M): exact fp32 dequant, FFMA
 // ------------------------------------------------------------------------------------
 
@@ -1943,14 +2507,110 @@ int LaunchWg(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
                 len);
 }
 
-// wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): BT=64 with
-// 4-way split-K (2 CTAs per SM) up to M=64; BT=128 x 128 k per stage with 2-way split-K while
-// that fits one wave, else BT=256 unsplit.
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+bool EncodeTensorMap2d(CUtensorMap* map, CUtensorMapDataType type, void* addr, const cuuint64_t* dim,
+                       const cuuint64_t* stride, const cuuint32_t* box, const cuuint32_t* estride,
+                       CUtensorMapSwizzle swizzle) {
+  static std::atomic<void*> fn{nullptr};
+  static std::atomic<int> state{0};  // 0 unknown, 1 available, 2 unavailable
+  if (state.load(std::memory_order_acquire) == 0) {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+    const bool ok = e == cudaSuccess && q == cudaDriverEntryPointSuccess && f != nullptr;
+    if (!ok) cudaGetLastError();
+    fn.store(f, std::memory_order_relaxed);
+    state.store(ok ? 1 : 2, std::memory_order_release);
+  }
+  if (state.load(std::memory_order_acquire) != 1) return false;
+  auto encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn.load(std::memory_order_relaxed));
+  return encode(map, type, 2, addr, dim, stride, box, estride, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <class C>
+int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
+             size_t len) {
+  static std::atomic<uint64_t> smem_done[2];
+  if (!WgmmaAvailable(dev))
+    return Fail(err, len, kInvalidArgument, "the wgmma path needs an sm_90 GPU and a build with sm_90a code");
+  const int64_t tiles = ((p.m + C::BT - 1) / C::BT) * ((p.n + C::BN - 1) / C::BN) * C::SPLIT;
+  if (tiles > 0x7fffffffLL) return Fail(err, len, kInvalidArgument, "problem too large: %lld tiles", (long long)tiles);
+  // TMA for A and B when both have 16-byte aligned rows and the driver offers the encoder.
+  CUtensorMap tm_a, tm_b;
+  std::memset(&tm_a, 0, sizeof(tm_a));
+  std::memset(&tm_b, 0, sizeof(tm_b));
+  bool tma = a_vec && p.b_vec16 && p.m <= 0x7fffffffLL;
+  if (tma) {
+    const cuuint64_t a_dim[2] = {(cuuint64_t)p.k, (cuuint64_t)p.m}, a_stride[1] = {(cuuint64_t)p.k * 2};
+    const cuuint32_t a_box[2] = {64, (cuuint32_t)C::BT}, ones[2] = {1, 1};
+    const cuuint64_t b_dim[2] = {(cuuint64_t)p.row_bytes, (cuuint64_t)p.n}, b_stride[1] = {(cuuint64_t)p.row_bytes};
+    const cuuint32_t b_box[2] = {(cuuint32_t)(32 * C::KT), (cuuint32_t)C::BN};
+    tma = EncodeTensorMap2d(&tm_a, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, const_cast<void*>(p.a), a_dim, a_stride, a_box,
+                            ones, CU_TENSOR_MAP_SWIZZLE_128B) &&
+          EncodeTensorMap2d(&tm_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, const_cast<uint8_t*>(p.b), b_dim, b_stride, b_box,
+                            ones, CU_TENSOR_MAP_SWIZZLE_NONE);
+  }
+  using KFn = void (*)(KernelParams, CUtensorMap, CUtensorMap);
+  const int variant = (a_vec ? 1 : 0) + (tma ? 2 : 0);
+  const KFn kernels[4] = {wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, false>,
+                          wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, true>};
+  const KFn k = kernels[variant];
+  static std::atomic<uint64_t> smem_done4[4];
+  int rc = EnsureSmem(reinterpret_cast<const void*>(k), C::kSmemBytes, &smem_done4[variant], err, len);
+  if (rc != kOk) return rc;
+  (void)smem_done;
+  static std::atomic<int> regs[4];  // the kernel's register count (its CTA allocation), checked once
+  int nr = regs[variant].load(std::memory_order_relaxed);
+  if (nr == 0) {
+    cudaFuncAttributes fa;
+    cudaError_t e = cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(k));
+    if (e != cudaSuccess) return Fail(err, len, kCudaError, "cudaFuncGetAttributes: %s", cudaGetErrorString(e));
+    nr = fa.numRegs;
+    regs[variant].store(nr, std::memory_order_relaxed);
+  }
+  if (C::kProducers * C::kRegP + C::kConsumers * C::kRegC > C::kThreads * nr)
+    return Fail(err, len, kCudaError, "wgmma config built with %d registers per thread, too few for setmaxnreg", nr);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles));
+  cfg.blockDim = dim3(C::kThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(C::kSmemBytes);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (pdl) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  if (C::SPLIT > 1) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = static_cast<unsigned>(C::SPLIT);
+    attr[na].val.clusterDim.y = 1;
+    attr[na].val.clusterDim.z = 1;
+    ++na;
+  }
+  cfg.attrs = na ? attr : nullptr;
+  cfg.numAttrs = na;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, k, p, tm_a, tm_b);
+  if (e == cudaSuccess) e = cudaGetLastError();
+  if (e != cudaSuccess) return Fail(err, len, kCudaError, "kernel launch failed: %s", cudaGetErrorString(e));
+  return kOk;
+}
+
+// wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): the
+// warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). M <= 64: BT=64 at 2 CTAs/SM with
+// 3-way split-K while one CTA per SM covers the grid (Ws3), else 2-way (Ws9), else none (Ws8);
+// larger M: BT=128 with 2-way split-K while that fits one wave (Ws4), else BT=256 unsplit (Ws7).
+// (A split-K cluster of 1-CTA/SM CTAs can run in two waves even below #SMs: at most 30 clusters
+// of 4 were co-resident on the H100.)
 int ChooseWgConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
   auto ctas = [&](int bt, int bn) { return ((m + bt - 1) / bt) * ((n + bn - 1) / bn); };
-  if (m <= 64) return 3;
-  if (m <= 128) return 4;
-  return ctas(128, 128) * 2 <= dev.sms ? 4 : 6;
+  if (m <= 64) {
+    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + 3;
+    return ctas(64, 128) * 2 <= 2 * dev.sms ? kNumWgConfigs + 9 : kNumWgConfigs + 8;
+  }
+  return ctas(128, 128) * 2 <= dev.sms ? kNumWgConfigs + 4 : kNumWgConfigs + 7;
 }
 
 // Tensor-core configuration for M > 16 (tuned on H100; sm_80 gets the split-free ones).
@@ -2147,6 +2807,10 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   if (path == Path::kWgmma) {
     int cfg = args.config;
     if (cfg < 0) cfg = ChooseWgConfig(m, n, dev);
+    if (cfg >= 100 && cfg < 200 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
+      p.wg_diag = cfg / 100;
+      cfg %= 100;
+    }
     switch (cfg) {
       case 0: return LaunchWg<Wg0>(p, a_vec, dev, stream, pdl, err, len);
       case 1: return LaunchWg<Wg1>(p, a_vec, dev, stream, pdl, err, len);
@@ -2158,7 +2822,19 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
       case 7: return LaunchWg<Wg7>(p, a_vec, dev, stream, pdl, err, len);
       case 8: return LaunchWg<Wg8>(p, a_vec, dev, stream, pdl, err, len);
       case 9: return LaunchWg<Wg9>(p, a_vec, dev, stream, pdl, err, len);
-      default: return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg, kNumWgConfigs - 1);
+      case kNumWgConfigs + 0: return LaunchWs<Ws0>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 1: return LaunchWs<Ws1>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 2: return LaunchWs<Ws2>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 3: return LaunchWs<Ws3>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 4: return LaunchWs<Ws4>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 5: return LaunchWs<Ws5>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 6: return LaunchWs<Ws6>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 7: return LaunchWs<Ws7>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 8: return LaunchWs<Ws8>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 9: return LaunchWs<Ws9>(p, a_vec, dev, stream, pdl, err, len);
+      default:
+        return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg,
+                    kNumWgConfigs + kNumWsConfigs - 1);
     }
   }
   if (path != Path::kTensorCore)

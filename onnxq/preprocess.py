@@ -116,12 +116,11 @@ def parse_preprocess(spec: str | Sequence[str] | None, base: ImagePreprocess = I
         if key not in _KEYS:
             raise CalibrationDataError(f"--preprocess: unknown key {key!r}; keys: {', '.join(sorted(_KEYS))}")
         try:
-            if key == "resize":
+            if key in ("resize", "crop"):
                 parts = [int(v) for v in value.replace("x", ",").split(",") if v]
-                fields["resize"] = parts[0] if len(parts) == 1 else tuple(parts[:2])
-            elif key == "crop":
-                parts = [int(v) for v in value.replace("x", ",").split(",") if v]
-                fields["crop"] = parts[0] if len(parts) == 1 else tuple(parts[:2])
+                if len(parts) not in (1, 2):
+                    raise ValueError(value)
+                fields[key] = parts[0] if len(parts) == 1 else tuple(parts)
             elif key in ("mean", "std"):
                 fields[key] = tuple(_number(v) for v in value.split(",") if v.strip())
             elif key == "scale":

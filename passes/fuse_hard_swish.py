@@ -27,9 +27,13 @@ __all__ = ["FuseHardSwishPass"]
 logger = logging.getLogger(__name__)
 
 
-def _scalar(v: ir.Value | None) -> float | None:
+def _scalar(v: ir.Value | None, x: ir.Value | None = None) -> float | None:
+    """The value of a one-element float constant that broadcasting against ``x`` leaves
+    ``x``'s shape alone (rank 0, or a rank no higher than ``x``'s known rank)."""
     a = irutil.const_array(v) if v is not None else None
     if a is None or a.size != 1 or a.dtype.kind != "f":
+        return None
+    if a.ndim and (x is None or x.shape is None or a.ndim > len(x.shape)):
         return None
     return float(a.reshape(()))
 
@@ -74,9 +78,9 @@ def _clip_0_6(node: ir.Node) -> bool:
 def _divides_by_6(node: ir.Node | None, v: ir.Value) -> bool:
     """``node`` is ``v / 6`` or ``v * (1/6)``."""
     if _std(node, "Div") and len(node.inputs) == 2 and node.inputs[0] is v:
-        return _close(_scalar(node.inputs[1]), 6.0)
+        return _close(_scalar(node.inputs[1], v), 6.0)
     if _std(node, "Mul"):
-        return _close(_scalar(_other(node, v)), 1.0 / 6.0)
+        return _close(_scalar(_other(node, v), v), 1.0 / 6.0)
     return False
 
 
@@ -85,7 +89,7 @@ def _hard_sigmoid_of(start: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value]
     if not _std(start, "Add") or len(start.inputs) != 2:
         return None
     for x, three in ((start.inputs[0], start.inputs[1]), (start.inputs[1], start.inputs[0])):
-        if x is None or irutil.is_constant(x) or not _close(_scalar(three), 3.0):
+        if x is None or irutil.is_constant(x) or not _close(_scalar(three, x), 3.0):
             continue
         clip = _only_use(start.outputs[0])
         if clip is None or not _clip_0_6(clip) or clip.inputs[0] is not start.outputs[0]:
@@ -103,7 +107,7 @@ def _hard_swish_of(start: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] |
     if not _std(start, "Add") or len(start.inputs) != 2:
         return None
     for x, three in ((start.inputs[0], start.inputs[1]), (start.inputs[1], start.inputs[0])):
-        if x is None or irutil.is_constant(x) or not _close(_scalar(three), 3.0):
+        if x is None or irutil.is_constant(x) or not _close(_scalar(three, x), 3.0):
             continue
         clip = _only_use(start.outputs[0])
         if clip is None or not _clip_0_6(clip) or clip.inputs[0] is not start.outputs[0]:

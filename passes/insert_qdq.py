@@ -39,7 +39,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from typing import Any, Collection, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -625,7 +626,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
     def __init__(self, recipe: StaticInt8, float_nodes: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.recipe = recipe
-        self.float_nodes = dict(float_nodes or {})
+        self.float_nodes = MappingProxyType(dict(float_nodes or {}))
 
     def requires(self, model: ir.Model) -> None:
         opset = _opset(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from typing import Any
@@ -242,7 +243,10 @@ def _equalization_targets(plan, values) -> list[_Equalization]:
             consumers.append(sp)
         if consumers:
             out.append(_Equalization(g.key, spec_a, tuple(consumers), channels, linear))
-    return out
+    # a depthwise conv that consumes one equalized tensor and produces another would need both
+    # factors in its weight scale: keep only the first of such a chain
+    consumed = {id(sp.node) for eq in out for sp in eq.consumers}
+    return [eq for eq in out if id(eq.producer.node) not in consumed]
 
 
 def _nonnegative(values, tensors) -> frozenset[str]:
@@ -399,7 +403,7 @@ def calibrate_plan(
         hi = maxima[eq.tensor].max
         lo = -minima[eq.tensor].max if eq.linear else np.zeros_like(hi)
         m = np.maximum(hi, -lo)  # per-channel magnitude
-        top = float(np.max(m)) if np.isfinite(m).all() else 0.0
+        top = float(np.max(m)) if np.isfinite(m).all() and np.isfinite(lo).all() else 0.0
         if top <= 0:
             continue
         # every channel stretched to the tensor's largest magnitude: s >= 1, so a Clip(0, hi)
@@ -430,7 +434,8 @@ def gptq_weight_values(model: ir.Model, plan, recipe: StaticInt8, data: Any) -> 
     from onnxq.calib import gptq8
     from onnxq.passes.insert_qdq import quantize_weight
 
-    targets = gptq8.gptq_targets(plan)
+    # layers inside If/Loop bodies have no Hessian of their own run (left to round to nearest)
+    targets = [t for t in gptq8.gptq_targets(plan) if t.spec.node.graph is model.graph]
     if not targets:
         return {}
     accs, seconds = gptq8.collect_hessians(
@@ -508,15 +513,18 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                 logger.info("%d Concat node(s) join ranges too different for one int8 scale: left in float, "
                             "calibrating again", len(reasons))
             names = irutil.FreshNames(model.graph)
+            taken = collections.Counter(n.name for n in model.graph.all_nodes() if n.name)
             for node, why in reasons.items():
-                if not node.name:
-                    node.name = names(f"{node.op_type}_unnamed")
+                if not node.name or taken[node.name] > 1:  # names are how the plan finds it again
+                    node.name = names(f"{node.name or node.op_type}_float")
                 float_nodes[node.name] = why
             plan = plan_static(model, recipe, float_nodes)
             if not any(d.selected for d in plan.decisions):
                 from onnxq.api import _nothing_message
 
                 raise NothingToQuantizeError(_nothing_message(recipe, plan.decisions)) from None
+    kept = {sp.node.outputs[0].name for sp in plan.weights}
+    codes = {k: v for k, v in codes.items() if k in kept}  # GPTQ codes of weights still quantized
     never_ran = [n for n, why in float_nodes.items() if why == NEVER_RAN]
     concats = [n for n, why in float_nodes.items() if why != NEVER_RAN]
     InsertQdqPass(recipe, float_nodes)(model)

@@ -56,3 +56,15 @@ def test_other_constants_are_left_alone():
     model = _model("hardswish", 14)
     model.graph.initializers["three"].const_value = ir.tensor(np.array(2.5, np.float32), name="three")
     assert_pass_idempotent(FuseHardSwishPass, model, expect_modified=False)
+
+
+def test_a_constant_that_would_broadcast_x_up_is_left_alone():
+    """Add(x[4], three[1, 1]) is [1, 4]; HardSigmoid(x) would be [4]."""
+    inits = [nh.from_array(np.full((1, 1), 3.0, np.float32), "three"), nh.from_array(np.array(0.0, np.float32), "zero"),
+             nh.from_array(np.array(6.0, np.float32), "six")]
+    graph = h.make_graph(
+        [h.make_node("Add", ["x", "three"], ["a"]), h.make_node("Clip", ["a", "zero", "six"], ["c"]),
+         h.make_node("Div", ["c", "six"], ["y"])], "g",
+        [h.make_tensor_value_info("x", T.FLOAT, [4])], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], inits)
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]))
+    assert_pass_idempotent(FuseHardSwishPass, model, expect_modified=False)

@@ -166,7 +166,12 @@ def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
         # peak RSS measured)
         path = workdir / "calib.onnx"
         ir.save(model, path, external_data="calib.onnx.data")
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        try:
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise CalibrationDataError(
+                f"ONNX Runtime cannot run the model for calibration: {str(e).splitlines()[0][:300]}"
+            ) from None
     finally:
         for v in added:
             graph.outputs.remove(v)

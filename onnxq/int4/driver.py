@@ -85,23 +85,31 @@ def run_weight_only_int4(
             )
         feeds = calibration_feeds(model, data, recipe)
         values = []
+        nested = 0
         for d in decisions:
             if d.selected and d.reason != INT8_REASON:
+                if d.node.graph is not model.graph:  # inside an If/Loop body: no statistics of its own
+                    nested += 1
+                    continue
                 w = ir.convenience.get_const_tensor(d.node.inputs[1])
                 k = w.shape[1] if d.node.op_type == "Gemm" and d.node.attributes.get_int("transB", 0) else w.shape[0]
                 values.append((d.node.inputs[0], int(k)))
-        t0 = time.perf_counter()
-        stats = collect_activation_stats(
-            model, values, feeds, first_token_weight=recipe.first_token_weight,
-            memory_budget_bytes=recipe.calib_memory_mb << 20 if recipe.calib_memory_mb else None,
-        )
-        on_disk = sum(1 for st in stats.values() if st.on_disk)
-        notes.append(
-            f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
-            f"in {time.perf_counter() - t0:.1f} s"
-            + (f" (Hessians over calib_memory_mb={recipe.calib_memory_mb}: several passes, {on_disk} kept on disk "
-               "until used)" if on_disk else "")
-        )
+        if nested:
+            notes.append(f"{nested} weight(s) inside If/Loop bodies were calibrated on nothing: rtn for them")
+        stats = {}
+        if values:
+            t0 = time.perf_counter()
+            stats = collect_activation_stats(
+                model, values, feeds, first_token_weight=recipe.first_token_weight,
+                memory_budget_bytes=recipe.calib_memory_mb << 20 if recipe.calib_memory_mb else None,
+            )
+            on_disk = sum(1 for st in stats.values() if st.on_disk)
+            notes.append(
+                f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
+                f"in {time.perf_counter() - t0:.1f} s"
+                + (f" (Hessians over calib_memory_mb={recipe.calib_memory_mb}: several passes, {on_disk} kept on "
+                   "disk until used)" if on_disk else "")
+            )
     elif data is not None:
         notes.append(f"algorithm {recipe.algorithm} needs no calibration data; the data given was not used")
     t0 = time.perf_counter()

@@ -83,3 +83,20 @@ def test_nested_if_lstm_model(recipe_name, tmp_path):
         a, b = ref.run(None, f)[0], got.run(None, f)[0]
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= 0.25 * np.abs(a).max() + 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_int4_calibrated_algorithms_with_matmuls_in_if_branches(algorithm, tmp_path):
+    """Data-driven int4 calibrates the root graph's MatMuls; those inside If bodies (no
+    statistics of their own) are rounded with RTN, and the report says so."""
+    src = tmp_path / "vad.onnx"
+    onnx.save(_model(), str(src))
+    feeds = [{"x": RNG.standard_normal((3, H)).astype(np.float32), "sr": np.array(16000, np.int64)} for _ in range(4)]
+    model, report = onnxq.quantize_with_report(src, onnxq.WeightOnlyInt4(algorithm=algorithm, block_size=16), data=feeds)
+    assert any("inside If/Loop bodies" in n for n in report.notes)
+    out = tmp_path / "q.onnx"
+    onnxq.save(model, out)
+    onnx.checker.check_model(str(out), full_check=True)
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    assert np.abs(got - ref).max() < 0.2 * np.abs(ref).max()

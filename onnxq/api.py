@@ -132,7 +132,9 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.fold_conv_affine import FoldConvAffinePass
 
-    FoldConstantsPass()(model)
+    nodes_before = sum(1 for _ in model.graph.all_nodes())
+    if FoldConstantsPass()(model).modified:
+        notes.append(f"folded {nodes_before - sum(1 for _ in model.graph.all_nodes())} constant-expression node(s)")
 
     def affine_nodes() -> int:
         return sum(1 for n in model.graph.all_nodes() if n.op_type in ("BatchNormalization", "Mul", "Div", "Add", "Sub"))
@@ -143,9 +145,12 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         notes.append(f"folded {folded} BatchNormalization/Mul/Add node(s) into the Conv before them")
     from onnxq.passes.fuse_hard_swish import FuseHardSwishPass
 
-    before = affine_nodes()
+    def activations() -> int:
+        return sum(1 for n in model.graph.all_nodes() if n.op_type in ("HardSigmoid", "HardSwish"))
+
+    before = activations()
     if FuseHardSwishPass()(model).modified:
-        notes.append(f"wrote {before - affine_nodes()} elementwise node(s) of hard-sigmoid/hard-swish as the ops")
+        notes.append(f"wrote {activations() - before} written-out hard-sigmoid/hard-swish as the ops")
     result = quantize_static(model, recipe, data)
     return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
 

@@ -21,7 +21,9 @@ data, then both are compared with the float model on held-out data:
 - NudeNet's YOLOv8n detector (``320n.onnx``, 320x320): the anchors whose best class score
   is above 0.25 in the float model that stay above it (detection recall before NMS).
 
-Speed: ORT CPU, 1 thread, float vs int8 in one process, interleaved.
+Speed: ORT CPU, 1 thread, float vs int8 in one process, interleaved. silero-vad also with
+``StaticInt8(quantize_islands=True)`` (Add/Mul without a quantized Conv/MatMul next to them
+quantized too, as before 2026-11-24).
 
     .venv/bin/python -m bench.bench_static_exported [--models vad,cls,rec,det]
 """
@@ -104,11 +106,11 @@ def image_feeds(folder: Path, name: str, pp: str) -> list[dict[str, np.ndarray]]
 # -- quantizers ------------------------------------------------------------------------------
 
 
-def onnxq_int8(src: Path, dst: Path, calib: list[dict]) -> float:
+def onnxq_int8(src: Path, dst: Path, calib: list[dict], **recipe) -> float:
     import onnxq
 
     t0 = time.perf_counter()
-    onnxq.save(onnxq.quantize(src, onnxq.StaticInt8(), data=calib), dst)
+    onnxq.save(onnxq.quantize(src, onnxq.StaticInt8(**recipe), data=calib), dst)
     return time.perf_counter() - t0
 
 
@@ -193,11 +195,14 @@ def main() -> int:
             calib, held = make(src)
             paths = {"fp32": src, "onnxq": Path(tmp) / f"{kind}_onnxq.onnx", "ort": Path(tmp) / f"{kind}_ort.onnx"}
             seconds = {"onnxq": onnxq_int8(src, paths["onnxq"], calib), "ort": ort_int8(src, paths["ort"], calib)}
+            if kind == "vad":  # what leaving the elementwise islands in float buys
+                paths["onnxq+islands"] = Path(tmp) / f"{kind}_islands.onnx"
+                seconds["onnxq+islands"] = onnxq_int8(src, paths["onnxq+islands"], calib, quantize_islands=True)
             ref = outputs(src, held)
             sessions = {k: ort_session(p) for k, p in paths.items() if p.exists()}
             probe = held[0]
             lat = interleaved_median_ms({k: (lambda s=s: s.run(None, probe)) for k, s in sessions.items()}, repeats=30)
-            for tool in ("onnxq", "ort"):
+            for tool in [t for t in ("onnxq", "onnxq+islands", "ort") if t in seconds]:
                 row = {"model": f"{src.stem} ({kind})", "quantizer": tool, "metric": METRIC[kind]}
                 if isinstance(seconds[tool], str):
                     row.update({"value": None, "sqnr_db": None, "note": seconds[tool]})

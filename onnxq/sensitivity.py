@@ -296,6 +296,12 @@ def quantize_static_to_target(
             f" ({share:.0%} of the multiply-adds, budget {max_float_share:.0%}; {wshare:.1%} of the weights, "
             f"budget {max_float_weight_share:.0%}): " + ", ".join(result.excluded)
         )
+    nested = [d.name for d in report.quantized if d.node.graph is not None and d.node.graph is not model.graph]
+    if nested and not result.target_met:
+        note += (
+            f"; {len(nested)} of the quantized nodes sit inside If/Loop bodies, which this search does not measure "
+            f"or try: keep them in float with --exclude NAME (e.g. {nested[0]})"
+        )
     trail = "; ".join(
         f"{n} float: {db:.1f} dB" + (f", {a:.1%}" if a is not None else "") for n, db, a in result.history
     )

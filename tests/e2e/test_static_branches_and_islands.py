@@ -217,3 +217,14 @@ def test_gptq_rounding_with_layers_inside_if_branches(model_path):
     calib = _feeds(12, 16000) + _feeds(12, 8000)
     model = onnxq.quantize(model_path, onnxq.StaticInt8(weight_rounding="gptq"), data=calib)
     assert _sqnr(model_path, model, _feeds(8, 16000, seed=3)) > 10
+
+
+def test_sensitivity_search_says_when_the_layers_sit_inside_if_bodies(model_path):
+    from onnxq.sensitivity import AccuracyTarget, quantize_static_to_target
+
+    calib = _feeds(8, 16000) + _feeds(8, 8000)
+    _, report, result = quantize_static_to_target(
+        model_path, onnxq.StaticInt8(), calib, AccuracyTarget(min_sqnr_db=200), max_rounds=1
+    )
+    assert not result.target_met
+    assert any("inside If/Loop bodies" in n and "--exclude" in n for n in report.notes)

@@ -66,8 +66,8 @@ def _widen_for_bias(node: ir.Node, dq_w: ir.Node, b: np.ndarray, s_x: float, s_w
     limit = float(_INT32.max) * 0.999
     need = np.abs(b.astype(np.float64)) / (max(s_x, 1e-45) * limit)
     low = need > s_w.astype(np.float64)
-    if not low.any() or len(dq_w.outputs[0].uses()) != 1 or len(dq_w.inputs[0].uses()) != 1:
-        return s_w
+    if not low.any() or any(len(v.uses()) != 1 for v in (dq_w.outputs[0], dq_w.inputs[0], dq_w.inputs[1])):
+        return s_w  # codes or scales shared with another node: they cannot change alone
     codes = irutil.const_array(dq_w.inputs[0])
     zp = irutil.const_array(dq_w.inputs[2]) if len(dq_w.inputs) > 2 and dq_w.inputs[2] is not None else None
     if codes is None or codes.dtype.kind != "i" or (zp is not None and np.any(zp != 0)):

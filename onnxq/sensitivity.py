@@ -296,7 +296,11 @@ def quantize_static_to_target(
             f" ({share:.0%} of the multiply-adds, budget {max_float_share:.0%}; {wshare:.1%} of the weights, "
             f"budget {max_float_weight_share:.0%}): " + ", ".join(result.excluded)
         )
-    nested = [d.name for d in report.quantized if d.node.graph is not None and d.node.graph is not model.graph]
+    from onnxq import irutil, modelio
+
+    float_model = modelio.load(model_path)
+    in_bodies = {n.name for g in irutil.iter_graphs(float_model.graph) if g is not float_model.graph for n in g if n.name}
+    nested = [d.name for d in report.quantized if d.name in in_bodies]
     if nested and not result.target_met:
         note += (
             f"; {len(nested)} of the quantized nodes sit inside If/Loop bodies, which this search does not measure "

@@ -228,3 +228,23 @@ def test_sensitivity_search_says_when_the_layers_sit_inside_if_bodies(model_path
     )
     assert not result.target_met
     assert any("inside If/Loop bodies" in n and "--exclude" in n for n in report.notes)
+
+
+def test_sensitivity_note_on_a_model_without_bodies_does_not_mention_them(tmp_path):
+    from onnxq.sensitivity import AccuracyTarget, quantize_static_to_target
+
+    graph = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="c1"),
+         h.make_node("Relu", ["c"], ["r"], name="relu"),
+         h.make_node("Conv", ["r", "w2"], ["y"], kernel_shape=[1, 1], name="c2")],
+        "plain", [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 8, 8])], [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 8, 8])],
+        [nh.from_array(np.random.default_rng(1).standard_normal(s).astype(np.float32), n)
+         for n, s in (("w", (4, 4, 3, 3)), ("w2", (4, 4, 1, 1)))],
+    )
+    path = tmp_path / "plain.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    calib = [{"x": np.random.default_rng(i).standard_normal((1, 4, 8, 8)).astype(np.float32)} for i in range(6)]
+    _, report, result = quantize_static_to_target(path, onnxq.StaticInt8(), calib, AccuracyTarget(min_sqnr_db=200),
+                                                  max_rounds=1)
+    assert not result.target_met
+    assert not any("If/Loop" in n for n in report.notes)

@@ -84,8 +84,8 @@ def _divides_by_6(node: ir.Node | None, v: ir.Value) -> bool:
     return False
 
 
-def _hard_sigmoid_of(start: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] | None:
-    """``start`` = Add(x, 3) of a written-out hard-sigmoid: (x, its nodes, its output)."""
+def _plus_3_clip(start: ir.Node) -> tuple[ir.Value, ir.Node] | None:
+    """``start`` = Add(x, 3) whose only use is Clip(., 0, 6): (x, the Clip)."""
     if not _std(start, "Add") or len(start.inputs) != 2:
         return None
     for x, three in ((start.inputs[0], start.inputs[1]), (start.inputs[1], start.inputs[0])):
@@ -94,32 +94,27 @@ def _hard_sigmoid_of(start: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value]
         clip = _only_use(start.outputs[0])
         if clip is None or not _clip_0_6(clip) or clip.inputs[0] is not start.outputs[0]:
             return None
-        div = _only_use(clip.outputs[0])
-        if div is None or not _divides_by_6(div, clip.outputs[0]):
-            # Clip(x+3)*x/6: the Mul by x comes before the division
-            return None
-        return x, [start, clip, div], div.outputs[0]
+        return x, clip
     return None
 
 
-def _hard_swish_of(start: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] | None:
-    """``start`` = Add(x, 3) of ``x * Clip(x + 3, 0, 6) / 6`` (either order of Mul and Div)."""
-    if not _std(start, "Add") or len(start.inputs) != 2:
+def _written_out(start: ir.Node) -> tuple[str, ir.Value, list[ir.Node], ir.Value] | None:
+    """``start`` = Add(x, 3) of a written-out activation: (``HardSwish`` for
+    ``x * Clip(x + 3, 0, 6) / 6`` in either order of Mul and Div, or ``HardSigmoid`` for
+    ``Clip(x + 3, 0, 6) / 6``; x; its nodes; its output)."""
+    found = _plus_3_clip(start)
+    if found is None:
         return None
-    for x, three in ((start.inputs[0], start.inputs[1]), (start.inputs[1], start.inputs[0])):
-        if x is None or irutil.is_constant(x) or not _close(_scalar(three, x), 3.0):
-            continue
-        clip = _only_use(start.outputs[0])
-        if clip is None or not _clip_0_6(clip) or clip.inputs[0] is not start.outputs[0]:
+    x, clip = found
+    after = _only_use(clip.outputs[0])
+    if _std(after, "Mul") and _other(after, clip.outputs[0]) is x:
+        div = _only_use(after.outputs[0])
+        if div is None or not _divides_by_6(div, after.outputs[0]):
             return None
-        mul = _only_use(clip.outputs[0])
-        if not _std(mul, "Mul") or _other(mul, clip.outputs[0]) is not x:
-            return None
-        div = _only_use(mul.outputs[0])
-        if div is None or not _divides_by_6(div, mul.outputs[0]):
-            return None
-        return x, [start, clip, mul, div], div.outputs[0]
-    return None
+        return "HardSwish", x, [start, clip, after, div], div.outputs[0]
+    if after is None or not _divides_by_6(after, clip.outputs[0]):
+        return None
+    return "HardSigmoid", x, [start, clip, after], after.outputs[0]
 
 
 def _replace(graph: ir.Graph, old: list[ir.Node], y: ir.Value, new: list[ir.Node]) -> None:
@@ -161,16 +156,11 @@ class FuseHardSwishPass(ir.passes.InPlacePass):
         for node in list(irutil.iter_nodes(model.graph)):
             if node.graph is None:
                 continue  # removed by an earlier match
-            found = _hard_swish_of(node)
+            found = _written_out(node)
             if found is not None:
-                x, old, y = found
-                _replace(node.graph, old, y, hard_swish(x, node.name or "act"))
-                fused += 1
-                continue
-            found = _hard_sigmoid_of(node)
-            if found is not None:
-                x, old, y = found
-                _replace(node.graph, old, y, [hard_sigmoid(x, node.name or "act")])
+                kind, x, old, y = found
+                base = node.name or "act"
+                _replace(node.graph, old, y, hard_swish(x, base) if kind == "HardSwish" else [hard_sigmoid(x, base)])
                 fused += 1
         if opset >= 14:  # x * HardSigmoid(x; 1/6, 0.5) -> HardSwish(x)
             for node in list(irutil.iter_nodes(model.graph)):

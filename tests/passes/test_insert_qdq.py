@@ -121,6 +121,17 @@ def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():
     assert "Relu" not in fused and "Clip" not in fused  # folded into the quantized range
 
 
+def _with_and_without_equalization(text: str, inits: dict, rng):
+    """Calibration data and a held-out input drawn from ``rng``; the float output on the
+    input and the model quantized with and without channel equalization."""
+    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
+    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
+    (ref,) = run_ort(model_from_text(text, inits), x)
+    on = onnxq.quantize(model_from_text(text, inits), StaticInt8(), data=data)
+    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    return x, ref, on, off
+
+
 def test_channel_equalization_moves_scales_exactly():
     text = """
     <ir_version: 8, opset_import: ["" : 17]>
@@ -138,11 +149,7 @@ def test_channel_equalization_moves_scales_exactly():
         "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None],
         "bd": rng.standard_normal(8).astype(np.float32),
     }
-    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
-    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
-    (ref,) = run_ort(model_from_text(text, inits), x)
-    on = onnxq.quantize(model_from_text(text, inits), StaticInt8(), data=data)
-    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    x, ref, on, off = _with_and_without_equalization(text, inits, rng)
     e_on, e_off = _rel(run_ort(on, x)[0], ref), _rel(run_ort(off, x)[0], ref)
     assert e_on < 0.25 * e_off, (e_on, e_off)  # small channels no longer drown in noise
     assert _ort_optimized_ops(on)["QLinearConv"] == 2
@@ -167,11 +174,7 @@ def test_channel_equalization_of_a_conv_output_without_activation():
         "wd": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None],
         "bd": rng.standard_normal(8).astype(np.float32),
     }
-    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
-    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
-    (ref,) = run_ort(model_from_text(text, inits), x)
-    on, report = onnxq.quantize_with_report(model_from_text(text, inits), StaticInt8(), data=data)
-    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    x, ref, on, off = _with_and_without_equalization(text, inits, rng)
     e_on, e_off = _rel(run_ort(on, x)[0], ref), _rel(run_ort(off, x)[0], ref)
     assert e_on < 0.25 * e_off, (e_on, e_off)
     assert _ort_optimized_ops(on)["QLinearConv"] == 2
@@ -378,11 +381,7 @@ def test_equalization_chain_through_a_depthwise_conv_stays_exact():
         "we": rng.standard_normal((8, 1, 3, 3)).astype(np.float32) / spread[:, None, None, None],
         "be": rng.standard_normal(8).astype(np.float32),
     }
-    data = [{"x": rng.standard_normal((1, 3, 10, 10)).astype(np.float32)} for _ in range(8)]
-    x = {"x": rng.standard_normal((2, 3, 10, 10)).astype(np.float32)}
-    (ref,) = run_ort(model_from_text(text, inits), x)
-    on = onnxq.quantize(model_from_text(text, inits), StaticInt8(), data=data)
-    off = onnxq.quantize(model_from_text(text, inits), StaticInt8(channel_equalization=False), data=data)
+    x, ref, on, off = _with_and_without_equalization(text, inits, rng)
 
     def snr(model):
         out = run_ort(model, x)[0]

@@ -1367,6 +1367,63 @@ __device__ __forceinline__ void wg_fence_acc(float (&d)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+#if defined(ONNXQ_WGMMA_DEVICE)
+// Split-K over a cluster (both wgmma kernels): every rank's accumulators are added into rank 0's
+// through distributed shared memory. ``red``: this CTA's buffer, ``stride`` floats apart per
+// accumulator, this thread's at ``idx``. True on rank 0, the only rank with an epilogue left.
+template <class C>
+__device__ __forceinline__ bool cluster_reduce_acc(float (&acc)[C::WGM][C::NACC], float* red, int rank, int stride,
+                                                   int idx) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  if (rank != 0) {
+#pragma unroll
+    for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+      for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * stride + idx] = acc[a][e];
+  }
+  cluster.sync();
+  if (rank == 0) {
+#pragma unroll 1
+    for (int r = 1; r < C::SPLIT; ++r) {
+      const float* peer = cluster.map_shared_rank(red, r);
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int e = 0; e < C::NACC; ++e) acc[a][e] += peer[(a * C::NACC + e) * stride + idx];
+    }
+  }
+  cluster.sync();  // peers' shared memory must outlive rank 0's reads
+  return rank == 0;
+}
+
+// Epilogue of both wgmma kernels: this thread's accumulators of its warpgroup's tiles of Y^T
+// (warp quarter wq, lane group g, lane t) plus the bias, stored as fp16; rows past M and columns
+// past N are skipped.
+template <class C>
+__device__ __forceinline__ void store_wgmma_tile(const KernelParams& p, const float (&acc)[C::WGM][C::NACC],
+                                                 int64_t m0, int64_t n0, int wg, int wq, int g, int t) {
+  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
+  __half* Y = static_cast<__half*>(p.y);
+#pragma unroll
+  for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
+      if (col < p.n) {
+        const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
+#pragma unroll
+        for (int j = 0; j < C::BT / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t row = m0 + 8 * j + 2 * t + e;
+            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
+          }
+      }
+    }
+}
+#endif
+
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
 __device__ __forceinline__ uint64_t wg_desc_sw128(uint32_t saddr) {
   return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (1ull << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
@@ -1671,49 +1728,11 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_f16_kernel(c
   cp_async_wait<0>();
 
   if constexpr (C::SPLIT > 1) {
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    float* red = reinterpret_cast<float*>(base);
     __syncthreads();  // pipeline buffers are free
-    if (rank != 0) {
-#pragma unroll
-      for (int a = 0; a < C::WGM; ++a)
-#pragma unroll
-        for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * C::kThreads + tid] = acc[a][e];
-    }
-    cluster.sync();
-    if (rank == 0) {
-#pragma unroll 1
-      for (int r = 1; r < C::SPLIT; ++r) {
-        const float* peer = cluster.map_shared_rank(red, r);
-#pragma unroll
-        for (int a = 0; a < C::WGM; ++a)
-#pragma unroll
-          for (int e = 0; e < C::NACC; ++e) acc[a][e] += peer[(a * C::NACC + e) * C::kThreads + tid];
-      }
-    }
-    cluster.sync();  // peers' shared memory must outlive rank 0's reads
-    if (rank != 0) return;
+    if (!cluster_reduce_acc<C>(acc, reinterpret_cast<float*>(base), rank, C::kThreads, tid)) return;
   }
 
-  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
-  __half* Y = static_cast<__half*>(p.y);
-#pragma unroll
-  for (int mt = 0; mt < C::WGM; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
-      if (col < p.n) {
-        const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
-#pragma unroll
-        for (int j = 0; j < C::BT / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t row = m0 + 8 * j + 2 * t + e;
-            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
-          }
-      }
-    }
+  store_wgmma_tile<C>(p, acc, m0, n0, wg, wq, g, t);
 #else
   __trap();  // launched only on sm_90 from an sm_90a build (see WgmmaAvailable)
 #endif
@@ -2229,49 +2248,11 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   }
 
   if constexpr (C::SPLIT > 1) {
-    namespace cg = cooperative_groups;
-    cg::cluster_group cluster = cg::this_cluster();
-    float* red = reinterpret_cast<float*>(base);
     asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");  // both warpgroups left the pipeline
-    if (rank != 0) {
-#pragma unroll
-      for (int a = 0; a < C::WGM; ++a)
-#pragma unroll
-        for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * C::kConsumers + ct] = acc[a][e];
-    }
-    cluster.sync();
-    if (rank == 0) {
-#pragma unroll 1
-      for (int r = 1; r < C::SPLIT; ++r) {
-        const float* peer = cluster.map_shared_rank(red, r);
-#pragma unroll
-        for (int a = 0; a < C::WGM; ++a)
-#pragma unroll
-          for (int e = 0; e < C::NACC; ++e) acc[a][e] += peer[(a * C::NACC + e) * C::kConsumers + ct];
-      }
-    }
-    cluster.sync();
-    if (rank != 0) return;
+    if (!cluster_reduce_acc<C>(acc, reinterpret_cast<float*>(base), rank, C::kConsumers, ct)) return;
   }
 
-  const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
-  __half* Y = static_cast<__half*>(p.y);
-#pragma unroll
-  for (int mt = 0; mt < C::WGM; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = n0 + (wg * C::WGM + mt) * 64 + wq * 16 + g + 8 * h;
-      if (col < p.n) {
-        const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
-#pragma unroll
-        for (int j = 0; j < C::BT / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t row = m0 + 8 * j + 2 * t + e;
-            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
-          }
-      }
-    }
+  store_wgmma_tile<C>(p, acc, m0, n0, wg, wq, g, t);
 #else
   __trap();
 #endif

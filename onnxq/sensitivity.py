@@ -253,7 +253,8 @@ def quantize_static_to_target(
     from onnxq.data import as_calibration_data, input_specs
 
     source = as_calibration_data(data, batch_size=recipe.batch_size)
-    specs = input_specs(modelio.load(model_path))
+    float_model = modelio.load(model_path)
+    specs = input_specs(float_model)
     source.precheck(specs)
 
     last: dict[str, object] = {}
@@ -296,16 +297,17 @@ def quantize_static_to_target(
             f" ({share:.0%} of the multiply-adds, budget {max_float_share:.0%}; {wshare:.1%} of the weights, "
             f"budget {max_float_weight_share:.0%}): " + ", ".join(result.excluded)
         )
-    from onnxq import irutil, modelio
+    if not result.target_met:  # say so when the search could not see some of the quantized nodes
+        from onnxq import irutil
 
-    float_model = modelio.load(model_path)
-    in_bodies = {n.name for g in irutil.iter_graphs(float_model.graph) if g is not float_model.graph for n in g if n.name}
-    nested = [d.name for d in report.quantized if d.name in in_bodies]
-    if nested and not result.target_met:
-        note += (
-            f"; {len(nested)} of the quantized nodes sit inside If/Loop bodies, which this search does not measure "
-            f"or try: keep them in float with --exclude NAME (e.g. {nested[0]})"
-        )
+        in_bodies = {n.name for g in irutil.iter_graphs(float_model.graph) if g is not float_model.graph for n in g
+                     if n.name}
+        nested = [d.name for d in report.quantized if d.name in in_bodies]
+        if nested:
+            note += (
+                f"; {len(nested)} of the quantized nodes sit inside If/Loop bodies, which this search does not "
+                f"measure or try: keep them in float with --exclude NAME (e.g. {nested[0]})"
+            )
     trail = "; ".join(
         f"{n} float: {db:.1f} dB" + (f", {a:.1%}" if a is not None else "") for n, db, a in result.history
     )

@@ -176,9 +176,9 @@ def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...], model: ir.
     reasons = sorted({d.reason for d in decisions})
     msg = f"nothing to quantize: all {len(decisions)} candidate nodes were skipped ({'; '.join(reasons[:3])})"
     msg += _conv_hint(recipe, model)
-    from onnxq.passes.insert_qdq import ISLAND, MODEL_OUTPUT
+    from onnxq.passes.insert_qdq import FLOAT_CONSUMERS, ISLAND, MODEL_OUTPUT
 
-    if ISLAND in reasons or MODEL_OUTPUT in reasons:
+    if {ISLAND, MODEL_OUTPUT, FLOAT_CONSUMERS} & set(reasons):
         msg += "; to quantize them anyway set quantize_islands = true in a --config recipe"
     return msg
 

@@ -69,6 +69,11 @@ MIN_OPSET = 13
 PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
 _SHARED_SCALE_OPS = frozenset({"MaxPool", "Resize"})
 _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# weighted ops whose result may stay float when the model returns it: ORT runs a MatMul with
+# int8 inputs and a float result as MatMulIntegerToFloat, a Gemm in float on the dequantized
+# weights (a classifier head: a small share of the work). A Conv without a quantized result
+# would run entirely in float, so its output is always quantized.
+_FLOAT_RESULT_OPS = frozenset({"MatMul", "Gemm"})
 _FOLDABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add"})
 _OVERRIDE_KEYS = frozenset({"activation_type", "symmetric", "calibration", "percentile", "range"})
 
@@ -331,6 +336,7 @@ def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
 EXCLUDED = "excluded by name"
 ISLAND = "no quantized Conv/MatMul/Gemm next to it: int8 would only add Q/DQ (and error)"
 MODEL_OUTPUT = "its output is a model output: int8 would only round it (no int8 consumer gains)"
+FLOAT_CONSUMERS = "its result goes only to float ops (e.g. a LayerNorm or Softmax): int8 would only round it"
 NEVER_RAN = "saw no finite values during calibration (a branch the data never takes, or NaN/Inf): left in float"
 
 
@@ -379,6 +385,42 @@ def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable
                 stack.extend(user.outputs)
 
 
+def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:
+    """Whether an output of ``node`` reaches a chosen node, directly or through
+    pass-through ops and Relu/Clip (the consumers :func:`_linked_neighbours` walks)."""
+    stack = list(node.outputs)
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        for user, _ in v.uses():
+            if id(user) in chosen:
+                return True
+            if user.op_type in _LINKS and id(user) not in seen:
+                seen.add(id(user))
+                stack.extend(user.outputs)
+    return False
+
+
+def _float_fed(selected: list[ir.Node]) -> set[int]:
+    """ids of selected Add/Mul/Concat/pool/Resize nodes whose results reach no selected
+    node, repeated until nothing changes (an Add feeding only a float Add feeding a
+    LayerNorm goes too): ORT would run them in int8 between a dequantize and a quantize
+    that only round -- a transformer's residual Add before its LayerNorm, the mask Add
+    before a Softmax. Rounding the residual stream per tensor costs BERT-style encoders
+    most of their accuracy (its outlier channels set the scale of all the others)."""
+    chosen = {id(n): n for n in selected}
+    gone: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for key, n in list(chosen.items()):
+            if n.op_type not in _WEIGHTED_OPS and not _feeds_chosen(n, chosen):
+                del chosen[key]
+                gone.add(key)
+                changed = True
+    return gone
+
+
 def _islands(selected: list[ir.Node]) -> set[int]:
     """ids of selected nodes in groups (linked as in :func:`_linked_neighbours`) without a
     Conv/ConvTranspose/MatMul/Gemm: an Add, Mul, Concat or pool between float ops runs no
@@ -422,6 +464,8 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
         ]
         islands = _islands([d.node for d in decisions if d.selected])
         decisions = [Decision(d.node, False, ISLAND) if id(d.node) in islands else d for d in decisions]
+        float_fed = _float_fed([d.node for d in decisions if d.selected])
+        decisions = [Decision(d.node, False, FLOAT_CONSUMERS) if id(d.node) in float_fed else d for d in decisions]
     selected = [d.node for d in decisions if d.selected]
     float_tensors = kept_float_tensors(
         d.node for d in decisions if d.reason == EXCLUDED or (d.node.name and d.node.name in float_nodes)
@@ -472,6 +516,9 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
             out = act.outputs[0]
         if out.name in float_tensors:  # read (or computed) by a node kept in float
             continue
+        if (op in _FLOAT_RESULT_OPS and out.is_graph_output() and out.graph is model.graph
+                and out.name not in recipe.tensor_overrides and not recipe.quantize_islands):
+            continue  # a MatMul/Gemm result the model returns (logits) is not rounded to 8 bits
         if act is not None:
             b = _activation_bounds(act)
             bounds[out.name] = b[1]

@@ -176,13 +176,15 @@ def test_concat_of_very_different_ranges_stays_float(tmp_path):
             h.make_node("Conv", ["x", "wb", "bb"], ["b"], kernel_shape=[1, 1], name="cls"),
             h.make_node("Concat", ["a", "b"], ["ab"], axis=1, name="head"),
             h.make_node("Sigmoid", ["ab"], ["y"], name="sigmoid"),
+            # an int8 consumer of the Concat too (one that only float ops read stays float anyway)
+            h.make_node("Conv", ["ab", "wp", "bp"], ["z"], kernel_shape=[1, 1], name="post"),
         ],
         "head",
         [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 6, 6])],
-        [h.make_tensor_value_info("y", T.FLOAT, [1, 6, 6, 6])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, 6, 6, 6]), h.make_tensor_value_info("z", T.FLOAT, [1, 2, 6, 6])],
         [nh.from_array((wr.standard_normal(shape) * k).astype(np.float32), name) for wr in [np.random.default_rng(8)]
          for name, shape, k in (("wa", (3, 4, 1, 1), 30.0), ("ba", (3,), 10.0), ("wb", (3, 4, 1, 1), 0.2),
-                                ("bb", (3,), 0.1))],
+                                ("bb", (3,), 0.1), ("wp", (2, 6, 1, 1), 0.5), ("bp", (2,), 0.1))],
     )
     path = tmp_path / "head.onnx"
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))

@@ -32,8 +32,8 @@ cnn (float[N, 3, 12, 12] x) => (float[N, 10] y) {
     cat = Concat <axis: int = 1> (m, m)
     p = GlobalAveragePool(cat)
     f = Flatten(p)
-    s = Softmax(f)
-    y = Gemm <transB: int = 1> (s, wg, bg)
+    h = Gemm <transB: int = 1> (f, wg, bg)
+    y = Softmax(h)
 }
 """
 
@@ -92,7 +92,7 @@ def test_plan_rules_groups_and_reasons():
     assert g["m"] is g["cat"]  # Concat inputs share the output scale
     assert g["p"] is g["f"]  # Flatten passes the scale through
     assert set(g["cat"].observe) == {"a", "cat"}  # m and... derived members are not observed
-    assert "s" in g  # Softmax output feeds the Gemm: quantized as its input
+    assert "h" in g and "y" not in g  # a Gemm's result is quantized (ORT's QGemm), the float Softmax's not
 
 
 def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():

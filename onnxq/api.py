@@ -81,9 +81,14 @@ def _refuse_quantized(model: ir.Model) -> None:
 
 
 def prepare(model: ir.Model) -> None:
-    """Passes every recipe runs first: types and shapes for every value we can infer."""
+    """Passes int8-dynamic and int4 run first: constant expressions folded (a weight written
+    as ``Transpose(initializer)`` -- exporters without constant folding, tied embeddings in
+    torch.export's graphs -- is a constant weight again), then types and shapes for every
+    value we can infer."""
+    from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.infer_shapes import InferShapesPass
 
+    FoldConstantsPass()(model)
     InferShapesPass()(model)
 
 
@@ -151,6 +156,13 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     before = activations()
     if FuseHardSwishPass()(model).modified:
         notes.append(f"wrote {activations() - before} written-out hard-sigmoid/hard-swish as the ops")
+    from onnxq.passes.global_average_pool import GlobalAveragePoolPass
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(model)  # the pool rewrite needs the feature map's size
+    if GlobalAveragePoolPass()(model).modified:
+        notes.append("wrote AveragePool over the whole feature map as GlobalAveragePool (ORT's int8 AveragePool "
+                     "averages such windows differently)")
     result = quantize_static(model, recipe, data)
     return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
 

@@ -246,6 +246,10 @@ def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
             return "not a float32 activation"
         if op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].uses():
             return "MaxPool Indices output is used"
+        if op == "AveragePool" and node.attributes.get_int("ceil_mode", 0) and node.attributes.get_int(
+            "count_include_pad", 0
+        ):
+            return AVGPOOL_CEIL_PAD
         return None
     return f"{op} is not quantized by int8-static"
 
@@ -334,6 +338,10 @@ def _weight_axis(node: ir.Node, w: np.ndarray, per_channel: bool) -> int | None:
 
 
 EXCLUDED = "excluded by name"
+# ORT's QLinearAveragePool divides a window that ceil_mode lets run past the padded edge by the
+# whole kernel size, the float AveragePool by the part inside (HF EfficientNet's pooler: a
+# 640x640 kernel over a 2x2 map came out ~0 in int8)
+AVGPOOL_CEIL_PAD = "AveragePool with ceil_mode and count_include_pad: ORT's int8 kernel averages its edge windows differently"
 ISLAND = "no quantized Conv/MatMul/Gemm next to it: int8 would only add Q/DQ (and error)"
 MODEL_OUTPUT = "its output is a model output: int8 would only round it (no int8 consumer gains)"
 FLOAT_CONSUMERS = "its result goes only to float ops (e.g. a LayerNorm or Softmax): int8 would only round it"
@@ -467,8 +475,9 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
         float_fed = _float_fed([d.node for d in decisions if d.selected])
         decisions = [Decision(d.node, False, FLOAT_CONSUMERS) if id(d.node) in float_fed else d for d in decisions]
     selected = [d.node for d in decisions if d.selected]
-    float_tensors = kept_float_tensors(
-        d.node for d in decisions if d.reason == EXCLUDED or (d.node.name and d.node.name in float_nodes)
+    float_tensors = kept_float_tensors(  # AVGPOOL_CEIL_PAD too: DQ -> AveragePool -> Q would fuse anyway
+        d.node for d in decisions
+        if d.reason in (EXCLUDED, AVGPOOL_CEIL_PAD) or (d.node.name and d.node.name in float_nodes)
     )
     act_type = qp.qtype_named(recipe.activation_type)
     w_type = qp.qtype_named(recipe.weight_type)

@@ -61,15 +61,19 @@ _WEIGHT_DTYPES = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16
 _NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
 
 
+HEAD_REASON = (
+    "a small output head (classifier/pooler): int4 there costs the output much accuracy for almost no size; "
+    "float_heads = false quantizes it"
+)
+
+
 def _check(node: ir.Node) -> str | None:
     if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
         return "missing inputs"
     w = node.inputs[1]
-    if not irutil.is_constant(w):
-        return "second input is not a constant weight"
+    if not irutil.is_constant(w) or ir.convenience.get_const_tensor(w) is None:
+        return "second input is computed at run time, not a weight (activation x activation stays float)"
     tensor = ir.convenience.get_const_tensor(w)
-    if tensor is None:
-        return "second input is not a constant weight"
     if tensor.dtype not in _WEIGHT_DTYPES:
         return f"weight is {tensor.dtype.name}, not float32/float16"
     if len(tensor.shape) != 2:
@@ -86,6 +90,44 @@ def _check(node: ir.Node) -> str | None:
     return None
 
 
+# the layers from which at most this share of the selected weights lies before a model output
+# (with the layers after them) are "small output heads"
+HEAD_SHARE = 0.015
+
+
+def _weight_size(node: ir.Node) -> int:
+    t = ir.convenience.get_const_tensor(node.inputs[1])
+    return int(np.prod(t.shape)) if t is not None else 0
+
+
+def _small_output_heads(model: ir.Model, decisions: list[Decision]) -> dict[int, float]:
+    """id(node) -> share of the selected weights, for selected root-graph nodes whose result
+    reaches a model output while the selected layers from it on (itself included) hold at
+    most HEAD_SHARE of all selected weights: a BERT pooler + classifier, a ViT head (an LLM's
+    lm_head holds several % and is quantized)."""
+    size = {id(d.node): _weight_size(d.node) for d in decisions if d.selected}
+    total = sum(size.values())
+    budget = HEAD_SHARE * total
+    out: dict[int, float] = {}
+    for d in decisions:
+        n = d.node
+        if not d.selected or n.graph is not model.graph or size[id(n)] > budget:
+            continue
+        acc, reaches_output, seen, stack = size[id(n)], False, {id(n)}, list(n.outputs)
+        while stack and acc <= budget:
+            v = stack.pop()
+            reaches_output = reaches_output or v.is_graph_output()
+            for user, _ in v.uses():
+                if id(user) in seen:
+                    continue
+                seen.add(id(user))
+                acc += size.get(id(user), 0)
+                stack.extend(user.outputs)
+        if reaches_output and acc <= budget:
+            out[id(n)] = acc / total
+    return out
+
+
 def plan_int4(model: ir.Model, recipe: WeightOnlyInt4) -> list[Decision]:
     """What ``QuantizeMatMulInt4Pass(recipe)`` would do: selected nodes are int4 (reason
     empty) or int8 (reason ``INT8_REASON``); the others say why they are skipped."""
@@ -96,6 +138,13 @@ def plan_int4(model: ir.Model, recipe: WeightOnlyInt4) -> list[Decision]:
         elif d.selected and name_matches(d.node.name or "", recipe.keep_8bit):
             d = Decision(d.node, True, INT8_REASON)
         out.append(d)
+    if recipe.float_heads:
+        heads = _small_output_heads(model, out)
+        out = [
+            Decision(d.node, False, f"{HEAD_REASON} ({heads[id(d.node)]:.2%} of the weights with the layers after it)")
+            if id(d.node) in heads else d
+            for d in out
+        ]
     return out
 
 

@@ -49,6 +49,13 @@ class _Equalization:
     linear: bool = False
 
 
+# values this large are masks (finfo(float32).min / max, 1e9-style "minus infinity"), not data
+MASK_MAGNITUDE = 1e30
+MASK_VALUES = (
+    f"carries mask values (|x| >= {MASK_MAGNITUDE:.0e}, e.g. finfo(float32).min added to attention scores): "
+    "an int8 range spanning them leaves one level for the data; left in float"
+)
+
 # a Concat shares one scale over its inputs: one that spans less than this fraction of the
 # joint range keeps fewer than 256 / 16 = 16 levels, and the Concat stays float instead
 CONCAT_RANGE_RATIO = 16.0
@@ -60,6 +67,15 @@ class MismatchedConcatError(OnnxqError):
     def __init__(self, nodes: dict) -> None:
         self.nodes = nodes  # node -> reason
         super().__init__(f"{len(nodes)} Concat node(s) join ranges too different for one scale")
+
+
+class MaskValuedTensorsError(OnnxqError):
+    """Nodes whose tensors carry mask values (|x| >= MASK_MAGNITUDE, e.g. finfo(float32).min
+    added to attention scores): one int8 scale spanning them has no levels left for the rest."""
+
+    def __init__(self, nodes: dict) -> None:
+        self.nodes = nodes  # node -> reason
+        super().__init__(f"{len(nodes)} node(s) carry mask values too large for an int8 range")
 
 
 class UnobservedTensorsError(OnnxqError):
@@ -304,6 +320,17 @@ def _mismatched_concats(plan, observers: dict[str, Observer]) -> dict:
     return out
 
 
+def _mask_valued(plan, per_group: dict[str, Observer]) -> dict:
+    """Selected node -> MASK_VALUES, for the nodes touching a group whose observed extremes
+    reach MASK_MAGNITUDE."""
+    tensors: set[str] = set()
+    for g in plan.groups:
+        obs = per_group.get(g.key)
+        if obs is not None and obs.seen and max(abs(obs.min), abs(obs.max)) >= MASK_MAGNITUDE:
+            tensors.update(g.members)
+    return {node: MASK_VALUES for node in _nodes_touching(plan, tensors)} if tensors else {}
+
+
 def _nodes_touching(plan, tensors: set[str]) -> list[ir.Node]:
     """Selected nodes of ``plan`` that read or write one of ``tensors`` (also through the
     Relu/Clip folded into them)."""
@@ -379,6 +406,9 @@ def calibrate_plan(
     unseen = [t for g in plan.groups if g.fixed_range is None and not per_group[g.key].seen for t in g.members]
     if unseen:
         raise UnobservedTensorsError(unseen)
+    masked = _mask_valued(plan, per_group) if check_concats else {}
+    if masked:
+        raise MaskValuedTensorsError(masked)
     mismatched = _mismatched_concats(plan, observers) if check_concats else {}
     if mismatched:
         raise MismatchedConcatError(mismatched)
@@ -496,7 +526,7 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                 model, plan, recipe, data, weight_values=codes, check_concats=data.reiterable
             )
             break
-        except (UnobservedTensorsError, MismatchedConcatError) as e:
+        except (UnobservedTensorsError, MismatchedConcatError, MaskValuedTensorsError) as e:
             if not data.reiterable:
                 raise
             if isinstance(e, UnobservedTensorsError):
@@ -508,6 +538,10 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                     "takes, or NaN/Inf): leaving them in float and calibrating again: %s", len(reasons),
                     ", ".join(sorted(n.name or n.op_type for n in reasons)[:5]) + (" ..." if len(reasons) > 5 else ""),
                 )
+            elif isinstance(e, MaskValuedTensorsError):
+                reasons = e.nodes
+                logger.info("%d node(s) carry mask values (|x| >= %.0e): left in float, calibrating again",
+                            len(reasons), MASK_MAGNITUDE)
             else:
                 reasons = e.nodes
                 logger.info("%d Concat node(s) join ranges too different for one int8 scale: left in float, "
@@ -526,7 +560,8 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
     kept = {sp.node.outputs[0].name for sp in plan.weights}
     codes = {k: v for k, v in codes.items() if k in kept}  # GPTQ codes of weights still quantized
     never_ran = [n for n, why in float_nodes.items() if why == NEVER_RAN]
-    concats = [n for n, why in float_nodes.items() if why != NEVER_RAN]
+    masked = [n for n, why in float_nodes.items() if why == MASK_VALUES]
+    concats = [n for n, why in float_nodes.items() if why not in (NEVER_RAN, MASK_VALUES)]
     InsertQdqPass(recipe, float_nodes)(model)
     FoldScalesPass(qparams, biases, weight_scales, weight_values=codes)(model)
     if channel_scales:
@@ -538,6 +573,11 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         notes.append(
             f"left {len(concats)} Concat node(s) in float whose inputs' ranges differ more than "
             f"{CONCAT_RANGE_RATIO:.0f}x (one shared int8 scale would erase the smaller ones)"
+        )
+    if masked:
+        notes.append(
+            f"left {len(masked)} node(s) in float whose tensors carry mask values (|x| >= {MASK_MAGNITUDE:.0e}, "
+            "e.g. an attention mask of finfo(float32).min): an int8 range spanning them would erase the data"
         )
     if never_ran:
         notes.append(

@@ -124,3 +124,55 @@ def test_second_run_of_the_plan_changes_nothing(tmp_path):
     model = onnxq.quantize(path, onnxq.StaticInt8(), data=_feeds(8))
     again = plan_static(model, onnxq.StaticInt8())
     assert not any(d.selected for d in again.decisions)  # already QDQ: nothing left to rewrite
+
+
+def _masked_attention_model() -> onnx.ModelProto:
+    """scores = q k^T; scores + Where(mask, 0, finfo.min) -> Softmax -> @ v -> MatMul(w)."""
+    big_neg = float(np.finfo(np.float32).min)
+    nodes = [
+        h.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        h.make_node("Where", ["mask", "zero", "neg"], ["bias"], name="mask_bias"),
+        h.make_node("Add", ["scores", "bias"], ["masked"], name="mask_add"),
+        h.make_node("Softmax", ["masked"], ["p"], axis=-1, name="softmax"),
+        h.make_node("MatMul", ["p", "v"], ["ctx"], name="pv"),
+        h.make_node("MatMul", ["ctx", "w"], ["y"], name="proj"),
+    ]
+    inits = [nh.from_array(np.array(0.0, np.float32), "zero"), nh.from_array(np.array(big_neg, np.float32), "neg"),
+             _w("w", (D, D), 0.2)]
+    graph = h.make_graph(nodes, "attn", [
+        h.make_tensor_value_info("q", T.FLOAT, [1, S, D]), h.make_tensor_value_info("kt", T.FLOAT, [1, D, S]),
+        h.make_tensor_value_info("v", T.FLOAT, [1, S, D]), h.make_tensor_value_info("mask", T.BOOL, [1, 1, S])],
+        [h.make_tensor_value_info("y", T.FLOAT, [1, S, D])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _attention_feeds(n):
+    out = []
+    for _ in range(n):
+        mask = np.ones((1, 1, S), bool)
+        mask[..., RNG.integers(S // 2, S):] = False  # padding at the end
+        out.append({"q": RNG.standard_normal((1, S, D)).astype(np.float32), "kt": RNG.standard_normal((1, D, S)).astype(
+            np.float32) * 0.3, "v": RNG.standard_normal((1, S, D)).astype(np.float32), "mask": mask})
+    return out
+
+
+def test_attention_mask_values_stay_out_of_int8_ranges(tmp_path):
+    """With quantize_islands (the qnn target) the mask Add is a candidate too: its output holds
+    finfo.min where masked, and a range spanning that left one int8 level for the scores
+    (scale ~1e36). It stays float, with a note; the data is calibrated again."""
+    from onnxq.calib.static import MASK_VALUES
+
+    path = tmp_path / "attn.onnx"
+    onnx.save(_masked_attention_model(), str(path))
+    calib, held = _attention_feeds(12), _attention_feeds(6)
+    model, report = onnxq.quantize_with_report(path, onnxq.StaticInt8(quantize_islands=True), data=calib)
+    reason = {d.name: d.reason for d in report.decisions}
+    assert reason["mask_add"] == MASK_VALUES
+    assert reason["qk"] == reason["pv"] == reason["proj"] == ""
+    assert any("mask values" in n for n in report.notes)
+    for n in model.graph:
+        if n.op_type == "QuantizeLinear":
+            assert float(np.max(n.inputs[1].const_value.numpy())) < 1e3, n.inputs[0].name
+    assert _sqnr(path, model, held) > 25.0
+    # one-pass data cannot be calibrated twice: quantized as before (no error), scales and all
+    onnxq.quantize(path, onnxq.StaticInt8(quantize_islands=True), data=iter(calib))

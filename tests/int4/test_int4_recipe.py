@@ -211,3 +211,52 @@ def test_onnxq_format_chooses_accuracy_level_by_parity():
     (node,) = [n for n in model.graph if n.op_type == "MatMulBlockInt4"]
     assert node.attributes.get_int("accuracy_level") in (1, 4)
     assert any("MatMulBlockInt4 accuracy_level 4" in n for n in report.notes)
+
+
+def test_small_output_heads_stay_float_by_default(tmp_path):
+    """An encoder (8 layers of 256x256 MatMuls) then a pooler Gemm and a classifier Gemm on
+    the first token: the pooler and classifier (~1 % of the weights) stay float -- the layers
+    before them are quantized; float_heads=False quantizes them too."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+
+    from onnxq.passes.quantize_matmul_int4 import HEAD_REASON
+
+    rng = np.random.default_rng(9)
+    d, layers = 256, 8
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        nodes += [h.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"layer{i}"), h.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        inits.append(nh.from_array((rng.standard_normal((d, d)) / np.sqrt(d) * 1.4).astype(np.float32), f"w{i}"))
+        x = f"r{i}"
+    nodes += [
+        h.make_node("Gather", [x, "zero"], ["cls"], axis=1),
+        h.make_node("Gemm", ["cls", "wp", "bp"], ["pooled"], transB=1, name="pooler"),
+        h.make_node("Tanh", ["pooled"], ["t"]),
+        h.make_node("Gemm", ["t", "wc"], ["logits"], transB=1, name="classifier"),
+    ]
+    inits += [nh.from_array(np.array(0, np.int64), "zero"),
+              nh.from_array((rng.standard_normal((16, d)) * 0.2).astype(np.float32), "wp"),
+              nh.from_array(np.zeros(16, np.float32), "bp"),
+              nh.from_array((rng.standard_normal((3, 16)) * 0.5).astype(np.float32), "wc")]
+    graph = h.make_graph(nodes, "enc", [h.make_tensor_value_info("x", T.FLOAT, [2, 5, d])],
+                         [h.make_tensor_value_info("logits", T.FLOAT, [2, 3])], inits)
+    path = tmp_path / "enc.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    feed = {"x": rng.standard_normal((2, 5, d)).astype(np.float32)}
+    ref = ort.InferenceSession(str(path)).run(None, feed)[0]
+
+    def err(model):
+        data = onnxq.api.ir.serde.serialize_model(model).SerializeToString()
+        return float(np.abs(ort.InferenceSession(data).run(None, feed)[0] - ref).max())
+
+    model, report = onnxq.quantize_with_report(path, onnxq.WeightOnlyInt4(block_size=32))
+    reason = {dec.name: dec.reason for dec in report.decisions}
+    assert reason["pooler"].startswith(HEAD_REASON) and reason["classifier"].startswith(HEAD_REASON)
+    assert all(reason[f"layer{i}"] == "" for i in range(layers))
+    assert {"wp", "wc"} <= set(model.graph.initializers)  # float weights kept as they were
+    assert err(model) < 0.5 * float(np.abs(ref).max())  # runs: 8 random int4 layers, no data
+    everything, report = onnxq.quantize_with_report(path, onnxq.WeightOnlyInt4(block_size=32, float_heads=False))
+    assert all(dec.selected for dec in report.decisions)
+    assert not {"wp", "wc"} & set(everything.graph.initializers)

@@ -391,3 +391,70 @@ def test_equalization_chain_through_a_depthwise_conv_stays_exact():
     assert s_on > s_off - 0.5, (s_on, s_off)  # a wrong factor made it 6 dB worse
     big = np.abs(out - ref)[:, 4:].max() / np.abs(ref[:, 4:]).max()
     assert big < 0.15, big  # the large channels come out right (each channel's gain is exact)
+
+
+@pytest.mark.parametrize("size,attrs", [
+    (8, dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, count_include_pad=1)),
+    (10, dict(kernel_shape=[4, 4], strides=[3, 3], ceil_mode=1, count_include_pad=1, pads=[1, 1, 0, 0])),
+])
+def test_average_pool_ort_averages_differently_in_int8_stays_float(size, attrs):
+    """ORT's QLinearAveragePool divides windows that ceil_mode runs past the edge by the whole
+    kernel (the float op by the part inside): such a pool and the tensors around it stay float
+    (a whole-map window becomes GlobalAveragePool instead: next test)."""
+    from onnx import helper as h, numpy_helper as nh, TensorProto as T
+    from onnxq.passes.insert_qdq import AVGPOOL_CEIL_PAD
+
+    rng = np.random.default_rng(4)
+    w, w2 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32), rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+
+    def model(**kw):
+        g = h.make_graph(
+            [h.make_node("Conv", ["x", "w"], ["c"], name="conv"), h.make_node("AveragePool", ["c"], ["p"], name="pool", **kw),
+             h.make_node("Conv", ["p", "w2"], ["y"], name="conv2")],
+            "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 8, size, size])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+            [nh.from_array(w, "w"), nh.from_array(w2, "w2")])
+        return onnx_ir.serde.deserialize_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+
+    data = [{"x": rng.standard_normal((1, 8, size, size)).astype(np.float32)} for _ in range(8)]
+    (ref,) = run_ort(model(**attrs), data[0])
+    out, report = onnxq.quantize_with_report(model(**attrs), StaticInt8(), data=data)
+    assert {d.name: d.reason for d in report.decisions}["pool"] == AVGPOOL_CEIL_PAD
+    (got,) = run_ort(out, data[0])  # with ORT's fusions
+    assert _rel(got, ref) < 0.1
+    control = dict(attrs, count_include_pad=0)  # averaged alike in int8: quantized
+    _, report = onnxq.quantize_with_report(model(**control), StaticInt8(), data=data)
+    assert {d.name: d.reason for d in report.decisions}["pool"] == ""
+
+
+def test_whole_map_average_pool_becomes_global_and_runs_in_int8():
+    """HF EfficientNet's pooler (kernel 640 over a 2x2 map, ceil_mode): as GlobalAveragePool it
+    is the same mean in float and stays int8 next to its convs."""
+    from onnx import helper as h, numpy_helper as nh, TensorProto as T
+    from onnxq.passes.global_average_pool import GlobalAveragePoolPass
+
+    rng = np.random.default_rng(6)
+    w, fc = rng.standard_normal((8, 8, 1, 1)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         h.make_node("AveragePool", ["c"], ["p"], name="pool", kernel_shape=[640, 640], strides=[640, 640], ceil_mode=1,
+                     count_include_pad=1),
+         h.make_node("Flatten", ["p"], ["f"]), h.make_node("Gemm", ["f", "fc"], ["y"], transB=1, name="head")],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 8, 2, 2])], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])],
+        [nh.from_array(w, "w"), nh.from_array(fc, "fc")])
+    model = onnx_ir.serde.deserialize_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    data = [{"x": rng.standard_normal((1, 8, 2, 2)).astype(np.float32)} for _ in range(8)]
+    (ref,) = run_ort(model, data[0])
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(model)
+    rewritten = assert_pass_idempotent(GlobalAveragePoolPass, model)
+    assert [n.op_type for n in rewritten.graph] == ["Conv", "GlobalAveragePool", "Flatten", "Gemm"]
+    np.testing.assert_allclose(run_ort(rewritten, data[0])[0], ref, rtol=1e-5, atol=1e-6)
+    g.node[1].name = "pool"
+    out, report = onnxq.quantize_with_report(
+        onnx_ir.serde.deserialize_model(h.make_model(g, opset_imports=[h.make_opsetid("", 17)])), StaticInt8(), data=data)
+    assert {d.name: d.reason for d in report.decisions}["pool"] == ""
+    assert any("GlobalAveragePool" in n for n in report.notes)
+    (got,) = run_ort(out, data[0])
+    assert _rel(got, ref) < 0.1
+    assert _ort_optimized_ops(out)["QLinearConv"] == 1

@@ -133,16 +133,17 @@ def onnxq_quantize(out: Path, calib_dir: Path, **recipe_kw) -> float:
     return time.perf_counter() - t
 
 
-def onnxq_quantize_to_target(out: Path, calib_dir: Path, target_sqnr: float, float_budget: float) -> tuple[float, list[str]]:
-    """The default recipe plus ``--target-sqnr`` (``--float-budget``: the share of the
-    multiply-adds that may stay float): returns (seconds, the report's sensitivity notes)."""
+def onnxq_quantize_to_target(out: Path, calib_dir: Path, target_sqnr: float, float_budget: float,
+                             **recipe_kw) -> tuple[float, list[str]]:
+    """The recipe (default, or ``recipe_kw``) plus ``--target-sqnr`` (``--float-budget``: the
+    share of the multiply-adds that may stay float): returns (seconds, the report's sensitivity notes)."""
     import onnxq
     from onnxq.preprocess import from_images
     from onnxq.sensitivity import AccuracyTarget, quantize_static_to_target
 
     t = time.perf_counter()
     model, report, _ = quantize_static_to_target(
-        str(MODEL), onnxq.StaticInt8(), from_images(calib_dir), AccuracyTarget(min_sqnr_db=target_sqnr),
+        str(MODEL), onnxq.StaticInt8(**recipe_kw), from_images(calib_dir), AccuracyTarget(min_sqnr_db=target_sqnr),
         max_float_share=float_budget,
     )
     onnxq.save(model, out)
@@ -155,6 +156,9 @@ def main() -> int:
     ap.add_argument("--activations", default="uint8", help="comma list: uint8,int8")
     ap.add_argument("--target-sqnr", type=float, default=25.0, help="row onnxq-default+target-sqnr (0: skip)")
     ap.add_argument("--float-budget", type=float, default=0.15, help="target row: share of the multiply-adds kept float at most")
+    ap.add_argument("--gptq-target-sqnr", type=float, default=30.0,
+                    help="row onnxq-gptq+target-sqnr: GPTQ weight rounding and this target (0: skip; ~7 min)")
+    ap.add_argument("--gptq-float-budget", type=float, default=0.30, help="that row's share of multiply-adds kept float at most")
     ap.add_argument("--rounds", type=int, default=9, help="latency rounds (interleaved)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -186,6 +190,12 @@ def main() -> int:
         )
         paths[key] = tmp / "onnxq-target.onnx"
         quant_seconds[key], notes[key] = onnxq_quantize_to_target(paths[key], calib_dir, args.target_sqnr, args.float_budget)
+    if args.gptq_target_sqnr:
+        key = f"onnxq-gptq+target-sqnr={args.gptq_target_sqnr:g},float-budget={args.gptq_float_budget:.0%}"
+        paths[key] = tmp / "onnxq-gptq-target.onnx"
+        quant_seconds[key], notes[key] = onnxq_quantize_to_target(
+            paths[key], calib_dir, args.gptq_target_sqnr, args.gptq_float_budget, weight_rounding="gptq"
+        )
     paths["ort-minmax"] = tmp / "ort.onnx"
     quant_seconds["ort-minmax"] = ort_quantize(paths["ort-minmax"], calib_dir)
 
@@ -211,10 +221,10 @@ def main() -> int:
             }
         )
     print(f"MobileNetV2: calibration {n_calib} photos ({calib_dir}), evaluation {acc['fp32']['n']} labelled photos")
-    print(f"{'model':<34}{'top-1':>7}{'agree':>8}{'SQNR dB':>8}{'ms/img':>8}{'speedup':>9}{'size':>7}{'float Conv':>11}{'QLinearConv':>12}{'quant s':>9}")
+    print(f"{'model':<56}{'top-1':>7}{'agree':>8}{'SQNR dB':>8}{'ms/img':>8}{'speedup':>9}{'size':>7}{'float Conv':>11}{'QLinearConv':>12}{'quant s':>9}")
     for r in rows:
         print(
-            f"{r['model']:<34}{r['top1']:>7.1%}{r['agreement']:>8.1%}{'exact' if r['sqnr_db'] is None else format(r['sqnr_db'], '.1f'):>8}{r['latency_ms']:>8.2f}{r['speedup_vs_fp32']:>8.2f}x"
+            f"{r['model']:<56}{r['top1']:>7.1%}{r['agreement']:>8.1%}{'exact' if r['sqnr_db'] is None else format(r['sqnr_db'], '.1f'):>8}{r['latency_ms']:>8.2f}{r['speedup_vs_fp32']:>8.2f}x"
             f"{r['size_ratio']:>7.1%}{r['float_conv_in_ort']:>11}{r['qlinear_conv_in_ort']:>12}{r['quantize_s']:>9.1f}"
         )
     fp32 = next(r for r in rows if r["model"] == "fp32")

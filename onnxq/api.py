@@ -190,7 +190,7 @@ def _nothing_message(recipe: Recipe, decisions: tuple[Decision, ...], model: ir.
     msg += _conv_hint(recipe, model)
     from onnxq.passes.insert_qdq import FLOAT_CONSUMERS, ISLAND, MODEL_OUTPUT
 
-    if {ISLAND, MODEL_OUTPUT, FLOAT_CONSUMERS} & set(reasons):
+    if {ISLAND, MODEL_OUTPUT, FLOAT_CONSUMERS} & set(reasons) and not any("float32 first" in r for r in reasons):
         msg += "; to quantize them anyway set quantize_islands = true in a --config recipe"
     return msg
 

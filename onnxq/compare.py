@@ -101,6 +101,12 @@ class ErrorAccumulator:
         got64 = np.asarray(got, dtype=np.float64)
         if ref64.shape != got64.shape:
             raise ValueError(f"tensor {self.name}: float shape {ref64.shape} != quantized shape {got64.shape}")
+        if ref64.ndim == 2 and ref64.shape[-1] >= 2:  # classifier-shaped [N, classes]
+            self.top1_same += int(np.sum(ref64.argmax(-1) == got64.argmax(-1)))
+            self.top1_total += ref64.shape[0]
+        finite = np.isfinite(ref64)
+        if not finite.all():  # -inf/inf/NaN in the float model itself (Log(0), masks): not an error measure
+            ref64, got64 = ref64[finite], got64[finite]
         diff = got64 - ref64
         self.signal += float(np.sum(ref64 * ref64))
         self.noise += float(np.sum(diff * diff))
@@ -108,9 +114,6 @@ class ErrorAccumulator:
         self.got_energy += float(np.sum(got64 * got64))
         if diff.size:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
-        if ref64.ndim == 2 and ref64.shape[-1] >= 2:  # classifier-shaped [N, classes]
-            self.top1_same += int(np.sum(ref64.argmax(-1) == got64.argmax(-1)))
-            self.top1_total += ref64.shape[0]
 
     def result(self) -> TensorError:
         if self.noise == 0:

@@ -241,10 +241,11 @@ class WeightOnlyInt4(Recipe):
     ``calib_memory_mb``: the float64 ``K x K`` Hessians held in memory at once while
     calibrating; layers beyond it are calibrated in further passes over the same samples and
     their Hessians kept on disk until used (``onnxq.int4.calibrate``).
-    ``float_heads``: leave small output heads in float -- the layers whose results reach a
-    model output with at most 1.5 % of the selected weights from them on (a BERT pooler and
-    classifier, a ViT head; not an LLM's lm_head): in int4 they cost the output most of its
-    accuracy (BERT-size encoders: 27 -> 18 dB) and save almost nothing.
+    ``float_heads``: leave small output heads in float -- the layers on pooled (rank-2)
+    features whose results reach a model output with at most 5 % of the selected weights
+    from them on (a BERT pooler and classifier, a ViT/Swin head; not an LLM's lm_head, which
+    reads every position): in int4 they cost the output most of its accuracy (small BERTs:
+    27 -> 19 dB) and save almost nothing.
     ``accuracy_tolerance``: largest relative output error vs the reference that
     ``accuracy_level`` 4 (int8 activations; MatMulNBits and MatMulBlockInt4) may add on a layer before level 1 (fp32) is used.
     """
@@ -270,7 +271,7 @@ class WeightOnlyInt4(Recipe):
     first_token_weight: float = 1.0  # GPTQ/AWQ: weight of each sample's first position in H
     calib_memory_mb: int = 4096  # GPTQ/AWQ: Hessians held in RAM at once (more: extra passes, spilled to disk); 0: no bound
     accuracy_tolerance: float = 0.01
-    float_heads: bool = True  # small output heads (<= 1.5 % of the weights: classifiers, poolers) stay float
+    float_heads: bool = True  # small output heads on pooled features (classifiers, poolers) stay float
 
     _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq")
     _FORMATS: ClassVar[tuple[str, ...]] = ("qdq", "matmulnbits", "onnxq")

@@ -699,7 +699,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
         names = irutil.FreshNames(model.graph)
         opset = _opset(model)
         root = model.graph
-        wide = any(g.qtype.bits > 8 for g in plan.groups)
+        wide = any(g.qtype.bits > 8 for g in plan.groups) or any(sp.qtype.bits > 8 for sp in plan.weights)
         qdq_domain = "" if opset >= 21 or not wide else "com.microsoft"
         if qdq_domain:
             irutil.ensure_opset(model, qdq_domain, 1)
@@ -707,7 +707,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
         originals: list[tuple[ir.Graph, ir.Value]] = []
         weight_cache: dict[tuple, ir.Value] = {}
         for spec in plan.weights:
-            self._quantize_constant(spec, names, weight_cache, originals)
+            self._quantize_constant(spec, names, weight_cache, originals, qdq_domain if spec.qtype.bits > 8 else "")
 
         quantized_consumers: set[tuple[int, int]] = {
             (node_id, i) for node_id, idxs in plan.quantized_inputs.items() for i in idxs
@@ -733,7 +733,9 @@ class InsertQdqPass(ir.passes.InPlacePass):
 
     # -- constants --------------------------------------------------------------------------
 
-    def _quantize_constant(self, spec: WeightSpec, names, cache, originals) -> None:
+    def _quantize_constant(self, spec: WeightSpec, names, cache, originals, domain: str = "") -> None:
+        """``domain``: of the DequantizeLinear (com.microsoft for 16-bit constants below opset 21,
+        e.g. an Add's constant operand quantized with 16-bit activations)."""
         node = spec.node
         graph = node.graph
         value = node.inputs[spec.index]
@@ -748,7 +750,7 @@ class InsertQdqPass(ir.passes.InPlacePass):
             z_v = irutil.add_initializer(home, names(f"{label}_zero_point"), zp_arr.astype(spec.qtype.storage_dtype))
             attrs = {"axis": spec.axis} if spec.axis is not None else {}
             b = irutil.NodeBuilder(names, f"{label}_dq")
-            dq = b.op("DequantizeLinear", [q_v, s_v, z_v], attrs)
+            dq = b.op("DequantizeLinear", [q_v, s_v, z_v], attrs, domain=domain)
             dq.dtype = ir.DataType.FLOAT
             dq.shape = ir.Shape(list(w.shape))
             b.insert_before(graph, node)

@@ -90,9 +90,9 @@ def _check(node: ir.Node) -> str | None:
     return None
 
 
-# the layers from which at most this share of the selected weights lies before a model output
-# (with the layers after them) are "small output heads"
-HEAD_SHARE = 0.015
+# layers on pooled features (rank-2 inputs) from which at most this share of the selected
+# weights lies before a model output (with the layers after them) are "small output heads"
+HEAD_SHARE = 0.05
 
 
 def _weight_size(node: ir.Node) -> int:
@@ -101,10 +101,11 @@ def _weight_size(node: ir.Node) -> int:
 
 
 def _small_output_heads(model: ir.Model, decisions: list[Decision]) -> dict[int, float]:
-    """id(node) -> share of the selected weights, for selected root-graph nodes whose result
-    reaches a model output while the selected layers from it on (itself included) hold at
-    most HEAD_SHARE of all selected weights: a BERT pooler + classifier, a ViT head (an LLM's
-    lm_head holds several % and is quantized)."""
+    """id(node) -> share of the selected weights, for selected root-graph nodes on pooled
+    features (a Gemm, or a MatMul whose input has rank 2) whose result reaches a model output
+    while the selected layers from it on (itself included) hold at most HEAD_SHARE of all
+    selected weights: a BERT pooler + classifier, a ViT/Swin head. An LLM's lm_head reads
+    every position (rank 3) and is quantized."""
     size = {id(d.node): _weight_size(d.node) for d in decisions if d.selected}
     total = sum(size.values())
     budget = HEAD_SHARE * total
@@ -112,6 +113,9 @@ def _small_output_heads(model: ir.Model, decisions: list[Decision]) -> dict[int,
     for d in decisions:
         n = d.node
         if not d.selected or n.graph is not model.graph or size[id(n)] > budget:
+            continue
+        x = n.inputs[0]
+        if n.op_type != "Gemm" and (x.shape is None or len(x.shape) != 2):
             continue
         acc, reaches_output, seen, stack = size[id(n)], False, {id(n)}, list(n.outputs)
         while stack and acc <= budget:

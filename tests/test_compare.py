@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 
 import onnxq
 from onnxq.compare import ErrorAccumulator, compare_models
@@ -115,3 +116,21 @@ def test_channel_rescaled_tensors_are_divided_out(tmp_path):
     data = [{"x": RNG.standard_normal((4, 32)).astype(np.float32)} for _ in range(2)]
     c = compare_models(f, q, data)
     assert all(layer.sqnr_db > 100 for layer in c.layers), c.layers
+
+
+def test_non_finite_float_values_are_not_an_error_measure():
+    """-inf in the float model itself (Log(0) in T5's relative-position buckets, masks) made
+    the layer's SQNR NaN and put it at the top of the worst-layer list, with a numpy warning."""
+    import warnings
+
+    from onnxq.compare import ErrorAccumulator
+
+    ref = np.array([[1.0, -np.inf, 2.0], [0.5, 3.0, np.nan]])
+    got = np.array([[1.1, -np.inf, 2.0], [0.5, 2.9, 0.0]])
+    acc = ErrorAccumulator("t")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        acc.update(ref, got)
+        r = acc.result()
+    expected = 10 * np.log10((1 + 4 + 0.25 + 9) / (0.01 + 0.01))
+    assert r.sqnr_db == pytest.approx(expected) and np.isfinite(r.cosine)

@@ -1397,12 +1397,44 @@ __device__ __forceinline__ bool cluster_reduce_acc(float (&acc)[C::WGM][C::NACC]
   return rank == 0;
 }
 
+// Split-K over a cluster, reduce-scatter form (warp-specialized kernel): every rank publishes its
+// accumulators in its own shared memory, then adds the peers' values of the 8-token groups j it
+// owns (j % SPLIT == rank), which it stores itself (store_wgmma_tile with jsel = rank). The DSMEM
+// reads and the stores are spread over the ranks: rank 0 alone reading every peer took 1.9 us of
+// a 3.5 us reduction (H100, BT 64 split 3 and BT 128 split 2; ops/cuda/NOTES.md).
+template <class C>
+__device__ __forceinline__ void cluster_reduce_scatter_acc(float (&acc)[C::WGM][C::NACC], float* red, int rank,
+                                                           int stride, int idx) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+#pragma unroll
+  for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+    for (int e = 0; e < C::NACC; ++e) red[(a * C::NACC + e) * stride + idx] = acc[a][e];
+  cluster.sync();
+#pragma unroll 1
+  for (int r = 1; r < C::SPLIT; ++r) {
+    const int q = rank + r < C::SPLIT ? rank + r : rank + r - C::SPLIT;  // staggered: no peer read by all
+    const float* peer = cluster.map_shared_rank(red, q);
+#pragma unroll
+    for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+      for (int j = 0; j < C::BT / 8; ++j)
+        if (j % C::SPLIT == rank)
+#pragma unroll
+          for (int u = 0; u < 4; ++u) acc[a][4 * j + u] += peer[(a * C::NACC + 4 * j + u) * stride + idx];
+  }
+  cluster.sync();  // peers' shared memory must outlive the reads
+}
+
 // Epilogue of both wgmma kernels: this thread's accumulators of its warpgroup's tiles of Y^T
 // (warp quarter wq, lane group g, lane t) plus the bias, stored as fp16; rows past M and columns
 // past N are skipped.
+// jstep > 1: only the 8-token groups j with j % jstep == jsel (a rank's share after a reduce-scatter).
 template <class C>
 __device__ __forceinline__ void store_wgmma_tile(const KernelParams& p, const float (&acc)[C::WGM][C::NACC],
-                                                 int64_t m0, int64_t n0, int wg, int wq, int g, int t) {
+                                                 int64_t m0, int64_t n0, int wg, int wq, int g, int t,
+                                                 int jsel = 0, int jstep = 1) {
   const uint16_t* bias = static_cast<const uint16_t*>(p.bias);
   __half* Y = static_cast<__half*>(p.y);
 #pragma unroll
@@ -1414,11 +1446,12 @@ __device__ __forceinline__ void store_wgmma_tile(const KernelParams& p, const fl
         const float bv = bias ? half_bits_to_float(ldg_u16(bias + col)) : 0.f;
 #pragma unroll
         for (int j = 0; j < C::BT / 8; ++j)
+          if (j % jstep == jsel)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int64_t row = m0 + 8 * j + 2 * t + e;
-            if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
-          }
+            for (int e = 0; e < 2; ++e) {
+              const int64_t row = m0 + 8 * j + 2 * t + e;
+              if (row < p.m) Y[row * p.n + col] = __float2half_rn(acc[mt][4 * j + 2 * h + e] + bv);
+            }
       }
     }
 }
@@ -1821,10 +1854,15 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_>
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1>
 struct WsCfg {
   static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
-  static constexpr int kProducers = 128, kConsumers = 256, kThreads = kProducers + kConsumers;
+  // KIN consumer groups of two warpgroups each take every KIN-th k-tile of the CTA's K slice
+  // (intra-CTA split-K, reduced through shared memory at the end): more independent
+  // dequant -> wgmma chains per SM without split-K clusters.
+  static constexpr int KIN = KIN_;
+  static constexpr int kGroupThreads = 256;  // two consumer warpgroups: the CTA's BN rows
+  static constexpr int kProducers = 128, kConsumers = kGroupThreads * KIN, kThreads = kProducers + kConsumers;
   static constexpr int BN = 2 * 64 * WGM;
   static constexpr int NACC = BT / 2;
   static constexpr int kA = KT * BT * 128;
@@ -1833,7 +1871,8 @@ struct WsCfg {
   static constexpr int kZ = BN * 4 * KT;
   static constexpr int kStageBytes = (kA + kB + kS + kZ + 1023) / 1024 * 1024;
   static constexpr int kPipeBytes = STAGES * kStageBytes;
-  static constexpr int kRedBytes = SPLIT > 1 ? kConsumers * WGM * NACC * 4 : 0;
+  static constexpr int kAccBytes = kGroupThreads * WGM * NACC * 4;  // one group's accumulators
+  static constexpr int kRedBytes = (SPLIT > 1 || KIN > 1) ? (KIN > 1 ? KIN - 1 : 1) * kAccBytes : 0;
   static constexpr int kBarOff = kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes;
   static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + 1024;  // + mbarriers + alignment
   static constexpr int kSPer = BN * 4 * KT / kProducers;  // scale entries per producer thread per stage
@@ -1841,18 +1880,19 @@ struct WsCfg {
   static constexpr int NB = KT * BN * 2 / kProducers;     // 16-byte weight chunks per producer thread
   static constexpr int kMinBlocks = MINB_;
   // setmaxnreg moves registers between the warpgroups of one CTA: the CTA keeps the allocation it
-  // was launched with (kThreads x the launch-bound register count), so 128 P + 256 C must fit in it
-  // (asking for more blocks setmaxnreg.inc forever once the SM is full). LaunchWs checks numRegs.
-  static constexpr int kRegCap = (65536 / (kThreads * MINB_)) & ~7;  // 168 or 80
-  static constexpr int kRegP = MINB_ == 1 ? 88 : 48;
-  static constexpr int kRegC = MINB_ == 1 ? 208 : 96;
+  // was launched with (kThreads x the launch-bound register count), so 128 P + the consumers must fit
+  // in it (asking for more blocks setmaxnreg.inc forever once the SM is full). LaunchWs checks numRegs.
+  static constexpr int kRegCap = (65536 / (kThreads * MINB_)) & ~7;  // 168, 80 or (KIN 2) 96
+  static constexpr int kRegP = KIN > 1 ? 40 : (MINB_ == 1 ? 88 : 48);
+  static constexpr int kRegC = KIN > 1 ? 104 : (MINB_ == 1 ? 208 : 96);
   static_assert(kProducers * kRegP + kConsumers * kRegC <= kThreads * kRegCap, "register split");
   // Stages between a scale load and its store (producer register ring). The store of tile j-kLag
   // precedes the empty-wait of tile j, so kLag <= STAGES - 1 cannot deadlock; a tile is complete
   // only kLag producer iterations after its copies were issued.
-  static constexpr int kLagRegs = (MINB_ == 1 ? 16 : 8) / kSPer;  // ring slots that fit the producer's registers
+  static constexpr int kLagRegs = (MINB_ == 1 && KIN == 1 ? 16 : 8) / kSPer;  // ring slots that fit the producer
   static constexpr int kLag = STAGES - 1 < kLagRegs ? STAGES - 1 : kLagRegs;
   static_assert(kLag >= 1 && kLag <= STAGES - 1, "pipeline depth");
+  static_assert(KIN >= 1 && KIN <= STAGES, "a group's next tile releases its previous stage");
   static_assert(BT % 16 == 0 && BT <= 256 && (BT * 8) % kProducers == 0, "token tile");
   static_assert((BN * 4 * KT) % kProducers == 0 && (KT * BN * 2) % kProducers == 0, "copy split");
   static_assert(kSmemBytes * MINB_ <= 227 * 1024, "shared memory");
@@ -2002,13 +2042,14 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   const int per = (ktiles + C::SPLIT - 1) / C::SPLIT;
   const int kt0 = min(ktiles, rank * per), nt = min(ktiles, kt0 + per) - kt0;
   const int kbase = kt0 * C::BK;
+  auto tile_k0 = [&](int j) { return kbase + j * C::BK; };  // the CTA's j-th k-tile
 
   if (tid == 0) {
 #pragma unroll 1
     for (int s = 0; s < S; ++s) {
       // scale-store arrivals (+ cp.async arrivals; TMA completes transaction bytes instead)
       mbar_init(full_bar + 8 * s, kTma ? C::kProducers : 2 * C::kProducers);
-      mbar_init(empty_bar + 8 * s, C::kConsumers / 32);
+      mbar_init(empty_bar + 8 * s, C::kGroupThreads / 32);  // the warps of the one group that reads it
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -2037,10 +2078,10 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         if constexpr (kTma) {
           if (pt == 0) {
             mbar_expect_tx(full_bar + 8 * j, kTxBytes);
-            tma_b(base_u32 + j * C::kStageBytes, kbase + j * C::BK, full_bar + 8 * j);
+            tma_b(base_u32 + j * C::kStageBytes, tile_k0(j), full_bar + 8 * j);
           }
         } else {
-          ld.issue_b(p, base_u32 + j * C::kStageBytes, kbase + j * C::BK);
+          ld.issue_b(p, base_u32 + j * C::kStageBytes, tile_k0(j));
         }
       }
       griddep_wait();
@@ -2066,7 +2107,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll 1
       for (int j = 0; j < nt; ++j) {
         if (j >= S) mbar_wait(empty_bar + 8 * s_in, ph_in ^ 1);
-        issue(base_u32 + s_in * C::kStageBytes, kbase + j * C::BK, j, full_bar + 8 * s_in);
+        issue(base_u32 + s_in * C::kStageBytes, tile_k0(j), j, full_bar + 8 * s_in);
         mbar_arrive(full_bar + 8 * s_in);
         if (++s_in == S) { s_in = 0; ph_in ^= 1; }
       }
@@ -2087,7 +2128,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       for (int r = 0; r < C::kLag; ++r) {
         const int j = j0 + r;
         if (j >= C::kLag && j - C::kLag < nt) {  // scales of tile j - C::kLag (loaded at iteration j - C::kLag)
-          ld.store_scales(p, rsc[r], rzb[r], base + s_out * C::kStageBytes, pt, kbase + (j - C::kLag) * C::BK);
+          ld.store_scales(p, rsc[r], rzb[r], base + s_out * C::kStageBytes, pt, tile_k0(j - C::kLag));
           if (!kAVec) fence_proxy_async_smem();  // activations written by st.shared, read by wgmma
           mbar_arrive(full_bar + 8 * s_out);
           s_out = s_out + 1 == S ? 0 : s_out + 1;
@@ -2095,7 +2136,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         if (j < nt) {
           if (j >= S) mbar_wait(empty_bar + 8 * s_in, ph_in ^ 1);
           const uint32_t st = base_u32 + s_in * C::kStageBytes;
-          const int k0 = kbase + j * C::BK;
+          const int k0 = tile_k0(j);
           issue(st, k0, j, full_bar + 8 * s_in);
           ld.load_scales(p, rsc[r], rzb[r], k0);
           if (++s_in == S) { s_in = 0; ph_in ^= 1; }
@@ -2115,7 +2156,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   setmaxnreg_inc<C::kRegC>();
   if (p.pdl) griddep_wait();  // Y may still be read by the previous kernel
   const int ct = tid - C::kProducers, lane = ct & 31, warp = ct >> 5;
-  const int wg = warp >> 2, wq = warp & 3, g = lane >> 2, t = lane & 3;
+  const int grp = warp >> 3;  // consumer group: local k-tiles grp, grp + KIN, ...
+  const int wg = (warp >> 2) & 1, wq = warp & 3, g = lane >> 2, t = lane & 3;
   const uint32_t sel = (uint32_t)t | 0x4040u | ((uint32_t)t << 8);  // bytes (t, 0, t, 0)
   float acc[C::WGM][C::NACC];  // the first wgmma overwrites (scale-d 0)
 
@@ -2138,7 +2180,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       pre_z[mt][h] = 0x88u;
     }
   auto fetch_scales = [&](int kt) {  // tile kt of this CTA's K slice
-    const int kb = (kbase + kt * C::BK) >> p.bs_shift;
+    const int kb = tile_k0(kt) >> p.bs_shift;
 #pragma unroll
     for (int mt = 0; mt < C::WGM; ++mt)
 #pragma unroll
@@ -2147,10 +2189,10 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         pre_z[mt][h] = zrow[mt][h] ? (uint32_t)__ldg(zrow[mt][h] + (kb >> 1)) : 0x88u;
       }
   };
-  if (direct && nt > 0) fetch_scales(0);
-  int s_c = 0, ph_c = 0, s_prev = 0;
+  if (direct && grp < nt) fetch_scales(grp);
+  int s_c = grp, ph_c = 0, s_prev = 0;  // stage / phase of tile i (KIN <= STAGES)
 #pragma unroll 1
-  for (int i = 0; i < nt; ++i) {
+  for (int i = grp; i < nt; i += C::KIN) {
     mbar_wait(full_bar + 8 * s_c, ph_c);
     if (!kTma) fence_proxy_async_smem();  // cp.async writes (generic proxy) -> wgmma reads (async proxy)
     const uint8_t* sb = base + s_c * C::kStageBytes + C::kA;
@@ -2178,7 +2220,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       }
     }
     if (direct) {  // the same per-16-k-step format as the staged values: every step has the tile's block
-      const int sh = (((kbase + i * C::BK) >> p.bs_shift) & 1) * 4;
+      const int sh = ((tile_k0(i) >> p.bs_shift) & 1) * 4;
 #pragma unroll
       for (int mt = 0; mt < C::WGM; ++mt)
 #pragma unroll
@@ -2191,7 +2233,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
             zv[mt][h][q] = z4;
           }
         }
-      if (i + 1 < nt) fetch_scales(i + 1);
+      if (i + C::KIN < nt) fetch_scales(i + C::KIN);
     }
     // Tile i-1's wgmmas (one group) must retire before its fragment registers are rewritten
     // (wgmma reads register operands asynchronously; ptxas turns any earlier rewrite into a full
@@ -2199,7 +2241,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     // loads above overlap them, and the other consumer warpgroup's wgmmas keep the tensor cores
     // busy while this one dequantizes.
     wg_wait<0>();
-    if (i > 0) {  // tile i-1's stage is free
+    if (i > grp) {  // the group's previous tile's stage is free
       __syncwarp();
       if (lane == 0) mbar_arrive(empty_bar + 8 * s_prev);
     }
@@ -2228,28 +2270,59 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
       for (int mt = 0; mt < C::WGM; ++mt) {
         wg_fence_acc(acc[mt]);
-        wgmma_bt<C::BT>(acc[mt], fr[s][mt], wg_desc_sw128(a_addr + sub * C::BT * 128 + 32 * s4), (i | s) != 0);
+        wgmma_bt<C::BT>(acc[mt], fr[s][mt], wg_desc_sw128(a_addr + sub * C::BT * 128 + 32 * s4),
+                        (i != grp || s != 0) ? 1 : 0);
         wg_fence_acc(acc[mt]);
       }
     }
     wg_commit();
     s_prev = s_c;
-    if (++s_c == S) { s_c = 0; ph_c ^= 1; }
+    s_c += C::KIN;
+    if (s_c >= S) { s_c -= S; ph_c ^= 1; }
   }
   if (p.pdl) griddep_launch_dependents();
   wg_wait<0>();
 #pragma unroll
   for (int mt = 0; mt < C::WGM; ++mt) wg_fence_acc(acc[mt]);
-  if (nt == 0) {
+  if (grp >= nt) {  // no tile for this group
 #pragma unroll
     for (int a = 0; a < C::WGM; ++a)
 #pragma unroll
       for (int e = 0; e < C::NACC; ++e) acc[a][e] = 0.f;
   }
 
-  if constexpr (C::SPLIT > 1) {
-    asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");  // both warpgroups left the pipeline
-    if (!cluster_reduce_acc<C>(acc, reinterpret_cast<float*>(base), rank, C::kConsumers, ct)) return;
+  const int gt = ct & (C::kGroupThreads - 1);  // this thread's index inside its group
+  if constexpr (C::SPLIT > 1 || C::KIN > 1)  // every consumer left the pipeline: the stages are free
+    asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");
+  if constexpr (C::KIN > 1) {  // groups 1.. add their accumulators into group 0's
+    float* red = reinterpret_cast<float*>(base);
+    constexpr int kStride = C::kGroupThreads;
+    if (grp > 0) {
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int e = 0; e < C::NACC; ++e) red[(((grp - 1) * C::WGM + a) * C::NACC + e) * kStride + gt] = acc[a][e];
+    }
+    asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");
+    if (grp > 0) {
+      if constexpr (C::SPLIT > 1) {  // the cluster barriers of the reduction count every thread
+        namespace cg = cooperative_groups;
+        cg::this_cluster().sync();
+        cg::this_cluster().sync();
+      }
+      return;
+    }
+#pragma unroll 1
+    for (int r = 0; r < C::KIN - 1; ++r)
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int e = 0; e < C::NACC; ++e) acc[a][e] += red[((r * C::WGM + a) * C::NACC + e) * kStride + gt];
+  }
+  if constexpr (C::SPLIT > 1) {  // group 0 only; each thread rewrites just the words it read above
+    cluster_reduce_scatter_acc<C>(acc, reinterpret_cast<float*>(base), rank, C::kGroupThreads, gt);
+    store_wgmma_tile<C>(p, acc, m0, n0, wg, wq, g, t, rank, C::SPLIT);
+    return;
   }
 
   store_wgmma_tile<C>(p, acc, m0, n0, wg, wq, g, t);
@@ -2259,7 +2332,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 }
 
 // Warp-specialized configurations: index kNumWgConfigs + i of Path::kWgmma.
-//                BT WGM SPLIT STAGES KT CTAs/SM
+//                BT WGM SPLIT STAGES KT CTAs/SM [KIN consumer groups]
 using Ws0 = WsCfg<64, 1, 4, 8, 1, 1>;
 using Ws1 = WsCfg<64, 1, 8, 6, 1, 2>;
 using Ws2 = WsCfg<128, 1, 1, 6, 1, 1>;
@@ -2270,7 +2343,12 @@ using Ws6 = WsCfg<256, 1, 3, 5, 1, 1>;
 using Ws7 = WsCfg<256, 1, 1, 5, 1, 1>;
 using Ws8 = WsCfg<64, 1, 1, 6, 1, 2>;
 using Ws9 = WsCfg<64, 1, 2, 6, 1, 2>;
-constexpr int kNumWsConfigs = 10;
+using Ws10 = WsCfg<64, 1, 1, 12, 1, 1, 2>;
+using Ws11 = WsCfg<64, 1, 3, 12, 1, 1, 2>;
+using Ws12 = WsCfg<64, 1, 3, 8, 2, 1>;
+using Ws13 = WsCfg<64, 1, 1, 8, 2, 1>;
+using Ws14 = WsCfg<128, 1, 2, 5, 2, 1>;
+constexpr int kNumWsConfigs = 15;
 
 // ------------------------------------------------------------------------------------
 // SIMT fp32 kernel (any M): exact fp32 dequant, FFMA
@@ -2580,18 +2658,22 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
 }
 
 // wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): the
-// warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). M <= 64: BT=64 at 2 CTAs/SM with
-// 3-way split-K while one CTA per SM covers the grid (Ws3), else 2-way (Ws9), else none (Ws8);
-// larger M: BT=128 with 2-way split-K while that fits one wave (Ws4), else BT=256 unsplit (Ws7).
-// (A split-K cluster of 1-CTA/SM CTAs can run in two waves even below #SMs: at most 30 clusters
-// of 4 were co-resident on the H100.)
+// warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). M <= 64: BT=64, 128-k tiles, with
+// 3-way split-K while one CTA per SM covers the grid (Ws12), else unsplit while the grid fits one
+// wave (Ws13), else BT=64 at 2 CTAs/SM with 2-way split-K (Ws9) or none (Ws8); larger M: BT=128,
+// 128-k tiles, 2-way split-K while that fits one wave (Ws14), else BT=256 unsplit (Ws7). The
+// 128-k tile configs were the fastest at block size 128 and 32 alike (the latter with the
+// producer-staged scales). (A split-K cluster of 1-CTA/SM CTAs can run in two waves even below
+// #SMs: at most 30 clusters of 4 were co-resident on the H100.)
 int ChooseWgConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
   auto ctas = [&](int bt, int bn) { return ((m + bt - 1) / bt) * ((n + bn - 1) / bn); };
   if (m <= 64) {
-    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + 3;
+    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + 12;
+    if (ctas(64, 128) <= dev.sms) return kNumWgConfigs + 13;
     return ctas(64, 128) * 2 <= 2 * dev.sms ? kNumWgConfigs + 9 : kNumWgConfigs + 8;
   }
-  return ctas(128, 128) * 2 <= dev.sms ? kNumWgConfigs + 4 : kNumWgConfigs + 7;
+  if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + 14;
+  return kNumWgConfigs + 7;
 }
 
 // Tensor-core configuration for M > 16 (tuned on H100; sm_80 gets the split-free ones).
@@ -2813,6 +2895,11 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
       case kNumWgConfigs + 7: return LaunchWs<Ws7>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 8: return LaunchWs<Ws8>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 9: return LaunchWs<Ws9>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 10: return LaunchWs<Ws10>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 11: return LaunchWs<Ws11>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 12: return LaunchWs<Ws12>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 13: return LaunchWs<Ws13>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 14: return LaunchWs<Ws14>(p, a_vec, dev, stream, pdl, err, len);
       default:
         return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg,
                     kNumWgConfigs + kNumWsConfigs - 1);

@@ -164,7 +164,17 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         notes.append("wrote AveragePool over the whole feature map as GlobalAveragePool (ORT's int8 AveragePool "
                      "averages such windows differently)")
     result = quantize_static(model, recipe, data)
-    return QuantizeReport(recipe, result.decisions, tuple(notes) + tuple(result.notes))
+    decisions = tuple(result.decisions)
+    if "Gather" in recipe.op_types:
+        from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
+
+        tables = DynamicInt8(op_types=("Gather",), exclude=recipe.exclude, include=recipe.include)
+        gathers = tuple(plan_dynamic(model, tables))
+        if DynamicQuantizePass(tables)(model).modified:
+            n = sum(d.selected for d in gathers)
+            notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
+        decisions += gathers
+    return QuantizeReport(recipe, decisions, tuple(notes) + tuple(result.notes))
 
 
 @_run.register

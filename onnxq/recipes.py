@@ -128,12 +128,16 @@ class StaticInt8(Recipe):
     (``onnxq.calib.gptq8``; same scales, one more pass over the calibration data).
 
     ``quantize_islands``: also quantize Add/Mul/Concat/pools/Resize that are not linked
-    to a quantized Conv/MatMul/Gemm (off: they stay float, see ``passes.insert_qdq``)."""
+    to a quantized Conv/MatMul/Gemm (off: they stay float, see ``passes.insert_qdq``).
+
+    ``Gather`` in ``op_types``: constant float tables read by Gather (embeddings) are stored
+    int8 with one scale per row, as int8-dynamic stores them (``Gather`` of the int8 rows and
+    their scales, ``Cast``, ``Mul``: only the rows looked up are dequantized; no QDQ)."""
 
     name: ClassVar[str] = "int8-static"
     op_types: tuple[str, ...] = (
         "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat",
-        "MaxPool", "AveragePool", "GlobalAveragePool", "Resize",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Gather",
     )
     calibration: str = "mse"  # minmax | percentile | entropy | mse
     percentile: float = 99.999
@@ -170,7 +174,7 @@ class StaticInt8(Recipe):
     _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")
     _OP_TYPES: ClassVar[frozenset[str]] = frozenset(
         {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "AveragePool",
-         "GlobalAveragePool", "Resize"}
+         "GlobalAveragePool", "Resize", "Gather"}
     )
 
     def __post_init__(self) -> None:

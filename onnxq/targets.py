@@ -264,7 +264,8 @@ _QNN = TargetProfile(
     weight_type="uint8",
     per_channel=False,
     per_channel_ops=("Conv", "ConvTranspose"),
-    qdq_op_types=_STATIC_DEFAULT_OPS,
+    # not Gather: its int8 tables are dequantized by a float Cast + Mul (quantized graphs only)
+    qdq_op_types=tuple(o for o in _STATIC_DEFAULT_OPS if o != "Gather"),
     weights_quantized=True,
     int32_bias=True,
     min_opset=13,

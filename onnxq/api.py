@@ -174,6 +174,13 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
             n = sum(d.selected for d in gathers)
             notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
         decisions += gathers
+    from onnxq.passes.residual_sum import ResidualSumPass
+
+    sums = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum")
+    if ResidualSumPass()(model).modified:
+        n = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
+        notes.append(f"wrote {n} float residual Add(s) before a LayerNormalization as Sum (ORT CPU would fuse them "
+                     "into SkipLayerNormalization, ~8x slower than Add + LayerNormalization)")
     return QuantizeReport(recipe, decisions, tuple(notes) + tuple(result.notes))
 
 

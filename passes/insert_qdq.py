@@ -393,9 +393,15 @@ def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable
                 stack.extend(user.outputs)
 
 
+# ops that hand (parts of) a value on unchanged: a quantized consumer behind them reads the
+# producer's int8 values (ORT runs them on int8 data between a DQ and a Q with one scale) --
+# YOLOv8's C2f blocks Split each SiLU output between two convs
+_DATA_MOVEMENT = _LINKS | {"Split", "Slice", "Gather", "Identity", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}
+
+
 def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:
     """Whether an output of ``node`` reaches a chosen node, directly or through
-    pass-through ops and Relu/Clip (the consumers :func:`_linked_neighbours` walks)."""
+    pass-through, data-movement ops and Relu/Clip."""
     stack = list(node.outputs)
     seen: set[int] = set()
     while stack:
@@ -403,7 +409,7 @@ def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:
         for user, _ in v.uses():
             if id(user) in chosen:
                 return True
-            if user.op_type in _LINKS and id(user) not in seen:
+            if user.op_type in _DATA_MOVEMENT and id(user) not in seen:
                 seen.add(id(user))
                 stack.extend(user.outputs)
     return False

@@ -482,3 +482,25 @@ def test_16_bit_activations_with_a_constant_add_operand_below_opset_21():
     (got,) = run_ort(out, data[0])
     (ref,) = run_ort(model_from_text(text, inits), data[0])
     assert _rel(got, ref) < 0.02  # int8 weights
+
+
+def test_a_result_split_between_int8_convs_stays_int8():
+    """YOLOv8's C2f: SiLU (x * sigmoid(x)) -> Split -> two convs. The Mul's result reaches
+    quantized convs through the Split (data movement), so it is not 'fed only to float ops'."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, 4, 8, 8] x) => (float[N, 8, 8, 8] y) {
+        c = Conv(x, w1)
+        s = Sigmoid(c)
+        a = Mul(c, s)
+        p, q = Split <axis: int = 1, num_outputs: int = 2> (a)
+        e = Conv(p, w2)
+        f = Conv(q, w3)
+        y = Concat <axis: int = 1> (e, f)
+    }
+    """
+    inits = {"w1": RNG.standard_normal((8, 4, 1, 1)).astype(np.float32), "w2": RNG.standard_normal((4, 4, 1, 1)).astype(
+        np.float32), "w3": RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)}
+    plan = plan_static(model_from_text(text, inits), StaticInt8())
+    reasons = {d.node.op_type: d.reason for d in plan.decisions}
+    assert reasons["Mul"] == "", reasons

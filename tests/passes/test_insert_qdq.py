@@ -493,7 +493,7 @@ def test_a_result_split_between_int8_convs_stays_int8():
         c = Conv(x, w1)
         s = Sigmoid(c)
         a = Mul(c, s)
-        p, q = Split <axis: int = 1, num_outputs: int = 2> (a)
+        p, q = Split <axis: int = 1> (a)
         e = Conv(p, w2)
         f = Conv(q, w3)
         y = Concat <axis: int = 1> (e, f)

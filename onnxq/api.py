@@ -120,6 +120,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
                 "--op-types MatMul,Gemm,Gather,Conv to force dynamic Conv"
             )
     DynamicQuantizePass(recipe)(model)
+    notes += _residual_sums(model)
     return QuantizeReport(recipe, decisions, tuple(notes))
 
 
@@ -174,14 +175,20 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
             n = sum(d.selected for d in gathers)
             notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
         decisions += gathers
+    notes += _residual_sums(model)
+    return QuantizeReport(recipe, decisions, tuple(notes) + tuple(result.notes))
+
+
+def _residual_sums(model: ir.Model) -> list[str]:
+    """ResidualSumPass, with a note when it rewrote something."""
     from onnxq.passes.residual_sum import ResidualSumPass
 
     sums = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum")
-    if ResidualSumPass()(model).modified:
-        n = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
-        notes.append(f"wrote {n} float residual Add(s) before a LayerNormalization as Sum (ORT CPU would fuse them "
-                     "into SkipLayerNormalization, ~8x slower than Add + LayerNormalization)")
-    return QuantizeReport(recipe, decisions, tuple(notes) + tuple(result.notes))
+    if not ResidualSumPass()(model).modified:
+        return []
+    n = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
+    return [f"wrote {n} float residual Add(s) before a LayerNormalization as Sum (ORT CPU would fuse them into "
+            "SkipLayerNormalization, ~8x slower than Add + LayerNormalization)"]
 
 
 @_run.register

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import dataclasses
 import logging
+import weakref
 from typing import Any
 
 import onnx_ir as ir
@@ -468,12 +470,18 @@ def gptq_weight_values(model: ir.Model, plan, recipe: StaticInt8, data: Any) -> 
     targets = [t for t in gptq8.gptq_targets(plan) if t.spec.node.graph is model.graph]
     if not targets:
         return {}
+    cache = _gptq_cache(data)
+    model_digest = _model_digest(model)
+    keys = {t.key: (model_digest, *_gptq_key(t, recipe)) for t in targets}
+    todo = [t for t in targets if keys[t.key] not in cache]
+    if not todo:
+        logger.info("GPTQ int8 rounding of %d weights: all from this data's earlier rounding", len(targets))
+        return {t.key: cache[keys[t.key]] for t in targets}
     accs, seconds = gptq8.collect_hessians(
-        model, targets, data, batch_size=recipe.batch_size, max_samples=recipe.max_samples
+        model, todo, data, batch_size=recipe.batch_size, max_samples=recipe.max_samples
     )
     t0 = time.perf_counter()
-    codes: dict[str, np.ndarray] = {}
-    for t in targets:
+    for t in todo:
         spec = t.spec
         w = irutil.const_array(spec.node.inputs[1]).astype(np.float32)
         q_rtn, scale, _, _ = quantize_weight(w, spec.axis, spec.qtype, spec.symmetric)
@@ -486,10 +494,53 @@ def gptq_weight_values(model: ir.Model, plan, recipe: StaticInt8, data: Any) -> 
             q = q.reshape(w.shape)
         else:
             q = q[0] if spec.node.attributes.get_int("transB", 0) else q[0].T
-        codes[t.key] = q.astype(q_rtn.dtype)
-    logger.info("GPTQ int8 rounding of %d weights: Hessians %.2f s, rounding %.2f s",
-                len(targets), seconds, time.perf_counter() - t0)
-    return codes
+        cache[keys[t.key]] = q.astype(q_rtn.dtype)
+    logger.info("GPTQ int8 rounding of %d weights (%d from this data's earlier rounding): Hessians %.2f s, "
+                "rounding %.2f s", len(targets), len(targets) - len(todo), seconds, time.perf_counter() - t0)
+    return {t.key: cache[keys[t.key]] for t in targets}
+
+
+# GPTQ codes by calibration-data object: the --target-sqnr search quantizes the same model
+# with the same data once per round, only with more nodes excluded; a layer's codes depend
+# on its weight and on the float model's inputs to it, not on what else is excluded
+_GPTQ_CODES: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _gptq_cache(data) -> dict:
+    for k in [k for k, (ref, _) in _GPTQ_CODES.items() if ref() is None]:
+        del _GPTQ_CODES[k]
+    entry = _GPTQ_CODES.get(id(data))
+    if entry is None or entry[0]() is not data:
+        try:
+            entry = (weakref.ref(data), {})
+        except TypeError:  # a plain list: read once here, nothing to remember it by
+            return {}
+        _GPTQ_CODES[id(data)] = entry
+    return entry[1]
+
+
+def _model_digest(model: ir.Model) -> str:
+    """The float graph a layer's Hessian comes from: every node and constant of the model
+    (a changed upstream layer gives other layer inputs, hence other codes)."""
+    h = hashlib.sha1()
+    for node in irutil.iter_nodes(model.graph):
+        h.update(f"{node.domain}:{node.op_type}:{[v.name if v is not None else '' for v in node.inputs]}->"
+                 f"{[v.name for v in node.outputs]}:{sorted(node.attributes)}".encode())
+    for g in irutil.iter_graphs(model.graph):
+        for name, v in sorted(g.initializers.items()):
+            a = irutil.const_array(v)
+            h.update(name.encode())
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _gptq_key(target, recipe: StaticInt8) -> tuple:
+    spec = target.spec
+    w = irutil.const_array(spec.node.inputs[1])
+    digest = hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest()
+    return (target.key, digest, w.shape, spec.axis, spec.qtype.name, spec.symmetric, recipe.max_samples,
+            recipe.batch_size, spec.node.op_type, spec.node.attributes.get_int("transB", 0))
 
 
 def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticResult:

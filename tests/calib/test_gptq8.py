@@ -206,3 +206,35 @@ def test_weight_rounding_is_validated():
     assert StaticInt8().weight_rounding == "nearest"
     with pytest.raises(RecipeError, match="weight_rounding"):
         StaticInt8(weight_rounding="adaround")
+
+
+def test_codes_are_reused_for_the_same_data_and_model_only(monkeypatch):
+    """--target-sqnr re-quantizes with the same data once per round: the GPTQ codes of a layer
+    are worked out once; a changed model or other data gets its own."""
+    from onnxq.data import as_calibration_data
+
+    calls = []
+    real = gptq8.collect_hessians
+
+    def counting(model, targets, data, **kw):
+        calls.append(len(targets))
+        return real(model, targets, data, **kw)
+
+    monkeypatch.setattr(gptq8, "collect_hessians", counting)
+    recipe = StaticInt8(weight_rounding="gptq")
+    data = as_calibration_data(_data())
+    model = _cnn()
+    first = gptq_weight_values(model, plan_static(model, recipe), recipe, data)
+    again = gptq_weight_values(model, plan_static(model, recipe), recipe, data)
+    assert len(calls) == 1 and first.keys() == again.keys()
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    fewer = StaticInt8(weight_rounding="gptq", exclude=("^$",))  # same layers: still all cached
+    gptq_weight_values(model, plan_static(model, fewer), fewer, data)
+    assert len(calls) == 1
+    other = _cnn()
+    w1 = other.graph.initializers["w1"]
+    w1.const_value = onnxq.api.ir.tensor(w1.const_value.numpy() * 1.5, name="w1")
+    gptq_weight_values(other, plan_static(other, recipe), recipe, data)  # upstream weights changed: all again
+    assert calls == [len(first), len(first)]
+    gptq_weight_values(model, plan_static(model, recipe), recipe, as_calibration_data(_data()))
+    assert len(calls) == 3

@@ -100,36 +100,79 @@ def _weight_size(node: ir.Node) -> int:
     return int(np.prod(t.shape)) if t is not None else 0
 
 
+_POOLING = frozenset({"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2"})
+_PER_SAMPLE = frozenset({
+    "Flatten", "Squeeze", "Reshape", "Transpose", "Identity", "Dropout", "Cast", "Tanh", "Relu", "Gelu", "Sigmoid",
+    "Erf", "Clip", "HardSwish", "HardSigmoid", "Softmax", "LayerNormalization", "BatchNormalization", "Add", "Sub",
+    "Mul", "Div", "MatMul", "Gemm",
+})
+_POOLED_DEPTH = 12
+
+
+def _pooled(v: ir.Value | None, depth: int = 0) -> bool:
+    """Whether ``v`` holds pooled features -- one row per sample -- by way of a pooling op
+    (GlobalAveragePool, ReduceMean, ...) or a Gather of one position (BERT's [CLS] token), up
+    a few per-sample ops (activations, norms, reshapes, head MatMul/Gemm layers). The
+    [batch * tokens, hidden] input of a flattened decoder layer or MoE expert is not."""
+    p = v.producer() if v is not None else None
+    if p is None or depth > _POOLED_DEPTH or p.domain not in ("", "ai.onnx"):
+        return False
+    if p.op_type in _POOLING:
+        return True
+    if p.op_type == "AveragePool":
+        y = p.outputs[0]
+        return y.shape is not None and len(y.shape) > 2 and all(d == 1 for d in y.shape[2:])
+    if p.op_type == "Gather":
+        idx = irutil.const_array(p.inputs[1]) if len(p.inputs) > 1 and p.inputs[1] is not None else None
+        return idx is not None and idx.ndim == 0 and p.attributes.get_int("axis", 0) != 0
+    if p.op_type not in _PER_SAMPLE:
+        return False
+    return any(_pooled(x, depth + 1) for x in p.inputs if x is not None and not irutil.is_constant(x))
+
+
+def _on_pooled_features(node: ir.Node) -> bool:
+    x = node.inputs[0]
+    rank2 = node.op_type == "Gemm" or (x is not None and x.shape is not None and len(x.shape) == 2)
+    return x is not None and rank2 and _pooled(x)
+
+
 def _small_output_heads(model: ir.Model, decisions: list[Decision]) -> dict[int, float]:
-    """id(node) -> share of the selected weights, for selected root-graph nodes on pooled
-    features (a Gemm, or a MatMul whose input has rank 2) whose result reaches a model output
-    while the selected layers from it on (itself included) hold at most HEAD_SHARE of all
-    selected weights: a BERT pooler + classifier, a ViT/Swin head. An LLM's lm_head reads
-    every position (rank 3) and is quantized."""
-    size = {id(d.node): _weight_size(d.node) for d in decisions if d.selected}
+    """id(node) -> share of the weights, for selected int4 root-graph nodes on pooled
+    features (see :func:`_pooled`) whose result reaches a model output while the
+    MatMul/Gemm weights from it on (itself included, quantized or not) hold at most
+    HEAD_SHARE of all of them: a BERT pooler + classifier, a ViT/Swin head. The heads
+    together stay within HEAD_SHARE too. An LLM's lm_head reads every position (rank 3)."""
+    size = {id(d.node): _weight_size(d.node) for d in decisions if d.node.op_type in ("MatMul", "Gemm")
+            and len(d.node.inputs) > 1 and d.node.inputs[1] is not None and irutil.is_constant(d.node.inputs[1])}
     total = sum(size.values())
     budget = HEAD_SHARE * total
-    out: dict[int, float] = {}
+    found: dict[int, tuple[float, set[int]]] = {}
     for d in decisions:
         n = d.node
-        if not d.selected or n.graph is not model.graph or size[id(n)] > budget:
+        if not d.selected or d.reason == INT8_REASON or n.graph is not model.graph or size.get(id(n), 0) > budget:
             continue
-        x = n.inputs[0]
-        if n.op_type != "Gemm" and (x.shape is None or len(x.shape) != 2):
+        if not _on_pooled_features(n):
             continue
         acc, reaches_output, seen, stack = size[id(n)], False, {id(n)}, list(n.outputs)
+        weighted = {id(n)}
         while stack and acc <= budget:
             v = stack.pop()
-            reaches_output = reaches_output or v.is_graph_output()
+            reaches_output = reaches_output or (v.is_graph_output() and v.graph is model.graph)
             for user, _ in v.uses():
                 if id(user) in seen:
                     continue
                 seen.add(id(user))
-                acc += size.get(id(user), 0)
-                stack.extend(user.outputs)
+                if id(user) in size:
+                    acc += size[id(user)]
+                    weighted.add(id(user))
+                stack.extend(user.outputs)  # into If/Loop: their outputs continue from the node
         if reaches_output and acc <= budget:
-            out[id(n)] = acc / total
-    return out
+            found[id(n)] = (acc, weighted)
+    # all heads together within the budget: drop the largest chains first
+    chosen = dict(found)
+    while chosen and sum(size[k] for k in set().union(*(w for _, w in chosen.values()))) > budget:
+        del chosen[max(chosen, key=lambda k: chosen[k][0])]
+    return {k: acc / total for k, (acc, _) in chosen.items()}
 
 
 def plan_int4(model: ir.Model, recipe: WeightOnlyInt4) -> list[Decision]:

@@ -260,3 +260,36 @@ def test_small_output_heads_stay_float_by_default(tmp_path):
     everything, report = onnxq.quantize_with_report(path, onnxq.WeightOnlyInt4(block_size=32, float_heads=False))
     assert all(dec.selected for dec in report.decisions)
     assert not {"wp", "wc"} & set(everything.graph.initializers)
+
+
+def test_token_rows_are_not_pooled_heads_and_keep_8bit_wins():
+    """A Gemm on [batch * tokens, hidden] (flattened decoder layer, MoE expert) is not a head,
+    however small; a head named in keep_8bit stays int8."""
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+
+    from onnxq.passes.quantize_matmul_int4 import HEAD_REASON, INT8_REASON, plan_int4
+
+    rng = np.random.default_rng(2)
+    d = 256
+    nodes = [
+        h.make_node("MatMul", ["x", "w_big"], ["a"], name="big"),
+        h.make_node("Reshape", ["a", "rows"], ["flat"]),
+        h.make_node("Gemm", ["flat", "w_expert"], ["e"], transB=1, name="expert"),
+        h.make_node("Reshape", ["e", "back"], ["y"]),
+        h.make_node("Gather", ["a", "zero"], ["cls"], axis=1),
+        h.make_node("Gemm", ["cls", "w_cls"], ["logits"], transB=1, name="classifier"),
+    ]
+    inits = [nh.from_array((rng.standard_normal((d, d)) * 0.1).astype(np.float32), "w_big"),
+             nh.from_array(np.array([-1, d], np.int64), "rows"), nh.from_array(np.array([2, -1, 8], np.int64), "back"),
+             nh.from_array((rng.standard_normal((8, d)) * 0.1).astype(np.float32), "w_expert"),
+             nh.from_array(np.array(0, np.int64), "zero"),
+             nh.from_array((rng.standard_normal((3, d)) * 0.1).astype(np.float32), "w_cls")]
+    graph = h.make_graph(nodes, "m", [h.make_tensor_value_info("x", T.FLOAT, [2, 5, d])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None), h.make_tensor_value_info("logits", T.FLOAT, [2, 3])],
+                         inits)
+    model = onnxq.api.ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    onnxq.api.prepare(model)
+    reason = {dec.name: dec.reason for dec in plan_int4(model, WeightOnlyInt4(block_size=32))}
+    assert reason["expert"] == "" and reason["big"] == "" and reason["classifier"].startswith(HEAD_REASON), reason
+    reason = {dec.name: dec.reason for dec in plan_int4(model, WeightOnlyInt4(block_size=32, keep_8bit=("classifier",)))}
+    assert reason["classifier"] == INT8_REASON

@@ -12,6 +12,10 @@ is an activation: its Add gets Q/DQ of its own and cannot go into the Conv. Fold
   is no larger than their largest input (nothing that would blow up the file).
 
 Only float and integer tensors; nodes in subgraphs too. A second run finds nothing.
+
+A ``Transpose`` of a large constant (a weight behind ``Transpose`` in exports without constant
+folding, a tied lm_head) becomes a lazy initializer: the transposed array is only made when a
+pass reads it (one layer at a time), so memory-mapped external weights are not all loaded at once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from onnxq import irutil
 __all__ = ["FoldConstantsPass"]
 
 logger = logging.getLogger(__name__)
+
+# Transposes of constants at least this large are folded lazily (see the module docstring)
+LAZY_ELEMENTS = 1 << 20
 
 _ARITH = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": None,
@@ -108,6 +115,9 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             inputs = [v for v in node.inputs if v is not None]
             if not inputs or not all(irutil.is_constant(v) for v in inputs):
                 continue
+            if node.op_type == "Transpose" and self._fold_lazily(node, names):
+                folded += 1
+                continue
             arrays = [irutil.const_array(v) for v in inputs]
             if any(a is None or a.dtype.kind not in "fiub" for a in arrays):
                 continue
@@ -130,3 +140,33 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         if folded:
             logger.debug("folded %d constant expression node(s)", folded)
         return ir.passes.PassResult(model, modified=bool(folded))
+
+    @staticmethod
+    def _fold_lazily(node: ir.Node, names) -> bool:
+        """Transpose of one large initializer -> a lazy initializer (the array is made on read)."""
+        src = node.inputs[0]
+        tensor = src.const_value if src is not None else None
+        if tensor is None or len(node.inputs) != 1 or tensor.size < LAZY_ELEMENTS:
+            return False
+        rank = len(tensor.shape)
+        perm = list(node.attributes.get_ints("perm", list(range(rank - 1, -1, -1))))
+        if sorted(perm) != list(range(rank)):
+            return False
+        y = node.outputs[0]
+        graph = node.graph
+        name = names(f"{y.name or 'weight'}_folded")
+
+        def transposed() -> ir.TensorProtocol:
+            array = np.ascontiguousarray(np.transpose(tensor.numpy(), perm))
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # unmap the source: its pages would stay resident for every layer read
+            return ir.tensor(array, name=name)
+
+        shape = ir.Shape([tensor.shape[p] for p in perm])
+        lazy = ir.LazyTensor(transposed, dtype=tensor.dtype, shape=shape, name=name)
+        const = ir.Value(name=name, shape=shape, type=ir.TensorType(tensor.dtype), const_value=lazy)
+        graph.register_initializer(const)
+        y.replace_all_uses_with(const, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        irutil.remove_if_unused(graph, src)
+        return True

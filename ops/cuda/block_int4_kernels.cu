@@ -200,7 +200,8 @@ struct KernelParams {
   // tiling (gemm / simt)
   int tiles_n;
   int wg_diag;             // DIAGNOSTIC (warp-specialized wgmma, benchmarks only, wrong Y): bit 0 no scale
-                           // loads (config + 100)
+                           // loads (config + 100); bit 1: unswizzled weight tile as before 2026-11-25
+                           // (config + 200; Y correct, for A/B timing of the swizzle)
 };
 
 // cp.async / ldmatrix helpers
@@ -1898,6 +1899,16 @@ struct WsCfg {
   static_assert(kSmemBytes * MINB_ <= 227 * 1024, "shared memory");
 };
 
+// Packed-weight tile of the warp-specialized kernel: BN rows of 32*KT bytes, the 16-byte pieces of
+// each row XOR-swizzled like TMA's CU_TENSOR_MAP_SWIZZLE_64B (KT 2: piece ^= (row >> 1) & 3) or _32B
+// (KT 1: piece ^= (row >> 2) & 1), so the consumers' LDS.128 of 8 rows (one per lane quad) hit 8
+// distinct 4-bank groups (unswizzled rows 64 bytes apart: 4-way bank conflict).
+template <int KT>
+__device__ __forceinline__ int ws_b_swz(int row) {
+  static_assert(KT == 1 || KT == 2, "weight swizzle: 32- or 64-byte rows");
+  return KT == 2 ? (row >> 1) & 3 : (row >> 2) & 1;
+}
+
 // Producer copy state: thread pt of 128 copies activation rows pt/8 + 16 i (chunk pt%8, the same
 // swizzled column for every i), weight rows pt/(2KT) + i*64/KT (16-byte piece pt%(2KT)) and the
 // scales of rows pt/(4KT) + i*32/KT (16-k step pt%(4KT)). Rows past M / N: zero-filled copies
@@ -1927,7 +1938,8 @@ struct WsProducer {
     constexpr int kBStep = 64 / C::KT;
     const int64_t brem = p.n - n0 - br;
     b_rows_ok = brem <= 0 ? 0 : (int)((brem + kBStep - 1) / kBStep < C::NB ? (brem + kBStep - 1) / kBStep : C::NB);
-    b_dst = C::kA + br * 32 * C::KT + b_h * 16;
+    // (rows br + i * kBStep share br's swizzle: kBStep is a multiple of 8)
+    b_dst = C::kA + br * 32 * C::KT + ((b_h ^ ((p.wg_diag & 2) ? 0 : ws_b_swz<C::KT>(br))) << 4);
     const int sr = pt / (4 * C::KT);
     s_step = pt % (4 * C::KT);
     s0 = static_cast<const uint16_t*>(p.s) + (n0 + sr < p.n ? (n0 + sr) * p.nb : 0);
@@ -2159,6 +2171,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   const int grp = warp >> 3;  // consumer group: local k-tiles grp, grp + KIN, ...
   const int wg = (warp >> 2) & 1, wq = warp & 3, g = lane >> 2, t = lane & 3;
   const uint32_t sel = (uint32_t)t | 0x4040u | ((uint32_t)t << 8);  // bytes (t, 0, t, 0)
+  const int bswz = (p.wg_diag & 2) ? 0 : ws_b_swz<C::KT>(g);     // every row this thread reads is g mod 8
   float acc[C::WGM][C::NACC];  // the first wgmma overwrites (scale-d 0)
 
   // Block size >= BK (one block per tile): each thread loads the scale / zero-point byte of its
@@ -2209,7 +2222,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       for (int h = 0; h < 2; ++h) {
         const int r = r0 + 8 * h;
 #pragma unroll
-        for (int q = 0; q < 2 * C::KT; ++q) w[mt][h][q] = *reinterpret_cast<const uint4*>(sb + r * 32 * C::KT + 16 * q);
+        for (int q = 0; q < 2 * C::KT; ++q) w[mt][h][q] = *reinterpret_cast<const uint4*>(sb + r * 32 * C::KT + 16 * (q ^ bswz));
         if (!direct) {
 #pragma unroll
           for (int q = 0; q < C::KT; ++q) {
@@ -2608,7 +2621,9 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
     tma = EncodeTensorMap2d(&tm_a, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, const_cast<void*>(p.a), a_dim, a_stride, a_box,
                             ones, CU_TENSOR_MAP_SWIZZLE_128B) &&
           EncodeTensorMap2d(&tm_b, CU_TENSOR_MAP_DATA_TYPE_UINT8, const_cast<uint8_t*>(p.b), b_dim, b_stride, b_box,
-                            ones, CU_TENSOR_MAP_SWIZZLE_NONE);
+                            ones,
+                            (p.wg_diag & 2) ? CU_TENSOR_MAP_SWIZZLE_NONE
+                                            : (C::KT == 2 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B));
   }
   using KFn = void (*)(KernelParams, CUtensorMap, CUtensorMap);
   const int variant = (a_vec ? 1 : 0) + (tma ? 2 : 0);
@@ -2870,7 +2885,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   if (path == Path::kWgmma) {
     int cfg = args.config;
     if (cfg < 0) cfg = ChooseWgConfig(m, n, dev);
-    if (cfg >= 100 && cfg < 200 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
+    if (cfg >= 100 && cfg < 400 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
       p.wg_diag = cfg / 100;
       cfg %= 100;
     }

@@ -164,19 +164,23 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     if GlobalAveragePoolPass()(model).modified:
         notes.append("wrote AveragePool over the whole feature map as GlobalAveragePool (ORT's int8 AveragePool "
                      "averages such windows differently)")
-    result = quantize_static(model, recipe, data)
-    decisions = tuple(result.decisions)
-    if "Gather" in recipe.op_types:
-        from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
+    from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
-        tables = DynamicInt8(op_types=("Gather",), exclude=recipe.exclude, include=recipe.include)
-        gathers = tuple(plan_dynamic(model, tables))
-        if DynamicQuantizePass(tables)(model).modified:
-            n = sum(d.selected for d in gathers)
-            notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
-        decisions += gathers
+    tables = DynamicInt8(op_types=("Gather",), exclude=recipe.exclude, include=recipe.include)
+    gathers = tuple(plan_dynamic(model, tables)) if "Gather" in recipe.op_types else ()
+    try:
+        result = quantize_static(model, recipe, data)
+        decisions, static_notes = tuple(result.decisions), tuple(result.notes)
+    except NothingToQuantizeError:
+        if not any(d.selected for d in gathers):
+            raise
+        decisions, static_notes = (), ("no node for int8 QDQ; only the embedding tables were quantized",)
+    if gathers and DynamicQuantizePass(tables)(model).modified:
+        n = sum(d.selected for d in gathers)
+        notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
+    decisions += gathers
     notes += _residual_sums(model)
-    return QuantizeReport(recipe, decisions, tuple(notes) + tuple(result.notes))
+    return QuantizeReport(recipe, decisions, tuple(notes) + static_notes)
 
 
 def _residual_sums(model: ir.Model) -> list[str]:

@@ -246,12 +246,34 @@ def _check(node: ir.Node, owners: Mapping[int, ir.Node]) -> str | None:
             return "not a float32 activation"
         if op == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].uses():
             return "MaxPool Indices output is used"
-        if op == "AveragePool" and node.attributes.get_int("ceil_mode", 0) and node.attributes.get_int(
-            "count_include_pad", 0
-        ):
+        if op == "AveragePool" and _ceil_windows_past_edge(node):
             return AVGPOOL_CEIL_PAD
         return None
     return f"{op} is not quantized by int8-static"
+
+
+def _ceil_windows_past_edge(node: ir.Node) -> bool:
+    """An AveragePool with ceil_mode and count_include_pad whose last window runs past the
+    padded input (ceil gives more outputs than floor); True when the input's spatial size is
+    unknown."""
+    a = node.attributes
+    if not (a.get_int("ceil_mode", 0) and a.get_int("count_include_pad", 0)):
+        return False
+    x = node.inputs[0]
+    kernel = list(a.get_ints("kernel_shape", ()))
+    if x is None or x.shape is None or len(x.shape) != len(kernel) + 2:
+        return True
+    spatial = list(x.shape[2:])
+    if not all(isinstance(d, int) for d in spatial) or a.get_string("auto_pad", "NOTSET") != "NOTSET":
+        return True
+    strides = list(a.get_ints("strides", [1] * len(kernel)))
+    dil = list(a.get_ints("dilations", [1] * len(kernel)))
+    pads = list(a.get_ints("pads", [0] * (2 * len(kernel))))
+    for i, (d, k, st, dl) in enumerate(zip(spatial, kernel, strides, dil)):
+        span = d + pads[i] + pads[i + len(kernel)] - ((k - 1) * dl + 1)
+        if span < 0 or span % st:
+            return True
+    return False
 
 
 def _activation_bounds(act: ir.Node) -> tuple[float, float] | None:

@@ -51,8 +51,9 @@ class _Equalization:
     linear: bool = False
 
 
-# values this large are masks (finfo(float32).min / max, 1e9-style "minus infinity"), not data
-MASK_MAGNITUDE = 1e30
+# values this large are masks (finfo(float32).min / max, -1e9-style "minus infinity"), not data
+# (BERT's classic -10000 is not caught here; the default placement keeps the mask Add float anyway)
+MASK_MAGNITUDE = 1e8
 MASK_VALUES = (
     f"carries mask values (|x| >= {MASK_MAGNITUDE:.0e}, e.g. finfo(float32).min added to attention scores): "
     "an int8 range spanning them leaves one level for the data; left in float"
@@ -408,9 +409,15 @@ def calibrate_plan(
     unseen = [t for g in plan.groups if g.fixed_range is None and not per_group[g.key].seen for t in g.members]
     if unseen:
         raise UnobservedTensorsError(unseen)
-    masked = _mask_valued(plan, per_group) if check_concats else {}
-    if masked:
+    masked = _mask_valued(plan, per_group)
+    if masked and check_concats:
         raise MaskValuedTensorsError(masked)
+    if masked:
+        logger.warning(
+            "%d node(s) carry mask values (|x| >= %.0e) but the calibration data can be read only once, so they "
+            "cannot be left in float and calibrated again: their int8 ranges span the mask (pass a list, a "
+            "function returning a fresh iterator, or files)", len(masked), MASK_MAGNITUDE,
+        )
     mismatched = _mismatched_concats(plan, observers) if check_concats else {}
     if mismatched:
         raise MismatchedConcatError(mismatched)

@@ -14,6 +14,7 @@ import os
 import tempfile
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto as T
@@ -128,9 +129,8 @@ def test_second_run_of_the_plan_changes_nothing(tmp_path):
     assert not any(d.selected for d in again.decisions)  # already QDQ: nothing left to rewrite
 
 
-def _masked_attention_model() -> onnx.ModelProto:
-    """scores = q k^T; scores + Where(mask, 0, finfo.min) -> Softmax -> @ v -> MatMul(w)."""
-    big_neg = float(np.finfo(np.float32).min)
+def _masked_attention_model(big_neg: float = float(np.finfo(np.float32).min)) -> onnx.ModelProto:
+    """scores = q k^T; scores + Where(mask, 0, big_neg) -> Softmax -> @ v -> MatMul(w)."""
     nodes = [
         h.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
         h.make_node("Where", ["mask", "zero", "neg"], ["bias"], name="mask_bias"),
@@ -158,14 +158,15 @@ def _attention_feeds(n):
     return out
 
 
-def test_attention_mask_values_stay_out_of_int8_ranges(tmp_path):
+@pytest.mark.parametrize("big_neg", [float(np.finfo(np.float32).min), -1e9])
+def test_attention_mask_values_stay_out_of_int8_ranges(tmp_path, big_neg, caplog):
     """With quantize_islands (the qnn target) the mask Add is a candidate too: its output holds
     finfo.min where masked, and a range spanning that left one int8 level for the scores
     (scale ~1e36). It stays float, with a note; the data is calibrated again."""
     from onnxq.calib.static import MASK_VALUES
 
     path = tmp_path / "attn.onnx"
-    onnx.save(_masked_attention_model(), str(path))
+    onnx.save(_masked_attention_model(big_neg), str(path))
     calib, held = _attention_feeds(12), _attention_feeds(6)
     model, report = onnxq.quantize_with_report(path, onnxq.StaticInt8(quantize_islands=True), data=calib)
     reason = {d.name: d.reason for d in report.decisions}
@@ -176,8 +177,9 @@ def test_attention_mask_values_stay_out_of_int8_ranges(tmp_path):
         if n.op_type == "QuantizeLinear":
             assert float(np.max(n.inputs[1].const_value.numpy())) < 1e3, n.inputs[0].name
     assert _sqnr(path, model, held) > 25.0
-    # one-pass data cannot be calibrated twice: quantized as before (no error), scales and all
+    # one-pass data cannot be calibrated twice: quantized as before (no error), with a warning
     onnxq.quantize(path, onnxq.StaticInt8(quantize_islands=True), data=iter(calib))
+    assert any("carry mask values" in r.getMessage() for r in caplog.records)
 
 
 def test_embedding_tables_are_stored_int8_per_row(tmp_path):
@@ -234,3 +236,18 @@ def test_int8_dynamic_residual_adds_are_sums_too(tmp_path):
         fused = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
     assert fused["SkipLayerNormalization"] == 0, fused
     assert _sqnr(path, model, _feeds(4)) > 25.0
+
+
+def test_a_model_whose_only_candidate_is_an_embedding_table(tmp_path):
+    vocab = 300
+    graph = h.make_graph(
+        [h.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         h.make_node("LayerNormalization", ["e", "g", "b"], ["y"], axis=-1)],
+        "emb", [h.make_tensor_value_info("ids", T.INT64, [1, S])], [h.make_tensor_value_info("y", T.FLOAT, [1, S, D])],
+        [_w("table", (vocab, D), 0.05), nh.from_array(np.ones(D, np.float32), "g"), nh.from_array(np.zeros(D, np.float32), "b")])
+    path = tmp_path / "emb.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+    feeds = [{"ids": RNG.integers(0, vocab, (1, S))} for _ in range(4)]
+    model, report = onnxq.quantize_with_report(path, onnxq.StaticInt8(), data=feeds)
+    assert [(d.name, d.selected) for d in report.decisions] == [("embed", True)]
+    assert _sqnr(path, model, feeds) > 30.0

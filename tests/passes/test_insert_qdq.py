@@ -504,3 +504,22 @@ def test_a_result_split_between_int8_convs_stays_int8():
     plan = plan_static(model_from_text(text, inits), StaticInt8())
     reasons = {d.node.op_type: d.reason for d in plan.decisions}
     assert reasons["Mul"] == "", reasons
+
+
+def test_average_pool_whose_windows_fit_exactly_stays_int8():
+    """ceil_mode changes nothing when the windows tile the map: such a pool (and its convs) stay int8."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 4, 8, 8] x) => (float[1, 4, 4, 4] y) {
+        c = Conv(x, w)
+        p = AveragePool <kernel_shape: ints = [2, 2], strides: ints = [2, 2], ceil_mode: int = 1, count_include_pad: int = 1> (c)
+        y = Conv(p, w2)
+    }
+    """
+    inits = {"w": RNG.standard_normal((4, 4, 1, 1)).astype(np.float32), "w2": RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)}
+    model = model_from_text(text, inits)
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(model)
+    plan = plan_static(model, StaticInt8())
+    assert {d.node.op_type: d.reason for d in plan.decisions}["AveragePool"] == ""

@@ -418,7 +418,8 @@ def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable
 # ops that hand (parts of) a value on unchanged: a quantized consumer behind them reads the
 # producer's int8 values (ORT runs them on int8 data between a DQ and a Q with one scale) --
 # YOLOv8's C2f blocks Split each SiLU output between two convs
-_DATA_MOVEMENT = _LINKS | {"Split", "Slice", "Gather", "Identity", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}
+_DATA_MOVEMENT = _LINKS | {"Split", "Slice", "Gather", "Identity", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+                           "Pad"}  # Pad: explicit padding before a Conv (TF exports)
 
 
 def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:

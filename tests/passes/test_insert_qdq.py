@@ -523,3 +523,20 @@ def test_average_pool_whose_windows_fit_exactly_stays_int8():
     InferShapesPass()(model)
     plan = plan_static(model, StaticInt8())
     assert {d.node.op_type: d.reason for d in plan.decisions}["AveragePool"] == ""
+
+
+def test_a_residual_add_padded_before_a_conv_stays_int8():
+    """TF exports pad explicitly: Add -> Pad -> Conv. The Add's result reaches the conv."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) {
+        c = Conv(x, w)
+        a = Add(c, x)
+        p = Pad(a, pads)
+        y = Conv <kernel_shape: ints = [3, 3]> (p, w3)
+    }
+    """
+    inits = {"w": RNG.standard_normal((4, 4, 1, 1)).astype(np.float32), "w3": RNG.standard_normal((4, 4, 3, 3)).astype(
+        np.float32), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
+    plan = plan_static(model_from_text(text, inits), StaticInt8())
+    assert {d.node.op_type: d.reason for d in plan.decisions}["Add"] == ""

@@ -403,6 +403,11 @@ def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable
             p = p.inputs[0].producer()
         if p is not None and id(p) in chosen:
             yield p
+    yield from _chosen_consumers(node, chosen, _LINKS)
+
+
+def _chosen_consumers(node: ir.Node, chosen: Mapping[int, ir.Node], through: frozenset[str]) -> Iterable[ir.Node]:
+    """Chosen nodes that read an output of ``node``, directly or through ops in ``through``."""
     stack = list(node.outputs)
     seen: set[int] = set()
     while stack:
@@ -410,7 +415,7 @@ def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable
         for user, _ in v.uses():
             if id(user) in chosen:
                 yield user
-            elif user.op_type in _LINKS and id(user) not in seen:
+            elif user.op_type in through and id(user) not in seen:
                 seen.add(id(user))
                 stack.extend(user.outputs)
 
@@ -425,17 +430,7 @@ _DATA_MOVEMENT = _LINKS | {"Split", "Slice", "Gather", "Identity", "Expand", "Ti
 def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:
     """Whether an output of ``node`` reaches a chosen node, directly or through
     pass-through, data-movement ops and Relu/Clip."""
-    stack = list(node.outputs)
-    seen: set[int] = set()
-    while stack:
-        v = stack.pop()
-        for user, _ in v.uses():
-            if id(user) in chosen:
-                return True
-            if user.op_type in _DATA_MOVEMENT and id(user) not in seen:
-                seen.add(id(user))
-                stack.extend(user.outputs)
-    return False
+    return next(iter(_chosen_consumers(node, chosen, _DATA_MOVEMENT)), None) is not None
 
 
 def _float_fed(selected: list[ir.Node]) -> set[int]:

@@ -77,6 +77,17 @@ def _session(model):
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
+def _ort_fused_ops(model) -> collections.Counter:
+    """Op histogram of the graph ORT CPU runs (after its fusions)."""
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.optimized_model_filepath = os.path.join(d, "o.onnx")
+        ort.InferenceSession(onnxq.api.ir.serde.serialize_model(model).SerializeToString(), so,
+                             providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
 def _sqnr(path, model, feeds):
     ref, got = _session(path.read_bytes()), _session(model)
     num = den = 0.0
@@ -100,13 +111,7 @@ def test_residual_stream_stays_float_and_matmuls_stay_int8(tmp_path):
     # the head's result is the model output: no QuantizeLinear reads it
     head = next(n for n in model.graph if n.op_type == "MatMul" and n.outputs[0].name == "y")
     assert head.outputs[0].is_graph_output() and not head.outputs[0].uses()
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.optimized_model_filepath = os.path.join(d, "o.onnx")
-        ort.InferenceSession(onnxq.api.ir.serde.serialize_model(model).SerializeToString(), so,
-                             providers=["CPUExecutionProvider"])
-        fused = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    fused = _ort_fused_ops(model)
     assert fused["QLinearMatMul"] == 3 and fused["MatMulIntegerToFloat"] == 1 and fused["MatMul"] == 0, fused
     # the float residual Adds are Sums: ORT's SkipLayerNormalization (8x slower on CPU) does not match them
     assert sum(n.op_type == "Sum" for n in model.graph) == 2 and fused["SkipLayerNormalization"] == 0, fused
@@ -227,13 +232,7 @@ def test_int8_dynamic_residual_adds_are_sums_too(tmp_path):
     model, report = onnxq.quantize_with_report(path, onnxq.DynamicInt8(min_weight_elements=0))
     assert sum(n.op_type == "Sum" for n in model.graph) == 2
     assert any("as Sum" in n for n in report.notes)
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.optimized_model_filepath = os.path.join(d, "o.onnx")
-        ort.InferenceSession(onnxq.api.ir.serde.serialize_model(model).SerializeToString(), so,
-                             providers=["CPUExecutionProvider"])
-        fused = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    fused = _ort_fused_ops(model)
     assert fused["SkipLayerNormalization"] == 0, fused
     assert _sqnr(path, model, _feeds(4)) > 25.0
 

@@ -157,13 +157,6 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     before = activations()
     if FuseHardSwishPass()(model).modified:
         notes.append(f"wrote {activations() - before} written-out hard-sigmoid/hard-swish as the ops")
-    from onnxq.passes.global_average_pool import GlobalAveragePoolPass
-    from onnxq.passes.infer_shapes import InferShapesPass
-
-    InferShapesPass()(model)  # the pool rewrite needs the feature map's size
-    if GlobalAveragePoolPass()(model).modified:
-        notes.append("wrote AveragePool over the whole feature map as GlobalAveragePool (ORT's int8 AveragePool "
-                     "averages such windows differently)")
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
     tables = DynamicInt8(op_types=("Gather",), exclude=recipe.exclude, include=recipe.include)

@@ -57,12 +57,7 @@ class GlobalAveragePoolPass(ir.passes.InPlacePass):
             graph = node.graph
             pool = ir.node("GlobalAveragePool", [node.inputs[0]], name=node.name or None)
             graph.insert_after(node, pool)
-            y, out = node.outputs[0], pool.outputs[0]
-            out.shape, out.type = y.shape, y.type
-            y.replace_all_uses_with(out, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            name, y.name = y.name, None  # the result keeps its name (a graph output's too)
-            out.name = name
+            irutil.replace_node_output(graph, node, pool.outputs[0])  # keeps the name (a graph output's too)
             rewritten += 1
         if rewritten:
             logger.debug("rewrote %d whole-map AveragePool node(s) as GlobalAveragePool", rewritten)

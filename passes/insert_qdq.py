@@ -441,16 +441,14 @@ def _float_fed(selected: list[ir.Node]) -> set[int]:
     before a Softmax. Rounding the residual stream per tensor costs BERT-style encoders
     most of their accuracy (its outlier channels set the scale of all the others)."""
     chosen = {id(n): n for n in selected}
-    gone: set[int] = set()
     changed = True
     while changed:
         changed = False
         for key, n in list(chosen.items()):
             if n.op_type not in _WEIGHTED_OPS and not _feeds_chosen(n, chosen):
                 del chosen[key]
-                gone.add(key)
                 changed = True
-    return gone
+    return {id(n) for n in selected} - chosen.keys()
 
 
 def _islands(selected: list[ir.Node]) -> set[int]:

@@ -49,12 +49,7 @@ class ResidualSumPass(ir.passes.InPlacePass):
             graph = node.graph
             total = ir.node("Sum", list(node.inputs), name=node.name or None)
             graph.insert_after(node, total)
-            y, out = node.outputs[0], total.outputs[0]
-            out.shape, out.type = y.shape, y.type
-            y.replace_all_uses_with(out)
-            graph.remove(node, safe=True)
-            name, y.name = y.name, None
-            out.name = name
+            irutil.replace_node_output(graph, node, total.outputs[0])
             rewritten += 1
         if rewritten:
             logger.debug("wrote %d residual Add(s) before a LayerNormalization as Sum", rewritten)

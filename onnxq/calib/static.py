@@ -64,21 +64,28 @@ MASK_VALUES = (
 CONCAT_RANGE_RATIO = 16.0
 
 
-class MismatchedConcatError(OnnxqError):
+class FloatAfterCalibrationError(OnnxqError):
+    """Calibration found nodes that must stay float (``nodes``: node -> reason); data that
+    can be read again is calibrated again without them."""
+
+    def __init__(self, nodes: dict, what: str) -> None:
+        self.nodes = nodes
+        super().__init__(f"{len(nodes)} {what}")
+
+
+class MismatchedConcatError(FloatAfterCalibrationError):
     """Concat nodes whose inputs' ranges differ too much to share one int8 scale."""
 
     def __init__(self, nodes: dict) -> None:
-        self.nodes = nodes  # node -> reason
-        super().__init__(f"{len(nodes)} Concat node(s) join ranges too different for one scale")
+        super().__init__(nodes, "Concat node(s) join ranges too different for one int8 scale")
 
 
-class MaskValuedTensorsError(OnnxqError):
+class MaskValuedTensorsError(FloatAfterCalibrationError):
     """Nodes whose tensors carry mask values (|x| >= MASK_MAGNITUDE, e.g. finfo(float32).min
     added to attention scores): one int8 scale spanning them has no levels left for the rest."""
 
     def __init__(self, nodes: dict) -> None:
-        self.nodes = nodes  # node -> reason
-        super().__init__(f"{len(nodes)} node(s) carry mask values too large for an int8 range")
+        super().__init__(nodes, f"node(s) carry mask values (|x| >= {MASK_MAGNITUDE:.0e}) too large for an int8 range")
 
 
 class UnobservedTensorsError(OnnxqError):
@@ -556,6 +563,9 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
 
     InsertQdqPass(recipe).requires(model)
     _infer_shapes(model)
+    from onnxq.passes.global_average_pool import GlobalAveragePoolPass
+
+    pools_rewritten = GlobalAveragePoolPass()(model).modified  # needs the feature maps' sizes just inferred
     plan = plan_static(model, recipe)
     if not any(d.selected for d in plan.decisions):
         from onnxq.api import _nothing_message
@@ -584,7 +594,7 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                 model, plan, recipe, data, weight_values=codes, check_concats=data.reiterable
             )
             break
-        except (UnobservedTensorsError, MismatchedConcatError, MaskValuedTensorsError) as e:
+        except (UnobservedTensorsError, FloatAfterCalibrationError) as e:
             if not data.reiterable:
                 raise
             if isinstance(e, UnobservedTensorsError):
@@ -596,14 +606,9 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
                     "takes, or NaN/Inf): leaving them in float and calibrating again: %s", len(reasons),
                     ", ".join(sorted(n.name or n.op_type for n in reasons)[:5]) + (" ..." if len(reasons) > 5 else ""),
                 )
-            elif isinstance(e, MaskValuedTensorsError):
-                reasons = e.nodes
-                logger.info("%d node(s) carry mask values (|x| >= %.0e): left in float, calibrating again",
-                            len(reasons), MASK_MAGNITUDE)
             else:
                 reasons = e.nodes
-                logger.info("%d Concat node(s) join ranges too different for one int8 scale: left in float, "
-                            "calibrating again", len(reasons))
+                logger.info("%s: left in float, calibrating again", e)
             names = irutil.FreshNames(model.graph)
             taken = collections.Counter(n.name for n in model.graph.all_nodes() if n.name)
             for node, why in reasons.items():
@@ -627,6 +632,9 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
 
         record_channel_scales(model, channel_scales)
     notes = list(plan.notes)
+    if pools_rewritten:
+        notes.append("wrote AveragePool over the whole feature map as GlobalAveragePool (ORT's int8 AveragePool "
+                     "averages such windows differently)")
     if concats:
         notes.append(
             f"left {len(concats)} Concat node(s) in float whose inputs' ranges differ more than "

@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--targets", default="ort-cpu,openvino,ort-mobile,tensorrt,qnn")
     ap.add_argument("--rounds", type=int, default=60, help="timed runs per model (interleaved)")
     ap.add_argument("--calibration", default=None, help="default: StaticInt8's own default")
+    ap.add_argument("--weight-rounding", default=None, choices=("nearest", "gptq"),
+                    help="default: StaticInt8's own default")
     args = ap.parse_args()
 
     import onnxq
@@ -70,7 +72,9 @@ def main() -> None:
     details = {"fp32_top1_vs_labels": float(np.mean(fp32_pred == ys)), "samples": len(xs)}
 
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        base = onnxq.StaticInt8() if args.calibration is None else onnxq.StaticInt8(calibration=args.calibration)
+        options = {k: v for k, v in (("calibration", args.calibration), ("weight_rounding", args.weight_rounding))
+                   if v is not None}
+        base = onnxq.StaticInt8(**options)
         recipe, notes = apply_target(base, target)
         t0 = time.perf_counter()
         qmodel, report = onnxq.quantize_with_report(MODEL, recipe, from_images(CORPUS / "images"))
@@ -142,10 +146,11 @@ def main() -> None:
                "rule errors", "fallbacks", "quantize s"]
     print(markdown_table(rows, columns))
     calibration = args.calibration or onnxq.StaticInt8().calibration
-    suffix = "" if args.calibration is None else f"_{args.calibration}"
+    suffix = "".join(f"_{v}" for v in (args.calibration, args.weight_rounding) if v is not None)
     path = write_results(f"edge_targets{suffix}", {
         "title": f"MobileNetV2 int8-static ({calibration}) per target (imagenet_dev, 1 thread)",
-        "command": "python -m bench.bench_edge_targets" + (f" --calibration {args.calibration}" if suffix else ""),
+        "command": "python -m bench.bench_edge_targets" + "".join(
+            f" --{k.replace('_', '-')} {v}" for k, v in options.items()),
         "columns": columns,
         "rows": rows,
         "details": details,

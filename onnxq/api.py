@@ -92,6 +92,22 @@ def prepare(model: ir.Model) -> None:
     InferShapesPass()(model)
 
 
+def _widen_float16(model: ir.Model) -> list[str]:
+    """int8 needs float32 activations: a float16 model is quantized as its float32
+    equivalent, float16 inputs and outputs kept (WidenFloat16Pass)."""
+    from onnxq.passes.widen_float16 import WidenFloat16Pass
+
+    def boundary() -> int:
+        ends = list(model.graph.inputs) + list(model.graph.outputs)
+        return sum(v.type is not None and v.dtype == ir.DataType.FLOAT16 for v in ends)
+
+    kept = boundary()
+    if not WidenFloat16Pass()(model).modified:
+        return []
+    note = "the model computes in float16: int8 runs on float32 activations, so it was widened to float32"
+    return [note + (f" (its {kept} float16 input(s)/output(s) kept, through Cast nodes)" if kept else "")]
+
+
 @functools.singledispatch
 def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
     raise OnnxqError(f"recipe {type(recipe).__name__} is not implemented in this version of onnxq")
@@ -101,11 +117,11 @@ def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
 def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
+    notes = _widen_float16(model)
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
         raise NothingToQuantizeError(_nothing_message(recipe, decisions, model))
-    notes = []
     if data is not None:
         notes.append("int8-dynamic needs no calibration data; the data given was not used")
     if "Conv" not in recipe.op_types:
@@ -128,7 +144,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
 def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.calib.static import quantize_static
 
-    notes = []
+    notes = _widen_float16(model)
     version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 21))
     if version < 13:  # per-channel QuantizeLinear/DequantizeLinear need opset 13
         from onnxq.passes.upgrade_opset import UpgradeOpsetPass

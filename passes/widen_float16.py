@@ -1,0 +1,223 @@
+"""WidenFloat16Pass: a float16 model computes in float32, its float16 inputs and outputs kept.
+
+int8 QDQ and dynamic int8 need float32 activations (ORT's QuantizeLinear,
+DynamicQuantizeLinear, QLinearConv and MatMulInteger paths take float32 only), so a model
+exported in float16 -- or converted with float16 weights and ``keep_io_types`` -- is
+rewritten to compute in float32 before it is quantized:
+
+- float16 initializers and ``Constant`` / ``ConstantOfShape`` tensors become float32;
+- dtype attributes that name float16 (``Cast.to``, ``dtype`` of EyeLike and the Random*
+  ops) name float32;
+- every float16 value (subgraphs included) is typed float32;
+- a float16 input of the model gets a ``Cast`` to float32 after it and a float16 output a
+  ``Cast`` back before it, so callers feed and read the same types as before;
+- a ``Cast`` that no longer changes the type (``keep_io_types`` conversions put one at each
+  boundary) is removed.
+
+Only the standard domain's dtype attributes are rewritten; a custom-domain node that is
+typed float16 by an attribute, or a non-tensor value (sequence, optional) of float16, is
+refused (``OnnxqError``): widening it could change what the node computes. A model with no
+float16 value is left alone, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import irutil
+from onnxq.errors import OnnxqError
+from onnxq.passes.infer_shapes import InferShapesPass
+
+__all__ = ["WidenFloat16Pass", "computes_in_float16"]
+
+logger = logging.getLogger(__name__)
+
+_F16 = ir.DataType.FLOAT16
+_F32 = ir.DataType.FLOAT
+_DTYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
+                     "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Bernoulli": "dtype",
+                     "Multinomial": "dtype"}
+_TENSOR_ATTRIBUTES = {"Constant": "value", "ConstantOfShape": "value"}
+
+
+def _standard(node: ir.Node) -> bool:
+    return node.domain in ("", "ai.onnx")
+
+
+def _values(graph: ir.Graph):
+    """Every value of ``graph`` and its subgraphs: inputs, initializers, node outputs."""
+    for g in irutil.iter_graphs(graph):
+        yield from g.inputs
+        yield from g.initializers.values()
+        for node in g:
+            yield from node.outputs
+
+
+def _is_f16_tensor(value: ir.Value) -> bool:
+    return isinstance(value.type, ir.TensorType) and value.dtype == _F16
+
+
+def _boundary_cast(node: ir.Node, root: ir.Graph) -> bool:
+    """A Cast this pass puts at the model boundary: float16 model input -> float32, or
+    float32 -> float16 model output."""
+    if node.op_type != "Cast" or not _standard(node) or node.graph is not root or node.inputs[0] is None:
+        return False
+    to = node.attributes.get("to")
+    x, y = node.inputs[0], node.outputs[0]
+    if to is None:
+        return False
+    if to.value == _F32.value and x.is_graph_input() and _is_f16_tensor(x):
+        return True
+    return to.value == _F16.value and y.is_graph_output() and x.dtype == _F32
+
+
+def _boundary_input(v: ir.Value, root: ir.Graph) -> bool:
+    return v.is_graph_input() and v.graph is root and all(_boundary_cast(n, root) for n, _ in v.uses())
+
+
+def _boundary_output(v: ir.Value, root: ir.Graph) -> bool:
+    p = v.producer()
+    return v.is_graph_output() and p is not None and _boundary_cast(p, root)
+
+
+def computes_in_float16(model: ir.Model) -> bool:
+    """Whether any tensor of the model (subgraphs included) is float16, other than model
+    inputs and outputs that only pass through a Cast from/to float32."""
+    root = model.graph
+    return any(
+        _is_f16_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
+        for v in _values(root)
+    )
+
+
+def _widened_tensor(tensor: ir.TensorProtocol) -> ir.Tensor:
+    return ir.tensor(np.asarray(tensor.numpy(), dtype=np.float32), name=tensor.name)
+
+
+class WidenFloat16Pass(ir.passes.InPlacePass):
+    """float16 compute -> float32 compute, float16 model inputs/outputs kept (see module doc)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not computes_in_float16(model):
+            return ir.passes.PassResult(model, modified=False)
+        self._refuse_unsupported(model)
+        root = model.graph
+        keep = {id(v) for v in _values(root) if _boundary_input(v, root) or _boundary_output(v, root)}
+        boundary_inputs = [v for v in root.inputs
+                           if _is_f16_tensor(v) and v.name not in root.initializers and id(v) not in keep]
+        boundary_outputs = [(i, v) for i, v in enumerate(root.outputs) if _is_f16_tensor(v) and id(v) not in keep]
+        for g in irutil.iter_graphs(root):
+            for node in g:
+                if not _boundary_cast(node, root):
+                    self._widen_attributes(node)
+        for v in list(_values(root)):
+            if id(v) in keep:
+                continue
+            if v.const_value is not None and v.const_value.dtype == _F16:
+                v.const_value = _widened_tensor(v.const_value)
+            if _is_f16_tensor(v):
+                v.dtype = _F32
+        names = irutil.FreshNames(root)
+        for v in boundary_inputs:
+            uses = list(v.uses())
+            cast = ir.node("Cast", [v], attributes={"to": _F32}, name=names(f"{v.name}/to_float32"))
+            cast.outputs[0].name = names(f"{v.name}/float32")
+            cast.outputs[0].dtype = _F32
+            cast.outputs[0].shape = v.shape
+            first = next(iter(root), None)
+            if first is not None:
+                root.insert_before(first, cast)
+            else:
+                root.append(cast)
+            for node, index in uses:
+                node.replace_input_with(index, cast.outputs[0])
+            v.dtype = _F16
+        for i, v in boundary_outputs:
+            if v.is_graph_input():
+                v.dtype = _F16  # passed straight through: still float16
+                continue
+            name = v.name
+            v.name = names(f"{name}/float32")
+            cast = ir.node("Cast", [v], attributes={"to": _F16}, name=names(f"{name}/to_float16"))
+            out = cast.outputs[0]
+            out.dtype = _F16
+            out.shape = v.shape
+            producer = v.producer()
+            if producer is not None and producer.graph is root:
+                root.insert_after(producer, cast)
+            else:
+                root.append(cast)
+            root.outputs[i] = out
+            out.name = name
+        InferShapesPass()(model)  # types of values the model did not annotate, for the Cast check below
+        removed = self._remove_identity_casts(root)
+        logger.info(
+            "the model computes in float16: quantizing its float32 equivalent (%d float16 input(s) and %d output(s) "
+            "kept through Cast nodes; %d no-op Cast(s) removed)", len(boundary_inputs), len(boundary_outputs), removed,
+        )
+        return ir.passes.PassResult(model, modified=True)
+
+    @staticmethod
+    def _refuse_unsupported(model: ir.Model) -> None:
+        for v in _values(model.graph):
+            t = v.type
+            if t is not None and not isinstance(t, ir.TensorType) and getattr(t, "dtype", None) == _F16:
+                raise OnnxqError(
+                    f"tensor {v.name!r} is a {type(t).__name__} of float16: onnxq widens float16 models to float32 "
+                    "for int8 only through plain tensors; convert the model to float32 first"
+                )
+        for node in irutil.iter_nodes(model.graph):
+            if _standard(node):
+                continue
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.INT and attr.name in ("to", "dtype") and attr.value == _F16.value:
+                    raise OnnxqError(
+                        f"node {irutil.node_label(node)} ({node.domain}.{node.op_type}) is set to float16 by its "
+                        f"{attr.name!r} attribute: onnxq cannot widen it to float32 for int8; convert the model to "
+                        "float32 first"
+                    )
+
+    @staticmethod
+    def _widen_attributes(node: ir.Node) -> None:
+        if not _standard(node):
+            return
+        name = _DTYPE_ATTRIBUTES.get(node.op_type)
+        if name is not None:
+            attr = node.attributes.get(name)
+            if attr is not None and attr.value == _F16.value:
+                node.attributes[name] = ir.AttrInt64(name, _F32.value)
+        name = _TENSOR_ATTRIBUTES.get(node.op_type)
+        if name is not None:
+            attr = node.attributes.get(name)
+            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == _F16:
+                node.attributes[name] = ir.AttrTensor(name, _widened_tensor(attr.value))
+
+    @staticmethod
+    def _remove_identity_casts(root: ir.Graph) -> int:
+        removed = 0
+        for node in list(irutil.iter_nodes(root)):
+            if node.op_type != "Cast" or not _standard(node) or node.inputs[0] is None:
+                continue
+            x, y = node.inputs[0], node.outputs[0]
+            if x.type is None or not isinstance(x.type, ir.TensorType) or x.dtype != y.dtype:
+                continue
+            to = node.attributes.get("to")
+            if to is None or to.value != x.dtype.value:
+                continue
+            if y.is_graph_output():
+                if x.is_graph_input() or x.is_graph_output() or x.producer() is None:
+                    continue  # keep: the output needs a node of its own
+                # the Cast's output is a graph output: its input takes the name and the place
+                name = y.name
+                y.replace_all_uses_with(x, replace_graph_outputs=True)
+                node.graph.remove(node, safe=True)
+                y.name = None
+                x.name = name
+            else:
+                y.replace_all_uses_with(x)
+                node.graph.remove(node, safe=True)
+            removed += 1
+        return removed

@@ -1,0 +1,167 @@
+"""WidenFloat16Pass and int8 of float16 models: float32 compute inside, float16 I/O kept."""
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import onnxq
+from onnxq.errors import OnnxqError
+from onnxq.passes.widen_float16 import WidenFloat16Pass, computes_in_float16
+from tests.helpers import assert_pass_idempotent, check_full, run_ort
+
+RNG = np.random.default_rng(16)
+
+
+def _mlp(io_type: int = T.FLOAT16, opset: int = 17) -> ir.Model:
+    """x -> MatMul(W1) -> Add(Constant) -> Relu -> If(cond: Mul by fp16 const | Identity)
+    -> MatMul(W2) -> y, plus a ConstantOfShape and a Cast to float16 in the middle. With
+    float32 I/O it is a keep_io_types conversion: Cast to float16 after the input, Cast to
+    float32 before the output."""
+    w1 = (RNG.standard_normal((64, 128)) * 0.1).astype(np.float16)
+    w2 = (RNG.standard_normal((128, 32)) * 0.1).astype(np.float16)
+    then_g = h.make_graph(
+        [h.make_node("Constant", [], ["two"], value=nh.from_array(np.array(2.0, np.float16))),
+         h.make_node("Mul", ["r", "two"], ["t_out"])],
+        "then", [], [h.make_tensor_value_info("t_out", T.FLOAT16, None)])
+    else_g = h.make_graph([h.make_node("Identity", ["r"], ["e_out"])], "else", [],
+                          [h.make_tensor_value_info("e_out", T.FLOAT16, None)])
+    nodes = []
+    x = "x"
+    if io_type == T.FLOAT:
+        nodes.append(h.make_node("Cast", ["x"], ["x16"], to=T.FLOAT16))
+        x = "x16"
+    nodes += [
+        h.make_node("MatMul", [x, "W1"], ["mm1"]),
+        h.make_node("Constant", [], ["b1"], value=nh.from_array(np.full(128, 0.05, np.float16))),
+        h.make_node("Add", ["mm1", "b1"], ["a1"]),
+        h.make_node("Relu", ["a1"], ["r"]),
+        h.make_node("If", ["cond"], ["branch"], then_branch=then_g, else_branch=else_g),
+        h.make_node("Shape", ["branch"], ["shp"]),
+        h.make_node("ConstantOfShape", ["shp"], ["zeros"], value=nh.from_array(np.array([0.0], np.float16))),
+        h.make_node("Add", ["branch", "zeros"], ["b2"]),
+        h.make_node("Cast", ["b2"], ["b3"], to=T.FLOAT16),
+        h.make_node("MatMul", ["b3", "W2"], ["y16" if io_type == T.FLOAT else "y"]),
+    ]
+    if io_type == T.FLOAT:
+        nodes.append(h.make_node("Cast", ["y16"], ["y"], to=T.FLOAT))
+    graph = h.make_graph(
+        nodes, "mlp16",
+        [h.make_tensor_value_info("x", io_type, ["B", 64]), h.make_tensor_value_info("cond", T.BOOL, [])],
+        [h.make_tensor_value_info("y", io_type, ["B", 32])],
+        [nh.from_array(w1, "W1"), nh.from_array(w2, "W2")],
+    )
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.serde.deserialize_model(proto)
+
+
+def _feeds(io_type, n=8, cond=True):
+    dt = np.float16 if io_type == T.FLOAT16 else np.float32
+    return {"x": RNG.standard_normal((n, 64)).astype(dt), "cond": np.array(cond)}
+
+
+def _sqnr(ref, y):
+    ref, y = ref.astype(np.float64), y.astype(np.float64)
+    return 10 * np.log10((ref**2).sum() / max(((y - ref) ** 2).sum(), 1e-30))
+
+
+@pytest.mark.parametrize("io_type", [T.FLOAT16, T.FLOAT])
+def test_widened_model_keeps_io_types_and_computes_the_same(io_type):
+    model = _mlp(io_type)
+    feeds = _feeds(io_type)
+    ref = run_ort(model, feeds)[0]
+    widened = assert_pass_idempotent(WidenFloat16Pass, model)
+    check_full(widened)
+    assert not computes_in_float16(widened)
+    inner = [v for g in (widened.graph,) for n in g for v in n.outputs if v.dtype == ir.DataType.FLOAT16]
+    # only the boundary Cast back to float16 produces float16 inside the graph
+    assert [v.name for v in inner] == (["y"] if io_type == T.FLOAT16 else [])
+    assert widened.graph.inputs[0].dtype == ir.DataType(io_type)
+    assert widened.graph.outputs[0].dtype == ir.DataType(io_type)
+    ops = collections.Counter(n.op_type for n in widened.graph)
+    # float16 I/O: one Cast in, one out, the float16 Cast in the middle gone; keep_io_types: every Cast gone
+    assert ops["Cast"] == (2 if io_type == T.FLOAT16 else 0), ops
+    for cond in (True, False):
+        f = _feeds(io_type, cond=cond)
+        y16, y32 = run_ort(model, f)[0], run_ort(widened, f)[0]
+        assert y32.dtype == y16.dtype
+        assert _sqnr(y32, y16) > 50  # float16 rounding only
+    assert ref.shape == (8, 32)
+
+
+def test_float32_model_is_left_alone():
+    model = _mlp(T.FLOAT16)
+    WidenFloat16Pass()(model)
+    # the widened model still has float16 I/O: a plain float32 model has none at all
+    proto = onnx.helper.make_model(
+        h.make_graph([h.make_node("Relu", ["x"], ["y"])], "g", [h.make_tensor_value_info("x", T.FLOAT, [2])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2])]))
+    plain = ir.serde.deserialize_model(proto)
+    assert_pass_idempotent(WidenFloat16Pass, plain, expect_modified=False)
+
+
+def test_custom_domain_float16_attribute_is_refused():
+    graph = h.make_graph(
+        [h.make_node("Cast", ["x"], ["x16"], to=T.FLOAT16),
+         h.make_node("MyOp", ["x16"], ["y"], domain="com.example", to=T.FLOAT16)],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, [2])], [h.make_tensor_value_info("y", T.FLOAT16, [2])])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.example", 1)])
+    with pytest.raises(OnnxqError, match=r"MyOp.*float16.*convert the model to float32 first"):
+        WidenFloat16Pass()(ir.serde.deserialize_model(proto))
+
+
+@pytest.mark.parametrize("io_type", [T.FLOAT16, T.FLOAT])
+@pytest.mark.parametrize("recipe", ["dynamic", "static"])
+def test_float16_model_quantizes_to_int8(io_type, recipe):
+    model = _mlp(io_type)
+    feeds = _feeds(io_type, n=16)
+    ref = run_ort(model, feeds)[0]
+    if recipe == "dynamic":
+        q, report = onnxq.quantize_with_report(model, onnxq.DynamicInt8())
+    else:
+        calib = [_feeds(io_type, n=4) for _ in range(8)]
+        q, report = onnxq.quantize_with_report(model, onnxq.StaticInt8(), calib)
+    assert any("float16" in n for n in report.notes), report.notes
+    assert sum(d.selected for d in report.decisions if d.node.op_type == "MatMul") == 2
+    check_full(q)
+    ops = collections.Counter(n.op_type for n in q.graph)
+    assert ops["DynamicQuantizeLinear" if recipe == "dynamic" else "QuantizeLinear"] >= 1, ops
+    y = run_ort(q, feeds)[0]
+    assert y.dtype == ref.dtype
+    assert _sqnr(ref, y) > (30 if recipe == "dynamic" else 25)
+
+
+def test_float16_mobilenet_int8_static(mobilenet_path, corpus, tmp_path):
+    """A real float16 model (MobileNetV2 converted by onnxruntime's float16 tool): int8-static
+    keeps its float16 interface, stores int8 weights (about half the float16 file) and agrees
+    with the float32 model on most photos."""
+    import json
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from onnxq.preprocess import image_files, load_image
+
+    p16 = tmp_path / "m16.onnx"
+    onnx.save(convert_float_to_float16(onnx.load(str(mobilenet_path))), str(p16))
+    calib = [{"input": load_image(p).astype(np.float16)} for p in image_files(corpus / "images")[::3][:12]]
+    q, report = onnxq.quantize_with_report(p16, onnxq.StaticInt8(), calib)
+    out = onnxq.save(q, tmp_path / "q.onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+    assert out.stat().st_size < 0.6 * p16.stat().st_size
+    import onnxruntime as ort
+
+    s32 = ort.InferenceSession(str(mobilenet_path), providers=["CPUExecutionProvider"])
+    sq = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sq.get_inputs()[0].type == "tensor(float16)" and sq.get_outputs()[0].type == "tensor(float16)"
+    labels = json.loads((corpus / "imagenet_dev" / "labels.json").read_text())[:12]
+    agree = 0
+    for e in labels:
+        x = load_image(corpus / "imagenet_dev" / e["file"])
+        agree += int(s32.run(None, {"input": x})[0].argmax() == sq.run(None, {"input": x.astype(np.float16)})[0].argmax())
+    assert agree >= 9, agree

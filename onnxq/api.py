@@ -136,7 +136,8 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
                 "--op-types MatMul,Gemm,Gather,Conv to force dynamic Conv"
             )
     DynamicQuantizePass(recipe)(model)
-    notes += _residual_sums(model)
+    if recipe.residual_sums:
+        notes += _residual_sums(model)
     return QuantizeReport(recipe, decisions, tuple(notes))
 
 
@@ -188,7 +189,8 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         n = sum(d.selected for d in gathers)
         notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
     decisions += gathers
-    notes += _residual_sums(model)
+    if recipe.residual_sums:
+        notes += _residual_sums(model)
     return QuantizeReport(recipe, decisions, tuple(notes) + static_notes)
 
 

@@ -10,6 +10,7 @@ LayerNormalization, a few residual-stream channels 30x larger than the rest):
 """
 
 import collections
+import dataclasses
 import os
 import tempfile
 
@@ -235,6 +236,28 @@ def test_int8_dynamic_residual_adds_are_sums_too(tmp_path):
     fused = _ort_fused_ops(model)
     assert fused["SkipLayerNormalization"] == 0, fused
     assert _sqnr(path, model, _feeds(4)) > 25.0
+
+
+@pytest.mark.parametrize("recipe", ["static", "dynamic"])
+def test_residual_sums_only_for_onnx_runtime_targets(tmp_path, recipe):
+    """The Sum rewrite works around an ORT CPU fusion; OpenVINO/TensorRT/QNN profiles keep the
+    exporter's Add (``residual_sums`` off), ort-cpu and ort-mobile write Sum."""
+    from onnxq.targets import apply_target
+
+    path = tmp_path / "encoder.onnx"
+    onnx.save(_encoder_model(), str(path))
+    base = onnxq.StaticInt8() if recipe == "static" else onnxq.DynamicInt8(min_weight_elements=0)
+    targets = ["ort-cpu", "ort-mobile", "openvino"] + (["tensorrt", "qnn"] if recipe == "static" else [])
+    for target in targets:
+        r, _ = apply_target(base, target)
+        assert r.residual_sums == (target in ("ort-cpu", "ort-mobile")), target
+        model = onnxq.quantize(path, r, data=_feeds(4) if recipe == "static" else None)
+        sums = sum(n.op_type == "Sum" for n in model.graph)
+        if target in ("ort-cpu", "ort-mobile"):
+            assert sums == 2, target
+        else:
+            assert sums == 0, target
+    assert not apply_target(dataclasses.replace(base, residual_sums=False), "ort-cpu")[0].residual_sums
 
 
 def test_a_model_whose_only_candidate_is_an_embedding_table(tmp_path):

@@ -5,7 +5,8 @@ Every model is built from a config (transformers) or a few lines of torch (no hu
 weights download), seeded, and exported with the TorchScript exporter
 (``torch.onnx.export(..., dynamo=False)``; opset 17, DistilBERT at 13, Llama at 21) into
 ``.cache/sweep-archs``; ``*_dynamo`` models use the dynamo exporter (opset 18, static
-shapes), ``bert_nofold`` is exported without constant folding. Random init is made less
+shapes), ``bert_nofold`` is exported without constant folding, ``*_fp16`` are converted
+to float16 (weights, inputs, outputs) with onnxruntime's float16 tool. Random init is made less
 benign: BatchNorm gets statistics measured on random inputs, and query projections are
 scaled so that attention is peaked as in a trained model (near-uniform attention hides
 damage to the attention scores). For each model:
@@ -29,7 +30,7 @@ not fatal. The JSON records the onnxq commit and which library files were modifi
 
     .venv/bin/python -m bench.sweep_exported_architectures [--only bert,vit] [--quick] [--out JSON]
 
-All 23 models take ~4.5 minutes on 2 cores; ``--quick`` runs one per family. The ``*_dynamo``
+All 25 models take ~5 minutes on 2 cores; ``--quick`` runs one per family. The ``*_dynamo``
 models need onnxscript, kept out of the venv: ``.venv/bin/pip install --no-deps --target
 .cache/sweep-archs/pylib onnxscript`` (without it they are recorded as export failures).
 """
@@ -81,6 +82,8 @@ class Arch:
     note: str = ""
     exporter: str = "torchscript"  # torchscript (dynamo=False) | dynamo (needs onnxscript; static shapes)
     constant_folding: bool = True
+    # converted after export with onnxruntime's float16 tool (float16 weights, inputs and outputs)
+    float16: bool = False
 
 
 def _hf(cls_name: str, cfg_name: str, out_attr: str, **cfg):
@@ -401,6 +404,14 @@ ARCHS: list[Arch] = [
                                     image_size=64, width_coefficient=0.5, depth_coefficient=0.5, hidden_dim=640,
                                     num_labels=10),
          [IMG], {}, opset=18, block=32, exporter="dynamo", quick=False),
+    Arch("bert_fp16", _hf("BertForSequenceClassification", "BertConfig", "logits", vocab_size=2000, hidden_size=256,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+                          max_position_embeddings=64, num_labels=5),
+         _text(32), DYN_TEXT, vocab=2000, block=128, float16=True, quick=False,
+         note="float16 model (onnxruntime.transformers.float16)"),
+    Arch("resnet_fp16", _hf("ResNetForImageClassification", "ResNetConfig", "logits", embedding_size=32,
+                            hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic", num_labels=10),
+         [IMG], DYN_IMG, block=32, float16=True, note="float16 model, float16 input and output"),
     Arch("plain_cnn", _plain_cnn, [("input", "image", (1, 3, 32, 32))], {"input": {0: "batch"}}, block=32,
          note="Conv-BN(eval)-ReLU"),
 ]
@@ -426,7 +437,7 @@ def _need_onnxscript() -> None:
 
 def _cfg_digest(arch: Arch) -> str:
     return hashlib.sha1(f"{EXPORT_VERSION}|{arch.opset}|{arch.inputs}|{arch.dynamic_axes}|{arch.exporter}|"
-                        f"{arch.constant_folding}".encode()).hexdigest()[:8]
+                        f"{arch.constant_folding}|{arch.float16}".encode()).hexdigest()[:8]
 
 
 def model_path(arch: Arch) -> Path:
@@ -445,7 +456,8 @@ def export(arch: Arch) -> tuple[Path, float | None]:
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     module = arch.build()
-    example = tuple(torch.from_numpy(v) for v in make_feeds(arch, np.random.default_rng(123), 1)[0].values())
+    example = tuple(torch.from_numpy(v.astype(np.float32) if v.dtype == np.float16 else v)
+                    for v in make_feeds(arch, np.random.default_rng(123), 1)[0].values())
     with torch.no_grad():
         ref = module(*example).numpy()
     t0 = time.perf_counter()
@@ -462,10 +474,15 @@ def export(arch: Arch) -> tuple[Path, float | None]:
             torch.onnx.export(module, example, str(path), dynamo=False, opset_version=arch.opset,
                               input_names=[n for n, _, _ in arch.inputs], output_names=["output"],
                               dynamic_axes=arch.dynamic_axes, do_constant_folding=arch.constant_folding)
+    if arch.float16:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(path))), str(path))
     stamp.write_text(_cfg_digest(arch))
     log.info("exported %s (opset %d) in %.1f s, %.1f MB", arch.name, arch.opset, time.perf_counter() - t0,
              path.stat().st_size / 1e6)
-    feed = {n: t.numpy() for (n, _, _), t in zip(arch.inputs, example)}
+    feed = make_feeds(arch, np.random.default_rng(123), 1)[0]
     got = session(path).run(None, feed)[0]
     return path, sqnr_db(ref.astype(np.float64), got.astype(np.float64))
 
@@ -491,6 +508,8 @@ def make_feeds(arch: Arch, rng: np.random.Generator, n: int) -> list[dict[str, n
                 valid = int(rng.integers(shape[-1] // 2, shape[-1] + 1))
                 m[..., valid:] = 0
                 feed[name] = m
+        if arch.float16:
+            feed = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feed.items()}
         feeds.append(feed)
     return feeds
 

@@ -99,13 +99,13 @@ def _widen_float16(model: ir.Model) -> list[str]:
 
     def boundary() -> int:
         ends = list(model.graph.inputs) + list(model.graph.outputs)
-        return sum(v.type is not None and v.dtype == ir.DataType.FLOAT16 for v in ends)
+        return sum(v.type is not None and v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) for v in ends)
 
     kept = boundary()
     if not WidenFloat16Pass()(model).modified:
         return []
-    note = "the model computes in float16: int8 runs on float32 activations, so it was widened to float32"
-    return [note + (f" (its {kept} float16 input(s)/output(s) kept, through Cast nodes)" if kept else "")]
+    note = "the model computes in float16/bfloat16: int8 runs on float32 activations, so it was widened to float32"
+    return [note + (f" (its {kept} 16-bit input(s)/output(s) kept, through Cast nodes)" if kept else "")]
 
 
 @functools.singledispatch

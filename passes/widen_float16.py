@@ -1,5 +1,8 @@
 """WidenFloat16Pass: a float16 model computes in float32, its float16 inputs and outputs kept.
 
+"float16" below stands for both 16-bit float types, float16 and bfloat16: a bfloat16 input
+or output stays bfloat16.
+
 int8 QDQ and dynamic int8 need float32 activations (ORT's QuantizeLinear,
 DynamicQuantizeLinear, QLinearConv and MatMulInteger paths take float32 only), so a model
 exported in float16 -- or converted with float16 weights and ``keep_io_types`` -- is
@@ -35,7 +38,9 @@ __all__ = ["WidenFloat16Pass", "computes_in_float16"]
 
 logger = logging.getLogger(__name__)
 
-_F16 = ir.DataType.FLOAT16
+# the 16-bit float types this pass widens (bfloat16 too: torch exports it, ORT CPU runs few ops in it)
+_HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+_HALF_CODES = {t.value for t in _HALF}
 _F32 = ir.DataType.FLOAT
 _DTYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype", "RandomUniform": "dtype",
                      "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "Bernoulli": "dtype",
@@ -56,8 +61,8 @@ def _values(graph: ir.Graph):
             yield from node.outputs
 
 
-def _is_f16_tensor(value: ir.Value) -> bool:
-    return isinstance(value.type, ir.TensorType) and value.dtype == _F16
+def _is_half_tensor(value: ir.Value) -> bool:
+    return isinstance(value.type, ir.TensorType) and value.dtype in _HALF
 
 
 def _boundary_cast(node: ir.Node, root: ir.Graph) -> bool:
@@ -69,9 +74,9 @@ def _boundary_cast(node: ir.Node, root: ir.Graph) -> bool:
     x, y = node.inputs[0], node.outputs[0]
     if to is None:
         return False
-    if to.value == _F32.value and x.is_graph_input() and _is_f16_tensor(x):
+    if to.value == _F32.value and x.is_graph_input() and _is_half_tensor(x):
         return True
-    return to.value == _F16.value and y.is_graph_output() and x.dtype == _F32
+    return to.value in _HALF_CODES and y.is_graph_output() and x.dtype == _F32
 
 
 def _boundary_input(v: ir.Value, root: ir.Graph) -> bool:
@@ -88,7 +93,7 @@ def computes_in_float16(model: ir.Model) -> bool:
     inputs and outputs that only pass through a Cast from/to float32."""
     root = model.graph
     return any(
-        _is_f16_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
+        _is_half_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
         for v in _values(root)
     )
 
@@ -107,8 +112,9 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         root = model.graph
         keep = {id(v) for v in _values(root) if _boundary_input(v, root) or _boundary_output(v, root)}
         boundary_inputs = [v for v in root.inputs
-                           if _is_f16_tensor(v) and v.name not in root.initializers and id(v) not in keep]
-        boundary_outputs = [(i, v) for i, v in enumerate(root.outputs) if _is_f16_tensor(v) and id(v) not in keep]
+                           if _is_half_tensor(v) and v.name not in root.initializers and id(v) not in keep]
+        boundary_outputs = [(i, v) for i, v in enumerate(root.outputs) if _is_half_tensor(v) and id(v) not in keep]
+        original = {id(v): v.dtype for v in boundary_inputs + [v for _, v in boundary_outputs]}
         for g in irutil.iter_graphs(root):
             for node in g:
                 if not _boundary_cast(node, root):
@@ -116,12 +122,13 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         for v in list(_values(root)):
             if id(v) in keep:
                 continue
-            if v.const_value is not None and v.const_value.dtype == _F16:
+            if v.const_value is not None and v.const_value.dtype in _HALF:
                 v.const_value = _widened_tensor(v.const_value)
-            if _is_f16_tensor(v):
+            if _is_half_tensor(v):
                 v.dtype = _F32
         names = irutil.FreshNames(root)
         for v in boundary_inputs:
+            half = original[id(v)]
             uses = list(v.uses())
             cast = ir.node("Cast", [v], attributes={"to": _F32}, name=names(f"{v.name}/to_float32"))
             cast.outputs[0].name = names(f"{v.name}/float32")
@@ -134,16 +141,17 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 root.append(cast)
             for node, index in uses:
                 node.replace_input_with(index, cast.outputs[0])
-            v.dtype = _F16
+            v.dtype = half
         for i, v in boundary_outputs:
+            half = original[id(v)]
             if v.is_graph_input():
-                v.dtype = _F16  # passed straight through: still float16
+                v.dtype = half  # passed straight through: still 16-bit
                 continue
             name = v.name
             v.name = names(f"{name}/float32")
-            cast = ir.node("Cast", [v], attributes={"to": _F16}, name=names(f"{name}/to_float16"))
+            cast = ir.node("Cast", [v], attributes={"to": half}, name=names(f"{name}/to_{half.name.lower()}"))
             out = cast.outputs[0]
-            out.dtype = _F16
+            out.dtype = half
             out.shape = v.shape
             producer = v.producer()
             if producer is not None and producer.graph is root:
@@ -155,7 +163,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         InferShapesPass()(model)  # types of values the model did not annotate, for the Cast check below
         removed = self._remove_identity_casts(root)
         logger.info(
-            "the model computes in float16: quantizing its float32 equivalent (%d float16 input(s) and %d output(s) "
+            "the model computes in 16-bit floats: quantizing its float32 equivalent (%d float16 input(s) and %d output(s) "
             "kept through Cast nodes; %d no-op Cast(s) removed)", len(boundary_inputs), len(boundary_outputs), removed,
         )
         return ir.passes.PassResult(model, modified=True)
@@ -164,7 +172,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
     def _refuse_unsupported(model: ir.Model) -> None:
         for v in _values(model.graph):
             t = v.type
-            if t is not None and not isinstance(t, ir.TensorType) and getattr(t, "dtype", None) == _F16:
+            if t is not None and not isinstance(t, ir.TensorType) and getattr(t, "dtype", None) in _HALF:
                 raise OnnxqError(
                     f"tensor {v.name!r} is a {type(t).__name__} of float16: onnxq widens float16 models to float32 "
                     "for int8 only through plain tensors; convert the model to float32 first"
@@ -173,7 +181,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
             if _standard(node):
                 continue
             for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.INT and attr.name in ("to", "dtype") and attr.value == _F16.value:
+                if attr.type == ir.AttributeType.INT and attr.name in ("to", "dtype") and attr.value in _HALF_CODES:
                     raise OnnxqError(
                         f"node {irutil.node_label(node)} ({node.domain}.{node.op_type}) is set to float16 by its "
                         f"{attr.name!r} attribute: onnxq cannot widen it to float32 for int8; convert the model to "
@@ -187,12 +195,12 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         name = _DTYPE_ATTRIBUTES.get(node.op_type)
         if name is not None:
             attr = node.attributes.get(name)
-            if attr is not None and attr.value == _F16.value:
+            if attr is not None and attr.value in _HALF_CODES:
                 node.attributes[name] = ir.AttrInt64(name, _F32.value)
         name = _TENSOR_ATTRIBUTES.get(node.op_type)
         if name is not None:
             attr = node.attributes.get(name)
-            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype == _F16:
+            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype in _HALF:
                 node.attributes[name] = ir.AttrTensor(name, _widened_tensor(attr.value))
 
     @staticmethod

@@ -165,3 +165,30 @@ def test_float16_mobilenet_int8_static(mobilenet_path, corpus, tmp_path):
         x = load_image(corpus / "imagenet_dev" / e["file"])
         agree += int(s32.run(None, {"input": x})[0].argmax() == sq.run(None, {"input": x.astype(np.float16)})[0].argmax())
     assert agree >= 9, agree
+
+
+def test_bfloat16_model_is_widened_and_quantizes():
+    """bfloat16 compute behind float32 inputs/outputs (a mixed-precision export; ORT CPU has no
+    bfloat16 MatMul, so the model itself does not run there): widened, the boundary Casts go,
+    and the int8 model runs in ORT CPU."""
+    import ml_dtypes
+
+    w1 = (RNG.standard_normal((64, 128)) * 0.1).astype(ml_dtypes.bfloat16)
+    w2 = (RNG.standard_normal((128, 32)) * 0.1).astype(ml_dtypes.bfloat16)
+    graph = h.make_graph(
+        [h.make_node("Cast", ["x"], ["xb"], to=T.BFLOAT16), h.make_node("MatMul", ["xb", "W1"], ["h"]),
+         h.make_node("Relu", ["h"], ["r"]), h.make_node("MatMul", ["r", "W2"], ["yb"]),
+         h.make_node("Cast", ["yb"], ["y"], to=T.FLOAT)],
+        "bf16", [h.make_tensor_value_info("x", T.FLOAT, ["B", 64])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["B", 32])],
+        [nh.from_array(w1, "W1"), nh.from_array(w2, "W2")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert computes_in_float16(model)
+    x = RNG.standard_normal((16, 64)).astype(np.float32)
+    ref = np.maximum(x @ w1.astype(np.float32), 0) @ w2.astype(np.float32)
+    q, report = onnxq.quantize_with_report(model, onnxq.DynamicInt8(min_weight_elements=0))
+    assert any("bfloat16" in n for n in report.notes), report.notes
+    assert not any(n.op_type == "Cast" and n.attributes["to"].value == T.BFLOAT16 for n in q.graph)
+    assert not computes_in_float16(q)
+    y = run_ort(q, {"x": x})[0]
+    assert _sqnr(ref, y) > 25

@@ -198,13 +198,47 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         target_notes += finalize_for_target(qmodel, target)
         report = dataclasses.replace(report, notes=tuple(report.notes) + tuple(target_notes))
     modelio.save(qmodel, output, protect=(model,))
+    agreement = None
     if not no_verify:
         check_model_file(output)
+        source = data if data is not None else int4_data
+        if source is not None:
+            from onnxq.verify import AGREEMENT_MAX_BYTES, agreement_with_float
+
+            if modelio.model_weight_bytes(modelio.load(model)) > AGREEMENT_MAX_BYTES:
+                report = dataclasses.replace(report, notes=tuple(report.notes) + (
+                    "no output check against the float model for a model over 2 GB (two more ORT sessions); "
+                    f"run onnxq compare {model} {output} --data DATA",))
+            else:
+                agreement = agreement_with_float(model, output, source)
     if target is not None:
         from onnxq.targets import export_for_target
 
         report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
     _print_summary(report, model, output, in_bytes, elapsed)
+    if agreement:
+        _print_agreement(agreement, model, output)
+
+
+def _print_agreement(comparison, model: str, output: str) -> None:
+    """One line per model output: how closely the written model follows the float one."""
+    from rich.console import Console
+
+    from onnxq.verify import LOW_SQNR_DB
+
+    console = Console()
+    for o in comparison.outputs:
+        line = (f"check: {o.name!r} vs the float model, {comparison.samples} calibration samples: "
+                f"SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.4f}")
+        if o.top1_agreement is not None:
+            line += f", top-1 agreement {o.top1_agreement:.0%}"
+        console.print(line, soft_wrap=True)
+        if o.sqnr_db < LOW_SQNR_DB:
+            console.print(
+                f"warning: output {o.name!r} is far from the float model ({o.sqnr_db:.1f} dB): "
+                f"`onnxq compare {model} {output} --data DATA` names the layers that lose the most; "
+                "--exclude them, or let --target-sqnr DB choose (int8-static)", soft_wrap=True,
+            )
 
 
 def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe):

@@ -1,4 +1,5 @@
-"""Check a written model: the full ONNX checker, then an ORT session loads it."""
+"""Check a written model: the full ONNX checker, then an ORT session loads it; and, given
+samples, how closely its outputs follow the float model's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from pathlib import Path
 
 from onnxq.errors import OnnxqError
 
-__all__ = ["check_model_file", "VerificationError"]
+__all__ = ["check_model_file", "VerificationError", "agreement_with_float", "AGREEMENT_SAMPLES", "AGREEMENT_MAX_BYTES",
+           "LOW_SQNR_DB"]
+
+AGREEMENT_SAMPLES = 8  # samples both models run on after quantizing: seconds, not minutes
+LOW_SQNR_DB = 10.0  # below this an output is far enough from the float model to warn
+AGREEMENT_MAX_BYTES = 2 << 30  # larger float models: no second pair of sessions after quantizing
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +57,27 @@ def check_model_file(path: str | os.PathLike, *, load_in_ort: bool = True) -> No
     except Exception as e:
         raise VerificationError(f"ONNX Runtime cannot load the written model: {str(e).splitlines()[0][:300]}") from None
     logger.info("verified %s (checker + ORT load)", path)
+
+
+def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.PathLike, data, *,
+                         samples: int = AGREEMENT_SAMPLES):
+    """Output error of the quantized model against the float model on the first ``samples``
+    feeds of ``data`` (``CalibrationData``, ``TextCalibration`` or a list of feeds): a
+    ``Comparison`` of the outputs only (SQNR, cosine, top-1 agreement for logits), or None
+    when ``data`` can be read only once (it was used up by calibration)."""
+    from onnxq import modelio
+    from onnxq.compare import compare_models
+    from onnxq.data import CalibrationData, input_specs
+
+    if isinstance(data, CalibrationData):
+        if not data.reiterable:
+            return None
+        feeds = data.feeds(input_specs(modelio.load(float_path)), limit=samples)
+    elif hasattr(data, "feeds") and hasattr(data, "windows"):  # TextCalibration
+        names = [s.name for s in input_specs(modelio.load(float_path))]
+        feeds = data.feeds(names)
+    elif isinstance(data, (list, tuple)):
+        feeds = data
+    else:
+        return None
+    return compare_models(float_path, quant_path, feeds, per_layer=False, max_samples=samples)

@@ -208,3 +208,44 @@ def test_conv_only_model_names_the_recipe_that_fits(tmp_path, recipe, hint):
     assert r.exit_code != 0
     assert hint in " ".join(r.output.split()), r.output
     assert not out.exists()
+
+
+def test_static_quantize_checks_outputs_against_the_float_model(tiny, tmp_path, capsys):
+    """With calibration data the CLI runs both models on a few samples and prints each
+    output's agreement; a far-off output gets a warning that names what to run next."""
+    from onnxq.compare import Comparison, TensorError
+    from onnxq.verify import AGREEMENT_SAMPLES
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((20, 64)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-data", str(data)])
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("check:"))
+    assert f"'y' vs the float model, {AGREEMENT_SAMPLES} calibration samples" in line
+    assert float(line.split("SQNR ")[1].split(" dB")[0]) > 30
+    assert "warning" not in r.output
+    r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(tmp_path / "q2.onnx"), "--recipe", "int8-static",
+                                  "--calib-data", str(data), "--no-verify"])
+    assert r.exit_code == 0 and "check:" not in r.output
+
+    from onnxq.cli import _print_agreement
+
+    far = Comparison(samples=8, outputs=(TensorError("y", 4.2, 0.8, 3.0),), layers=())
+    capsys.readouterr()
+    _print_agreement(far, "m.onnx", "q.onnx")
+    text = capsys.readouterr().out
+    assert "warning: output 'y' is far from the float model (4.2 dB)" in text
+    assert "onnxq compare m.onnx q.onnx --data DATA" in text
+
+
+def test_agreement_check_skips_data_read_once(tiny, tmp_path):
+    from onnxq.data import as_calibration_data
+    from onnxq.verify import agreement_with_float
+
+    feeds = [{"x": np.ones((1, 64), np.float32)}] * 3
+    once = as_calibration_data(iter(feeds))
+    assert agreement_with_float(tiny, tiny, once) is None
+    same = agreement_with_float(tiny, tiny, feeds)
+    assert same.samples == 3 and same.outputs[0].sqnr_db > 100

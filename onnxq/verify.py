@@ -65,6 +65,8 @@ def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.Pat
     feeds of ``data`` (``CalibrationData``, ``TextCalibration`` or a list of feeds): a
     ``Comparison`` of the outputs only (SQNR, cosine, top-1 agreement for logits), or None
     when ``data`` can be read only once (it was used up by calibration)."""
+    import onnx_ir as ir
+
     from onnxq import modelio
     from onnxq.compare import compare_models
     from onnxq.data import CalibrationData, input_specs
@@ -80,4 +82,13 @@ def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.Pat
         feeds = data
     else:
         return None
-    return compare_models(float_path, quant_path, feeds, per_layer=False, max_samples=samples)
+    import dataclasses
+
+    float_model = modelio.load(float_path)
+    floats = {v.name for v in float_model.graph.outputs
+              if v.type is not None and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16,
+                                                     ir.DataType.DOUBLE)}
+    if not floats:  # class ids, masks, indices: no SQNR to speak of
+        return None
+    comparison = compare_models(float_path, quant_path, feeds, per_layer=False, max_samples=samples)
+    return dataclasses.replace(comparison, outputs=tuple(o for o in comparison.outputs if o.name in floats))

@@ -391,7 +391,11 @@ def kept_float_tensors(excluded: Iterable[ir.Node]) -> frozenset[str]:
     return frozenset(out)
 
 
-_LINKS = PASS_THROUGH_OPS | {"Relu", "Clip"}
+# element-wise activations ORT runs in int8 when a DQ feeds them and a Q follows
+# (com.microsoft QLinearLeakyRelu / QLinearSigmoid): an Add before one of them that feeds a
+# Conv keeps its int8 (darknet/YOLO-style Add -> LeakyRelu -> Conv)
+_INT8_ACTIVATIONS = frozenset({"LeakyRelu", "Sigmoid"})
+_LINKS = PASS_THROUGH_OPS | {"Relu", "Clip"} | _INT8_ACTIVATIONS
 
 
 def _linked_neighbours(node: ir.Node, chosen: Mapping[int, ir.Node]) -> Iterable[ir.Node]:

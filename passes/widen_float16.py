@@ -19,8 +19,10 @@ rewritten to compute in float32 before it is quantized:
 
 Only the standard domain's dtype attributes are rewritten; a custom-domain node that is
 typed float16 by an attribute, or a non-tensor value (sequence, optional) of float16, is
-refused (``OnnxqError``): widening it could change what the node computes. A model with no
-float16 value is left alone, so a second run changes nothing.
+refused (``OnnxqError``): widening it could change what the node computes. An initializer
+that is also a model input (``keep_initializers_as_inputs`` exports) is a weight: it is
+widened with its declared type (feeding it means feeding float32). A model with no float16
+value is left alone, so a second run changes nothing.
 """
 
 from __future__ import annotations
@@ -88,10 +90,31 @@ def _boundary_output(v: ir.Value, root: ir.Graph) -> bool:
     return v.is_graph_output() and p is not None and _boundary_cast(p, root)
 
 
+def _half_node(node: ir.Node, root: ir.Graph) -> bool:
+    """A node that makes 16-bit floats whatever the value types say (models without
+    value_info): a dtype attribute or a Constant/ConstantOfShape tensor of 16-bit floats
+    (the boundary Casts of a widened model excepted)."""
+    if not _standard(node) or _boundary_cast(node, root):
+        return False
+    name = _DTYPE_ATTRIBUTES.get(node.op_type)
+    attr = node.attributes.get(name) if name is not None else None
+    if attr is not None and attr.value in _HALF_CODES:
+        return True
+    name = _TENSOR_ATTRIBUTES.get(node.op_type)
+    attr = node.attributes.get(name) if name is not None else None
+    return attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype in _HALF
+
+
 def computes_in_float16(model: ir.Model) -> bool:
-    """Whether any tensor of the model (subgraphs included) is float16, other than model
-    inputs and outputs that only pass through a Cast from/to float32."""
+    """Whether the model (subgraphs included) computes in float16/bfloat16: a tensor of
+    that type other than model inputs and outputs that only pass through a Cast from/to
+    float32, a 16-bit initializer, or a node that makes 16-bit floats."""
     root = model.graph
+    if any(v.const_value is not None and v.const_value.dtype in _HALF and not _boundary_input(v, root)
+           for g in irutil.iter_graphs(root) for v in g.initializers.values()):
+        return True
+    if any(_half_node(n, root) for n in irutil.iter_nodes(root)):
+        return True
     return any(
         _is_half_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
         for v in _values(root)
@@ -110,6 +133,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         self._refuse_unsupported(model)
         root = model.graph
+        InferShapesPass()(model)  # types for values the model did not annotate (no value_info)
         keep = {id(v) for v in _values(root) if _boundary_input(v, root) or _boundary_output(v, root)}
         boundary_inputs = [v for v in root.inputs
                            if _is_half_tensor(v) and v.name not in root.initializers and id(v) not in keep]
@@ -160,7 +184,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 root.append(cast)
             root.outputs[i] = out
             out.name = name
-        InferShapesPass()(model)  # types of values the model did not annotate, for the Cast check below
+        InferShapesPass()(model)  # the widened types, for the no-op Cast check below
         removed = self._remove_identity_casts(root)
         logger.info(
             "the model computes in 16-bit floats: quantizing its float32 equivalent (%d float16 input(s) and %d output(s) "
@@ -216,8 +240,9 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
             if to is None or to.value != x.dtype.value:
                 continue
             if y.is_graph_output():
-                if x.is_graph_input() or x.is_graph_output() or x.producer() is None:
-                    continue  # keep: the output needs a node of its own
+                p = x.producer()
+                if x.is_graph_input() or x.is_graph_output() or p is None or p.graph is not node.graph:
+                    continue  # keep: the output needs a node of its own in this graph
                 # the Cast's output is a graph output: its input takes the name and the place
                 name = y.name
                 y.replace_all_uses_with(x, replace_graph_outputs=True)

@@ -249,3 +249,21 @@ def test_agreement_check_skips_data_read_once(tiny, tmp_path):
     assert agreement_with_float(tiny, tiny, once) is None
     same = agreement_with_float(tiny, tiny, feeds)
     assert same.samples == 3 and same.outputs[0].sqnr_db > 100
+
+
+def test_agreement_check_reports_float_outputs_only(tmp_path):
+    """Class ids (ArgMax) next to logits: only the logits get an SQNR line."""
+    from onnxq.verify import agreement_with_float
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, 64] x) => (float[N, 32] y, int64[N, 1] k) {
+        y = MatMul(x, w)
+        k = ArgMax <axis: int = 1> (y)
+    }
+    """
+    p = tmp_path / "m.onnx"
+    p.write_bytes(to_bytes(model_from_text(text, {"w": np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)})))
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 64)).astype(np.float32)} for i in range(3)]
+    got = agreement_with_float(p, p, feeds)
+    assert [o.name for o in got.outputs] == ["y"]

@@ -540,3 +540,34 @@ def test_a_residual_add_padded_before_a_conv_stays_int8():
         np.float32), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}
     plan = plan_static(model_from_text(text, inits), StaticInt8())
     assert {d.node.op_type: d.reason for d in plan.decisions}["Add"] == ""
+
+
+def test_a_residual_add_before_a_leaky_relu_stays_int8_and_fuses(tmp_path):
+    """Darknet/YOLO style: Add -> LeakyRelu -> Conv. ORT runs the LeakyRelu in int8
+    (QLinearLeakyRelu) between a DQ and a Q, so the Add's result does reach an int8 conv: the
+    Add keeps its int8 and ORT fuses the whole chain (no float Add, no float LeakyRelu)."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 8, 8, 8] x) => (float[1, 8, 8, 8] y) {
+        c = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+        r = LeakyRelu <alpha: float = 0.1> (c)
+        d = Conv <pads: ints = [1, 1, 1, 1]> (r, w2)
+        a = Add(d, r)
+        l = LeakyRelu <alpha: float = 0.1> (a)
+        y = Conv <pads: ints = [1, 1, 1, 1]> (l, w3)
+    }
+    """
+    inits = {k: (RNG.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32) for k in ("w", "w2", "w3")}
+    model = model_from_text(text, inits)
+    plan = plan_static(model, StaticInt8())
+    assert {d.node.op_type: d.reason for d in plan.decisions}["Add"] == ""
+    feeds = [{"x": RNG.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(8)]
+    q = onnxq.quantize(model_from_text(text, inits), StaticInt8(), data=feeds)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(to_bytes(q), so, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearAdd"] == 1 and ops["QLinearLeakyRelu"] == 2 and ops["Add"] == ops["LeakyRelu"] == 0, ops
+    ref = run_ort(model, feeds[0])[0]
+    got = run_ort(q, feeds[0])[0]
+    assert 10 * np.log10((ref**2).sum() / ((got - ref) ** 2).sum()) > 25

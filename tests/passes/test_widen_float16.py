@@ -192,3 +192,42 @@ def test_bfloat16_model_is_widened_and_quantizes():
     assert not computes_in_float16(q)
     y = run_ort(q, {"x": x})[0]
     assert _sqnr(ref, y) > 25
+
+
+def test_no_op_cast_returning_an_outer_value_from_a_branch_is_kept():
+    """A branch whose output is Cast(outer value, to=float16) becomes a no-op Cast when widened;
+    it stays (a subgraph output must be made in the subgraph), and the model loads and runs."""
+    then_g = h.make_graph([h.make_node("Cast", ["r"], ["t_out"], to=T.FLOAT16)], "then", [],
+                          [h.make_tensor_value_info("t_out", T.FLOAT16, None)])
+    else_g = h.make_graph([h.make_node("Neg", ["r"], ["e_out"])], "else", [],
+                          [h.make_tensor_value_info("e_out", T.FLOAT16, None)])
+    w = (RNG.standard_normal((64, 32)) * 0.1).astype(np.float16)
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "W"], ["r"]), h.make_node("If", ["cond"], ["y"], then_branch=then_g,
+                                                                else_branch=else_g)],
+        "g", [h.make_tensor_value_info("x", T.FLOAT16, ["B", 64]), h.make_tensor_value_info("cond", T.BOOL, [])],
+        [h.make_tensor_value_info("y", T.FLOAT16, ["B", 32])], [nh.from_array(w, "W")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    f = {"x": RNG.standard_normal((4, 64)).astype(np.float16), "cond": np.array(True)}
+    ref = run_ort(model, f)[0]
+    widened = assert_pass_idempotent(WidenFloat16Pass, model)
+    check_full(widened)
+    assert _sqnr(ref, run_ort(widened, f)[0]) > 50
+
+
+def test_untyped_model_that_computes_in_float16_is_widened():
+    """No value_info at all, float32 I/O: the float16 compute is seen from its Cast(to=float16)
+    and float16 Constant, not from value types."""
+    w = nh.from_array((RNG.standard_normal((64, 32)) * 0.1).astype(np.float16))
+    graph = h.make_graph(
+        [h.make_node("Cast", ["x"], ["xh"], to=T.FLOAT16), h.make_node("Constant", [], ["W"], value=w),
+         h.make_node("MatMul", ["xh", "W"], ["yh"]), h.make_node("Cast", ["yh"], ["y"], to=T.FLOAT)],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, ["B", 64])], [h.make_tensor_value_info("y", T.FLOAT, ["B", 32])])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert computes_in_float16(model)
+    feeds = _feeds(T.FLOAT, n=16)
+    del feeds["cond"]
+    ref = run_ort(model, feeds)[0]
+    q = onnxq.quantize(model, onnxq.DynamicInt8(min_weight_elements=0))
+    assert any(n.op_type == "MatMulInteger" for n in q.graph)
+    assert _sqnr(ref, run_ort(q, feeds)[0]) > 30

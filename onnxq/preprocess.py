@@ -47,7 +47,7 @@ class ImagePreprocess:
     scale: float = 1 / 255
     layout: str = "NCHW"
     channel_order: str = "RGB"
-    dtype: str = "float32"
+    dtype: str = "float32"  # left at this, it follows a float16/float64 model input
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -203,6 +203,9 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
         raise CalibrationDataError(
             f"--calib-images needs a model whose input is an image batch of rank 4; input {spec.describe()} is not"
         )
+    if (spec.dtype is not None and spec.dtype != np.dtype(pp.dtype) and spec.dtype.kind == "f"
+            and pp.dtype == ImagePreprocess.dtype):  # a float16 (or float64) model: same pixels, its type
+        pp = dataclasses.replace(pp, dtype=str(spec.dtype))
     if spec.dtype is not None and spec.dtype != np.dtype(pp.dtype):
         raise CalibrationDataError(
             f"input {spec.describe()} is {spec.dtype}; add dtype={spec.dtype} to --preprocess if that is right"
@@ -248,7 +251,8 @@ def from_images(folder: str | os.PathLike, pp: ImagePreprocess = IMAGENET, *, in
 
     def factory(specs) -> Iterator[tuple[str, dict]]:
         spec = pick(specs)
+        fitted = _fit_to_input(pp, spec)
         for p in files:
-            yield str(p), {spec.name: load_image(p, pp)}
+            yield str(p), {spec.name: load_image(p, fitted)}
 
     return CalibrationData(factory, description=f"images in {folder}", length=len(files), precheck=precheck)

@@ -118,6 +118,14 @@ def test_images_with_preprocess(tmp_path):
         open_calibration_source(None, str(tmp_path), ["crop=20", "resize=32", "layout=NHWC"]).precheck(spec)
     with pytest.raises(CalibrationDataError, match="unknown key"):
         parse_preprocess("size=3")
+    # a float16 input gets float16 pixels (the type left at its default follows the model);
+    # a uint8 input is not something the float pipeline can fill: a clear error
+    half = [InputSpec("input", np.dtype(np.float16), (None, 24, 24, 3))]
+    feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]), half))
+    assert feeds[0]["input"].dtype == np.float16
+    raw = [InputSpec("input", np.dtype(np.uint8), (None, 24, 24, 3))]
+    with pytest.raises(CalibrationDataError, match="add dtype=uint8"):
+        open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]).precheck(raw)
 
 
 def _feeds_of(data, specs):

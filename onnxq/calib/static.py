@@ -54,8 +54,12 @@ class _Equalization:
 # values this large are masks (finfo(float32).min / max, -1e9-style "minus infinity"), not data
 # (BERT's classic -10000 is not caught here; the default placement keeps the mask Add float anyway)
 MASK_MAGNITUDE = 1e8
+# a tensor that goes into a Softmax (attention scores plus their mask): BERT-era exports add
+# (1 - mask) * -10000; scores themselves stay far below this
+SOFTMAX_MASK_MAGNITUDE = 5e3
 MASK_VALUES = (
-    f"carries mask values (|x| >= {MASK_MAGNITUDE:.0e}, e.g. finfo(float32).min added to attention scores): "
+    f"carries mask values (|x| >= {MASK_MAGNITUDE:.0e}, or >= {SOFTMAX_MASK_MAGNITUDE:.0e} going into a Softmax; "
+    "e.g. finfo(float32).min or -10000 added to attention scores): "
     "an int8 range spanning them leaves one level for the data; left in float"
 )
 
@@ -330,13 +334,35 @@ def _mismatched_concats(plan, observers: dict[str, Observer]) -> dict:
     return out
 
 
+def _feeds_softmax(value) -> bool:
+    """Whether ``value`` reaches a Softmax directly or through reshapes/transposes."""
+    from onnxq.passes.insert_qdq import PASS_THROUGH_OPS
+
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        for user, _ in v.uses():
+            if user.op_type in ("Softmax", "LogSoftmax"):
+                return True
+            if user.op_type in PASS_THROUGH_OPS and id(user) not in seen:
+                seen.add(id(user))
+                stack.extend(user.outputs)
+    return False
+
+
 def _mask_valued(plan, per_group: dict[str, Observer]) -> dict:
     """Selected node -> MASK_VALUES, for the nodes touching a group whose observed extremes
-    reach MASK_MAGNITUDE."""
+    reach MASK_MAGNITUDE (SOFTMAX_MASK_MAGNITUDE for a group that goes into a Softmax)."""
     tensors: set[str] = set()
+    values = _plan_values(plan)
     for g in plan.groups:
         obs = per_group.get(g.key)
-        if obs is not None and obs.seen and max(abs(obs.min), abs(obs.max)) >= MASK_MAGNITUDE:
+        if obs is None or not obs.seen:
+            continue
+        top = max(abs(obs.min), abs(obs.max))
+        if top >= MASK_MAGNITUDE or (
+            top >= SOFTMAX_MASK_MAGNITUDE and any(t in values and _feeds_softmax(values[t]) for t in g.members)
+        ):
             tensors.update(g.members)
     return {node: MASK_VALUES for node in _nodes_touching(plan, tensors)} if tensors else {}
 

@@ -166,8 +166,12 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
             for node, index in uses:
                 node.replace_input_with(index, cast.outputs[0])
             v.dtype = half
+        casts: dict[int, ir.Value] = {}  # a value listed twice as an output gets one Cast
         for i, v in boundary_outputs:
             half = original[id(v)]
+            if id(v) in casts:
+                root.outputs[i] = casts[id(v)]
+                continue
             if v.is_graph_input():
                 v.dtype = half  # passed straight through: still 16-bit
                 continue
@@ -184,6 +188,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 root.append(cast)
             root.outputs[i] = out
             out.name = name
+            casts[id(v)] = out
         InferShapesPass()(model)  # the widened types, for the no-op Cast check below
         removed = self._remove_identity_casts(root)
         logger.info(

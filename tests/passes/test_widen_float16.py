@@ -231,3 +231,14 @@ def test_untyped_model_that_computes_in_float16_is_widened():
     q = onnxq.quantize(model, onnxq.DynamicInt8(min_weight_elements=0))
     assert any(n.op_type == "MatMulInteger" for n in q.graph)
     assert _sqnr(ref, run_ort(q, feeds)[0]) > 30
+
+
+def test_an_output_listed_twice_keeps_both_names():
+    w = (RNG.standard_normal((64, 32)) * 0.1).astype(np.float16)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT16, ["B", 64])],
+                         [h.make_tensor_value_info("y", T.FLOAT16, ["B", 32])] * 2, [nh.from_array(w, "W")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    widened = assert_pass_idempotent(WidenFloat16Pass, model)
+    assert [v.name for v in widened.graph.outputs] == ["y", "y"]
+    assert all(v.dtype == ir.DataType.FLOAT16 for v in widened.graph.outputs)

@@ -136,8 +136,8 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
                 "--op-types MatMul,Gemm,Gather,Conv to force dynamic Conv"
             )
     DynamicQuantizePass(recipe)(model)
-    if recipe.residual_sums:
-        notes += _residual_sums(model)
+    if recipe.sum_rewrites:
+        notes += _sum_rewrites(model)
     return QuantizeReport(recipe, decisions, tuple(notes))
 
 
@@ -189,21 +189,30 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         n = sum(d.selected for d in gathers)
         notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
     decisions += gathers
-    if recipe.residual_sums:
-        notes += _residual_sums(model)
+    if recipe.sum_rewrites:
+        notes += _sum_rewrites(model)
     return QuantizeReport(recipe, decisions, tuple(notes) + static_notes)
 
 
-def _residual_sums(model: ir.Model) -> list[str]:
-    """ResidualSumPass, with a note when it rewrote something."""
+def _sum_rewrites(model: ir.Model) -> list[str]:
+    """BiasSumPass and ResidualSumPass (float Adds that ORT CPU would fuse into slower
+    kernels), with a note for what they rewrote."""
+    from onnxq.passes.bias_sum import BiasSumPass
     from onnxq.passes.residual_sum import ResidualSumPass
 
-    sums = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum")
-    if not ResidualSumPass()(model).modified:
-        return []
-    n = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
-    return [f"wrote {n} float residual Add(s) before a LayerNormalization as Sum (ORT CPU would fuse them into "
-            "SkipLayerNormalization, ~8x slower than Add + LayerNormalization)"]
+    def sums() -> int:
+        return sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum")
+
+    notes = []
+    before = sums()
+    if BiasSumPass()(model).modified:
+        notes.append(f"wrote {sums() - before} bias Add(s) after an int8 MatMul with a float result as Sum (ORT CPU "
+                     "would fold MatMul + Add into a float Gemm)")
+    before = sums()
+    if ResidualSumPass()(model).modified:
+        notes.append(f"wrote {sums() - before} float residual Add(s) before a LayerNormalization as Sum (ORT CPU would "
+                     "fuse them into SkipLayerNormalization, ~8x slower than Add + LayerNormalization)")
+    return notes
 
 
 @_run.register

@@ -92,7 +92,7 @@ class DynamicInt8(Recipe):
 
     ``fused``: emit ORT's ``com.microsoft.DynamicQuantizeMatMul`` instead of the standard
     DynamicQuantizeLinear + MatMulInteger chain. ``reduce_range``: 7-bit weights, only for
-    CPUs whose u8s8 dot product saturates (no VNNI). ``residual_sums``: see StaticInt8."""
+    CPUs whose u8s8 dot product saturates (no VNNI). ``sum_rewrites``: see StaticInt8."""
 
     name: ClassVar[str] = "int8-dynamic"
     # Conv is opt-in: ORT CPU runs ConvInteger several times slower than a float Conv
@@ -101,7 +101,7 @@ class DynamicInt8(Recipe):
     reduce_range: bool = False
     fused: bool = False
     min_weight_elements: int = 1024
-    residual_sums: bool = True
+    sum_rewrites: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,10 +135,11 @@ class StaticInt8(Recipe):
     int8 with one scale per row, as int8-dynamic stores them (``Gather`` of the int8 rows and
     their scales, ``Cast``, ``Mul``: only the rows looked up are dequantized; no QDQ).
 
-    ``residual_sums``: a float residual Add feeding a LayerNormalization is written as
-    ``Sum`` (same result), because ONNX Runtime CPU fuses ``Add -> LayerNormalization`` into
-    SkipLayerNormalization, measured 8x slower than the two ops; targets other than ONNX
-    Runtime turn it off (``--target``)."""
+    ``sum_rewrites``: float Adds that ONNX Runtime CPU would fuse into slower kernels are
+    written as ``Sum`` (same result): a residual Add feeding a LayerNormalization (fused into
+    SkipLayerNormalization, measured 8x slower than the two ops) and the bias Add after an
+    int8 MatMul whose result stays float (folded with the MatMul into a float Gemm); targets
+    other than ONNX Runtime turn it off (``--target``)."""
 
     name: ClassVar[str] = "int8-static"
     op_types: tuple[str, ...] = (
@@ -175,7 +176,7 @@ class StaticInt8(Recipe):
     # no faster in int8 and only add rounding error; runtimes that run quantized graphs only
     # (the qnn target) turn it on
     quantize_islands: bool = False
-    residual_sums: bool = True
+    sum_rewrites: bool = True
 
     _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")
     _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")

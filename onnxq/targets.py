@@ -83,10 +83,10 @@ class TargetProfile:
     ORT's fused DynamicQuantizeMatMul computes in int8) or ``""`` (not run);
     static_shapes: the runtime needs fixed input shapes; quantized_graph_only: the runtime
     runs quantized graphs only, so Add/Mul/Concat/pools get Q/DQ even where no quantized
-    Conv/MatMul/Gemm is next to them (StaticInt8.quantize_islands); residual_sums: the
-    runtime is ONNX Runtime CPU, which fuses a float ``Add -> LayerNormalization`` into
-    SkipLayerNormalization (slower than the two ops), so such Adds are written as ``Sum``
-    (StaticInt8/DynamicInt8.residual_sums);
+    Conv/MatMul/Gemm is next to them (StaticInt8.quantize_islands); sum_rewrites: the
+    runtime is ONNX Runtime CPU, which fuses some float Adds into slower kernels (``Add ->
+    LayerNormalization`` into SkipLayerNormalization, ``MatMul -> Add`` into a float Gemm),
+    so such Adds are written as ``Sum`` (StaticInt8/DynamicInt8.sum_rewrites);
     verification: ``runtime`` (loaded and run here) or ``structural`` (rule checker)."""
 
     name: str
@@ -109,7 +109,7 @@ class TargetProfile:
     verification: str
     sources: tuple[str, ...] = ()
     quantized_graph_only: bool = False
-    residual_sums: bool = False
+    sum_rewrites: bool = False
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -186,7 +186,7 @@ _ORT_CPU = TargetProfile(
     dynamic_int8="any",
     static_shapes=False,
     verification="runtime",
-    residual_sums=True,
+    sum_rewrites=True,
     sources=(
         "onnxruntime.ai/docs/performance/model-optimizations/quantization.html (U8S8 QDQ, per-channel weights)",
         "onnxruntime/tools/convert_onnx_models_to_ort.py (qdqisint8allowed only for --target_platform arm)",
@@ -222,7 +222,7 @@ _OPENVINO = dataclasses.replace(
     int16_min_opset=None,
     int4_formats=("qdq", "matmulnbits"),
     dynamic_int8="fused",
-    residual_sums=False,
+    sum_rewrites=False,
     sources=(
         "docs.openvino.ai .../openvino-ir-format/intermediate-representation-int8-inference.html "
         "(Convolution runs int8 only with FakeQuantize on data and weights)",
@@ -366,8 +366,8 @@ def _apply_static(recipe: StaticInt8, target: TargetProfile) -> tuple[Recipe, li
         changes["op_types"] = ops
     if target.quantized_graph_only and not recipe.quantize_islands:
         changes["quantize_islands"] = True
-    if recipe.residual_sums and not target.residual_sums:
-        changes["residual_sums"] = False
+    if recipe.sum_rewrites and not target.sum_rewrites:
+        changes["sum_rewrites"] = False
     # per-tensor overrides that ask for a type the target does not run
     for tensor, over in dict(recipe.tensor_overrides).items():
         t = over.get("activation_type") if isinstance(over, dict) else None
@@ -394,8 +394,8 @@ def _apply_dynamic(recipe: DynamicInt8, target: TargetProfile) -> tuple[Recipe, 
         # com.microsoft.DynamicQuantizeMatMul as an i8 one
         changes["fused"] = True
         notes.append(f"{target.name}: int8-dynamic in ORT's fused form (the standard form runs in float there)")
-    if recipe.residual_sums and not target.residual_sums:
-        changes["residual_sums"] = False
+    if recipe.sum_rewrites and not target.sum_rewrites:
+        changes["sum_rewrites"] = False
     return (dataclasses.replace(recipe, **changes) if changes else recipe), notes
 
 

@@ -503,6 +503,7 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
         float_fed = _float_fed([d.node for d in decisions if d.selected])
         decisions = [Decision(d.node, False, FLOAT_CONSUMERS) if id(d.node) in float_fed else d for d in decisions]
     selected = [d.node for d in decisions if d.selected]
+    chosen = {id(n): n for n in selected}
     float_tensors = kept_float_tensors(  # AVGPOOL_CEIL_PAD too: DQ -> AveragePool -> Q would fuse anyway
         d.node for d in decisions
         if d.reason in (EXCLUDED, AVGPOOL_CEIL_PAD) or (d.node.name and d.node.name in float_nodes)
@@ -553,9 +554,13 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
             out = act.outputs[0]
         if out.name in float_tensors:  # read (or computed) by a node kept in float
             continue
-        if (op in _FLOAT_RESULT_OPS and out.is_graph_output() and out.graph is model.graph
-                and out.name not in recipe.tensor_overrides and not recipe.quantize_islands):
-            continue  # a MatMul/Gemm result the model returns (logits) is not rounded to 8 bits
+        if (op in _FLOAT_RESULT_OPS and out.name not in recipe.tensor_overrides and not recipe.quantize_islands
+                and ((out.is_graph_output() and out.graph is model.graph)
+                     or (irutil.is_constant(inputs[1]) and not _feeds_chosen(act or node, chosen)))):
+            # a MatMul/Gemm result the model returns (logits), or that only float ops read (a
+            # transformer's output projections into the float residual stream): not rounded to
+            # 8 bits -- ORT runs int8 inputs with a float result (MatMulIntegerToFloat)
+            continue
         if act is not None:
             b = _activation_bounds(act)
             bounds[out.name] = b[1]

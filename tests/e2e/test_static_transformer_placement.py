@@ -109,13 +109,20 @@ def test_residual_stream_stays_float_and_matmuls_stay_int8(tmp_path):
         assert reason[name] == FLOAT_CONSUMERS, (name, reason[name])
     for name in ("attn", "up", "up_bias", "down", "head"):
         assert reason[name] == "", (name, reason[name])
-    # the head's result is the model output: no QuantizeLinear reads it
+    # the head's result is the model output, attn's and down's go to the float residual stream
+    # (through their float bias Adds): no QuantizeLinear reads them; up's feeds the int8 down
     head = next(n for n in model.graph if n.op_type == "MatMul" and n.outputs[0].name == "y")
     assert head.outputs[0].is_graph_output() and not head.outputs[0].uses()
+    quantized_results = {n.inputs[0].producer().name for n in model.graph
+                         if n.op_type == "QuantizeLinear" and n.inputs[0].producer() is not None}
+    assert {"attn", "down", "head"}.isdisjoint(quantized_results) and "up" in quantized_results
     fused = _ort_fused_ops(model)
-    assert fused["QLinearMatMul"] == 3 and fused["MatMulIntegerToFloat"] == 1 and fused["MatMul"] == 0, fused
+    # all four MatMuls run on int8 inputs: three with a float result (MatMulIntegerToFloat), no
+    # float Gemm (the bias Adds are Sums: ORT's MatMul + Add -> Gemm fusion does not match them)
+    assert fused["QLinearMatMul"] == 1 and fused["MatMulIntegerToFloat"] == 3, fused
+    assert fused["MatMul"] == fused["Gemm"] == fused["DequantizeLinear"] == 0, fused
     # the float residual Adds are Sums: ORT's SkipLayerNormalization (8x slower on CPU) does not match them
-    assert sum(n.op_type == "Sum" for n in model.graph) == 2 and fused["SkipLayerNormalization"] == 0, fused
+    assert sum(n.op_type == "Sum" for n in model.graph) == 4 and fused["SkipLayerNormalization"] == 0, fused
 
     everything = onnxq.quantize(path, onnxq.StaticInt8(quantize_islands=True), data=calib)
     assert sum(n.op_type == "QuantizeLinear" for n in everything.graph) > sum(
@@ -239,9 +246,9 @@ def test_int8_dynamic_residual_adds_are_sums_too(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["static", "dynamic"])
-def test_residual_sums_only_for_onnx_runtime_targets(tmp_path, recipe):
+def test_sum_rewrites_only_for_onnx_runtime_targets(tmp_path, recipe):
     """The Sum rewrite works around an ORT CPU fusion; OpenVINO/TensorRT/QNN profiles keep the
-    exporter's Add (``residual_sums`` off), ort-cpu and ort-mobile write Sum."""
+    exporter's Add (``sum_rewrites`` off), ort-cpu and ort-mobile write Sum."""
     from onnxq.targets import apply_target
 
     path = tmp_path / "encoder.onnx"
@@ -250,14 +257,14 @@ def test_residual_sums_only_for_onnx_runtime_targets(tmp_path, recipe):
     targets = ["ort-cpu", "ort-mobile", "openvino"] + (["tensorrt", "qnn"] if recipe == "static" else [])
     for target in targets:
         r, _ = apply_target(base, target)
-        assert r.residual_sums == (target in ("ort-cpu", "ort-mobile")), target
+        assert r.sum_rewrites == (target in ("ort-cpu", "ort-mobile")), target
         model = onnxq.quantize(path, r, data=_feeds(4) if recipe == "static" else None)
         sums = sum(n.op_type == "Sum" for n in model.graph)
-        if target in ("ort-cpu", "ort-mobile"):
-            assert sums == 2, target
+        if target in ("ort-cpu", "ort-mobile"):  # 2 residual Adds; int8-static: the 2 bias Adds too
+            assert sums == (4 if recipe == "static" else 2), target
         else:
             assert sums == 0, target
-    assert not apply_target(dataclasses.replace(base, residual_sums=False), "ort-cpu")[0].residual_sums
+    assert not apply_target(dataclasses.replace(base, sum_rewrites=False), "ort-cpu")[0].sum_rewrites
 
 
 def test_a_model_whose_only_candidate_is_an_embedding_table(tmp_path):
@@ -273,3 +280,39 @@ def test_a_model_whose_only_candidate_is_an_embedding_table(tmp_path):
     model, report = onnxq.quantize_with_report(path, onnxq.StaticInt8(), data=feeds)
     assert [(d.name, d.selected) for d in report.decisions] == [("embed", True)]
     assert _sqnr(path, model, feeds) > 30.0
+
+
+def test_bias_sum_pass_keeps_int8_matmul_out_of_a_float_gemm():
+    """Static shapes: ORT folds MatMul + Add(bias) into a float Gemm before its QDQ fusion; as
+    Sum the bias leaves the MatMul to MatMulIntegerToFloat. Only bias Adds after an int8
+    MatMul whose result stays float are rewritten; the values are the same."""
+    from onnxq.passes.bias_sum import BiasSumPass
+    from tests.helpers import assert_pass_idempotent
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[1, 8, 16] x) => (float[1, 8, 16] y, float[1, 8, 16] z) {
+        wq = DequantizeLinear <axis: int = 1> (w8, ws)
+        xq = QuantizeLinear(x, xs, xz)
+        xd = DequantizeLinear(xq, xs, xz)
+        a = MatMul(xd, wq)
+        y = Add(a, b)
+        c = MatMul(x, wf)
+        z = Add(c, b)
+    }
+    """
+    from tests.helpers import model_from_text, run_ort
+
+    rng = np.random.default_rng(5)
+    inits = {"w8": rng.integers(-127, 128, (16, 16)).astype(np.int8), "ws": np.full(16, 0.01, np.float32),
+             "xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8),
+             "b": rng.standard_normal(16).astype(np.float32), "wf": rng.standard_normal((16, 16)).astype(np.float32)}
+    model = model_from_text(text, inits)
+    x = {"x": rng.standard_normal((1, 8, 16)).astype(np.float32)}
+    before = run_ort(model, x)
+    out = assert_pass_idempotent(BiasSumPass, model)
+    assert [n.op_type for n in out.graph if n.outputs[0].name in ("y", "z")] == ["Sum", "Add"]  # float MatMul: left
+    for a, b in zip(before, run_ort(out, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    fused = _ort_fused_ops(out)
+    assert fused["MatMulIntegerToFloat"] == 1 and fused["DequantizeLinear"] == 0, fused

@@ -92,7 +92,8 @@ def test_plan_rules_groups_and_reasons():
     assert g["m"] is g["cat"]  # Concat inputs share the output scale
     assert g["p"] is g["f"]  # Flatten passes the scale through
     assert set(g["cat"].observe) == {"a", "cat"}  # m and... derived members are not observed
-    assert "h" in g and "y" not in g  # a Gemm's result is quantized (ORT's QGemm), the float Softmax's not
+    # only the float Softmax reads the Gemm's result: not rounded to 8 bits (ORT's QGemm with a float result)
+    assert "h" not in g and "y" not in g
 
 
 def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():
@@ -256,7 +257,9 @@ def test_if_and_loop_bodies_are_quantized_and_calibrated():
     assert sum(d.selected for d in plan.decisions) == 3
     out = onnxq.quantize(model, StaticInt8(), data=data)
     check_full(out)
-    assert _ops(out)["DequantizeLinear"] >= 8  # 3 weights, x, both branch outputs, loop input and output
+    # 3 weights and the MatMul inputs (x, the loop's h); the MatMul results leave the bodies in
+    # float (no int8 node reads them: they become the model's outputs)
+    assert _ops(out)["DequantizeLinear"] >= 5
     for feed in data[:2]:
         ref = run_ort(model_from_text(text, inits), feed)
         got = run_ort(out, feed)

@@ -1,0 +1,64 @@
+"""BiasSumPass: the float bias ``Add`` after an int8 MatMul with a float result becomes ``Sum``.
+
+int8-static leaves the result of a MatMul float when only float ops read it (a transformer's
+attention-output and FFN-down projections feed the float residual stream): ONNX Runtime runs
+``DQ(x), DQ(W) -> MatMul`` as ``MatMulIntegerToFloat`` (int8 inputs, float result). But when
+the MatMul's input shape is static, ORT's basic-level MatMul + Add fusion turns
+``MatMul -> Add(bias)`` into a float ``Gemm`` first, which then runs on the dequantized
+weights in float. ``Sum`` of the two computes the same values (same broadcasting) and is not
+matched by that fusion, so the MatMul stays int8.
+
+Rewritten: a standard ``Add`` of a constant and the single-use float result of a standard
+``MatMul`` whose weight (input 1) is a ``DequantizeLinear`` output. A second run finds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+
+from onnxq import irutil
+
+__all__ = ["BiasSumPass"]
+
+logger = logging.getLogger(__name__)
+
+
+def _int8_matmul_with_float_result(value: ir.Value) -> bool:
+    mm = value.producer()
+    if mm is None or mm.op_type != "MatMul" or mm.domain not in ("", "ai.onnx") or len(value.uses()) != 1:
+        return False
+    if value.is_graph_output() or len(mm.inputs) < 2 or mm.inputs[1] is None:
+        return False
+    w = mm.inputs[1].producer()
+    return w is not None and w.op_type == "DequantizeLinear"
+
+
+def _bias_add(node: ir.Node) -> bool:
+    if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return False
+    a, b = node.inputs
+    if a is None or b is None:
+        return False
+    if irutil.is_constant(b):
+        return _int8_matmul_with_float_result(a)
+    return irutil.is_constant(a) and _int8_matmul_with_float_result(b)
+
+
+class BiasSumPass(ir.passes.InPlacePass):
+    """Float bias Add after an int8 MatMul with a float result: the Add becomes Sum."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        rewritten = 0
+        for node in list(irutil.iter_nodes(model.graph)):
+            if not _bias_add(node):
+                continue
+            graph = node.graph
+            total = ir.node("Sum", list(node.inputs), name=node.name or None)
+            graph.insert_after(node, total)
+            irutil.replace_node_output(graph, node, total.outputs[0])
+            rewritten += 1
+        if rewritten:
+            logger.debug("wrote %d bias Add(s) after an int8 MatMul with a float result as Sum", rewritten)
+        return ir.passes.PassResult(model, modified=bool(rewritten))

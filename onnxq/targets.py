@@ -86,7 +86,9 @@ class TargetProfile:
     Conv/MatMul/Gemm is next to them (StaticInt8.quantize_islands); sum_rewrites: the
     runtime is ONNX Runtime CPU, which fuses some float Adds into slower kernels (``Add ->
     LayerNormalization`` into SkipLayerNormalization, ``MatMul -> Add`` into a float Gemm),
-    so such Adds are written as ``Sum`` (StaticInt8/DynamicInt8.sum_rewrites);
+    so such Adds are written as ``Sum`` (StaticInt8/DynamicInt8.sum_rewrites); float_matmul_results: a MatMul/Gemm with int8
+    inputs may return a float result (StaticInt8.float_matmul_results; off where a quantized
+    node unit needs a Q on its output: NNAPI/XNNPACK, QNN);
     verification: ``runtime`` (loaded and run here) or ``structural`` (rule checker)."""
 
     name: str
@@ -110,6 +112,7 @@ class TargetProfile:
     sources: tuple[str, ...] = ()
     quantized_graph_only: bool = False
     sum_rewrites: bool = False
+    float_matmul_results: bool = True
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -204,6 +207,7 @@ _ORT_MOBILE = dataclasses.replace(
     qdq_op_types=("Conv", "MatMul", "Gemm", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"),
     int16_min_opset=None,
     int4_formats=("matmulnbits", "qdq"),
+    float_matmul_results=False,
     sources=(
         "onnxruntime.ai/docs/performance/model-optimizations/ort-format-models.html (ORT format, reduced op config)",
         "onnxruntime/tools/mobile_helpers/nnapi_supported_ops.md (constant scales/zero points, 2-D Conv/pools)",
@@ -282,6 +286,7 @@ _QNN = TargetProfile(
     static_shapes=True,
     verification="structural",
     quantized_graph_only=True,
+    float_matmul_results=False,
     sources=(
         "onnxruntime.ai/docs/execution-providers/QNN-ExecutionProvider.html (HTP runs quantized models only; "
         "uint8/uint16; fixed shapes; supported ops; MatMul type pairs)",
@@ -366,6 +371,8 @@ def _apply_static(recipe: StaticInt8, target: TargetProfile) -> tuple[Recipe, li
         changes["op_types"] = ops
     if target.quantized_graph_only and not recipe.quantize_islands:
         changes["quantize_islands"] = True
+    if recipe.float_matmul_results and not target.float_matmul_results:
+        changes["float_matmul_results"] = False
     if recipe.sum_rewrites and not target.sum_rewrites:
         changes["sum_rewrites"] = False
     # per-tensor overrides that ask for a type the target does not run

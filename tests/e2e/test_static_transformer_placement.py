@@ -260,8 +260,9 @@ def test_sum_rewrites_only_for_onnx_runtime_targets(tmp_path, recipe):
         assert r.sum_rewrites == (target in ("ort-cpu", "ort-mobile")), target
         model = onnxq.quantize(path, r, data=_feeds(4) if recipe == "static" else None)
         sums = sum(n.op_type == "Sum" for n in model.graph)
-        if target in ("ort-cpu", "ort-mobile"):  # 2 residual Adds; int8-static: the 2 bias Adds too
-            assert sums == (4 if recipe == "static" else 2), target
+        if target in ("ort-cpu", "ort-mobile"):
+            # 2 residual Adds; int8-static for ort-cpu: the 2 bias Adds after float-result MatMuls too
+            assert sums == (4 if recipe == "static" and target == "ort-cpu" else 2), target
         else:
             assert sums == 0, target
     assert not apply_target(dataclasses.replace(base, sum_rewrites=False), "ort-cpu")[0].sum_rewrites
@@ -316,3 +317,19 @@ def test_bias_sum_pass_keeps_int8_matmul_out_of_a_float_gemm():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     fused = _ort_fused_ops(out)
     assert fused["MatMulIntegerToFloat"] == 1 and fused["DequantizeLinear"] == 0, fused
+
+
+def test_float_matmul_results_follow_the_target():
+    """ort-mobile (NNAPI/XNNPACK node units) and qnn need a Q on every quantized MatMul's
+    output: their profiles turn float_matmul_results off and the projections are requantized."""
+    from onnxq.targets import apply_target
+
+    assert apply_target(onnxq.StaticInt8(), "ort-cpu")[0].float_matmul_results
+    assert apply_target(onnxq.StaticInt8(), "openvino")[0].float_matmul_results
+    assert not apply_target(onnxq.StaticInt8(), "ort-mobile")[0].float_matmul_results
+    assert not apply_target(onnxq.StaticInt8(), "qnn")[0].float_matmul_results
+    model = onnxq.quantize(onnxq.api.ir.serde.deserialize_model(_encoder_model()),
+                           onnxq.StaticInt8(float_matmul_results=False), data=_feeds(8))
+    quantized_results = {n.inputs[0].producer().name for n in model.graph
+                         if n.op_type == "QuantizeLinear" and n.inputs[0].producer() is not None}
+    assert {"attn", "down"} <= quantized_results and "head" not in quantized_results  # logits: never

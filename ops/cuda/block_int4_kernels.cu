@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <type_traits>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -1855,9 +1856,13 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1>
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1, int ILV_ = 0>
 struct WsCfg {
   static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
+  // ILV: consumer loop variant (0: dequantize the whole tile, then its wgmmas; 1: same with the
+  // per-tile scale / zero-point operands hoisted for block size >= BK; 2: 1 + each 16-k step's
+  // fragment dequantized right before its wgmma).
+  static constexpr int ILV = ILV_;
   // KIN consumer groups of two warpgroups each take every KIN-th k-tile of the CTA's K slice
   // (intra-CTA split-K, reduced through shared memory at the end): more independent
   // dequant -> wgmma chains per SM without split-K clusters.
@@ -2168,7 +2173,9 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   setmaxnreg_inc<C::kRegC>();
   if (p.pdl) griddep_wait();  // Y may still be read by the previous kernel
   const int ct = tid - C::kProducers, lane = ct & 31, warp = ct >> 5;
-  const int grp = warp >> 3;  // consumer group: local k-tiles grp, grp + KIN, ...
+  // consumer group: local k-tiles grp, grp + KIN, ... (a literal 0 for KIN 1, so that the stage
+  // index, its addresses and the wgmma descriptors are provably warp-uniform)
+  const int grp = C::KIN > 1 ? warp >> 3 : 0;
   const int wg = (warp >> 2) & 1, wq = warp & 3, g = lane >> 2, t = lane & 3;
   const uint32_t sel = (uint32_t)t | 0x4040u | ((uint32_t)t << 8);  // bytes (t, 0, t, 0)
   const int bswz = (p.wg_diag & 2) ? 0 : ws_b_swz<C::KT>(g);     // every row this thread reads is g mod 8
@@ -2191,9 +2198,24 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       zrow[mt][h] = p.z ? p.z + rr * p.zcols : nullptr;
       pre_s[mt][h] = 0u;
       pre_z[mt][h] = 0x88u;
+      if constexpr (C::ILV > 0) {  // keep the row pointers live (ptxas rebuilt them from p per tile)
+        asm volatile("" : "+l"(srow[mt][h]));
+        asm volatile("" : "+l"(zrow[mt][h]));
+      }
     }
   auto fetch_scales = [&](int kt) {  // tile kt of this CTA's K slice
     const int kb = tile_k0(kt) >> p.bs_shift;
+    if constexpr (C::ILV > 0) {  // zero points present or not: one kernel-uniform test
+      const bool has_z = p.z != nullptr;
+#pragma unroll
+      for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          pre_s[mt][h] = ldg_u16(srow[mt][h] + kb);
+          pre_z[mt][h] = has_z ? (uint32_t)__ldg(zrow[mt][h] + (kb >> 1)) : 0x88u;
+        }
+      return;
+    }
 #pragma unroll
     for (int mt = 0; mt < C::WGM; ++mt)
 #pragma unroll
@@ -2204,6 +2226,117 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   };
   if (direct && grp < nt) fetch_scales(grp);
   int s_c = grp, ph_c = 0, s_prev = 0;  // stage / phase of tile i (KIN <= STAGES)
+  if constexpr (C::ILV > 0) {
+    // ILV configs: per-tile scale / zero-point operands computed once per row (block size >= BK:
+    // one block per tile), and (ILV 2) each 16-k step dequantized right before its own wgmma, so
+    // the tensor cores start after 1/(4 KT) of the tile's dequant instead of all of it.
+    auto consume = [&](auto dtag) {
+      constexpr bool kDirect = decltype(dtag)::value;
+#pragma unroll 1
+      for (int i = grp; i < nt; i += C::KIN) {
+        mbar_wait(full_bar + 8 * s_c, ph_c);
+        if (!kTma) fence_proxy_async_smem();
+        const uint8_t* sb = base + s_c * C::kStageBytes + C::kA;
+        const uint16_t* ss = reinterpret_cast<const uint16_t*>(sb + C::kB);
+        const uint8_t* sz = sb + C::kB + C::kS;
+        const uint32_t a_addr = base_u32 + s_c * C::kStageBytes;
+        uint4 w[C::WGM][2][2 * C::KT];
+        uint2 sv[C::WGM][2][C::KT];
+        uint32_t zv[C::WGM][2][C::KT];
+        uint32_t dsc[C::WGM][2], dsb[C::WGM][2];
+#pragma unroll
+        for (int mt = 0; mt < C::WGM; ++mt) {
+          const int r0 = (wg * C::WGM + mt) * 64 + wq * 16 + g;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = r0 + 8 * h;
+#pragma unroll
+            for (int q = 0; q < 2 * C::KT; ++q)
+              w[mt][h][q] = *reinterpret_cast<const uint4*>(sb + r * 32 * C::KT + 16 * (q ^ bswz));
+            if constexpr (!kDirect) {
+#pragma unroll
+              for (int q = 0; q < C::KT; ++q) {
+                sv[mt][h][q] = *reinterpret_cast<const uint2*>(ss + r * 4 * C::KT + 4 * q);
+                zv[mt][h][q] = *reinterpret_cast<const uint32_t*>(sz + r * 4 * C::KT + 4 * q);
+              }
+            }
+          }
+        }
+        if constexpr (kDirect) {
+          const int sh = ((tile_k0(i) >> p.bs_shift) & 1) * 4;
+#pragma unroll
+          for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              dsc[mt][h] = pre_s[mt][h] | (pre_s[mt][h] << 16);
+              dsb[mt][h] = zp_sub_bits((pre_z[mt][h] >> sh) & 0xFu);
+            }
+          if (i + C::KIN < nt) fetch_scales(i + C::KIN);
+        }
+        wg_wait<0>();  // tile i-1's wgmmas retired: its fragment registers and stage are free
+        if (i > grp) {
+          __syncwarp();
+          if (lane == 0) mbar_arrive(empty_bar + 8 * s_prev);
+        }
+        uint32_t fr[4 * C::KT][C::WGM][4];
+        auto dq_step = [&](int s) {
+          const int sub = s >> 2, s4 = s & 3;
+#pragma unroll
+          for (int mt = 0; mt < C::WGM; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              uint32_t sc, sub_bits;
+              if constexpr (kDirect) {
+                sc = dsc[mt][h];
+                sub_bits = dsb[mt][h];
+              } else {
+                const uint32_t hv = (s4 < 2) ? sv[mt][h][sub].x : sv[mt][h][sub].y;
+                sc = __byte_perm(hv, 0u, (s4 & 1) ? 0x3232u : 0x1010u);
+                sub_bits = zp_sub_bits((zv[mt][h][sub] >> (8 * s4)) & 0xFu);
+              }
+              const uint4& wv = w[mt][h][s >> 1];
+              const uint32_t xlo = word_of(wv, 2 * (s & 1)), xhi = word_of(wv, 2 * (s & 1) + 1);
+              fr[s][mt][h] = hmul2_u32(dq_pair_sel(xlo, sel, sub_bits), sc);
+              fr[s][mt][2 + h] = hmul2_u32(dq_pair_sel(xhi, sel, sub_bits), sc);
+            }
+        };
+        // Descriptor low word of this stage's A tile; the steps add their 16-byte offsets to it
+        // (smem addresses < 256 KB: no carry out of the 14-bit start-address field).
+        const uint32_t dlo = ((a_addr & 0x3FFFFu) >> 4) | (1u << 16);
+        auto mma_step = [&](int s) {
+          const int sub = s >> 2, s4 = s & 3;
+          const uint64_t desc =
+              (uint64_t)(dlo + (uint32_t)((sub * C::BT * 128 + 32 * s4) >> 4)) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+#pragma unroll
+          for (int mt = 0; mt < C::WGM; ++mt) {
+            wg_fence_acc(acc[mt]);
+            wgmma_bt<C::BT>(acc[mt], fr[s][mt], desc, (i != grp || s != 0) ? 1 : 0);
+            wg_fence_acc(acc[mt]);
+          }
+        };
+        if constexpr (C::ILV >= 2) {
+#pragma unroll
+          for (int s = 0; s < 4 * C::KT; ++s) {
+            dq_step(s);
+            wg_fence();
+            mma_step(s);
+          }
+        } else {
+#pragma unroll
+          for (int s = 0; s < 4 * C::KT; ++s) dq_step(s);
+          wg_fence();
+#pragma unroll
+          for (int s = 0; s < 4 * C::KT; ++s) mma_step(s);
+        }
+        wg_commit();
+        s_prev = s_c;
+        s_c += C::KIN;
+        if (s_c >= S) { s_c -= S; ph_c ^= 1; }
+      }
+    };
+    if (direct) consume(std::true_type{});
+    else consume(std::false_type{});
+  } else {
 #pragma unroll 1
   for (int i = grp; i < nt; i += C::KIN) {
     mbar_wait(full_bar + 8 * s_c, ph_c);
@@ -2293,6 +2426,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     s_c += C::KIN;
     if (s_c >= S) { s_c -= S; ph_c ^= 1; }
   }
+  }
   if (p.pdl) griddep_launch_dependents();
   wg_wait<0>();
 #pragma unroll
@@ -2361,7 +2495,15 @@ using Ws11 = WsCfg<64, 1, 3, 12, 1, 1, 2>;
 using Ws12 = WsCfg<64, 1, 3, 8, 2, 1>;
 using Ws13 = WsCfg<64, 1, 1, 8, 2, 1>;
 using Ws14 = WsCfg<128, 1, 2, 5, 2, 1>;
-constexpr int kNumWsConfigs = 15;
+//                BT WGM SPLIT STAGES KT CTAs/SM KIN ILV (consumer loop variant, see WsCfg)
+using Ws15 = WsCfg<64, 1, 3, 8, 2, 1, 1, 2>;   // = Ws12, ILV 2
+using Ws16 = WsCfg<64, 1, 1, 8, 2, 1, 1, 2>;   // = Ws13, ILV 2
+using Ws17 = WsCfg<128, 1, 2, 5, 2, 1, 1, 2>;  // = Ws14, ILV 2
+using Ws18 = WsCfg<64, 1, 3, 8, 2, 1, 1, 1>;   // = Ws12, ILV 1
+using Ws19 = WsCfg<128, 1, 2, 5, 2, 1, 1, 1>;  // = Ws14, ILV 1
+using Ws20 = WsCfg<256, 1, 1, 5, 1, 1, 1, 2>;  // = Ws7, ILV 2
+using Ws21 = WsCfg<256, 1, 1, 5, 1, 1, 1, 1>;  // = Ws7, ILV 1
+constexpr int kNumWsConfigs = 22;
 
 // ------------------------------------------------------------------------------------
 // SIMT fp32 kernel (any M): exact fp32 dequant, FFMA
@@ -2673,22 +2815,24 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
 }
 
 // wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): the
-// warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). M <= 64: BT=64, 128-k tiles, with
-// 3-way split-K while one CTA per SM covers the grid (Ws12), else unsplit while the grid fits one
-// wave (Ws13), else BT=64 at 2 CTAs/SM with 2-way split-K (Ws9) or none (Ws8); larger M: BT=128,
-// 128-k tiles, 2-way split-K while that fits one wave (Ws14), else BT=256 unsplit (Ws7). The
-// 128-k tile configs were the fastest at block size 128 and 32 alike (the latter with the
-// producer-staged scales). (A split-K cluster of 1-CTA/SM CTAs can run in two waves even below
-// #SMs: at most 30 clusters of 4 were co-resident on the H100.)
-int ChooseWgConfig(int64_t m, int64_t n, const DeviceInfo& dev) {
+// warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). Block size >= 128 (one block per
+// 128-k tile: per-tile scale operands, ILV configs): M <= 64: BT=64 with 3-way split-K while one
+// CTA per SM covers the grid (Ws15), else unsplit while the grid fits one wave (Ws16); larger M:
+// BT=128 with 2-way split-K while that fits one wave (Ws19), else BT=256 unsplit (Ws20). Smaller
+// blocks (producer-staged per-16-k scales; the ILV variants measured no faster there): the ILV 0
+// configs Ws12 / Ws13 / Ws14 / Ws7 at the same points. Grids past one wave at M <= 64: BT=64 at
+// 2 CTAs/SM with 2-way split-K (Ws9) or none (Ws8). (A split-K cluster of 1-CTA/SM CTAs can run
+// in two waves even below #SMs: at most 30 clusters of 4 were co-resident on the H100.)
+int ChooseWgConfig(int64_t m, int64_t n, int64_t bs, const DeviceInfo& dev) {
   auto ctas = [&](int bt, int bn) { return ((m + bt - 1) / bt) * ((n + bn - 1) / bn); };
+  const bool ilv = bs >= 128;
   if (m <= 64) {
-    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + 12;
-    if (ctas(64, 128) <= dev.sms) return kNumWgConfigs + 13;
+    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + (ilv ? 15 : 12);
+    if (ctas(64, 128) <= dev.sms) return kNumWgConfigs + (ilv ? 16 : 13);
     return ctas(64, 128) * 2 <= 2 * dev.sms ? kNumWgConfigs + 9 : kNumWgConfigs + 8;
   }
-  if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + 14;
-  return kNumWgConfigs + 7;
+  if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + (ilv ? 19 : 14);
+  return kNumWgConfigs + (ilv ? 20 : 7);
 }
 
 // Tensor-core configuration for M > 16 (tuned on H100; sm_80 gets the split-free ones).
@@ -2884,7 +3028,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   }
   if (path == Path::kWgmma) {
     int cfg = args.config;
-    if (cfg < 0) cfg = ChooseWgConfig(m, n, dev);
+    if (cfg < 0) cfg = ChooseWgConfig(m, n, bs, dev);
     if (cfg >= 100 && cfg < 400 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
       p.wg_diag = cfg / 100;
       cfg %= 100;
@@ -2915,6 +3059,13 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
       case kNumWgConfigs + 12: return LaunchWs<Ws12>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 13: return LaunchWs<Ws13>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 14: return LaunchWs<Ws14>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 15: return LaunchWs<Ws15>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 16: return LaunchWs<Ws16>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 17: return LaunchWs<Ws17>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 18: return LaunchWs<Ws18>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 19: return LaunchWs<Ws19>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 20: return LaunchWs<Ws20>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 21: return LaunchWs<Ws21>(p, a_vec, dev, stream, pdl, err, len);
       default:
         return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg,
                     kNumWgConfigs + kNumWsConfigs - 1);

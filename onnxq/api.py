@@ -206,7 +206,7 @@ def _sum_rewrites(model: ir.Model) -> list[str]:
     notes = []
     before = sums()
     if BiasSumPass()(model).modified:
-        notes.append(f"wrote {sums() - before} bias Add(s) after an int8 MatMul with a float result as Sum (ORT CPU "
+        notes.append(f"wrote {sums() - before} Add(s) after an int8 MatMul with a float result as Sum (ORT CPU "
                      "would fold MatMul + Add into a float Gemm)")
     before = sums()
     if ResidualSumPass()(model).modified:

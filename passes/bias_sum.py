@@ -1,15 +1,16 @@
-"""BiasSumPass: the float bias ``Add`` after an int8 MatMul with a float result becomes ``Sum``.
+"""BiasSumPass: the float ``Add`` right after an int8 MatMul with a float result becomes ``Sum``.
 
 int8-static leaves the result of a MatMul float when only float ops read it (a transformer's
 attention-output and FFN-down projections feed the float residual stream): ONNX Runtime runs
-``DQ(x), DQ(W) -> MatMul`` as ``MatMulIntegerToFloat`` (int8 inputs, float result). But when
-the MatMul's input shape is static, ORT's basic-level MatMul + Add fusion turns
-``MatMul -> Add(bias)`` into a float ``Gemm`` first, which then runs on the dequantized
-weights in float. ``Sum`` of the two computes the same values (same broadcasting) and is not
-matched by that fusion, so the MatMul stays int8.
+``DQ(x), DQ(W) -> MatMul`` as ``MatMulIntegerToFloat`` (int8 inputs, float result). But ORT's
+basic-level MatMul + Add fusion runs first and turns ``MatMul -> Add`` -- a bias Add with
+static shapes, and an Add of another activation (a residual, no bias) for 2-D inputs -- into
+a float ``Gemm`` on the dequantized weight. ``Sum`` of the two computes the same values (same
+broadcasting) and is not matched by that fusion, so the MatMul stays int8.
 
-Rewritten: a standard ``Add`` of a constant and the single-use float result of a standard
-``MatMul`` whose weight (input 1) is a ``DequantizeLinear`` output. A second run finds nothing.
+Rewritten: a standard two-input ``Add`` one of whose inputs is the single-use float result of
+a standard ``MatMul`` whose weight (input 1) is a ``DequantizeLinear`` of a constant. A second
+run finds nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _int8_matmul_with_float_result(value: ir.Value) -> bool:
     if value.is_graph_output() or len(mm.inputs) < 2 or mm.inputs[1] is None:
         return False
     w = mm.inputs[1].producer()
-    return w is not None and w.op_type == "DequantizeLinear"
+    return (w is not None and w.op_type == "DequantizeLinear" and bool(w.inputs)
+            and irutil.is_constant(w.inputs[0]))
 
 
 def _bias_add(node: ir.Node) -> bool:
@@ -41,13 +43,11 @@ def _bias_add(node: ir.Node) -> bool:
     a, b = node.inputs
     if a is None or b is None:
         return False
-    if irutil.is_constant(b):
-        return _int8_matmul_with_float_result(a)
-    return irutil.is_constant(a) and _int8_matmul_with_float_result(b)
+    return _int8_matmul_with_float_result(a) or _int8_matmul_with_float_result(b)
 
 
 class BiasSumPass(ir.passes.InPlacePass):
-    """Float bias Add after an int8 MatMul with a float result: the Add becomes Sum."""
+    """Float Add right after an int8 MatMul with a float result: the Add becomes Sum."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         rewritten = 0
@@ -60,5 +60,5 @@ class BiasSumPass(ir.passes.InPlacePass):
             irutil.replace_node_output(graph, node, total.outputs[0])
             rewritten += 1
         if rewritten:
-            logger.debug("wrote %d bias Add(s) after an int8 MatMul with a float result as Sum", rewritten)
+            logger.debug("wrote %d Add(s) after an int8 MatMul with a float result as Sum", rewritten)
         return ir.passes.PassResult(model, modified=bool(rewritten))

@@ -556,11 +556,13 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
             continue
         if (op in _FLOAT_RESULT_OPS and out.name not in recipe.tensor_overrides and not recipe.quantize_islands
                 and ((out.is_graph_output() and out.graph is model.graph)
-                     or (recipe.float_matmul_results and irutil.is_constant(inputs[1])
+                     or (op == "MatMul" and recipe.float_matmul_results and irutil.is_constant(inputs[1])
                          and not _feeds_chosen(act or node, chosen)))):
-            # a MatMul/Gemm result the model returns (logits), or that only float ops read (a
-            # transformer's output projections into the float residual stream): not rounded to
-            # 8 bits -- ORT runs int8 inputs with a float result (MatMulIntegerToFloat)
+            # a MatMul/Gemm result the model returns (logits), or a MatMul result that only
+            # float ops read (a transformer's output projections into the float residual
+            # stream): not rounded to 8 bits -- ORT runs int8 inputs with a float result
+            # (MatMulIntegerToFloat). Not a Gemm inside the graph: ORT folds a float-result Gemm
+            # with a following Add/Sum into a float Gemm on the dequantized weight
             continue
         if act is not None:
             b = _activation_bounds(act)

@@ -333,3 +333,28 @@ def test_float_matmul_results_follow_the_target():
     quantized_results = {n.inputs[0].producer().name for n in model.graph
                          if n.op_type == "QuantizeLinear" and n.inputs[0].producer() is not None}
     assert {"attn", "down"} <= quantized_results and "head" not in quantized_results  # logits: never
+
+
+@pytest.mark.parametrize("rows", [32, "N"])
+def test_no_bias_projection_with_a_residual_add_stays_int8(rows):
+    """Pre-LN blocks without biases: MatMul -> Add(residual) on 2-D activations. ORT's MatMul + Add
+    fusion also takes an activation Add (static or dynamic rows) and would make a float Gemm on
+    the dequantized weight; written as Sum, the MatMul runs as MatMulIntegerToFloat. A Gemm result
+    that a residual Add reads keeps its Q (ORT would fold Gemm + Sum into a float Gemm)."""
+    d = 64
+    graph = h.make_graph(
+        [h.make_node("LayerNormalization", ["x", "g", "z"], ["n"], axis=-1, name="ln"),
+         h.make_node("MatMul", ["n", "w1"], ["u"], name="up"), h.make_node("Relu", ["u"], ["r"], name="act"),
+         h.make_node("MatMul", ["r", "w2"], ["p"], name="down"), h.make_node("Add", ["p", "x"], ["y1"], name="res"),
+         h.make_node("LayerNormalization", ["y1", "g", "z"], ["n2"], axis=-1, name="ln2"),
+         h.make_node("Gemm", ["n2", "w3"], ["q"], name="proj"), h.make_node("Add", ["q", "y1"], ["s"], name="res2"),
+         h.make_node("LayerNormalization", ["s", "g", "z"], ["y"], axis=-1, name="ln3")],
+        "prenorm", [h.make_tensor_value_info("x", T.FLOAT, [rows, d])], [h.make_tensor_value_info("y", T.FLOAT, [rows, d])],
+        [nh.from_array(np.ones(d, np.float32), "g"), nh.from_array(np.zeros(d, np.float32), "z"),
+         _w("w1", (d, 4 * d), 0.1), _w("w2", (4 * d, d), 0.05), _w("w3", (d, d), 0.1)])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    feeds = [{"x": RNG.standard_normal((32, d)).astype(np.float32)} for _ in range(8)]
+    model = onnxq.quantize(onnxq.api.ir.serde.deserialize_model(proto), onnxq.StaticInt8(), data=feeds)
+    fused = _ort_fused_ops(model)
+    assert fused["MatMulIntegerToFloat"] == 1 and fused["QLinearMatMul"] == 1 and fused["QGemm"] == 1, fused
+    assert fused["Gemm"] == fused["MatMul"] == fused["FusedGemm"] == 0, fused

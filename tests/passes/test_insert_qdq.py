@@ -92,9 +92,9 @@ def test_plan_rules_groups_and_reasons():
     assert g["m"] is g["cat"]  # Concat inputs share the output scale
     assert g["p"] is g["f"]  # Flatten passes the scale through
     assert set(g["cat"].observe) == {"a", "cat"}  # m and... derived members are not observed
-    # a Gemm's result is quantized even when only a float op (Softmax) reads it: ORT would fold a
-    # float-result Gemm with a following Add/Sum into a float Gemm (MatMuls get a float result)
-    assert "h" in g and "y" not in g
+    # only the float Softmax reads the Gemm's result: not rounded to 8 bits (ORT's QGemm with a
+    # float result; a Gemm without C that an Add reads keeps its Q, see _float_result_runs_int8)
+    assert "h" not in g and "y" not in g
 
 
 def test_insert_then_fold_idempotent_matches_float_and_fuses_in_ort():

@@ -196,41 +196,6 @@ def test_wgmma_pdl_and_errors(harness):
         _run(harness, p, a, bias, path=PATH_WG, config=N_WG_CONFIGS)
 
 
-@pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
-def test_wgmma_workspace(harness):
-    """Split-K through the workspace: auto picks it at 4096x11008 M=256 (H100) only with enough
-    workspace and falls back without one; a forced split-K config without one is an error; the
-    per-tile counters are left zero, so back-to-back launches on one workspace stay correct."""
-    import torch
-
-    p, a, bias = _inputs((4096, 11008, 128, True, True), 256, True, seed=7)
-    ref = _reference(p, a, True, bias)
-    need = harness.workspace_bytes(f16=True, m=256, k=p.k, n=p.n, block_size=128)
-    y1 = _run(harness, p, a, bias, path=PATH_AUTO)  # auto, workspace from the harness
-    _check(y1, ref, True, "auto with workspace")
-    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(p.packed).cuda()
-    ts = torch.from_numpy(p.scales).to("cuda", torch.float16)
-    tbias = torch.from_numpy(bias).cuda()
-    y = torch.empty(256, p.n, dtype=torch.float16, device="cuda")
-    raw = dict(f16=True, a=ta.data_ptr(), b=tb.data_ptr(), scales=ts.data_ptr(), zp=None, bias=tbias.data_ptr(),
-               y=y.data_ptr(), m=256, k=p.k, n=p.n, block_size=128)
-    harness.matmul_raw(**raw)  # no workspace: a config without one
-    torch.cuda.synchronize()
-    _check(y.cpu().numpy(), ref, True, "auto without workspace")
-    ws_cfgs = [c for c in range(N_WG_CONFIGS)
-               if harness.workspace_bytes(f16=True, m=256, k=p.k, n=p.n, block_size=128, path=PATH_WG, config=c)]
-    assert ws_cfgs, "no split-K workspace config"
-    with pytest.raises(HarnessError, match="workspace"):
-        harness.matmul_raw(**raw, path=PATH_WG, config=ws_cfgs[0])
-    if need:
-        ws = torch.full((need,), 0xAB, dtype=torch.uint8, device="cuda")  # garbage contents are fine
-        for _ in range(3):
-            y.zero_()
-            harness.matmul_raw(**raw, workspace=ws.data_ptr(), workspace_bytes=need)
-            torch.cuda.synchronize()
-            _check(y.cpu().numpy(), ref, True, "auto, reused workspace")
-
-
 def test_invalid_arguments_are_errors(harness):
     rng = np.random.default_rng(0)
     p = _packed(rng, 256, 64, 32, True)

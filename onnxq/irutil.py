@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -163,3 +163,20 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> bool:
         producer.graph.remove(producer, safe=True)
         return True
     return False
+
+
+def rewrite_adds_as_sum(model: ir.Model, matches: Callable[[ir.Node], bool]) -> int:
+    """Replace every node ``matches`` accepts (two-input standard Adds) by a ``Sum`` of the
+    same inputs that takes its output's place (name, uses, graph outputs). Returns how many.
+    ``Sum`` computes the same values with the same broadcasting; ONNX Runtime's Add-matching
+    fusions do not take it (ResidualSumPass, BiasSumPass)."""
+    rewritten = 0
+    for node in list(iter_nodes(model.graph)):
+        if not matches(node):
+            continue
+        graph = node.graph
+        total = ir.node("Sum", list(node.inputs), name=node.name or None)
+        graph.insert_after(node, total)
+        replace_node_output(graph, node, total.outputs[0])
+        rewritten += 1
+    return rewritten

@@ -50,15 +50,7 @@ class BiasSumPass(ir.passes.InPlacePass):
     """Float Add right after an int8 MatMul with a float result: the Add becomes Sum."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = 0
-        for node in list(irutil.iter_nodes(model.graph)):
-            if not _bias_add(node):
-                continue
-            graph = node.graph
-            total = ir.node("Sum", list(node.inputs), name=node.name or None)
-            graph.insert_after(node, total)
-            irutil.replace_node_output(graph, node, total.outputs[0])
-            rewritten += 1
+        rewritten = irutil.rewrite_adds_as_sum(model, _bias_add)
         if rewritten:
             logger.debug("wrote %d Add(s) after an int8 MatMul with a float result as Sum", rewritten)
         return ir.passes.PassResult(model, modified=bool(rewritten))

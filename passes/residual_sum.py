@@ -42,15 +42,7 @@ class ResidualSumPass(ir.passes.InPlacePass):
     """Float residual Add -> LayerNormalization: the Add becomes Sum."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = 0
-        for node in list(irutil.iter_nodes(model.graph)):
-            if not _residual_add(node):
-                continue
-            graph = node.graph
-            total = ir.node("Sum", list(node.inputs), name=node.name or None)
-            graph.insert_after(node, total)
-            irutil.replace_node_output(graph, node, total.outputs[0])
-            rewritten += 1
+        rewritten = irutil.rewrite_adds_as_sum(model, _residual_add)
         if rewritten:
             logger.debug("wrote %d residual Add(s) before a LayerNormalization as Sum", rewritten)
         return ir.passes.PassResult(model, modified=bool(rewritten))

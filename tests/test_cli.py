@@ -247,6 +247,10 @@ def test_agreement_check_skips_data_read_once(tiny, tmp_path):
     feeds = [{"x": np.ones((1, 64), np.float32)}] * 3
     once = as_calibration_data(iter(feeds))
     assert agreement_with_float(tiny, tiny, once) is None
+    from onnxq.calib_text import TextCalibration
+
+    np.save(tmp_path / "ids.npy", np.arange(64, dtype=np.int64))  # token text: judged by perplexity, not here
+    assert agreement_with_float(tiny, tiny, TextCalibration(tmp_path / "ids.npy", seq_len=8, n_samples=2)) is None
     same = agreement_with_float(tiny, tiny, feeds)
     assert same.samples == 3 and same.outputs[0].sqnr_db > 100
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from onnxq.errors import OnnxqError
 
-__all__ = ["check_model_file", "VerificationError", "agreement_with_float", "AGREEMENT_SAMPLES", "AGREEMENT_MAX_BYTES",
-           "LOW_SQNR_DB"]
+__all__ = ["check_model_file", "VerificationError", "AgreementSkipped", "agreement_with_float", "AGREEMENT_SAMPLES",
+           "AGREEMENT_MAX_BYTES", "LOW_SQNR_DB"]
 
 AGREEMENT_SAMPLES = 8  # samples both models run on after quantizing: seconds, not minutes
 LOW_SQNR_DB = 10.0  # below this an output is far enough from the float model to warn
@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 class VerificationError(OnnxqError):
     pass
+
+
+class AgreementSkipped(OnnxqError):
+    """The output check against the float model was not run (the message says why)."""
 
 
 def _uses_domain(path: Path, domain: str) -> bool:
@@ -60,13 +64,17 @@ def check_model_file(path: str | os.PathLike, *, load_in_ort: bool = True) -> No
 
 
 def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.PathLike, data, *,
-                         samples: int = AGREEMENT_SAMPLES):
+                         samples: int = AGREEMENT_SAMPLES, max_weight_bytes: int = AGREEMENT_MAX_BYTES):
     """Output error of the quantized model against the float model on the first ``samples``
     feeds of ``data`` (``CalibrationData`` or a list of feeds): a ``Comparison`` of the float
     outputs only (SQNR, cosine, top-1 agreement for logits), or None when ``data`` can be read
     only once (it was used up by calibration), is token text for a language model (whose
     logits over a whole vocabulary and window are better judged by perplexity, and cost two
-    more full sessions: SmolLM2-135M +2.2 GB, +24 s), or the model has no float output."""
+    more full sessions: SmolLM2-135M +2.2 GB, +24 s), or the model has no float output.
+    Raises AgreementSkipped for a float model with more than ``max_weight_bytes`` of weights
+    (two more ORT sessions of it)."""
+    import dataclasses
+
     import onnx_ir as ir
 
     from onnxq import modelio
@@ -76,18 +84,16 @@ def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.Pat
     if isinstance(data, CalibrationData):
         if not data.reiterable:
             return None
-        feeds = data.feeds(input_specs(modelio.load(float_path)), limit=samples)
-    elif isinstance(data, (list, tuple)):
-        feeds = data
-    else:
+    elif not isinstance(data, (list, tuple)):
         return None
-    import dataclasses
-
     float_model = modelio.load(float_path)
+    if modelio.model_weight_bytes(float_model) > max_weight_bytes:
+        raise AgreementSkipped(f"a model over {max_weight_bytes / 2**30:.0f} GB (two more ORT sessions)")
     floats = {v.name for v in float_model.graph.outputs
               if v.type is not None and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16,
                                                      ir.DataType.DOUBLE)}
     if not floats:  # class ids, masks, indices: no SQNR to speak of
         return None
+    feeds = data.feeds(input_specs(float_model), limit=samples) if isinstance(data, CalibrationData) else data
     comparison = compare_models(float_path, quant_path, feeds, per_layer=False, max_samples=samples)
     return dataclasses.replace(comparison, outputs=tuple(o for o in comparison.outputs if o.name in floats))

@@ -253,6 +253,10 @@ def test_agreement_check_skips_data_read_once(tiny, tmp_path):
     assert agreement_with_float(tiny, tiny, TextCalibration(tmp_path / "ids.npy", seq_len=8, n_samples=2)) is None
     same = agreement_with_float(tiny, tiny, feeds)
     assert same.samples == 3 and same.outputs[0].sqnr_db > 100
+    from onnxq.verify import AgreementSkipped
+
+    with pytest.raises(AgreementSkipped, match="two more ORT sessions"):
+        agreement_with_float(tiny, tiny, feeds, max_weight_bytes=1024)
 
 
 def test_agreement_check_reports_float_outputs_only(tmp_path):

@@ -165,18 +165,24 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> bool:
     return False
 
 
-def rewrite_adds_as_sum(model: ir.Model, matches: Callable[[ir.Node], bool]) -> int:
-    """Replace every node ``matches`` accepts (two-input standard Adds) by a ``Sum`` of the
-    same inputs that takes its output's place (name, uses, graph outputs). Returns how many.
-    ``Sum`` computes the same values with the same broadcasting; ONNX Runtime's Add-matching
-    fusions do not take it (ResidualSumPass, BiasSumPass)."""
+def replace_nodes(model: ir.Model, replacement: Callable[[ir.Node], ir.Node | None]) -> int:
+    """For every single-output node of the model (subgraphs too) for which ``replacement``
+    returns a new node, put that node after it and let its output take the old output's
+    place (name, uses, graph outputs: :func:`replace_node_output`). Returns how many."""
     rewritten = 0
     for node in list(iter_nodes(model.graph)):
-        if not matches(node):
+        new = replacement(node)
+        if new is None:
             continue
         graph = node.graph
-        total = ir.node("Sum", list(node.inputs), name=node.name or None)
-        graph.insert_after(node, total)
-        replace_node_output(graph, node, total.outputs[0])
+        graph.insert_after(node, new)
+        replace_node_output(graph, node, new.outputs[0])
         rewritten += 1
     return rewritten
+
+
+def rewrite_adds_as_sum(model: ir.Model, matches: Callable[[ir.Node], bool]) -> int:
+    """Every Add ``matches`` accepts becomes a ``Sum`` of the same inputs (same values, same
+    broadcasting; ONNX Runtime's Add-matching fusions do not take it: ResidualSumPass,
+    BiasSumPass). Returns how many."""
+    return replace_nodes(model, lambda n: ir.node("Sum", list(n.inputs), name=n.name or None) if matches(n) else None)

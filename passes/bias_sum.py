@@ -37,7 +37,7 @@ def _int8_matmul_with_float_result(value: ir.Value) -> bool:
             and irutil.is_constant(w.inputs[0]))
 
 
-def _bias_add(node: ir.Node) -> bool:
+def _add_after_float_result_matmul(node: ir.Node) -> bool:
     if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
         return False
     a, b = node.inputs
@@ -50,7 +50,7 @@ class BiasSumPass(ir.passes.InPlacePass):
     """Float Add right after an int8 MatMul with a float result: the Add becomes Sum."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = irutil.rewrite_adds_as_sum(model, _bias_add)
+        rewritten = irutil.rewrite_adds_as_sum(model, _add_after_float_result_matmul)
         if rewritten:
             logger.debug("wrote %d Add(s) after an int8 MatMul with a float result as Sum", rewritten)
         return ir.passes.PassResult(model, modified=bool(rewritten))

@@ -48,17 +48,14 @@ class GlobalAveragePoolPass(ir.passes.InPlacePass):
     """AveragePool over the whole feature map -> GlobalAveragePool."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        rewritten = 0
-        for node in list(irutil.iter_nodes(model.graph)):
+        def replacement(node: ir.Node) -> ir.Node | None:
             if node.op_type != "AveragePool" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
-                continue
+                return None
             if not _covers_whole_input(node):
-                continue
-            graph = node.graph
-            pool = ir.node("GlobalAveragePool", [node.inputs[0]], name=node.name or None)
-            graph.insert_after(node, pool)
-            irutil.replace_node_output(graph, node, pool.outputs[0])  # keeps the name (a graph output's too)
-            rewritten += 1
+                return None
+            return ir.node("GlobalAveragePool", [node.inputs[0]], name=node.name or None)
+
+        rewritten = irutil.replace_nodes(model, replacement)  # keeps the output's name (a graph output's too)
         if rewritten:
             logger.debug("rewrote %d whole-map AveragePool node(s) as GlobalAveragePool", rewritten)
         return ir.passes.PassResult(model, modified=bool(rewritten))

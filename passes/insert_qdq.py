@@ -69,25 +69,11 @@ MIN_OPSET = 13
 PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
 _SHARED_SCALE_OPS = frozenset({"MaxPool", "Resize"})
 _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-# weighted ops whose result may stay float when the model returns it: ORT runs a MatMul with
-# int8 inputs and a float result as MatMulIntegerToFloat, a Gemm in float on the dequantized
-# weights (a classifier head: a small share of the work). A Conv without a quantized result
-# would run entirely in float, so its output is always quantized.
+# weighted ops whose result may stay float when the model returns it or only float ops read
+# it: ORT runs a MatMul with int8 inputs and a float result as MatMulIntegerToFloat, a Gemm
+# as QGemm with a float output (see _float_result_runs_int8). A Conv without a quantized
+# result would run entirely in float, so its output is always quantized.
 _FLOAT_RESULT_OPS = frozenset({"MatMul", "Gemm"})
-# ... and those whose result may stay float inside the graph when only float ops read it
-_FLOAT_RESULT_INSIDE = frozenset({"MatMul", "Gemm"})
-
-
-def _float_result_runs_int8(node: ir.Node) -> bool:
-    """Whether ORT CPU still runs ``node`` on int8 inputs when its result is left float: a
-    MatMul (MatMulIntegerToFloat; BiasSumPass keeps ORT's MatMul + Add fusion away), a Gemm
-    with a C input, or a Gemm whose result no Add/Sum reads (ORT folds ``Gemm`` without C and
-    a following Sum into a float Gemm on the dequantized weight)."""
-    if node.op_type == "MatMul":
-        return True
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        return True
-    return not any(u.op_type in ("Add", "Sum") for v in node.outputs for u, _ in v.uses())
 _FOLDABLE_PRODUCERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Add"})
 _OVERRIDE_KEYS = frozenset({"activation_type", "symmetric", "calibration", "percentile", "range"})
 
@@ -288,6 +274,18 @@ def _ceil_windows_past_edge(node: ir.Node) -> bool:
         if span < 0 or span % st:
             return True
     return False
+
+
+def _float_result_runs_int8(node: ir.Node) -> bool:
+    """Whether ORT CPU still runs ``node`` on int8 inputs when its result is left float: a
+    MatMul (MatMulIntegerToFloat; BiasSumPass keeps ORT's MatMul + Add fusion away), a Gemm
+    with a C input, or a Gemm whose result no Add/Sum reads (ORT folds ``Gemm`` without C and
+    a following Sum into a float Gemm on the dequantized weight)."""
+    if node.op_type == "MatMul":
+        return True
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        return True
+    return not any(u.op_type in ("Add", "Sum") for v in node.outputs for u, _ in v.uses())
 
 
 def _activation_bounds(act: ir.Node) -> tuple[float, float] | None:
@@ -570,12 +568,12 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
             continue
         if (op in _FLOAT_RESULT_OPS and out.name not in recipe.tensor_overrides and not recipe.quantize_islands
                 and ((out.is_graph_output() and out.graph is model.graph)
-                     or (op in _FLOAT_RESULT_INSIDE and recipe.float_matmul_results and irutil.is_constant(inputs[1])
+                     or (recipe.float_matmul_results and irutil.is_constant(inputs[1])
                          and _float_result_runs_int8(node) and not _feeds_chosen(act or node, chosen)))):
-            # a MatMul/Gemm result the model returns (logits), or a MatMul result that only
-            # float ops read (a transformer's output projections into the float residual
-            # stream): not rounded to 8 bits -- ORT runs int8 inputs with a float result
-            # (MatMulIntegerToFloat, QGemm), where it keeps them int8 (_float_result_runs_int8)
+            # a MatMul/Gemm result the model returns (logits), or that only float ops read (a
+            # transformer's output projections into the float residual stream): not rounded
+            # to 8 bits -- ORT runs int8 inputs with a float result (MatMulIntegerToFloat,
+            # QGemm), where it keeps them int8 (_float_result_runs_int8)
             continue
         if act is not None:
             b = _activation_bounds(act)

@@ -90,19 +90,27 @@ def _boundary_output(v: ir.Value, root: ir.Graph) -> bool:
     return v.is_graph_output() and p is not None and _boundary_cast(p, root)
 
 
-def _half_node(node: ir.Node, root: ir.Graph) -> bool:
-    """A node that makes 16-bit floats whatever the value types say (models without
-    value_info): a dtype attribute or a Constant/ConstantOfShape tensor of 16-bit floats
-    (the boundary Casts of a widened model excepted)."""
-    if not _standard(node) or _boundary_cast(node, root):
-        return False
+def _half_attributes(node: ir.Node) -> list[ir.Attr]:
+    """The attributes of a standard node that make 16-bit floats: a dtype attribute naming
+    one, or a Constant/ConstantOfShape tensor of one."""
+    if not _standard(node):
+        return []
+    out = []
     name = _DTYPE_ATTRIBUTES.get(node.op_type)
     attr = node.attributes.get(name) if name is not None else None
     if attr is not None and attr.value in _HALF_CODES:
-        return True
+        out.append(attr)
     name = _TENSOR_ATTRIBUTES.get(node.op_type)
     attr = node.attributes.get(name) if name is not None else None
-    return attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype in _HALF
+    if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype in _HALF:
+        out.append(attr)
+    return out
+
+
+def _half_node(node: ir.Node, root: ir.Graph) -> bool:
+    """A node that makes 16-bit floats whatever the value types say (models without
+    value_info), the boundary Casts of a widened model excepted."""
+    return bool(_half_attributes(node)) and not _boundary_cast(node, root)
 
 
 def computes_in_float16(model: ir.Model) -> bool:
@@ -219,18 +227,11 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
 
     @staticmethod
     def _widen_attributes(node: ir.Node) -> None:
-        if not _standard(node):
-            return
-        name = _DTYPE_ATTRIBUTES.get(node.op_type)
-        if name is not None:
-            attr = node.attributes.get(name)
-            if attr is not None and attr.value in _HALF_CODES:
-                node.attributes[name] = ir.AttrInt64(name, _F32.value)
-        name = _TENSOR_ATTRIBUTES.get(node.op_type)
-        if name is not None:
-            attr = node.attributes.get(name)
-            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.value.dtype in _HALF:
-                node.attributes[name] = ir.AttrTensor(name, _widened_tensor(attr.value))
+        for attr in _half_attributes(node):
+            if attr.type == ir.AttributeType.TENSOR:
+                node.attributes[attr.name] = ir.AttrTensor(attr.name, _widened_tensor(attr.value))
+            else:
+                node.attributes[attr.name] = ir.AttrInt64(attr.name, _F32.value)
 
     @staticmethod
     def _remove_identity_casts(root: ir.Graph) -> int:
@@ -248,12 +249,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 p = x.producer()
                 if x.is_graph_input() or x.is_graph_output() or p is None or p.graph is not node.graph:
                     continue  # keep: the output needs a node of its own in this graph
-                # the Cast's output is a graph output: its input takes the name and the place
-                name = y.name
-                y.replace_all_uses_with(x, replace_graph_outputs=True)
-                node.graph.remove(node, safe=True)
-                y.name = None
-                x.name = name
+                irutil.replace_node_output(node.graph, node, x)  # its input takes the name and the place
             else:
                 y.replace_all_uses_with(x)
                 node.graph.remove(node, safe=True)

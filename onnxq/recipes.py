@@ -137,7 +137,7 @@ class StaticInt8(Recipe):
 
     ``sum_rewrites``: float Adds that ONNX Runtime CPU would fuse into slower kernels are
     written as ``Sum`` (same result): a residual Add feeding a LayerNormalization (fused into
-    SkipLayerNormalization, measured 8x slower than the two ops) and the bias Add after an
+    SkipLayerNormalization, measured 8x slower than the two ops) and the Add right after an
     int8 MatMul whose result stays float (folded with the MatMul into a float Gemm); targets
     other than ONNX Runtime turn it off (``--target``)."""
 

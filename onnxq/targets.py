@@ -86,9 +86,10 @@ class TargetProfile:
     Conv/MatMul/Gemm is next to them (StaticInt8.quantize_islands); sum_rewrites: the
     runtime is ONNX Runtime CPU, which fuses some float Adds into slower kernels (``Add ->
     LayerNormalization`` into SkipLayerNormalization, ``MatMul -> Add`` into a float Gemm),
-    so such Adds are written as ``Sum`` (StaticInt8/DynamicInt8.sum_rewrites); float_matmul_results: a MatMul/Gemm with int8
-    inputs may return a float result (StaticInt8.float_matmul_results; off where a quantized
-    node unit needs a Q on its output: NNAPI/XNNPACK, QNN);
+    so such Adds are written as ``Sum`` (StaticInt8/DynamicInt8.sum_rewrites);
+    float_matmul_results: a MatMul/Gemm with int8 inputs may return a float result
+    (StaticInt8.float_matmul_results; off where a quantized node unit needs a Q on its
+    output: NNAPI/XNNPACK, QNN);
     verification: ``runtime`` (loaded and run here) or ``structural`` (rule checker)."""
 
     name: str

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import dataclasses
+import hashlib
 import logging
 import weakref
 from typing import Any
@@ -52,14 +52,13 @@ class _Equalization:
 
 
 # values this large are masks (finfo(float32).min / max, -1e9-style "minus infinity"), not data
-# (BERT's classic -10000 is not caught here; the default placement keeps the mask Add float anyway)
 MASK_MAGNITUDE = 1e8
 # a tensor that goes into a Softmax (attention scores plus their mask): BERT-era exports add
 # (1 - mask) * -10000; scores themselves stay far below this
 SOFTMAX_MASK_MAGNITUDE = 5e3
+_MASK_RULE = f"|x| >= {MASK_MAGNITUDE:.0e}, or >= {SOFTMAX_MASK_MAGNITUDE:.0e} going into a Softmax"
 MASK_VALUES = (
-    f"carries mask values (|x| >= {MASK_MAGNITUDE:.0e}, or >= {SOFTMAX_MASK_MAGNITUDE:.0e} going into a Softmax; "
-    "e.g. finfo(float32).min or -10000 added to attention scores): "
+    f"carries mask values ({_MASK_RULE}; e.g. finfo(float32).min or -10000 added to attention scores): "
     "an int8 range spanning them leaves one level for the data; left in float"
 )
 
@@ -85,11 +84,11 @@ class MismatchedConcatError(FloatAfterCalibrationError):
 
 
 class MaskValuedTensorsError(FloatAfterCalibrationError):
-    """Nodes whose tensors carry mask values (|x| >= MASK_MAGNITUDE, e.g. finfo(float32).min
-    added to attention scores): one int8 scale spanning them has no levels left for the rest."""
+    """Nodes whose tensors carry mask values (see MASK_VALUES, e.g. finfo(float32).min added
+    to attention scores): one int8 scale spanning them has no levels left for the rest."""
 
     def __init__(self, nodes: dict) -> None:
-        super().__init__(nodes, f"node(s) carry mask values (|x| >= {MASK_MAGNITUDE:.0e}) too large for an int8 range")
+        super().__init__(nodes, f"node(s) carry mask values ({_MASK_RULE}) too large for an int8 range")
 
 
 class UnobservedTensorsError(OnnxqError):
@@ -447,9 +446,9 @@ def calibrate_plan(
         raise MaskValuedTensorsError(masked)
     if masked:
         logger.warning(
-            "%d node(s) carry mask values (|x| >= %.0e) but the calibration data can be read only once, so they "
+            "%d node(s) carry mask values (%s) but the calibration data can be read only once, so they "
             "cannot be left in float and calibrated again: their int8 ranges span the mask (pass a list, a "
-            "function returning a fresh iterator, or files)", len(masked), MASK_MAGNITUDE,
+            "function returning a fresh iterator, or files)", len(masked), _MASK_RULE,
         )
     mismatched = _mismatched_concats(plan, observers) if check_concats else {}
     if mismatched:
@@ -668,7 +667,7 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         )
     if masked:
         notes.append(
-            f"left {len(masked)} node(s) in float whose tensors carry mask values (|x| >= {MASK_MAGNITUDE:.0e}, "
+            f"left {len(masked)} node(s) in float whose tensors carry mask values ({_MASK_RULE}, "
             "e.g. an attention mask of finfo(float32).min): an int8 range spanning them would erase the data"
         )
     if never_ran:

@@ -92,7 +92,9 @@ def prepare(model: ir.Model) -> None:
     InferShapesPass()(model)
 
 
-def _widen_float16(model: ir.Model) -> list[str]:
+def _widen_float16(
+    model: ir.Model, why: str = "int8 runs on float32 activations", *, keep_gather_tables: bool = False
+) -> list[str]:
     """int8 needs float32 activations: a float16 model is quantized as its float32
     equivalent, float16 inputs and outputs kept (WidenFloat16Pass)."""
     from onnxq.passes.widen_float16 import WidenFloat16Pass
@@ -102,9 +104,9 @@ def _widen_float16(model: ir.Model) -> list[str]:
         return sum(v.type is not None and v.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16) for v in ends)
 
     kept = boundary()
-    if not WidenFloat16Pass()(model).modified:
+    if not WidenFloat16Pass(keep_gather_tables)(model).modified:
         return []
-    note = "the model computes in float16/bfloat16: int8 runs on float32 activations, so it was widened to float32"
+    note = f"the model computes in float16/bfloat16: {why}, so it was widened to float32"
     return [note + (f" (its {kept} 16-bit input(s)/output(s) kept, through Cast nodes)" if kept else "")]
 
 
@@ -117,7 +119,7 @@ def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
 def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
-    notes = _widen_float16(model)
+    notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
@@ -145,7 +147,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
 def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeReport:
     from onnxq.calib.static import quantize_static
 
-    notes = _widen_float16(model)
+    notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 21))
     if version < 13:  # per-channel QuantizeLinear/DequantizeLinear need opset 13
         from onnxq.passes.upgrade_opset import UpgradeOpsetPass

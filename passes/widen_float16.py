@@ -36,7 +36,7 @@ from onnxq import irutil
 from onnxq.errors import OnnxqError
 from onnxq.passes.infer_shapes import InferShapesPass
 
-__all__ = ["WidenFloat16Pass", "computes_in_float16"]
+__all__ = ["WidenFloat16Pass", "computes_in_float16", "uses_bfloat16"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,31 @@ def _boundary_output(v: ir.Value, root: ir.Graph) -> bool:
     return v.is_graph_output() and p is not None and _boundary_cast(p, root)
 
 
+def _gathers_rows(node: ir.Node, root: ir.Graph) -> bool:
+    """A root-graph Gather whose rows (not a model output) only go to Casts to float32: how
+    a kept 16-bit table is read (``keep_gather_tables``)."""
+    if node.op_type != "Gather" or not _standard(node) or node.graph is not root:
+        return False
+    y = node.outputs[0]
+    return not y.is_graph_output() and all(
+        c.op_type == "Cast" and _standard(c) and (to := c.attributes.get("to")) is not None and to.value == _F32.value
+        for c, _ in y.uses()
+    )
+
+
+def _kept_table(v: ir.Value, root: ir.Graph) -> bool:
+    """A 16-bit initializer read only as the table of Gathers whose rows are cast to float32
+    (left 16-bit by ``keep_gather_tables``), or one such Gather's rows."""
+    p = v.producer()
+    if p is not None:
+        return p.op_type == "Gather" and p.inputs[0] is not None and _kept_table(p.inputs[0], root)
+    uses = list(v.uses())
+    return (
+        v.const_value is not None and v.name in root.initializers and not v.is_graph_input() and bool(uses)
+        and all(i == 0 and _gathers_rows(n, root) for n, i in uses)
+    )
+
+
 def _half_attributes(node: ir.Node) -> list[ir.Attr]:
     """The attributes of a standard node that make 16-bit floats: a dtype attribute naming
     one, or a Constant/ConstantOfShape tensor of one."""
@@ -119,13 +144,30 @@ def computes_in_float16(model: ir.Model) -> bool:
     float32, a 16-bit initializer, or a node that makes 16-bit floats."""
     root = model.graph
     if any(v.const_value is not None and v.const_value.dtype in _HALF and not _boundary_input(v, root)
+           and not _kept_table(v, root)
            for g in irutil.iter_graphs(root) for v in g.initializers.values()):
         return True
     if any(_half_node(n, root) for n in irutil.iter_nodes(root)):
         return True
     return any(
         _is_half_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
+        and not _kept_table(v, root)
         for v in _values(root)
+    )
+
+
+def uses_bfloat16(model: ir.Model) -> bool:
+    """Whether any tensor of the model (subgraphs included) is bfloat16: a typed value, an
+    initializer, a Constant's tensor or a dtype attribute that names it."""
+    bf16 = ir.DataType.BFLOAT16
+    for v in _values(model.graph):
+        if (isinstance(v.type, ir.TensorType) and v.dtype == bf16) or (
+            v.const_value is not None and v.const_value.dtype == bf16
+        ):
+            return True
+    return any(
+        (a.value.dtype == bf16) if a.type == ir.AttributeType.TENSOR else a.value == bf16.value
+        for n in irutil.iter_nodes(model.graph) for a in _half_attributes(n)
     )
 
 
@@ -134,7 +176,16 @@ def _widened_tensor(tensor: ir.TensorProtocol) -> ir.Tensor:
 
 
 class WidenFloat16Pass(ir.passes.InPlacePass):
-    """float16 compute -> float32 compute, float16 model inputs/outputs kept (see module doc)."""
+    """float16 compute -> float32 compute, float16 model inputs/outputs kept (see module doc).
+
+    ``keep_gather_tables``: a 16-bit initializer read by Gather (an embedding table) stays
+    16-bit for those Gathers, whose rows get a Cast to float32; other readers of the same
+    table get a widened copy. For recipes that leave Gather in float (int4): the table keeps
+    its size instead of doubling."""
+
+    def __init__(self, keep_gather_tables: bool = False) -> None:
+        super().__init__()
+        self.keep_gather_tables = keep_gather_tables
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if not computes_in_float16(model):
@@ -143,6 +194,9 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         root = model.graph
         InferShapesPass()(model)  # types for values the model did not annotate (no value_info)
         keep = {id(v) for v in _values(root) if _boundary_input(v, root) or _boundary_output(v, root)}
+        names = irutil.FreshNames(root)
+        tables = self._keep_tables(root, names) if self.keep_gather_tables else 0
+        keep |= {id(v) for v in _values(root) if _kept_table(v, root)}
         boundary_inputs = [v for v in root.inputs
                            if _is_half_tensor(v) and v.name not in root.initializers and id(v) not in keep]
         boundary_outputs = [(i, v) for i, v in enumerate(root.outputs) if _is_half_tensor(v) and id(v) not in keep]
@@ -158,7 +212,6 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 v.const_value = _widened_tensor(v.const_value)
             if _is_half_tensor(v):
                 v.dtype = _F32
-        names = irutil.FreshNames(root)
         for v in boundary_inputs:
             half = original[id(v)]
             uses = list(v.uses())
@@ -201,9 +254,44 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         removed = self._remove_identity_casts(root)
         logger.info(
             "the model computes in 16-bit floats: quantizing its float32 equivalent (%d float16 input(s) and %d output(s) "
-            "kept through Cast nodes; %d no-op Cast(s) removed)", len(boundary_inputs), len(boundary_outputs), removed,
+            "kept through Cast nodes; %d no-op Cast(s) removed; %d Gather table(s) kept 16-bit)",
+            len(boundary_inputs), len(boundary_outputs), removed, tables,
         )
         return ir.passes.PassResult(model, modified=True)
+
+    @staticmethod
+    def _keep_tables(root: ir.Graph, names: irutil.FreshNames) -> int:
+        """Cast the rows of root Gathers on 16-bit initializers to float32 (the tables stay
+        16-bit, see the class doc). Returns how many tables were kept."""
+        kept = 0
+        for v in list(root.initializers.values()):
+            if v.const_value is None or v.const_value.dtype not in _HALF or v.is_graph_input():
+                continue
+            uses = list(v.uses())
+            gathers = [n for n, i in uses if i == 0 and n.op_type == "Gather" and _standard(n)
+                       and n.graph is root and not n.outputs[0].is_graph_output()]
+            if not gathers:
+                continue
+            others = [(n, i) for n, i in uses if n not in gathers]
+            if others:  # also read elsewhere: those readers get a copy of their own, widened below
+                copy = ir.Value(name=names(f"{v.name}/float32"), type=ir.TensorType(v.const_value.dtype),
+                                shape=ir.Shape(v.const_value.shape), const_value=v.const_value)
+                root.register_initializer(copy)
+                for n, i in others:
+                    n.replace_input_with(i, copy)
+            for n in gathers:
+                rows = n.outputs[0]
+                readers = list(rows.uses())
+                cast = ir.node("Cast", [rows], attributes={"to": _F32}, name=names(f"{rows.name}/to_float32"))
+                cast.outputs[0].name = names(f"{rows.name}/float32")
+                cast.outputs[0].dtype = _F32
+                cast.outputs[0].shape = rows.shape
+                root.insert_after(n, cast)
+                for node, index in readers:
+                    node.replace_input_with(index, cast.outputs[0])
+                rows.dtype = v.const_value.dtype
+            kept += 1
+        return kept
 
     @staticmethod
     def _refuse_unsupported(model: ir.Model) -> None:

@@ -57,13 +57,19 @@ def run_weight_only_int4(
     *,
     progress: Callable[[int, int, str], None] | None = None,
 ):
-    from onnxq.api import QuantizeReport, _nothing_message, prepare
+    from onnxq.api import QuantizeReport, _nothing_message, _widen_float16, prepare
     from onnxq.int4.accuracy import choose_accuracy_levels
     from onnxq.int4.calibrate import collect_activation_stats
     from onnxq.passes.quantize_matmul_int4 import INT8_REASON, QuantizeMatMulInt4Pass, plan_int4
     from onnxq.passes.upgrade_opset import UpgradeOpsetPass
+    from onnxq.passes.widen_float16 import uses_bfloat16
 
     notes: list[str] = []
+    if uses_bfloat16(model):
+        # MatMulNBits and blocked DequantizeLinear take float32/float16 activations, and ORT's CPU
+        # runs almost nothing in bfloat16; float16 could overflow where bfloat16 does not
+        notes += _widen_float16(model, "int4 MatMul runs on float32/float16 activations, bfloat16 ranges need float32",
+                                keep_gather_tables=True)
     prepare(model)
     decisions = tuple(plan_int4(model, recipe))
     selected = [d for d in decisions if d.selected]

@@ -113,3 +113,45 @@ def test_smollm2_gptq_perplexity(corpus, tmp_path):
     p32 = perplexity.perplexity(str(fp32), ids[:1024], n_tokens=1024)
     p4 = perplexity.perplexity(str(out), ids[:1024], n_tokens=1024)
     assert p4 < 1.4 * p32, (p4, p32)
+
+
+def _bfloat16_logits_as_float32(path, out):
+    """A copy of an int4 model whose bfloat16 logits are cast to float32 (ORT's Python API
+    returns no bfloat16 arrays)."""
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    m = onnx.load(str(path))
+    assert m.graph.output[0].type.tensor_type.elem_type == TensorProto.BFLOAT16
+    m.graph.node.append(h.make_node("Cast", [m.graph.output[0].name], ["logits_f32"], to=TensorProto.FLOAT))
+    del m.graph.output[:]
+    m.graph.output.append(h.make_tensor_value_info("logits_f32", TensorProto.FLOAT, None))
+    onnx.save(m, str(out), save_as_external_data=True, location=out.name + ".data")
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_bfloat16_export_int4(corpus, tmp_path):
+    """SmolLM2 exported from torch in bfloat16 (which ORT CPU cannot run: no bfloat16 Where/MatMul)
+    -> int4 RTN MatMulNBits: runs in ORT CPU, bfloat16 logits kept, the embedding table stays
+    bfloat16 (not widened to 113 MB), and its perplexity is that of the float32 export's int4."""
+    smollm2 = pytest.importorskip("models.smollm2")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from models import perplexity
+
+    ids = smollm2.token_ids(corpus / "text" / "bible_web_dev.txt", 1024)
+    ppl = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"smollm2_{dtype}_rtn.onnx"
+        r = CliRunner().invoke(main, ["quantize", str(smollm2.build(dtype=dtype)), "-o", str(out),
+                                      "--algo", "rtn", "--format", "matmulnbits"])
+        assert r.exit_code == 0, r.output
+        if dtype == "bfloat16":
+            assert "bfloat16" in r.output
+            table = next(i for i in onnx.load(str(out), load_external_data=False).graph.initializer
+                         if i.name == "model.embed_tokens.weight")
+            assert table.data_type == onnx.TensorProto.BFLOAT16
+            out = _bfloat16_logits_as_float32(out, tmp_path / "bf16_f32_logits.onnx")
+        ppl[dtype] = perplexity.perplexity(str(out), ids, n_tokens=1024)
+    assert abs(ppl["bfloat16"] - ppl["float32"]) < 0.05 * ppl["float32"], ppl

@@ -242,3 +242,88 @@ def test_an_output_listed_twice_keeps_both_names():
     widened = assert_pass_idempotent(WidenFloat16Pass, model)
     assert [v.name for v in widened.graph.outputs] == ["y", "y"]
     assert all(v.dtype == ir.DataType.FLOAT16 for v in widened.graph.outputs)
+
+
+def _bf16_lm(tied: bool) -> tuple[ir.Model, dict[str, np.ndarray]]:
+    """A small bfloat16 language model: token ids in, bfloat16 logits out (how torch exports a
+    bfloat16 LLM); ``tied``: the lm_head reads the embedding table through a Transpose."""
+    import ml_dtypes
+
+    vocab, d = 96, 128
+    w = {"E": RNG.standard_normal((vocab, d)) * 0.5, "W1": RNG.standard_normal((d, 256)) * 0.1,
+         "W2": RNG.standard_normal((256, d)) * 0.1, "H": RNG.standard_normal((d, vocab)) * 0.1}
+    w = {k: v.astype(ml_dtypes.bfloat16) for k, v in w.items()}
+    head = [h.make_node("Transpose", ["E"], ["Et"], perm=[1, 0]), h.make_node("MatMul", ["x3", "Et"], ["logits"])] \
+        if tied else [h.make_node("MatMul", ["x3", "H"], ["logits"])]
+    graph = h.make_graph(
+        [h.make_node("Gather", ["E", "ids"], ["x0"]), h.make_node("MatMul", ["x0", "W1"], ["x1"]),
+         h.make_node("Relu", ["x1"], ["x2"]), h.make_node("MatMul", ["x2", "W2"], ["x2b"]),
+         h.make_node("Add", ["x2b", "x0"], ["x3"]), *head],
+        "bf16lm", [h.make_tensor_value_info("ids", T.INT64, ["B", "S"])],
+        [h.make_tensor_value_info("logits", T.BFLOAT16, ["B", "S", vocab])],
+        [nh.from_array(v, k) for k, v in w.items() if tied is False or k != "H"])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 21)])
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.serde.deserialize_model(proto), {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def _reference_logits(w: dict[str, np.ndarray], ids: np.ndarray, tied: bool) -> np.ndarray:
+    x0 = w["E"][ids]
+    x3 = np.maximum(x0 @ w["W1"], 0) @ w["W2"] + x0
+    return x3 @ (w["E"].T if tied else w["H"])
+
+
+def _logits_as_float32(model: ir.Model, feeds) -> np.ndarray:
+    """Run ``model`` in ORT CPU with its bfloat16 output cast to float32 (ORT's Python API
+    returns no bfloat16 arrays)."""
+    proto = ir.serde.serialize_model(model)
+    proto.graph.node.append(h.make_node("Cast", ["logits"], ["logits_f32"], to=T.FLOAT))
+    proto.graph.output.append(h.make_tensor_value_info("logits_f32", T.FLOAT, None))
+    sess = onnx_runtime_session(proto.SerializeToString())
+    return sess.run(["logits_f32"], feeds)[0]
+
+
+def onnx_runtime_session(data: bytes):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "matmulnbits"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_bfloat16_language_model_int4_keeps_its_embedding_table_16_bit(fmt, tied):
+    """int4 on a bfloat16 LM (used to be refused: "weight is BFLOAT16"): computed in float32,
+    its bfloat16 logits kept; the embedding table stays bfloat16 for the Gather (widening it
+    would double it), and a tied lm_head gets its own copy, quantized to int4."""
+    model, w = _bf16_lm(tied)
+    ids = RNG.integers(0, 96, (2, 12)).astype(np.int64)
+    q, report = onnxq.quantize_with_report(
+        model, onnxq.WeightOnlyInt4(block_size=32, format=fmt, accuracy_level=1))
+    assert any("bfloat16" in n for n in report.notes), report.notes
+    check_full(q)
+    tables = {v.name: v.const_value.dtype for v in q.graph.initializers.values()
+              if v.const_value.dtype in (ir.DataType.BFLOAT16, ir.DataType.FLOAT) and v.const_value.size >= 96 * 128}
+    assert tables == {"E": ir.DataType.BFLOAT16}, tables  # no float32 table next to it
+    assert q.graph.outputs[0].dtype == ir.DataType.BFLOAT16
+    y = _logits_as_float32(q, {"ids": ids})
+    assert _sqnr(_reference_logits(w, ids, tied), y) > 15  # int4 block 32 on Gaussian weights: ~18.5 dB
+    assert not computes_in_float16(q)
+    assert not WidenFloat16Pass(keep_gather_tables=True)(q).modified
+
+
+def test_kept_gather_table_pass_is_idempotent_and_exact():
+    model, w = _bf16_lm(tied=True)
+    widened = assert_pass_idempotent(lambda: WidenFloat16Pass(keep_gather_tables=True), model)
+    ops = collections.Counter(n.op_type for n in widened.graph)
+    assert ops["Cast"] == 2  # the Gather's rows to float32, the logits back to bfloat16
+    ids = RNG.integers(0, 96, (1, 7)).astype(np.int64)
+    y = _logits_as_float32(widened, {"ids": ids})
+    ref = _reference_logits(w, ids, tied=True)
+    np.testing.assert_allclose(y, ref, rtol=2e-2, atol=2e-2)  # only the final bfloat16 rounding differs
+
+
+def test_gather_tables_are_widened_when_the_recipe_quantizes_gather():
+    """int8-dynamic quantizes Gather tables (int8 rows): the table is widened first, as before."""
+    model, _ = _bf16_lm(tied=False)
+    q = onnxq.quantize(model, onnxq.DynamicInt8(min_weight_elements=0))
+    assert not any(v.const_value.dtype == ir.DataType.BFLOAT16 for v in q.graph.initializers.values())

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from onnxq.errors import CalibrationDataError
@@ -51,8 +52,35 @@ logger = logging.getLogger(__name__)
 
 _NUMPY_OF_ONNX = {
     1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
-    9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64,
+    9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64, 16: ml_dtypes.bfloat16,
 }
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _astype_hint(dtype: np.dtype) -> str:
+    return "a.astype(ml_dtypes.bfloat16)" if dtype == BFLOAT16 else f"a.astype(np.{dtype.name})"
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return a.dtype.kind in "fc" or a.dtype == BFLOAT16
+
+
+def ort_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` as ORT's Python API takes it: bfloat16 arrays (which it cannot take) as their
+    exact float32 values, for sessions over :func:`float32_interface` models."""
+    return {k: (a.astype(np.float32) if a.dtype == BFLOAT16 else a) for k, a in feed.items()}
+
+
+def float32_interface(model) -> None:
+    """Retype, in place, the bfloat16 inputs of an ``onnx_ir.Model`` that only Cast nodes read
+    (every bfloat16 input after WidenFloat16Pass) to float32, so that ORT's Python API can feed
+    them; fed with :func:`ort_feed`, the model computes what it computed before. For probe and
+    calibration copies of a model, never for the model written out."""
+    import onnx_ir as ir
+
+    for v in model.graph.inputs:
+        if v.dtype == ir.DataType.BFLOAT16 and all(n.op_type == "Cast" for n, _ in v.uses()):
+            v.type = ir.TensorType(ir.DataType.FLOAT)  # a new type: a clone shares the original's type object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +152,7 @@ def check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], where: str) 
         if spec.dtype is not None and a.dtype != spec.dtype:
             raise CalibrationDataError(
                 f"{where}: input {name!r} is {a.dtype} but the model expects {spec.dtype} "
-                f"(convert it, e.g. a.astype(np.{spec.dtype.name}))"
+                f"(convert it, e.g. {_astype_hint(spec.dtype)})"
             )
         if spec.rank is not None:
             if a.ndim == spec.rank - 1 and spec.rank >= 1:
@@ -140,7 +168,7 @@ def check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], where: str) 
                         f"{where}: input {name!r} has shape {a.shape}; dimension {axis} must be {want} "
                         f"({spec.describe()})"
                     )
-        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+        if _is_float(a) and not np.all(np.isfinite(a)):
             raise CalibrationDataError(f"{where}: input {name!r} contains NaN or Inf")
         out[name] = a
     return out
@@ -271,7 +299,7 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData
                     raise CalibrationDataError(
                         f"{where0}: array {k!r} is {a.dtype} but the model expects {spec.dtype}"
                     )
-                if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+                if _is_float(a) and not np.all(np.isfinite(a)):
                     bad = int(np.argmax(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)))
                     raise CalibrationDataError(f"{where0}: array {k!r} contains NaN or Inf (sample {bad})")
 

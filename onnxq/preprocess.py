@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from onnxq.data import BFLOAT16
 from onnxq.errors import CalibrationDataError
 
 __all__ = [
@@ -203,8 +204,8 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
         raise CalibrationDataError(
             f"--calib-images needs a model whose input is an image batch of rank 4; input {spec.describe()} is not"
         )
-    if (spec.dtype is not None and spec.dtype != np.dtype(pp.dtype) and spec.dtype.kind == "f"
-            and pp.dtype == ImagePreprocess.dtype):  # a float16 (or float64) model: same pixels, its type
+    if (spec.dtype is not None and spec.dtype != np.dtype(pp.dtype) and (spec.dtype.kind == "f" or spec.dtype == BFLOAT16)
+            and pp.dtype == ImagePreprocess.dtype):  # a float16 (or float64, bfloat16) model: same pixels, its type
         pp = dataclasses.replace(pp, dtype=str(spec.dtype))
     if spec.dtype is not None and spec.dtype != np.dtype(pp.dtype):
         raise CalibrationDataError(

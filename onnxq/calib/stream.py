@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer
 from onnxq.calib.probe import DEFAULT_SAMPLE_SIZE, build_probe_model
-from onnxq.data import as_calibration_data, batched, input_specs
+from onnxq.data import as_calibration_data, batched, float32_interface, input_specs, ort_feed
 from onnxq.errors import CalibrationDataError
 
 __all__ = ["calibrate", "CalibrationStats"]
@@ -43,6 +43,7 @@ def _session(model: ir.Model, threads: int):
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    float32_interface(model)
     names, arrays = _detach_initializers(model)
     try:
         proto = ir.serde.serialize_model(model)
@@ -226,7 +227,7 @@ def calibrate(
     def run(feed: dict[str, np.ndarray]) -> None:
         nonlocal n_feeds, n_rows
         try:
-            outs = session.run(out_names, feed)
+            outs = session.run(out_names, ort_feed(feed))
         except Exception as e:
             raise CalibrationDataError(
                 f"ONNX Runtime failed on calibration sample {n_feeds}: {str(e).splitlines()[0][:300]}"

@@ -327,3 +327,38 @@ def test_gather_tables_are_widened_when_the_recipe_quantizes_gather():
     model, _ = _bf16_lm(tied=False)
     q = onnxq.quantize(model, onnxq.DynamicInt8(min_weight_elements=0))
     assert not any(v.const_value.dtype == ir.DataType.BFLOAT16 for v in q.graph.initializers.values())
+
+
+def test_bfloat16_inputs_calibrate_from_bfloat16_arrays():
+    """int8-static on a model with bfloat16 inputs and outputs: calibration takes ml_dtypes
+    bfloat16 arrays (ORT's Python API takes none: the calibration copy reads them as their
+    exact float32 values), a float32 array is refused with the conversion to make."""
+    import ml_dtypes
+
+    from onnxq.data import float32_interface, ort_feed
+    from onnxq.errors import CalibrationDataError
+
+    w1 = (RNG.standard_normal((32, 64)) * 0.2).astype(ml_dtypes.bfloat16)
+    w2 = (RNG.standard_normal((64, 16)) * 0.2).astype(ml_dtypes.bfloat16)
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "W1"], ["h"]), h.make_node("Relu", ["h"], ["r"]),
+         h.make_node("MatMul", ["r", "W2"], ["y"])],
+        "bf16io", [h.make_tensor_value_info("x", T.BFLOAT16, ["B", 32])],
+        [h.make_tensor_value_info("y", T.BFLOAT16, ["B", 16])],
+        [nh.from_array(w1, "W1"), nh.from_array(w2, "W2")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 21)]))
+    data = [{"x": RNG.standard_normal((8, 32)).astype(ml_dtypes.bfloat16)} for _ in range(8)]
+    with pytest.raises(CalibrationDataError, match=r"ml_dtypes\.bfloat16"):
+        onnxq.quantize(model, onnxq.StaticInt8(), data=[{"x": d["x"].astype(np.float32)} for d in data])
+    q = onnxq.quantize(model, onnxq.StaticInt8(), data=data)
+    check_full(q)
+    assert q.graph.inputs[0].dtype == ir.DataType.BFLOAT16 and q.graph.outputs[0].dtype == ir.DataType.BFLOAT16
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph) >= 2
+    float32_interface(q)  # to run it from Python; the output gets a Cast to float32 for the same reason
+    proto = ir.serde.serialize_model(q)
+    proto.graph.node.append(h.make_node("Cast", ["y"], ["y32"], to=T.FLOAT))
+    proto.graph.output.append(h.make_tensor_value_info("y32", T.FLOAT, None))
+    x = RNG.standard_normal((16, 32)).astype(ml_dtypes.bfloat16)
+    y = onnx_runtime_session(proto.SerializeToString()).run(["y32"], ort_feed({"x": x}))[0]
+    ref = np.maximum(x.astype(np.float32) @ w1.astype(np.float32), 0) @ w2.astype(np.float32)
+    assert _sqnr(ref, y) > 25

@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.data import float32_interface, ort_feed
 from onnxq.errors import CalibrationDataError
 from onnxq.int4._blas import single_thread
 
@@ -158,6 +159,8 @@ def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
     graph = model.graph
     added = [v for v in outputs if not v.is_graph_output()]
     graph.outputs.extend(added)
+    types = {id(v): v.type for v in graph.inputs}
+    float32_interface(model)
     try:
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -175,6 +178,8 @@ def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
     finally:
         for v in added:
             graph.outputs.remove(v)
+        for v in graph.inputs:
+            v.type = types[id(v)]
 
 
 def collect_activation_stats(
@@ -225,7 +230,7 @@ def collect_activation_stats(
                     feed = {k: v for k, v in feed.items() if k in input_names}
                     if kept is not None:
                         kept.append(feed)
-                outs = sess.run(group, feed)
+                outs = sess.run(group, ort_feed(feed))
                 with single_thread():
                     for name, x in zip(group, outs):
                         stats[name].update(x)

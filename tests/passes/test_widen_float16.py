@@ -362,3 +362,21 @@ def test_bfloat16_inputs_calibrate_from_bfloat16_arrays():
     y = onnx_runtime_session(proto.SerializeToString()).run(["y32"], ort_feed({"x": x}))[0]
     ref = np.maximum(x.astype(np.float32) @ w1.astype(np.float32), 0) @ w2.astype(np.float32)
     assert _sqnr(ref, y) > 25
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_bfloat16_inputs_calibrate_int4(algorithm):
+    """GPTQ/AWQ statistics on a bfloat16-input model come from bfloat16 arrays too, and the
+    model written out keeps its bfloat16 input (the calibration session's retyping is undone)."""
+    import ml_dtypes
+
+    w = (RNG.standard_normal((64, 32)) * 0.2).astype(ml_dtypes.bfloat16)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", T.BFLOAT16, ["B", 64])],
+                         [h.make_tensor_value_info("y", T.BFLOAT16, ["B", 32])], [nh.from_array(w, "W")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 21)]))
+    data = [{"x": RNG.standard_normal((8, 64)).astype(ml_dtypes.bfloat16)} for _ in range(4)]
+    q, report = onnxq.quantize_with_report(model, onnxq.WeightOnlyInt4(algorithm=algorithm, block_size=32), data=data)
+    assert any("calibrated 1 MatMul inputs" in n for n in report.notes), report.notes
+    assert q.graph.inputs[0].dtype == ir.DataType.BFLOAT16
+    check_full(q)

@@ -9,7 +9,9 @@ Two ways in:
   beside the model.
 
 Each sample is one window of ``seq_len`` consecutive tokens (non-overlapping, from the
-start of the stream, at most ``n_samples``). Feeds are built from the model's own inputs:
+start of the stream, at most ``n_samples``); a tokenised text's windows are framed by the
+special tokens its tokenizer adds to every sequence (BERT ``[CLS] ... [SEP]``, Llama ``<s> ...``),
+and the tokenizer's own truncation and padding are turned off. Feeds are built from the model's own inputs:
 ``input_ids`` gets the window, ``attention_mask`` ones, ``position_ids`` ``0..seq_len-1``,
 ``token_type_ids`` zeros; any other input is an error that names it.
 """
@@ -25,12 +27,42 @@ import numpy as np
 
 from onnxq.errors import CalibrationDataError
 
-__all__ = ["TextCalibration", "load_token_ids", "token_windows", "lm_feeds"]
+__all__ = ["TextCalibration", "TokenText", "load_token_ids", "load_token_text", "token_windows", "lm_feeds"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenText:
+    """Token ids of a calibration text and the special tokens its tokenizer puts around one
+    sequence (BERT: ``[CLS] ... [SEP]``; Llama: ``<s> ...``; GPT-2 style and ``.npy`` ids: none)."""
+
+    ids: np.ndarray
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+    lines: tuple[np.ndarray, ...] | None = None  # load_token_text(lines=...): one array per line
+
+
+def _special_frame(tok) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Where the tokenizer's post-processor puts its special tokens around a sequence."""
+    bare = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a").ids
+    for i in range(len(full) - len(bare) + 1):
+        if bare and full[i:i + len(bare)] == bare:
+            return tuple(full[:i]), tuple(full[i + len(bare):])
+    return (), ()
+
+
 def load_token_ids(path: str | Path, tokenizer: str | Path | None = None) -> np.ndarray:
+    """The token ids of a ``.npy`` file or of a text file tokenised with ``tokenizer``."""
+    return load_token_text(path, tokenizer).ids
+
+
+def load_token_text(
+    path: str | Path, tokenizer: str | Path | None = None, lines: tuple[int, int] | None = None
+) -> TokenText:
+    """A ``.npy`` of token ids, or a text tokenised with ``tokenizer``: one stream, or with
+    ``lines=(n, offset)`` the non-empty lines ``offset .. offset + n`` each on its own."""
     """Token ids of ``path``: int64, 1-D (a stream) or 2-D (one sample per row)."""
     path = Path(path)
     if not path.is_file():
@@ -46,7 +78,7 @@ def load_token_ids(path: str | Path, tokenizer: str | Path | None = None) -> np.
             )
         if ids.size and ids.min() < 0:
             raise CalibrationDataError(f"{path} holds negative token ids")
-        return ids.astype(np.int64)
+        return TokenText(ids.astype(np.int64))
     if tokenizer is None:
         raise CalibrationDataError(
             f"{path} is text: give a tokenizer.json (--tokenizer), or token ids in a .npy file"
@@ -68,9 +100,18 @@ def load_token_ids(path: str | Path, tokenizer: str | Path | None = None) -> np.
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise CalibrationDataError(f"{path} is not UTF-8 text") from None
+    tok.no_truncation()  # a tokenizer.json saved for inference often truncates to the model's length
+    tok.no_padding()
+    prefix, suffix = _special_frame(tok)
+    if lines is not None:
+        n, offset = lines
+        chosen = [ln for ln in (ln.strip() for ln in text.splitlines()) if ln][offset:offset + n]
+        rows = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(chosen, add_special_tokens=False)]
+        logger.info("tokenised %d lines of %s (framed by %s ... %s)", len(rows), path.name, prefix, suffix)
+        return TokenText(np.zeros(0, np.int64), prefix, suffix, tuple(r for r in rows if r.size))
     ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-    logger.info("tokenised %s: %d tokens", path.name, ids.size)
-    return ids
+    logger.info("tokenised %s: %d tokens (each window framed by %s ... %s)", path.name, ids.size, prefix, suffix)
+    return TokenText(ids, prefix, suffix)
 
 
 def token_windows(ids: np.ndarray, seq_len: int, n_samples: int, offset: int = 0) -> np.ndarray:
@@ -116,19 +157,62 @@ def lm_feeds(input_names: Mapping[str, object] | list[str], windows: np.ndarray)
         yield feed
 
 
+# int8-static on token text (the recipe has no window fields): windows of this many tokens (within
+# every BERT-style encoder's positions), and this many of them unless --max-samples says otherwise
+STATIC_SEQ_LEN = 128
+STATIC_SAMPLES = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class TextCalibration:
-    """Calibration text for the int4 recipe: a ``.npy`` of token ids or a text file with a
-    tokenizer; ``n_samples`` windows of ``seq_len`` tokens from ``offset`` on."""
+    """Calibration text for the int4 and int8-static recipes: a ``.npy`` of token ids or a
+    text file with a tokenizer; ``n_samples`` windows of ``seq_len`` tokens from ``offset`` on."""
 
     path: str | Path
     tokenizer: str | Path | None = None
     seq_len: int = 512
     n_samples: int = 16
     offset: int = 0
+    lines: bool = False  # each non-empty line of a text is one sample (at most seq_len tokens)
 
-    def windows(self) -> np.ndarray:
-        return token_windows(load_token_ids(self.path, self.tokenizer), self.seq_len, self.n_samples, self.offset)
+    def windows(self) -> np.ndarray | list[np.ndarray]:
+        """``[n, seq_len]`` token ids (``lines``: a list of rows, one per line, ``offset`` counting
+        lines); a text's samples are framed by its tokenizer's special tokens, as the model sees
+        every input."""
+        if self.lines and Path(self.path).suffix != ".npy":
+            text = load_token_text(self.path, self.tokenizer, lines=(self.n_samples, self.offset))
+            frame = len(text.prefix) + len(text.suffix)
+            if self.seq_len <= frame:
+                raise CalibrationDataError(f"seq_len {self.seq_len} leaves no room inside the {frame} special tokens")
+            if not text.lines:
+                raise CalibrationDataError(f"{self.path} has no non-empty line from line {self.offset} on")
+            return [np.asarray([*text.prefix, *row[: self.seq_len - frame], *text.suffix], np.int64) for row in text.lines]
+        text = load_token_text(self.path, self.tokenizer)
+        frame = len(text.prefix) + len(text.suffix)
+        if frame and self.seq_len <= frame:
+            raise CalibrationDataError(f"seq_len {self.seq_len} leaves no room inside the {frame} special tokens")
+        rows = token_windows(text.ids, self.seq_len - frame, self.n_samples, self.offset)
+        if not frame:
+            return rows
+        n = rows.shape[0]
+        return np.concatenate([np.tile(np.asarray(text.prefix, np.int64), (n, 1)), rows,
+                               np.tile(np.asarray(text.suffix, np.int64), (n, 1))], axis=1)
 
     def feeds(self, input_names: list[str]) -> Iterator[dict[str, np.ndarray]]:
         return lm_feeds(input_names, self.windows())
+
+    def as_calibration_data(self):
+        """The windows as int8-static's re-iterable :class:`~onnxq.data.CalibrationData` (the
+        text is tokenised once, on first use)."""
+        from onnxq.data import CalibrationData
+
+        cache: list[np.ndarray] = []
+
+        def factory(specs):
+            if not cache:
+                cache.append(self.windows())
+            for i, feed in enumerate(lm_feeds([s.name for s in specs], cache[0])):
+                yield f"calibration text window {i}", feed
+
+        return CalibrationData(factory, description=f"calibration text {Path(self.path).name}",
+                               length=None if not cache else len(cache[0]))

@@ -77,7 +77,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--block-size", type=int, default=None, help="int4-weight-only: block length along K (16, 32, 64, 128, 256).")
 @click.option("--algo", type=click.Choice(["rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq"]), default=None, help="int4-weight-only: algorithm (gptq/awq need --calib-text, or --calib-data/--calib-images).")
 @click.option("--format", "int4_format", type=click.Choice(["qdq", "matmulnbits", "onnxq"]), default=None, help="int4-weight-only: opset-21 DequantizeLinear, ORT MatMulNBits, or com.onnxq.MatMulBlockInt4.")
-@click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int4-weight-only: calibration text for gptq/awq: token ids (.npy) or a text file (tokenised with --tokenizer).")
+@click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int8-static, int4-weight-only (gptq/awq): calibration text for a language model or text encoder: token ids (.npy) or a text file (tokenised with --tokenizer).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=str), help="With a text --calib-text: a tokenizer.json (default: tokenizer.json beside MODEL).")
 @click.option("--symmetric/--asymmetric", default=None, help="int4-weight-only: symmetric blocks (no zero points) or uint4 zero points.")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, --format matmulnbits/onnxq: fixed accuracy_level (default: chosen per layer by measured parity).")
@@ -148,11 +148,14 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             raise RecipeError(str(e)) from None
     int4_data = None
     if calib_text or tokenizer:
-        if not isinstance(recipe, recipes.WeightOnlyInt4):
-            raise RecipeError("--calib-text/--tokenizer apply to the int4-weight-only recipe only")
+        if not isinstance(recipe, (recipes.WeightOnlyInt4, recipes.StaticInt8)):
+            raise RecipeError("--calib-text/--tokenizer apply to the int8-static and int4-weight-only recipes")
         if data is not None:
             raise RecipeError("give either --calib-text or --calib-data/--calib-images, not both")
-        int4_data = _text_calibration(model, calib_text, tokenizer, recipe)
+        if isinstance(recipe, recipes.StaticInt8):
+            data = _text_calibration(model, calib_text, tokenizer, recipe)
+        else:
+            int4_data = _text_calibration(model, calib_text, tokenizer, recipe)
     if isinstance(recipe, recipes.WeightOnlyInt4) and data is not None:
         if not recipe.needs_calibration:
             raise RecipeError(
@@ -242,10 +245,15 @@ def _print_agreement(comparison, model: str, output: str) -> None:
 
 
 def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe):
-    """int4: calibration windows from ``--calib-text`` (token ids .npy, or text + tokenizer)."""
+    """Calibration windows from ``--calib-text`` (token ids .npy, or text + tokenizer): the
+    int4 recipe's window fields, or for int8-static one sample per line (at most STATIC_SEQ_LEN
+    tokens; inputs like the ones the model will see, not long windows: an encoder calibrated on
+    128-token windows of running text and run on sentences lost MiniLM's cosine 0.99 -> 0.88),
+    ``max_samples`` (default STATIC_SAMPLES) of them."""
     import os
 
-    from onnxq.calib_text import TextCalibration
+    from onnxq import recipes
+    from onnxq.calib_text import STATIC_SAMPLES, STATIC_SEQ_LEN, TextCalibration
     from onnxq.errors import RecipeError
 
     if not calib_text:
@@ -253,6 +261,9 @@ def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None,
     if tokenizer is None and not calib_text.endswith(".npy"):
         beside = os.path.join(os.path.dirname(os.path.abspath(model)), "tokenizer.json")
         tokenizer = beside if os.path.isfile(beside) else None
+    if isinstance(recipe, recipes.StaticInt8):
+        return TextCalibration(calib_text, tokenizer, seq_len=STATIC_SEQ_LEN, n_samples=recipe.max_samples or STATIC_SAMPLES,
+                               lines=True)
     return TextCalibration(calib_text, tokenizer, seq_len=recipe.calib_seq_len, n_samples=recipe.calib_samples)
 
 

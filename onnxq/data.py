@@ -394,6 +394,8 @@ def as_calibration_data(source: Any, *, batch_size: int = 1) -> CalibrationData:
         )
     if isinstance(source, CalibrationData):
         return source
+    if hasattr(source, "as_calibration_data"):  # calib_text.TextCalibration: token windows
+        return source.as_calibration_data()
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if p.is_dir():

@@ -1,0 +1,69 @@
+"""Calibration from text (``--calib-text``): samples framed like real inputs, and int8-static
+on token text (one sample per line)."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxq.calib_text import TextCalibration
+from onnxq.cli import main
+from tests.int4.test_int4_recipe import VOCAB, WORDS, _lm
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture()
+def bert_tokenizer(tmp_path):
+    """A BERT-style tokenizer.json as saved for inference: [CLS] ... [SEP] around every
+    sequence, truncation to 16 tokens and padding to 16 turned on."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, **{w: i + 4 for i, w in enumerate(WORDS[: VOCAB - 4])}}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    tok.enable_truncation(max_length=16)
+    tok.enable_padding(length=16, pad_id=3, pad_token="[PAD]")
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def _lines(tmp_path, lengths):
+    path = tmp_path / "text.txt"
+    path.write_text("\n\n".join(" ".join(RNG.choice(WORDS[: VOCAB - 4], size=n)) for n in lengths) + "\n")
+    return path
+
+
+def test_windows_are_framed_by_the_special_tokens_and_not_truncated(tmp_path, bert_tokenizer):
+    text = _lines(tmp_path, [300])
+    rows = TextCalibration(text, bert_tokenizer, seq_len=64, n_samples=3).windows()
+    assert rows.shape == (3, 64)  # the tokenizer's own truncation to 16 is off
+    assert (rows[:, 0] == 1).all() and (rows[:, -1] == 2).all() and (rows[:, 1:-1] >= 4).all()
+    assert np.array_equal(rows[1, 1:-1], TextCalibration(text, bert_tokenizer, seq_len=64, n_samples=3).windows()[1, 1:-1])
+
+
+def test_lines_are_samples_of_their_own_length(tmp_path, bert_tokenizer):
+    text = _lines(tmp_path, [5, 40, 9])
+    rows = TextCalibration(text, bert_tokenizer, seq_len=32, n_samples=8, lines=True).windows()
+    assert [len(r) for r in rows] == [7, 32, 11]  # no padding; a long line cut, its [SEP] kept
+    assert all(r[0] == 1 and r[-1] == 2 for r in rows)
+
+
+def test_int8_static_calibrates_on_text_lines(tmp_path, bert_tokenizer):
+    model = tmp_path / "lm.onnx"
+    from tests.helpers import to_bytes
+
+    onnx.save(onnx.load_from_string(to_bytes(_lm())), model)
+    text = _lines(tmp_path, [int(n) for n in RNG.integers(3, 30, 20)])
+    out = tmp_path / "lm_s8.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-text", str(text), "--tokenizer", str(bert_tokenizer)])
+    assert r.exit_code == 0, r.output
+    assert "on 20 samples" in r.output
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("QuantizeLinear") >= 2
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "x.onnx"), "--recipe", "int8-dynamic",
+                                  "--calib-text", str(text)])
+    assert r.exit_code != 0 and "int8-static and int4-weight-only" in r.output

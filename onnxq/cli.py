@@ -63,6 +63,9 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--include", multiple=True, help="Only quantize nodes with these names or regexes.")
 @click.option("--op-types", multiple=True, help="Op types to quantize, e.g. MatMul,Gemm.")
 @click.option("--fused", is_flag=True, default=None, help="int8-dynamic: emit ORT's fused com.microsoft op.")
+@click.option("--token-scales", type=click.Choice(["none", "products", "all"]), default=None,
+              help="int8-dynamic: one activation scale per token for MatMuls whose input is a product of activations "
+                   "(gated MLP down projections; default), for all, or for none (one per tensor, as ORT).")
 @click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
 @click.option("--calib-data", type=click.Path(path_type=str), help="int8-static, and int4 gptq/awq for models without text input: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
 @click.option("--calib-images", type=click.Path(path_type=str), help="int8-static, int4 gptq/awq: a folder of images (searched recursively) for an image model.")
@@ -83,7 +86,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, --format matmulnbits/onnxq: fixed accuracy_level (default: chosen per layer by measured parity).")
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
 @click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
-def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, no_verify,
+def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, token_scales, no_verify,
              calib_data, calib_images, preprocess, calibration, max_samples, weight_rounding=None, target_sqnr=None, max_drop=None,
              float_budget=None, target=None,
              block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, symmetric=None,
@@ -118,6 +121,10 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if not isinstance(recipe, recipes.DynamicInt8):
             raise RecipeError("--fused applies to the int8-dynamic recipe only")
         overrides["fused"] = fused
+    if token_scales is not None:
+        if not isinstance(recipe, recipes.DynamicInt8):
+            raise RecipeError("--token-scales applies to the int8-dynamic recipe only")
+        overrides["token_scales"] = token_scales
     static_options = {"calibration": calibration, "max_samples": max_samples, "weight_rounding": weight_rounding}
     for key, value in static_options.items():
         if value is not None:

@@ -102,9 +102,19 @@ class DynamicInt8(Recipe):
     fused: bool = False
     min_weight_elements: int = 1024
     sum_rewrites: bool = True
+    # one activation scale per row (token) instead of per tensor: "products" for a MatMul/Gemm
+    # whose input is a product of two activations (a gated MLP's down projection, the layer
+    # after a written-out GELU/SiLU), "all" for every one, "none" for none (ORT's
+    # quantize_dynamic). SmolLM2-135M perplexity (fp32 4.31): none 8.21, products 4.66 at +6 %
+    # time, all 4.50 at +30 % (128 tokens, 1 thread)
+    token_scales: str = "products"
+
+    _TOKEN_SCALES: ClassVar[tuple[str, ...]] = ("none", "products", "all")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.token_scales not in self._TOKEN_SCALES:
+            raise RecipeError(f"token_scales must be one of {', '.join(self._TOKEN_SCALES)}, got {self.token_scales!r}")
         unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv", "Gather"}
         if unsupported:
             raise RecipeError(

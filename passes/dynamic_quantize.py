@@ -96,10 +96,28 @@ def plan_dynamic(model: ir.Model, recipe: DynamicInt8) -> list[Decision]:
     return select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, recipe))
 
 
+def takes_a_product(node: ir.Node) -> bool:
+    """Whether the MatMul/Gemm's activation is an elementwise product of two activations: the
+    down projection of a gated MLP (``SiLU(gate) * up``), or the layer after a written-out
+    GELU/SiLU (``x * f(x)``) -- where a language model's activation outliers are largest."""
+    p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    return (
+        p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and len(p.inputs) == 2
+        and not any(v is None or irutil.is_constant(v) for v in p.inputs)
+    )
+
+
+def per_token(node: ir.Node, recipe: DynamicInt8) -> bool:
+    """Whether ``node`` (a MatMul/Gemm being quantized) gets one activation scale per row."""
+    return recipe.token_scales == "all" or (recipe.token_scales == "products" and takes_a_product(node))
+
+
 @dataclasses.dataclass
 class _RunState:
     names: irutil.FreshNames
+    opset: int = 21
     activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
+    token_activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
     weights: dict[tuple, tuple[ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
 
 
@@ -114,7 +132,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         decisions = [d for d in plan_dynamic(model, self.recipe) if d.selected]
         if not decisions:
             return ir.passes.PassResult(model, modified=False)
-        state = _RunState(irutil.FreshNames(model.graph))
+        state = _RunState(irutil.FreshNames(model.graph), model.opset_imports.get("", 21))
         originals: list[tuple[ir.Graph, ir.Value]] = []
         for decision in decisions:
             node = decision.node
@@ -182,6 +200,33 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
             state.activations[key] = (q, s, z)
         return state.activations[key]
 
+    def _quantized_activation_per_token(
+        self, graph: ir.Graph, state: _RunState, x: ir.Value, anchor: ir.Node
+    ) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """``x`` with one symmetric scale per row (last axis): codes ``round(x / s) + 128`` as
+        uint8 with zero point 128, so MatMulInteger takes ORT's fast u8s8 path; ``s`` keeps
+        a trailing axis of 1 to broadcast over the product's columns."""
+        key = (id(graph), id(x))
+        if key not in state.token_activations:
+            b = irutil.NodeBuilder(state.names, f"{x.name or 'x'}_tokq")
+            c = {k: irutil.add_initializer(graph, state.names(f"{x.name or 'x'}_tokq_{k}"), np.array(v, dt))
+                 for k, v, dt in (("inv127", 1 / 127, np.float32), ("tiny", 1e-30, np.float32),
+                                  ("offset", 128, np.float32), ("lo", 1, np.float32), ("hi", 255, np.float32),
+                                  ("zero_point", 128, np.uint8))}
+            magnitude = b.op("Abs", [x])
+            if state.opset >= 18:
+                axes = irutil.add_initializer(graph, state.names(f"{x.name or 'x'}_tokq_axes"), np.array([-1], np.int64))
+                peak = b.op("ReduceMax", [magnitude, axes], {"keepdims": 1})
+            else:
+                peak = b.op("ReduceMax", [magnitude], {"axes": [-1], "keepdims": 1})
+            scale = b.op("Max", [b.op("Mul", [peak, c["inv127"]]), c["tiny"]])
+            codes = b.op("Add", [b.op("Round", [b.op("Div", [x, scale])]), c["offset"]])
+            q = b.op("Cast", [b.op("Clip", [codes, c["lo"], c["hi"]])], {"to": ir.DataType.UINT8})
+            q.dtype, scale.dtype = ir.DataType.UINT8, ir.DataType.FLOAT
+            b.insert_before(graph, anchor)
+            state.token_activations[key] = (q, scale, c["zero_point"])
+        return state.token_activations[key]
+
     # -- MatMul / Gemm ------------------------------------------------------------------
 
     def _rewrite_matmul(self, graph: ir.Graph, node: ir.Node, state: _RunState) -> None:
@@ -202,7 +247,11 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         )
         bias_const = irutil.const_array(bias_value) if bias_value is not None else None
         b = irutil.NodeBuilder(state.names, label)
-        if self.recipe.fused:
+        if per_token(node, self.recipe):
+            q, s, z = self._quantized_activation_per_token(graph, state, x, node)
+            acc_f = b.op("Cast", [b.op("MatMulInteger", [q, w_q, z])], {"to": ir.DataType.FLOAT})
+            y = b.op("Mul", [b.op("Mul", [acc_f, s]), w_scale])
+        elif self.recipe.fused:
             inputs: list[ir.Value | None] = [x, w_q, w_scale]
             if bias_const is not None:
                 bias = (bias_const * np.float32(beta)).astype(np.float32)

@@ -155,3 +155,23 @@ def test_smollm2_bfloat16_export_int4(corpus, tmp_path):
             out = _bfloat16_logits_as_float32(out, tmp_path / "bf16_f32_logits.onnx")
         ppl[dtype] = perplexity.perplexity(str(out), ids, n_tokens=1024)
     assert abs(ppl["bfloat16"] - ppl["float32"]) < 0.05 * ppl["float32"], ppl
+
+
+@pytest.mark.slow
+def test_smollm2_int8_dynamic_token_scales(corpus, tmp_path):
+    """int8-dynamic on a gated-MLP LM: per-token scales on the down projections keep the
+    perplexity near fp32 (one scale per tensor, as ORT's quantize_dynamic: ~1.9-2x fp32)."""
+    smollm2 = pytest.importorskip("models.smollm2")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from models import perplexity
+
+    fp32 = smollm2.build()
+    ids = smollm2.token_ids(corpus / "text" / "bible_web_dev.txt", 1024)
+    out = tmp_path / "smollm2_d8.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(fp32), "-o", str(out), "--recipe", "int8-dynamic"])
+    assert r.exit_code == 0, r.output
+    assert sum(n.op_type == "ReduceMax" for n in onnx.load(str(out), load_external_data=False).graph.node) == 30
+    p32 = perplexity.perplexity(str(fp32), ids, n_tokens=1024)
+    p8 = perplexity.perplexity(str(out), ids, n_tokens=1024)
+    assert p8 < 1.15 * p32, (p8, p32)

@@ -147,3 +147,62 @@ def test_gather_embedding_table_per_row():
     assert rel.max() < 1 / 127
     q = [v for v in out.graph.initializers.values() if v.const_value.dtype.name == "INT8"]
     assert len(q) == 1 and q[0].shape == (100, 16)
+
+
+GLU = """
+<ir_version: 8, opset_import: ["" : {opset}]>
+glu (float[B, S, 64] x) => (float[B, S, 64] y) {{
+    g = MatMul(x, wg)
+    u = MatMul(x, wu)
+    sg = Sigmoid(g)
+    a = Mul(g, sg)
+    p = Mul(a, u)
+    y = MatMul(p, wd)
+}}
+"""
+
+
+def _glu(opset=17):
+    rng = np.random.default_rng(5)
+    return model_from_text(GLU.format(opset=opset), {
+        "wg": rng.standard_normal((64, 160)).astype(np.float32) * 0.2,
+        "wu": rng.standard_normal((64, 160)).astype(np.float32) * 0.2,
+        "wd": rng.standard_normal((160, 64)).astype(np.float32) * 0.1,
+    })
+
+
+def _glu_input():
+    """A few tokens 30x larger than the rest: one tensor scale for all rows (ORT's
+    quantize_dynamic) leaves the others a handful of levels."""
+    x = RNG.standard_normal((2, 24, 64)).astype(np.float32)
+    x[:, [0, 7]] *= 30
+    return x
+
+
+def _sqnr(ref, y):
+    return 10 * np.log10((ref**2).sum() / ((y - ref) ** 2).sum())
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_gated_mlp_down_projection_gets_one_scale_per_token(opset):
+    x = _glu_input()
+    ref = run_ort(_glu(opset), {"x": x})[0]
+    results = {}
+    for mode in ("none", "products", "all"):
+        model = _glu(opset)
+        assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(min_weight_elements=0, token_scales=mode)), model)
+        check_full(model)
+        ops = [n.op_type for n in model.graph]
+        assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops
+        assert ops.count("ReduceMax") == {"none": 0, "products": 1, "all": 2}[mode]  # gate and up share one
+        assert ops.count("DynamicQuantizeLinear") == {"none": 2, "products": 1, "all": 0}[mode]
+        quiet = np.ones(x.shape[1], bool)
+        quiet[[0, 7]] = False  # the ordinary tokens: with one tensor scale they get what the loud ones leave
+        results[mode] = _sqnr(ref[:, quiet], run_ort(model, {"x": x})[0][:, quiet])
+    assert results["products"] > results["none"] + 6, results
+    assert results["all"] >= results["products"] - 0.5, results
+
+
+def test_token_scales_is_validated():
+    with pytest.raises(Exception, match="token_scales"):
+        DynamicInt8(token_scales="rows")

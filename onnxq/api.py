@@ -193,6 +193,12 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     decisions += gathers
     if recipe.sum_rewrites:
         notes += _sum_rewrites(model)
+    if any(v.name == "input_ids" and v.dtype == ir.DataType.INT64 for v in model.graph.inputs):
+        notes.append(
+            "a text model: ORT CPU runs int8-dynamic on transformers as fast or faster, and its per-token "
+            "scales keep language models accurate (SmolLM2-135M perplexity 4.70 vs 11.0 static, fp32 4.31); "
+            "compare with --recipe int8-dynamic"
+        )
     return QuantizeReport(recipe, decisions, tuple(notes) + static_notes)
 
 

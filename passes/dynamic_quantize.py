@@ -96,11 +96,16 @@ def plan_dynamic(model: ir.Model, recipe: DynamicInt8) -> list[Decision]:
     return select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, recipe))
 
 
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
 def takes_a_product(node: ir.Node) -> bool:
     """Whether the MatMul/Gemm's activation is an elementwise product of two activations: the
     down projection of a gated MLP (``SiLU(gate) * up``), or the layer after a written-out
     GELU/SiLU (``x * f(x)``) -- where a language model's activation outliers are largest."""
     p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+    while p is not None and p.op_type in _SHAPE_ONLY and p.domain in ("", "ai.onnx") and p.inputs[0] is not None:
+        p = p.inputs[0].producer()  # exporters flatten [B, S, K] to [B*S, K] before a Gemm
     return (
         p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and len(p.inputs) == 2
         and not any(v is None or irutil.is_constant(v) for v in p.inputs)

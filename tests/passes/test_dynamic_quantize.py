@@ -206,3 +206,29 @@ def test_gated_mlp_down_projection_gets_one_scale_per_token(opset):
 def test_token_scales_is_validated():
     with pytest.raises(Exception, match="token_scales"):
         DynamicInt8(token_scales="rows")
+
+
+def _flattened_product_gemm():
+    rng = np.random.default_rng(6)
+    return model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[B, S, 64] x) => (float[N, 32] y) {
+    a = Sigmoid(x)
+    p = Mul(x, a)
+    f = Reshape(p, shape)
+    y = Gemm(f, w, b)
+}
+""", {"shape": np.array([-1, 64], np.int64), "w": rng.standard_normal((64, 32)).astype(np.float32),
+      "b": rng.standard_normal(32).astype(np.float32)})
+
+
+def test_product_is_found_through_a_flatten_before_a_gemm():
+    x = _glu_input()
+    ref = run_ort(_flattened_product_gemm(), {"x": x})[0]
+    model = _flattened_product_gemm()
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    check_full(model)
+    assert [n.op_type for n in model.graph].count("ReduceMax") == 1
+    y = run_ort(model, {"x": x})[0]
+    assert y.shape == ref.shape == (48, 32)
+    assert _sqnr(ref, y) > 35

@@ -216,8 +216,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
             b = irutil.NodeBuilder(state.names, f"{x.name or 'x'}_tokq")
             c = {k: irutil.add_initializer(graph, state.names(f"{x.name or 'x'}_tokq_{k}"), np.array(v, dt))
                  for k, v, dt in (("inv127", 1 / 127, np.float32), ("tiny", 1e-30, np.float32),
-                                  ("offset", 128, np.float32), ("lo", 1, np.float32), ("hi", 255, np.float32),
-                                  ("zero_point", 128, np.uint8))}
+                                  ("offset", 128, np.float32), ("zero_point", 128, np.uint8))}
             magnitude = b.op("Abs", [x])
             if state.opset >= 18:
                 axes = irutil.add_initializer(graph, state.names(f"{x.name or 'x'}_tokq_axes"), np.array([-1], np.int64))
@@ -225,8 +224,9 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
             else:
                 peak = b.op("ReduceMax", [magnitude], {"axes": [-1], "keepdims": 1})
             scale = b.op("Max", [b.op("Mul", [peak, c["inv127"]]), c["tiny"]])
+            # |x| <= peak = 127 * scale, so round(x / scale) + 128 lies in [1, 255]: no Clip needed
             codes = b.op("Add", [b.op("Round", [b.op("Div", [x, scale])]), c["offset"]])
-            q = b.op("Cast", [b.op("Clip", [codes, c["lo"], c["hi"]])], {"to": ir.DataType.UINT8})
+            q = b.op("Cast", [codes], {"to": ir.DataType.UINT8})
             q.dtype, scale.dtype = ir.DataType.UINT8, ir.DataType.FLOAT
             b.insert_before(graph, anchor)
             state.token_activations[key] = (q, scale, c["zero_point"])

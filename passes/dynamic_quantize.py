@@ -210,12 +210,13 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
     ) -> tuple[ir.Value, ir.Value, ir.Value]:
         """``x`` with one symmetric scale per row (last axis): codes ``round(x / s) + 128`` as
         uint8 with zero point 128, so MatMulInteger takes ORT's fast u8s8 path; ``s`` keeps
-        a trailing axis of 1 to broadcast over the product's columns."""
+        a trailing axis of 1 to broadcast over the product's columns. The reference is
+        ``qparams_from_range(-|x|max, |x|max, UINT8, symmetric=True)`` per row."""
         key = (id(graph), id(x))
         if key not in state.token_activations:
             b = irutil.NodeBuilder(state.names, f"{x.name or 'x'}_tokq")
             c = {k: irutil.add_initializer(graph, state.names(f"{x.name or 'x'}_tokq_{k}"), np.array(v, dt))
-                 for k, v, dt in (("inv127", 1 / 127, np.float32), ("tiny", 1e-30, np.float32),
+                 for k, v, dt in (("qmax", 127, np.float32), ("tiny", 1e-30, np.float32),
                                   ("offset", 128, np.float32), ("zero_point", 128, np.uint8))}
             magnitude = b.op("Abs", [x])
             if state.opset >= 18:
@@ -223,7 +224,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
                 peak = b.op("ReduceMax", [magnitude, axes], {"keepdims": 1})
             else:
                 peak = b.op("ReduceMax", [magnitude], {"axes": [-1], "keepdims": 1})
-            scale = b.op("Max", [b.op("Mul", [peak, c["inv127"]]), c["tiny"]])
+            scale = b.op("Max", [b.op("Div", [peak, c["qmax"]]), c["tiny"]])
             # |x| <= peak = 127 * scale, so round(x / scale) + 128 lies in [1, 255]: no Clip needed
             codes = b.op("Add", [b.op("Round", [b.op("Div", [x, scale])]), c["offset"]])
             q = b.op("Cast", [codes], {"to": ir.DataType.UINT8})

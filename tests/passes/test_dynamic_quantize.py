@@ -1,4 +1,6 @@
 import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
 
 from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
@@ -232,3 +234,24 @@ def test_product_is_found_through_a_flatten_before_a_gemm():
     y = run_ort(model, {"x": x})[0]
     assert y.shape == ref.shape == (48, 32)
     assert _sqnr(ref, y) > 35
+
+
+def test_per_token_codes_match_the_qparams_reference():
+    """The run-time per-token codes are the reference format: symmetric uint8 per row
+    (qparams_from_range over the last axis, zero point 128), bit for bit."""
+    from onnx import helper
+
+    from onnxq import qparams as qp
+    from tests.helpers import to_bytes
+
+    model = _glu()
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    cast = next(n for n in model.graph if n.op_type == "Cast" and n.outputs[0].dtype == ir.DataType.UINT8)
+    proto = onnx.load_from_string(to_bytes(model))
+    proto.graph.output.append(helper.make_tensor_value_info(cast.outputs[0].name, onnx.TensorProto.UINT8, None))
+    proto.graph.output.append(helper.make_tensor_value_info("p", onnx.TensorProto.FLOAT, None))  # what it quantizes
+    _, codes, p = run_ort(proto.SerializeToString(), {"x": _glu_input()})
+    peak = np.abs(p).max(axis=-1, keepdims=True)
+    ref = qp.qparams_from_range(-peak, peak, qp.UINT8, symmetric=True, block_size=(1, 1, p.shape[-1]))
+    assert np.array_equal(codes, qp.quantize(p, ref))
+

@@ -148,7 +148,7 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     from onnxq.calib.static import quantize_static
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
-    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 21))
+    version = irutil.default_opset(model, 21)
     if version < 13:  # per-channel QuantizeLinear/DequantizeLinear need opset 13
         from onnxq.passes.upgrade_opset import UpgradeOpsetPass
 

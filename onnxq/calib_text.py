@@ -62,8 +62,8 @@ def load_token_text(
     path: str | Path, tokenizer: str | Path | None = None, lines: tuple[int, int] | None = None
 ) -> TokenText:
     """A ``.npy`` of token ids, or a text tokenised with ``tokenizer``: one stream, or with
-    ``lines=(n, offset)`` the non-empty lines ``offset .. offset + n`` each on its own."""
-    """Token ids of ``path``: int64, 1-D (a stream) or 2-D (one sample per row)."""
+    ``lines=(n, offset)`` the non-empty lines ``offset .. offset + n`` each on its own. A
+    ``.npy`` holds int64 ids, 1-D (a stream) or 2-D (one sample per row)."""
     path = Path(path)
     if not path.is_file():
         raise CalibrationDataError(f"calibration text {path} does not exist")

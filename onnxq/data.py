@@ -79,6 +79,8 @@ def float32_interface(model) -> None:
     import onnx_ir as ir
 
     for v in model.graph.inputs:
+        if v.name in model.graph.initializers:  # a weight (keep_initializers_as_inputs): its data stays bfloat16
+            continue
         if v.dtype == ir.DataType.BFLOAT16 and all(n.op_type == "Cast" for n, _ in v.uses()):
             v.type = ir.TensorType(ir.DataType.FLOAT)  # a new type: a clone shares the original's type object
 

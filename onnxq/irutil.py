@@ -91,6 +91,11 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def default_opset(model: ir.Model, missing: int = 1) -> int:
+    """The version of the standard domain the model imports (spelt "" or "ai.onnx")."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", missing))
+
+
 def ensure_opset(model: ir.Model, domain: str, version: int) -> bool:
     """Import ``domain`` at ``version`` at least; True when the model changed."""
     current = model.opset_imports.get(domain)

@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from onnxq import irutil
 from onnxq import qparams as qp
+from onnxq.passes.insert_qdq import PASS_THROUGH_OPS
 from onnxq.recipes import DynamicInt8
 from onnxq.selection import Decision, select
 
@@ -96,15 +97,12 @@ def plan_dynamic(model: ir.Model, recipe: DynamicInt8) -> list[Decision]:
     return select(irutil.iter_nodes(model.graph), recipe.selection, lambda n: _check(n, recipe))
 
 
-_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
-
-
 def takes_a_product(node: ir.Node) -> bool:
     """Whether the MatMul/Gemm's activation is an elementwise product of two activations: the
     down projection of a gated MLP (``SiLU(gate) * up``), or the layer after a written-out
     GELU/SiLU (``x * f(x)``) -- where a language model's activation outliers are largest."""
     p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-    while p is not None and p.op_type in _SHAPE_ONLY and p.domain in ("", "ai.onnx") and p.inputs[0] is not None:
+    while p is not None and p.op_type in PASS_THROUGH_OPS and p.domain in ("", "ai.onnx") and p.inputs[0] is not None:
         p = p.inputs[0].producer()  # exporters flatten [B, S, K] to [B*S, K] before a Gemm
     return (
         p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and len(p.inputs) == 2
@@ -113,7 +111,10 @@ def takes_a_product(node: ir.Node) -> bool:
 
 
 def per_token(node: ir.Node, recipe: DynamicInt8) -> bool:
-    """Whether ``node`` (a MatMul/Gemm being quantized) gets one activation scale per row."""
+    """Whether ``node`` (a MatMul/Gemm being quantized) gets one activation scale per row
+    (never with ``fused``: ORT's DynamicQuantizeMatMul takes one scale per tensor)."""
+    if recipe.fused or node.op_type not in ("MatMul", "Gemm"):
+        return False
     return recipe.token_scales == "all" or (recipe.token_scales == "products" and takes_a_product(node))
 
 
@@ -121,6 +122,7 @@ def per_token(node: ir.Node, recipe: DynamicInt8) -> bool:
 class _RunState:
     names: irutil.FreshNames
     opset: int = 21
+    token_nodes: frozenset[int] = frozenset()  # id() of the nodes per_token() chose, before any rewrite
     activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
     token_activations: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
     weights: dict[tuple, tuple[ir.Value, ir.Value]] = dataclasses.field(default_factory=dict)
@@ -137,7 +139,9 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         decisions = [d for d in plan_dynamic(model, self.recipe) if d.selected]
         if not decisions:
             return ir.passes.PassResult(model, modified=False)
-        state = _RunState(irutil.FreshNames(model.graph), model.opset_imports.get("", 21))
+        # decided on the original graph: a rewritten MatMul's result is itself a Mul of two values
+        token_nodes = frozenset(id(d.node) for d in decisions if per_token(d.node, self.recipe))
+        state = _RunState(irutil.FreshNames(model.graph), irutil.default_opset(model, 21), token_nodes)
         originals: list[tuple[ir.Graph, ir.Value]] = []
         for decision in decisions:
             node = decision.node
@@ -253,7 +257,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         )
         bias_const = irutil.const_array(bias_value) if bias_value is not None else None
         b = irutil.NodeBuilder(state.names, label)
-        if per_token(node, self.recipe):
+        if id(node) in state.token_nodes:
             q, s, z = self._quantized_activation_per_token(graph, state, x, node)
             acc_f = b.op("Cast", [b.op("MatMulInteger", [q, w_q, z])], {"to": ir.DataType.FLOAT})
             y = b.op("Mul", [b.op("Mul", [acc_f, s]), w_scale])

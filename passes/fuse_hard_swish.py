@@ -137,7 +137,7 @@ class FuseHardSwishPass(ir.passes.InPlacePass):
     """Written-out hard-sigmoid / hard-swish -> HardSigmoid / HardSwish nodes."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = irutil.default_opset(model)
         names = irutil.FreshNames(model.graph)
         fused = 0
 

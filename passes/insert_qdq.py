@@ -157,7 +157,7 @@ def _not_float32(*values: ir.Value | None) -> str:
 
 
 def _opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    return irutil.default_opset(model)
 
 
 def _from_dq(v: ir.Value | None) -> bool:

@@ -90,7 +90,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         if not decisions:
             return ir.passes.PassResult(model, modified=False)
         names = irutil.FreshNames(model.graph)
-        per_channel_ok = model.opset_imports.get("", 1) >= 13
+        per_channel_ok = irutil.default_opset(model) >= 13
         qtype = qp.qtype_named(self.config.qtype)
         done: dict[int, ir.Value] = {}
         for decision in decisions:

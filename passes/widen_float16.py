@@ -102,12 +102,12 @@ def _gathers_rows(node: ir.Node, root: ir.Graph) -> bool:
     )
 
 
-def _kept_table(v: ir.Value, root: ir.Graph) -> bool:
+def _is_kept_table(v: ir.Value, root: ir.Graph) -> bool:
     """A 16-bit initializer read only as the table of Gathers whose rows are cast to float32
     (left 16-bit by ``keep_gather_tables``), or one such Gather's rows."""
     p = v.producer()
     if p is not None:
-        return p.op_type == "Gather" and p.inputs[0] is not None and _kept_table(p.inputs[0], root)
+        return p.op_type == "Gather" and p.inputs[0] is not None and _is_kept_table(p.inputs[0], root)
     uses = list(v.uses())
     return (
         v.const_value is not None and v.name in root.initializers and not v.is_graph_input() and bool(uses)
@@ -138,11 +138,17 @@ def _half_node(node: ir.Node, root: ir.Graph) -> bool:
     return bool(_half_attributes(node)) and not _boundary_cast(node, root)
 
 
-def computes_in_float16(model: ir.Model) -> bool:
+def computes_in_float16(model: ir.Model, kept_tables: bool = False) -> bool:
     """Whether the model (subgraphs included) computes in float16/bfloat16: a tensor of
     that type other than model inputs and outputs that only pass through a Cast from/to
-    float32, a 16-bit initializer, or a node that makes 16-bit floats."""
+    float32, a 16-bit initializer, or a node that makes 16-bit floats. ``kept_tables``: a
+    16-bit table whose Gathers' rows are only cast to float32 does not count (what
+    ``keep_gather_tables`` leaves)."""
     root = model.graph
+
+    def _kept_table(v: ir.Value, root: ir.Graph) -> bool:
+        return kept_tables and _is_kept_table(v, root)
+
     if any(v.const_value is not None and v.const_value.dtype in _HALF and not _boundary_input(v, root)
            and not _kept_table(v, root)
            for g in irutil.iter_graphs(root) for v in g.initializers.values()):
@@ -171,6 +177,18 @@ def uses_bfloat16(model: ir.Model) -> bool:
     )
 
 
+def _cast_to_float32(v: ir.Value, names: irutil.FreshNames) -> ir.Node:
+    """A Cast of ``v`` to float32 that takes over every present reader of ``v`` (the caller
+    puts it in the graph)."""
+    readers = list(v.uses())
+    cast = ir.node("Cast", [v], attributes={"to": _F32}, name=names(f"{v.name}/to_float32"))
+    out = cast.outputs[0]
+    out.name, out.dtype, out.shape = names(f"{v.name}/float32"), _F32, v.shape
+    for node, index in readers:
+        node.replace_input_with(index, out)
+    return cast
+
+
 def _widened_tensor(tensor: ir.TensorProtocol) -> ir.Tensor:
     return ir.tensor(np.asarray(tensor.numpy(), dtype=np.float32), name=tensor.name)
 
@@ -188,15 +206,17 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
         self.keep_gather_tables = keep_gather_tables
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if not computes_in_float16(model):
+        if not computes_in_float16(model, self.keep_gather_tables):
             return ir.passes.PassResult(model, modified=False)
         self._refuse_unsupported(model)
         root = model.graph
         InferShapesPass()(model)  # types for values the model did not annotate (no value_info)
         keep = {id(v) for v in _values(root) if _boundary_input(v, root) or _boundary_output(v, root)}
         names = irutil.FreshNames(root)
-        tables = self._keep_tables(root, names) if self.keep_gather_tables else 0
-        keep |= {id(v) for v in _values(root) if _kept_table(v, root)}
+        tables = 0
+        if self.keep_gather_tables:
+            tables = self._keep_tables(root, names)
+            keep |= {id(v) for v in _values(root) if _is_kept_table(v, root)}
         boundary_inputs = [v for v in root.inputs
                            if _is_half_tensor(v) and v.name not in root.initializers and id(v) not in keep]
         boundary_outputs = [(i, v) for i, v in enumerate(root.outputs) if _is_half_tensor(v) and id(v) not in keep]
@@ -214,18 +234,12 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                 v.dtype = _F32
         for v in boundary_inputs:
             half = original[id(v)]
-            uses = list(v.uses())
-            cast = ir.node("Cast", [v], attributes={"to": _F32}, name=names(f"{v.name}/to_float32"))
-            cast.outputs[0].name = names(f"{v.name}/float32")
-            cast.outputs[0].dtype = _F32
-            cast.outputs[0].shape = v.shape
+            cast = _cast_to_float32(v, names)
             first = next(iter(root), None)
             if first is not None:
                 root.insert_before(first, cast)
             else:
                 root.append(cast)
-            for node, index in uses:
-                node.replace_input_with(index, cast.outputs[0])
             v.dtype = half
         casts: dict[int, ir.Value] = {}  # a value listed twice as an output gets one Cast
         for i, v in boundary_outputs:
@@ -281,14 +295,7 @@ class WidenFloat16Pass(ir.passes.InPlacePass):
                     n.replace_input_with(i, copy)
             for n in gathers:
                 rows = n.outputs[0]
-                readers = list(rows.uses())
-                cast = ir.node("Cast", [rows], attributes={"to": _F32}, name=names(f"{rows.name}/to_float32"))
-                cast.outputs[0].name = names(f"{rows.name}/float32")
-                cast.outputs[0].dtype = _F32
-                cast.outputs[0].shape = rows.shape
-                root.insert_after(n, cast)
-                for node, index in readers:
-                    node.replace_input_with(index, cast.outputs[0])
+                root.insert_after(n, _cast_to_float32(rows, names))
                 rows.dtype = v.const_value.dtype
             kept += 1
         return kept

@@ -409,7 +409,7 @@ def build_probe_model(
     names = irutil.FreshNames(probe.graph)
     b = _Builder(names, sample_size)
     root = probe.graph
-    opset = probe.opset_imports.get("", 1)
+    opset = irutil.default_opset(probe)
 
     def lift(name: str, graph: ir.Graph, outs: list[ir.Value], placeholders) -> list[ir.Value]:
         while graph is not root:

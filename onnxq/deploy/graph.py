@@ -128,7 +128,7 @@ class QdqView:
 
     @property
     def opset(self) -> int:
-        return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 1))
+        return irutil.default_opset(self.model)
 
     def all_qdq(self) -> Iterator[QdqNode]:
         return iter(self.qdq.values())

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import irutil
 from onnxq.errors import CalibrationDataError, NothingToQuantizeError
 from onnxq.recipes import WeightOnlyInt4
 
@@ -75,7 +76,7 @@ def run_weight_only_int4(
     selected = [d for d in decisions if d.selected]
     if not selected:
         raise NothingToQuantizeError(_nothing_message(recipe, decisions, model))
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    opset = irutil.default_opset(model)
     if recipe.format == "qdq" or (recipe.keep_8bit and opset < 13):
         target = 21 if recipe.format == "qdq" else 13
         if UpgradeOpsetPass(target)(model).modified:

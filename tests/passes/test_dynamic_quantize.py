@@ -255,3 +255,46 @@ def test_per_token_codes_match_the_qparams_reference():
     ref = qp.qparams_from_range(-peak, peak, qp.UINT8, symmetric=True, block_size=(1, 1, p.shape[-1]))
     assert np.array_equal(codes, qp.quantize(p, ref))
 
+
+
+def test_products_are_judged_on_the_original_graph():
+    """A rewritten MatMul's result is itself Mul(acc, scale): the next MatMul must not be taken
+    for a product of activations because of it (nor a MatMul after a quantized Gather)."""
+    rng = np.random.default_rng(7)
+    model = model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[1, 8] ids) => (float[1, 8, 64] y) {
+    e = Gather(table, ids)
+    a = MatMul(e, w1)
+    y = MatMul(a, w2)
+}
+""", {"table": rng.standard_normal((256, 64)).astype(np.float32),
+      "w1": rng.standard_normal((64, 64)).astype(np.float32), "w2": rng.standard_normal((64, 64)).astype(np.float32)})
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("MatMulInteger") == 2 and "ReduceMax" not in ops
+
+
+def test_opset_spelt_ai_onnx_gets_the_reduce_max_form_of_its_version():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    w = np.random.default_rng(8).standard_normal((64, 48)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["p"]), helper.make_node("MatMul", ["p", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [5, 48])], [numpy_helper.from_array(w, "W")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx", 13)]))
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    check_full(model)
+    assert "ReduceMax" in [n.op_type for n in model.graph]
+    x = RNG.standard_normal((5, 64)).astype(np.float32)
+    assert _sqnr((x * x) @ w, run_ort(model, {"x": x})[0]) > 30
+
+
+def test_fused_keeps_one_scale_per_tensor():
+    """ORT's DynamicQuantizeMatMul takes one scale per tensor: fused wins over token_scales."""
+    model = _glu()
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0, fused=True))(model)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("DynamicQuantizeMatMul") == 3 and "ReduceMax" not in ops

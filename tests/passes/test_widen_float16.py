@@ -307,7 +307,7 @@ def test_bfloat16_language_model_int4_keeps_its_embedding_table_16_bit(fmt, tied
     assert q.graph.outputs[0].dtype == ir.DataType.BFLOAT16
     y = _logits_as_float32(q, {"ids": ids})
     assert _sqnr(_reference_logits(w, ids, tied), y) > 15  # int4 block 32 on Gaussian weights: ~18.5 dB
-    assert not computes_in_float16(q)
+    assert computes_in_float16(q) and not computes_in_float16(q, kept_tables=True)
     assert not WidenFloat16Pass(keep_gather_tables=True)(q).modified
 
 
@@ -380,3 +380,37 @@ def test_bfloat16_inputs_calibrate_int4(algorithm):
     assert any("calibrated 1 MatMul inputs" in n for n in report.notes), report.notes
     assert q.graph.inputs[0].dtype == ir.DataType.BFLOAT16
     check_full(q)
+
+
+def test_a_table_already_cast_to_float32_is_widened_without_keep_gather_tables():
+    """A float16 table whose rows a Cast already turns into float32 (a keep_io_types-style
+    conversion): int8-dynamic/static (Gather quantized) widen it and store it int8."""
+    e = (RNG.standard_normal((256, 64)) * 0.5).astype(np.float16)
+    graph = h.make_graph(
+        [h.make_node("Gather", ["E", "ids"], ["rows"]), h.make_node("Cast", ["rows"], ["r32"], to=T.FLOAT),
+         h.make_node("MatMul", ["r32", "W"], ["y"])],
+        "t", [h.make_tensor_value_info("ids", T.INT64, [1, 8])], [h.make_tensor_value_info("y", T.FLOAT, [1, 8, 64])],
+        [nh.from_array(e, "E"), nh.from_array(RNG.standard_normal((64, 64)).astype(np.float32), "W")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    assert computes_in_float16(model) and not computes_in_float16(model, kept_tables=True)
+    q, report = onnxq.quantize_with_report(model, onnxq.DynamicInt8())
+    assert [d.selected for d in report.decisions if d.node.op_type == "Gather"] == [True]
+    assert "E" not in q.graph.initializers or q.graph.initializers["E"].const_value.dtype != ir.DataType.FLOAT16
+
+
+def test_a_bfloat16_weight_that_is_also_an_input_keeps_its_type_for_calibration():
+    """keep_initializers_as_inputs: a bfloat16 initializer listed as an input is a weight, not
+    something calibration feeds: the calibration copy must not retype it."""
+    import ml_dtypes
+
+    w = (RNG.standard_normal((32, 16)) * 0.2).astype(ml_dtypes.bfloat16)
+    graph = h.make_graph(
+        [h.make_node("Cast", ["W"], ["Wf"], to=T.FLOAT), h.make_node("MatMul", ["x", "Wf"], ["y"])], "g",
+        [h.make_tensor_value_info("x", T.FLOAT, ["B", 32]), h.make_tensor_value_info("W", T.BFLOAT16, [32, 16])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["B", 16])], [nh.from_array(w, "W")])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    data = [{"x": RNG.standard_normal((4, 32)).astype(np.float32)} for _ in range(4)]
+    q = onnxq.quantize(model, onnxq.StaticInt8(), data=data)
+    check_full(q)
+    x = RNG.standard_normal((4, 32)).astype(np.float32)
+    assert _sqnr(x @ w.astype(np.float32), run_ort(q, {"x": x})[0]) > 25

@@ -193,7 +193,8 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     decisions += gathers
     if recipe.sum_rewrites:
         notes += _sum_rewrites(model)
-    if any(v.name == "input_ids" and v.dtype == ir.DataType.INT64 for v in model.graph.inputs):
+    # only for the ONNX Runtime targets (sum_rewrites is their switch): tensorrt/qnn run no int8-dynamic
+    if recipe.sum_rewrites and any(v.name == "input_ids" and v.dtype == ir.DataType.INT64 for v in model.graph.inputs):
         notes.append(
             "a text model: ORT CPU runs int8-dynamic on transformers as fast or faster, and its per-token "
             "scales keep language models accurate (SmolLM2-135M perplexity 4.70 vs 11.0 static, fp32 4.31); "

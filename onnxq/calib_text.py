@@ -203,16 +203,29 @@ class TextCalibration:
 
     def as_calibration_data(self):
         """The windows as int8-static's re-iterable :class:`~onnxq.data.CalibrationData` (the
-        text is tokenised once, on first use)."""
+        text is tokenised once, on first use). A model whose ``input_ids`` has a fixed length
+        gets windows of exactly that length (not lines), ``n_samples`` of them, grouped by a
+        fixed batch size."""
         from onnxq.data import CalibrationData
 
-        cache: list[np.ndarray] = []
+        cache: list[np.ndarray | list[np.ndarray]] = []
 
         def factory(specs):
+            spec = next((s for s in specs if s.name == "input_ids"), None)
+            shape = spec.shape if spec is not None and spec.shape is not None and len(spec.shape) == 2 else (None, None)
+            batch, length = shape[0] or 1, shape[1]
             if not cache:
-                cache.append(self.windows())
-            for i, feed in enumerate(lm_feeds([s.name for s in specs], cache[0])):
-                yield f"calibration text window {i}", feed
+                fixed = dataclasses.replace(self, lines=False, seq_len=length, n_samples=self.n_samples * batch)
+                cache.append(fixed.windows() if length else self.windows())
+            rows = cache[0]
+            if length and (len(rows[0]) != length or len(rows) < batch):
+                raise CalibrationDataError(
+                    f"the model takes input_ids of {batch} x {length} tokens; {self.path} gives fewer"
+                )
+            feeds = list(lm_feeds([s.name for s in specs], rows[: len(rows) // batch * batch]))
+            for i in range(0, len(feeds), batch):
+                group = feeds[i:i + batch]
+                yield f"calibration text window {i}", {k: np.concatenate([f[k] for f in group]) for k in group[0]}
 
         return CalibrationData(factory, description=f"calibration text {Path(self.path).name}",
                                length=None if not cache else len(cache[0]))

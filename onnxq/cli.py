@@ -82,6 +82,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--format", "int4_format", type=click.Choice(["qdq", "matmulnbits", "onnxq"]), default=None, help="int4-weight-only: opset-21 DequantizeLinear, ORT MatMulNBits, or com.onnxq.MatMulBlockInt4.")
 @click.option("--calib-text", type=click.Path(dir_okay=False, path_type=str), help="int8-static, int4-weight-only (gptq/awq): calibration text for a language model or text encoder: token ids (.npy) or a text file (tokenised with --tokenizer).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=str), help="With a text --calib-text: a tokenizer.json (default: tokenizer.json beside MODEL).")
+@click.option("--calib-seq-len", type=int, default=None, help="With --calib-text: tokens per sample at most (int8-static, default 128: lower it for a model with fewer positions) or per window (int4, default 512).")
 @click.option("--symmetric/--asymmetric", default=None, help="int4-weight-only: symmetric blocks (no zero points) or uint4 zero points.")
 @click.option("--accuracy-level", type=click.IntRange(0, 4), default=None, help="int4-weight-only, --format matmulnbits/onnxq: fixed accuracy_level (default: chosen per layer by measured parity).")
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
@@ -89,7 +90,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, token_scales, no_verify,
              calib_data, calib_images, preprocess, calibration, max_samples, weight_rounding=None, target_sqnr=None, max_drop=None,
              float_budget=None, target=None,
-             block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, symmetric=None,
+             block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, calib_seq_len=None, symmetric=None,
              accuracy_level=None, keep_float=(), keep_8bit=()):
     """Quantize MODEL and write the result to OUTPUT."""
     import dataclasses
@@ -154,13 +155,20 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         except TypeError as e:
             raise RecipeError(str(e)) from None
     int4_data = None
+    if calib_seq_len is not None:
+        if not calib_text:
+            raise RecipeError("--calib-seq-len applies with --calib-text")
+        if calib_seq_len < 2:
+            raise RecipeError("--calib-seq-len must be at least 2")
+        if isinstance(recipe, recipes.WeightOnlyInt4):
+            recipe = dataclasses.replace(recipe, calib_seq_len=calib_seq_len)
     if calib_text or tokenizer:
         if not isinstance(recipe, (recipes.WeightOnlyInt4, recipes.StaticInt8)):
             raise RecipeError("--calib-text/--tokenizer apply to the int8-static and int4-weight-only recipes")
         if data is not None:
             raise RecipeError("give either --calib-text or --calib-data/--calib-images, not both")
         if isinstance(recipe, recipes.StaticInt8):
-            data = _text_calibration(model, calib_text, tokenizer, recipe)
+            data = _text_calibration(model, calib_text, tokenizer, recipe, calib_seq_len)
         else:
             int4_data = _text_calibration(model, calib_text, tokenizer, recipe)
     if isinstance(recipe, recipes.WeightOnlyInt4) and data is not None:
@@ -251,7 +259,7 @@ def _print_agreement(comparison, model: str, output: str) -> None:
             )
 
 
-def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe):
+def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe, seq_len: int | None = None):
     """Calibration windows from ``--calib-text`` (token ids .npy, or text + tokenizer): the
     int4 recipe's window fields, or for int8-static one sample per line (at most STATIC_SEQ_LEN
     tokens; inputs like the ones the model will see, not long windows: an encoder calibrated on
@@ -269,8 +277,8 @@ def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None,
         beside = os.path.join(os.path.dirname(os.path.abspath(model)), "tokenizer.json")
         tokenizer = beside if os.path.isfile(beside) else None
     if isinstance(recipe, recipes.StaticInt8):
-        return TextCalibration(calib_text, tokenizer, seq_len=STATIC_SEQ_LEN, n_samples=recipe.max_samples or STATIC_SAMPLES,
-                               lines=True)
+        return TextCalibration(calib_text, tokenizer, seq_len=seq_len or STATIC_SEQ_LEN,
+                               n_samples=recipe.max_samples or STATIC_SAMPLES, lines=True)
     return TextCalibration(calib_text, tokenizer, seq_len=recipe.calib_seq_len, n_samples=recipe.calib_samples)
 
 

@@ -68,3 +68,51 @@ def test_int8_static_calibrates_on_text_lines(tmp_path, bert_tokenizer):
     r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "x.onnx"), "--recipe", "int8-dynamic",
                                   "--calib-text", str(text)])
     assert r.exit_code != 0 and "int8-static and int4-weight-only" in r.output
+
+
+@pytest.mark.parametrize("batch, length", [(1, 32), (2, 16)])
+def test_fixed_length_text_models_get_windows_of_their_length(tmp_path, bert_tokenizer, batch, length):
+    """input_ids [1, 32] (or [2, 16]): lines of other lengths would be refused, so the
+    samples are windows of exactly that length, grouped by the fixed batch."""
+    from tests.helpers import model_from_text, to_bytes
+    from tests.int4.test_int4_recipe import LM
+
+    fixed = LM.replace("int64[B, S] input_ids, int64[B, S] attention_mask",
+                       f"int64[{batch}, {length}] input_ids, int64[{batch}, {length}] attention_mask")
+    assert fixed != LM
+    init = {v.name: v.const_value.numpy() for v in _lm().graph.initializers.values()}
+    model = tmp_path / "fixed.onnx"
+    onnx.save(onnx.load_from_string(to_bytes(model_from_text(fixed, init))), model)
+    text = _lines(tmp_path, [int(n) for n in RNG.integers(3, 30, 60)])
+    out = tmp_path / "fixed_s8.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(out), "--recipe", "int8-static", "--calib-text",
+                                  str(text), "--tokenizer", str(bert_tokenizer), "--max-samples", "6"])
+    assert r.exit_code == 0, r.output
+    assert f"on {6 * batch} samples (6 runs" in r.output
+
+
+def test_calib_seq_len_caps_the_lines(tmp_path, bert_tokenizer):
+    text = _lines(tmp_path, [50, 60])
+    rows = TextCalibration(text, bert_tokenizer, seq_len=20, n_samples=8, lines=True).windows()
+    assert [len(r) for r in rows] == [20, 20]
+    model = tmp_path / "lm.onnx"
+    from tests.helpers import to_bytes
+
+    onnx.save(onnx.load_from_string(to_bytes(_lm())), model)
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "o.onnx"), "--recipe", "int8-static",
+                                  "--calib-text", str(text), "--tokenizer", str(bert_tokenizer), "--calib-seq-len", "20"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "o.onnx"), "--calib-seq-len", "20"])
+    assert r.exit_code != 0 and "--calib-text" in r.output
+
+
+def test_the_int8_dynamic_note_is_only_for_targets_that_run_it(tmp_path, bert_tokenizer):
+    from tests.helpers import to_bytes
+
+    model = tmp_path / "lm.onnx"
+    onnx.save(onnx.load_from_string(to_bytes(_lm())), model)
+    text = _lines(tmp_path, [12, 20, 9])
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "o.onnx"), "--recipe", "int8-static",
+                                  "--calib-text", str(text), "--tokenizer", str(bert_tokenizer), "--target", "tensorrt"])
+    assert r.exit_code == 0, r.output
+    assert "--recipe int8-dynamic" not in r.output

@@ -230,7 +230,10 @@ def compare_models(
 
     ``session_factory(path_or_bytes)`` builds an ORT session (default: CPU, with the onnxq
     custom-op library when the quantized model needs it)."""
+    import onnx_ir as ir
+
     from onnxq import modelio
+    from onnxq.data import float32_interface, ort_feed
 
     if session_factory is None:
         session_factory = _default_session
@@ -247,7 +250,12 @@ def compare_models(
     layers = shared_float_tensors(float_model, quant_model) if per_layer else []
     rescaled = _channel_scales(quant_model)
     layer_names = [n for n, _, _ in layers]
-    if layer_names:
+    bfloat16_io = any(v.dtype == ir.DataType.BFLOAT16 for m in (float_model, quant_model)
+                      for v in [*m.graph.inputs, *m.graph.outputs])
+    if bfloat16_io:  # ORT's Python API neither takes nor returns bfloat16: both run with float32 ends
+        float32_interface(float_model, outputs=True)
+        float32_interface(quant_model, outputs=True)
+    if layer_names or bfloat16_io:
         f_sess = session_factory(_instrumented(float_model, layer_names))
         q_sess = session_factory(_instrumented(quant_model, layer_names))
     else:
@@ -267,8 +275,9 @@ def compare_models(
     for feeds in data:
         if max_samples is not None and samples >= max_samples:
             break
-        ref = dict(zip(fetch, f_sess.run(fetch, dict(feeds))))
-        got = dict(zip(fetch, q_sess.run(fetch, dict(feeds))))
+        feeds = ort_feed(feeds)
+        ref = dict(zip(fetch, f_sess.run(fetch, feeds)))
+        got = dict(zip(fetch, q_sess.run(fetch, feeds)))
         for n in output_names:
             out_acc[n].update(ref[n], got[n])
         for n in layer_names:

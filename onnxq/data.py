@@ -61,6 +61,12 @@ def _astype_hint(dtype: np.dtype) -> str:
     return "a.astype(ml_dtypes.bfloat16)" if dtype == BFLOAT16 else f"a.astype(np.{dtype.name})"
 
 
+def _saved_bfloat16(a: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """numpy saves ml_dtypes bfloat16 arrays (.npy/.npz) as 2-byte void: read them back as
+    bfloat16 where the model wants bfloat16."""
+    return a.view(BFLOAT16) if spec.dtype == BFLOAT16 and a.dtype == np.dtype("V2") else a
+
+
 def _is_float(a: np.ndarray) -> bool:
     return a.dtype.kind in "fc" or a.dtype == BFLOAT16
 
@@ -71,13 +77,25 @@ def ort_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: (a.astype(np.float32) if a.dtype == BFLOAT16 else a) for k, a in feed.items()}
 
 
-def float32_interface(model) -> None:
+def float32_interface(model, outputs: bool = False) -> None:
     """Retype, in place, the bfloat16 inputs of an ``onnx_ir.Model`` that only Cast nodes read
     (every bfloat16 input after WidenFloat16Pass) to float32, so that ORT's Python API can feed
-    them; fed with :func:`ort_feed`, the model computes what it computed before. For probe and
-    calibration copies of a model, never for the model written out."""
+    them; fed with :func:`ort_feed`, the model computes what it computed before. ``outputs``:
+    also give each bfloat16 output a Cast to float32 under its name (ORT's Python API returns
+    no bfloat16 arrays). For probe, calibration and comparison copies of a model, never for
+    the model written out."""
     import onnx_ir as ir
 
+    if outputs:
+        graph = model.graph
+        for i, v in enumerate(list(graph.outputs)):
+            if v.dtype != ir.DataType.BFLOAT16:
+                continue
+            name, v.name = v.name, f"{v.name}/bfloat16"
+            cast = ir.node("Cast", [v], attributes={"to": ir.DataType.FLOAT}, name=f"{name}/to_float32")
+            cast.outputs[0].name, cast.outputs[0].dtype, cast.outputs[0].shape = name, ir.DataType.FLOAT, v.shape
+            graph.append(cast)
+            graph.outputs[i] = cast.outputs[0]
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:  # a weight (keep_initializers_as_inputs): its data stays bfloat16
             continue
@@ -150,7 +168,7 @@ def check_feed(feed: Mapping[str, Any], specs: Sequence[InputSpec], where: str) 
         )
     out = {}
     for name, spec in expected.items():
-        a = _as_array(feed[name], where, name)
+        a = _saved_bfloat16(_as_array(feed[name], where, name), spec)
         if spec.dtype is not None and a.dtype != spec.dtype:
             raise CalibrationDataError(
                 f"{where}: input {name!r} is {a.dtype} but the model expects {spec.dtype} "
@@ -295,8 +313,8 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData
             if n == 0:
                 raise CalibrationDataError(f"{where0} holds no samples (first axis has length 0)")
             for k in keys:  # whole-array checks: dtype and NaN once, not per feed
-                a = z[k]
                 spec = next(s for s in specs if s.name == k)
+                a = _saved_bfloat16(z[k], spec)
                 if spec.dtype is not None and a.dtype != spec.dtype:
                     raise CalibrationDataError(
                         f"{where0}: array {k!r} is {a.dtype} but the model expects {spec.dtype}"

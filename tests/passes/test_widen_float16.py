@@ -414,3 +414,31 @@ def test_a_bfloat16_weight_that_is_also_an_input_keeps_its_type_for_calibration(
     check_full(q)
     x = RNG.standard_normal((4, 32)).astype(np.float32)
     assert _sqnr(x @ w.astype(np.float32), run_ort(q, {"x": x})[0]) > 25
+
+
+def test_bfloat16_io_model_from_npz_and_compared(tmp_path):
+    """bfloat16 input and output around float32 compute: an .npz of ml_dtypes bfloat16 arrays
+    (numpy stores them as 2-byte void) calibrates it, and compare / the CLI check run it."""
+    import ml_dtypes
+    from click.testing import CliRunner
+
+    from onnxq.cli import main
+    from onnxq.compare import compare_models
+
+    w = RNG.standard_normal((32, 16)).astype(np.float32) * 0.2
+    graph = h.make_graph(
+        [h.make_node("Cast", ["x"], ["xf"], to=T.FLOAT), h.make_node("MatMul", ["xf", "W"], ["m"]),
+         h.make_node("Relu", ["m"], ["r"]), h.make_node("Cast", ["r"], ["y"], to=T.BFLOAT16)], "g",
+        [h.make_tensor_value_info("x", T.BFLOAT16, ["B", 32])], [h.make_tensor_value_info("y", T.BFLOAT16, ["B", 16])],
+        [nh.from_array(w, "W")])
+    src = tmp_path / "bf16io.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), src)
+    x = RNG.standard_normal((16, 32)).astype(ml_dtypes.bfloat16)
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "calib.npz")])
+    assert r.exit_code == 0, r.output
+    assert "check: 'y' vs the float model" in r.output
+    comparison = compare_models(src, out, [{"x": x[:4]}, {"x": x[4:8]}])
+    assert comparison.samples == 2 and comparison.outputs[0].sqnr_db > 25

@@ -18,7 +18,8 @@ DEFAULT_LIB = REPO / "build" / "cuda-harness" / "libonnxq_cuda_harness.so"
 PATH_AUTO, PATH_SKINNY, PATH_TC, PATH_SIMT, PATH_WG = 0, 1, 2, 3, 4
 PATH_NAMES = {PATH_AUTO: "auto", PATH_SKINNY: "skinny", PATH_TC: "tensorcore", PATH_SIMT: "simt", PATH_WG: "wgmma"}
 N_TC_CONFIGS = 8
-N_WG_CONFIGS = 32  # wgmma path (sm_90 only): ops/cuda/block_int4_kernels.cu Wg0..Wg9, Ws0..Ws21 (10..31)
+N_WG_CONFIGS = 33  # wgmma path (sm_90 only): ops/cuda/block_int4_kernels.cu Wg0..Wg9, Ws0..Ws22 (10..32)
+WG_STREAM_K = 32  # Ws22: stream-K over the harness's workspace (its plain variant without one: 30)
 
 
 def wgmma_device() -> bool:
@@ -60,7 +61,34 @@ class Harness:
         self.lib.onnxq_cuda_choose_path.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 4
         self.lib.onnxq_cuda_format_constants.restype = ctypes.c_int
         self.lib.onnxq_cuda_format_constants.argtypes = [ctypes.POINTER(ctypes.c_int)] * 3 + [ctypes.c_int]
+        self.lib.onnxq_cuda_set_workspace.restype = None
+        self.lib.onnxq_cuda_set_workspace.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.lib.onnxq_cuda_workspace_bytes.restype = ctypes.c_size_t
+        self.lib.onnxq_cuda_workspace_bytes.argtypes = []
         self._err = ctypes.create_string_buffer(512)
+        self._ws = None  # stream-K workspace (zero-filled torch buffer), made at the first matmul
+        self._ws_enabled = True
+
+    def _ensure_workspace(self) -> None:
+        """One zero-filled workspace for the stream-K configs (the harness runs one stream at a time)."""
+        import torch
+
+        if self._ws is None and self._ws_enabled:
+            nbytes = int(self.lib.onnxq_cuda_workspace_bytes())
+            if nbytes == 0:
+                return
+            self._ws = torch.zeros(nbytes, dtype=torch.uint8, device="cuda")
+            torch.cuda.synchronize()
+            self.lib.onnxq_cuda_set_workspace(self._ws.data_ptr(), nbytes)
+
+    def set_workspace_enabled(self, enabled: bool) -> None:
+        """Without a workspace the stream-K configs run their plain variant (for tests)."""
+        self._ws_enabled = enabled
+        if enabled:
+            if self._ws is not None:
+                self.lib.onnxq_cuda_set_workspace(self._ws.data_ptr(), self._ws.numel())
+        else:
+            self.lib.onnxq_cuda_set_workspace(None, 0)
 
     def format_constants(self) -> dict:
         bits, zc = ctypes.c_int(), ctypes.c_int()
@@ -74,6 +102,7 @@ class Harness:
     def matmul_raw(self, *, f16: bool, a: int, b: int, scales: int, zp: int | None, bias: int | None, y: int,
                    m: int, k: int, n: int, block_size: int, path: int = PATH_AUTO, config: int = -1,
                    pdl: bool = False, stream: int = 0) -> None:
+        self._ensure_workspace()
         rc = self.lib.onnxq_cuda_matmul_block_int4(
             1 if f16 else 0, a, b, scales, zp or None, bias or None, y, m, k, n, block_size, path, config,
             1 if pdl else 0, stream or None, self._err, len(self._err))

@@ -61,6 +61,12 @@ struct MatMulArgs {
   Path path = Path::kAuto;
   int config = -1;    // kernel configuration inside a path (-1: heuristic)
   bool pdl = false;   // programmatic dependent launch on sm_90 (weights prefetched early)
+  // Optional device scratch for the stream-K wgmma configs (WorkspaceBytes() bytes). It must be
+  // zero-filled before its first use; every launch leaves it zero-filled again. One launch at a
+  // time may use a workspace (give each concurrently running stream its own). Without it (null or
+  // too small) those configs, also when kAuto picks them, run their plain variant.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // Status codes of Launch().
@@ -69,9 +75,12 @@ constexpr int kInvalidArgument = 1;
 constexpr int kCudaError = 2;
 
 // Validates `args` (shapes, block size, alignment, index ranges) and launches on `stream`
-// (a cudaStream_t). Never reads or writes outside the described tensors. On failure
+// (a cudaStream_t). Never reads or writes outside the described tensors (and the workspace). On failure
 // returns kInvalidArgument or kCudaError and writes a message into err (if non-null).
 int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream, char* err, size_t err_len);
+
+// Bytes of MatMulArgs::workspace that let every stream-K config run on the current device.
+size_t WorkspaceBytes();
 
 // The path kAuto resolves to for these sizes (for reporting).
 Path ChoosePath(DType dtype, int64_t m, int64_t k, int64_t n, int64_t block_size);

@@ -17,7 +17,8 @@
 //  * wgmma_f16: fp16 A, any M, sm_90a: dequantized weights are the register operand of warpgroup
 //    MMA, activations the shared-memory operand (see its section; configs 0..9, superseded).
 //  * wgmma_ws: the same math, warp-specialized (producer warpgroup with TMA / cp.async and an
-//    mbarrier ring, two consumer warpgroups); default for M > 16 on sm_90 (configs 10..19).
+//    mbarrier ring, two consumer warpgroups); default for M > 16 on sm_90 (configs 10..32; 32 =
+//    stream-K over a caller workspace).
 //  * simt_f32: fp32 A, any M. Exact fp32 dequant ((code - zp) * scale, one rounding, the
 //    same arithmetic as onnxq.formats) and fp32 FMA on CUDA cores.
 //
@@ -31,6 +32,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <type_traits>
 #include <cstdarg>
@@ -202,7 +204,15 @@ struct KernelParams {
   int tiles_n;
   int wg_diag;             // DIAGNOSTIC (warp-specialized wgmma, benchmarks only, wrong Y): bit 0 no scale
                            // loads (config + 100); bit 1: unswizzled weight tile as before 2026-11-25
-                           // (config + 200; Y correct, for A/B timing of the swizzle)
+                           // (config + 200; Y correct, for A/B timing of the swizzle); stream-K configs:
+                           // bit 2 no partial-tile exchange (config + 400), bit 4 A tiles loaded only
+                           // into the first STAGES stages, later stages reuse them (config + 1600)
+  // stream-K (warp-specialized SK configs): sk_ctas CTAs split the tiles x k-tiles units evenly;
+  // partial tiles go through sk_ws (one BT x BN fp32 slot per CTA) and sk_flags (one per CTA)
+  float* sk_ws;
+  int* sk_flags;
+  int sk_ctas;
+  int64_t sk_ws_bytes;     // bytes at sk_ws (0: no workspace, the SK configs run their Base)
 };
 
 // cp.async / ldmatrix helpers
@@ -1856,9 +1866,42 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
-template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1, int ILV_ = 0>
+// Stream-K partial-tile exchange (SK configs): 1-D bulk copy global -> this CTA's shared memory,
+// and the per-CTA ready flags (written with release, read with acquire, reset by the one reader).
+__device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(int* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void st_relaxed_gpu(int* p, int v) {
+  asm volatile("st.relaxed.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async_global() {
+#if defined(ONNXQ_WGMMA_DEVICE)
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+#endif
+}
+// First (tile, k-tile) unit of stream-K CTA c: CTAs take equal runs of `units`.
+__device__ __forceinline__ int sk_start(int c, int64_t units, int ctas) { return (int)((int64_t)c * units / ctas); }
+
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1, int ILV_ = 0, int SK_ = 0>
 struct WsCfg {
   static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
+  // SK = 1: stream-K schedule (SkCtas: the most CTAs <= #SMs that leave every tile at most two
+  // contributors). sk_ctas CTAs take equal runs of the (tile, k-tile) units; a CTA whose run starts
+  // inside a tile writes that partial tile to its workspace slot, the CTA holding the tile's first
+  // k-tile adds the later partials (fixed order: deterministic) and stores. Needs TMA, block size
+  // >= BK and a workspace; otherwise the launcher runs Base (the same config without SK).
+  static constexpr int SK = SK_;
+  using Base = WsCfg<BT_, WGM_, SPLIT_, STAGES_, KT_, MINB_, KIN_, ILV_, 0>;
   // ILV: consumer loop variant (0: dequantize the whole tile, then its wgmmas; 1: same with the
   // per-tile scale / zero-point operands hoisted for block size >= BK; 2: 1 + each 16-k step's
   // fragment dequantized right before its wgmma).
@@ -1880,7 +1923,10 @@ struct WsCfg {
   static constexpr int kAccBytes = kGroupThreads * WGM * NACC * 4;  // one group's accumulators
   static constexpr int kRedBytes = (SPLIT > 1 || KIN > 1) ? (KIN > 1 ? KIN - 1 : 1) * kAccBytes : 0;
   static constexpr int kBarOff = kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes;
-  static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + 1024;  // + mbarriers + alignment
+  static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + (SK_ ? 16 : 0) + 1024;  // + mbarriers + alignment
+  static constexpr int kSlotBytes = BT * BN * 4;  // SK: one partial tile (fp32)
+  static_assert(SK_ == 0 || (SPLIT_ == 1 && KIN_ == 1 && ILV_ > 0 && WGM_ == 1 && kPipeBytes >= kSlotBytes),
+                "stream-K: unsplit, one consumer group, ILV loop, the stages hold a partial tile");
   static constexpr int kSPer = BN * 4 * KT / kProducers;  // scale entries per producer thread per stage
   static constexpr int NA = KT * BT * 8 / kProducers;     // 16-byte activation chunks per producer thread
   static constexpr int NB = KT * BN * 2 / kProducers;     // 16-byte weight chunks per producer thread
@@ -2057,9 +2103,15 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   const int tid = threadIdx.x;
   const int ktiles = (int)((p.k + C::BK - 1) / C::BK);
   const int per = (ktiles + C::SPLIT - 1) / C::SPLIT;
-  const int kt0 = min(ktiles, rank * per), nt = min(ktiles, kt0 + per) - kt0;
+  const int kt0 = min(ktiles, rank * per);
   const int kbase = kt0 * C::BK;
   auto tile_k0 = [&](int j) { return kbase + j * C::BK; };  // the CTA's j-th k-tile
+  // Stream-K: this CTA's run of units u = tile * ktiles + k-tile is [sk_u0, sk_u0 + nt).
+  const int64_t sk_units = C::SK > 0 ? tiles_m * ((p.n + C::BN - 1) / C::BN) * ktiles : 0;
+  const int sk_u0 = C::SK > 0 ? sk_start((int)blockIdx.x, sk_units, p.sk_ctas) : 0;
+  const int nt = C::SK > 0 ? sk_start((int)blockIdx.x + 1, sk_units, p.sk_ctas) - sk_u0
+                           : min(ktiles, kt0 + per) - kt0;
+  const uint32_t red_bar = empty_bar + 8 * S;  // SK: partial-tile copies
 
   if (tid == 0) {
 #pragma unroll 1
@@ -2068,6 +2120,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       mbar_init(full_bar + 8 * s, kTma ? C::kProducers : 2 * C::kProducers);
       mbar_init(empty_bar + 8 * s, C::kGroupThreads / 32);  // the warps of the one group that reads it
     }
+    if constexpr (C::SK > 0) mbar_init(red_bar, 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -2079,6 +2132,54 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
     // ---------------- producer warpgroup ----------------
     setmaxnreg_dec<C::kRegP>();
     const int pt = tid;
+    if constexpr (C::SK > 0) {  // stream-K (TMA only): thread 0 issues, every producer thread arrives
+      if constexpr (kTma) {
+        constexpr uint32_t kTxBytes = C::kA + C::kB;
+        const int tms = (int)tiles_m;
+        auto at = [&](int j, int& k0, int& mm, int& nn) {  // step j -> its tile's origin and k
+          const int u = sk_u0 + j, tl = u / ktiles, tn = tl / tms;
+          k0 = (u - tl * ktiles) * C::BK;
+          mm = (tl - tn * tms) * C::BT;
+          nn = tn * C::BN;
+        };
+        const int pro = min(nt, S);
+        if (p.pdl) {  // weights of the first stages are independent of earlier kernels
+          if (pt == 0) {
+#pragma unroll 1
+            for (int j = 0; j < pro; ++j) {
+              int k0, mm, nn;
+              at(j, k0, mm, nn);
+              mbar_expect_tx(full_bar + 8 * j, kTxBytes);
+              tma_load_2d(base_u32 + j * C::kStageBytes + C::kA, &tm_b, k0 >> 1, nn, full_bar + 8 * j);
+            }
+          }
+          griddep_wait();
+        }
+        int s_in = 0, ph_in = 0;
+#pragma unroll 1
+        for (int j = 0; j < nt; ++j) {
+          if (j >= S) mbar_wait(empty_bar + 8 * s_in, ph_in ^ 1);
+          if (pt == 0) {
+            int k0, mm, nn;
+            at(j, k0, mm, nn);
+            const uint32_t st = base_u32 + s_in * C::kStageBytes, bar = full_bar + 8 * s_in;
+            const bool a_once = (p.wg_diag & 16) && j >= S;  // DIAGNOSTIC: stale A tiles (wrong Y)
+            if (!(p.pdl && j < pro)) {
+              mbar_expect_tx(bar, a_once ? (uint32_t)C::kB : kTxBytes);
+              tma_load_2d(st + C::kA, &tm_b, k0 >> 1, nn, bar);
+            }
+            if (!a_once) {
+#pragma unroll
+              for (int sub = 0; sub < C::KT; ++sub) tma_load_2d(st + sub * C::BT * 128, &tm_a, k0 + 64 * sub, mm, bar);
+            }
+          }
+          mbar_arrive(full_bar + 8 * s_in);
+          if (++s_in == S) { s_in = 0; ph_in ^= 1; }
+        }
+        if (p.pdl) griddep_launch_dependents();
+      }
+      return;
+    }
     const WsProducer<C, kAVec> ld(p, pt, m0, n0);
     const int pro = min(nt, S);
     constexpr uint32_t kTxBytes = C::kA + C::kB;  // whole boxes, out-of-bounds parts zero-filled
@@ -2203,8 +2304,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         asm volatile("" : "+l"(zrow[mt][h]));
       }
     }
-  auto fetch_scales = [&](int kt) {  // tile kt of this CTA's K slice
-    const int kb = tile_k0(kt) >> p.bs_shift;
+  auto fetch_scales = [&](int k0) {  // the k-tile starting at k0
+    const int kb = k0 >> p.bs_shift;
     if constexpr (C::ILV > 0) {  // zero points present or not: one kernel-uniform test
       const bool has_z = p.z != nullptr;
 #pragma unroll
@@ -2224,16 +2325,17 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         pre_z[mt][h] = zrow[mt][h] ? (uint32_t)__ldg(zrow[mt][h] + (kb >> 1)) : 0x88u;
       }
   };
-  if (direct && grp < nt) fetch_scales(grp);
+  if (C::SK == 0 && direct && grp < nt) fetch_scales(tile_k0(grp));
   int s_c = grp, ph_c = 0, s_prev = 0;  // stage / phase of tile i (KIN <= STAGES)
   if constexpr (C::ILV > 0) {
     // ILV configs: per-tile scale / zero-point operands computed once per row (block size >= BK:
     // one block per tile), and (ILV 2) each 16-k step dequantized right before its own wgmma, so
     // the tensor cores start after 1/(4 KT) of the tile's dequant instead of all of it.
-    auto consume = [&](auto dtag) {
+    // One k-tile (starting at k0): first = the first of an accumulation (scale-d 0), rel = release
+    // the previous tile's stage after its wgmmas retired, next_k0 >= 0: prefetch that tile's scales.
+    auto tile_step = [&](auto dtag, int k0, bool first, bool rel, int next_k0) {
       constexpr bool kDirect = decltype(dtag)::value;
-#pragma unroll 1
-      for (int i = grp; i < nt; i += C::KIN) {
+      {
         mbar_wait(full_bar + 8 * s_c, ph_c);
         if (!kTma) fence_proxy_async_smem();
         const uint8_t* sb = base + s_c * C::kStageBytes + C::kA;
@@ -2263,7 +2365,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
           }
         }
         if constexpr (kDirect) {
-          const int sh = ((tile_k0(i) >> p.bs_shift) & 1) * 4;
+          const int sh = ((k0 >> p.bs_shift) & 1) * 4;
 #pragma unroll
           for (int mt = 0; mt < C::WGM; ++mt)
 #pragma unroll
@@ -2271,10 +2373,10 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
               dsc[mt][h] = pre_s[mt][h] | (pre_s[mt][h] << 16);
               dsb[mt][h] = zp_sub_bits((pre_z[mt][h] >> sh) & 0xFu);
             }
-          if (i + C::KIN < nt) fetch_scales(i + C::KIN);
+          if (next_k0 >= 0) fetch_scales(next_k0);
         }
         wg_wait<0>();  // tile i-1's wgmmas retired: its fragment registers and stage are free
-        if (i > grp) {
+        if (rel) {
           __syncwarp();
           if (lane == 0) mbar_arrive(empty_bar + 8 * s_prev);
         }
@@ -2310,7 +2412,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 #pragma unroll
           for (int mt = 0; mt < C::WGM; ++mt) {
             wg_fence_acc(acc[mt]);
-            wgmma_bt<C::BT>(acc[mt], fr[s][mt], desc, (i != grp || s != 0) ? 1 : 0);
+            wgmma_bt<C::BT>(acc[mt], fr[s][mt], desc, (!first || s != 0) ? 1 : 0);
             wg_fence_acc(acc[mt]);
           }
         };
@@ -2333,6 +2435,93 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         s_c += C::KIN;
         if (s_c >= S) { s_c -= S; ph_c ^= 1; }
       }
+    };
+    if constexpr (C::SK > 0) {  // stream-K (block size >= BK: the launcher checks): segments of the run
+      const int u1 = sk_u0 + nt;
+      uint32_t red_ph = 0;
+      bool pend = false;  // a tile's stage is still held (released after its wgmmas retired)
+#pragma unroll 1
+      for (int u = sk_u0; u < u1;) {
+        const int tl = u / ktiles, kb = u - tl * ktiles;
+        const int ke = min(ktiles, kb + (u1 - u)), n_it = ke - kb;
+        const int64_t sm0 = (tl % tiles_m) * C::BT, sn0 = (tl / tiles_m) * C::BN;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int64_t r = sn0 + wg * 64 + wq * 16 + g + 8 * h;
+          const int64_t rr = r < p.n ? r : 0;
+          srow[0][h] = static_cast<const uint16_t*>(p.s) + rr * p.nb;
+          zrow[0][h] = p.z ? p.z + rr * p.zcols : nullptr;
+          asm volatile("" : "+l"(srow[0][h]));
+          asm volatile("" : "+l"(zrow[0][h]));
+        }
+        fetch_scales(kb * C::BK);
+#pragma unroll 1
+        for (int i = 0; i < n_it; ++i) {
+          tile_step(std::true_type{}, (kb + i) * C::BK, i == 0, pend, i + 1 < n_it ? (kb + i + 1) * C::BK : -1);
+          pend = true;
+        }
+        wg_wait<0>();
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty_bar + 8 * s_prev);
+        pend = false;
+        u += n_it;
+        if (u == u1 && p.pdl) griddep_launch_dependents();
+        wg_fence_acc(acc[0]);
+        if (kb != 0 && (p.wg_diag & 4)) continue;  // DIAGNOSTIC: no partial-tile exchange (wrong Y)
+        if (kb != 0) {  // the run starts inside this tile: publish the partial tile (thread-major float4s)
+          float4* slot = reinterpret_cast<float4*>(p.sk_ws) + (size_t)blockIdx.x * (C::kSlotBytes / 16);
+#pragma unroll
+          for (int e = 0; e < C::NACC / 4; ++e)
+            __stcg(slot + e * C::kGroupThreads + ct,
+                   make_float4(acc[0][4 * e], acc[0][4 * e + 1], acc[0][4 * e + 2], acc[0][4 * e + 3]));
+          asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");
+          if (ct == 0) {
+            __threadfence();
+            st_release_gpu(p.sk_flags + blockIdx.x, 1);
+          }
+          continue;
+        }
+        if (ke < ktiles && !(p.wg_diag & 4)) {  // this CTA holds the tile's first k-tiles; later CTAs the rest
+          // (the run ends here: every stage is free and becomes the receive buffer)
+          const int64_t tile_end = (int64_t)(tl + 1) * ktiles;
+          asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");
+#pragma unroll 1
+          for (int c2 = (int)blockIdx.x + 1; c2 < p.sk_ctas && sk_start(c2, sk_units, p.sk_ctas) < tile_end; ++c2) {
+            if (ct == 0) {
+              while (ld_acquire_gpu(p.sk_flags + c2) == 0) {
+              }
+              st_relaxed_gpu(p.sk_flags + c2, 0);  // the only reader: ready for the next launch
+              fence_proxy_async_global();
+              fence_proxy_async_smem();
+              constexpr int kChunk = C::kSlotBytes / 4;
+              const uint8_t* src = reinterpret_cast<const uint8_t*>(p.sk_ws) + (size_t)c2 * C::kSlotBytes;
+              mbar_expect_tx(red_bar, C::kSlotBytes);
+#pragma unroll
+              for (int q = 0; q < 4; ++q) bulk_load_1d(base_u32 + q * kChunk, src + q * kChunk, kChunk, red_bar);
+              mbar_arrive(red_bar);
+            }
+            mbar_wait(red_bar, red_ph);
+            red_ph ^= 1;
+            const float4* rb = reinterpret_cast<const float4*>(base);
+#pragma unroll
+            for (int e = 0; e < C::NACC / 4; ++e) {
+              const float4 v = rb[e * C::kGroupThreads + ct];
+              acc[0][4 * e] += v.x;
+              acc[0][4 * e + 1] += v.y;
+              acc[0][4 * e + 2] += v.z;
+              acc[0][4 * e + 3] += v.w;
+            }
+            asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");  // buffer read before refill
+          }
+        }
+        store_wgmma_tile<C>(p, acc, sm0, sn0, wg, wq, g, t);
+      }
+      return;
+    }
+    auto consume = [&](auto dtag) {
+#pragma unroll 1
+      for (int i = grp; i < nt; i += C::KIN)
+        tile_step(dtag, tile_k0(i), i == grp, i > grp, i + C::KIN < nt ? tile_k0(i + C::KIN) : -1);
     };
     if (direct) consume(std::true_type{});
     else consume(std::false_type{});
@@ -2379,7 +2568,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
             zv[mt][h][q] = z4;
           }
         }
-      if (i + C::KIN < nt) fetch_scales(i + C::KIN);
+      if (i + C::KIN < nt) fetch_scales(tile_k0(i + C::KIN));
     }
     // Tile i-1's wgmmas (one group) must retire before its fragment registers are rewritten
     // (wgmma reads register operands asynchronously; ptxas turns any earlier rewrite into a full
@@ -2503,7 +2692,11 @@ using Ws18 = WsCfg<64, 1, 3, 8, 2, 1, 1, 1>;   // = Ws12, ILV 1
 using Ws19 = WsCfg<128, 1, 2, 5, 2, 1, 1, 1>;  // = Ws14, ILV 1
 using Ws20 = WsCfg<256, 1, 1, 5, 1, 1, 1, 2>;  // = Ws7, ILV 2
 using Ws21 = WsCfg<256, 1, 1, 5, 1, 1, 1, 1>;  // = Ws7, ILV 1
-constexpr int kNumWsConfigs = 22;
+//                BT WGM SPLIT STAGES KT CTAs/SM KIN ILV SK (stream-K schedule, see WsCfg)
+using Ws22 = WsCfg<256, 1, 1, 5, 1, 1, 1, 2, 1>;  // = Ws20, stream-K
+constexpr int kNumWsConfigs = 23;
+constexpr int kSkFlagBytes = 4096;              // workspace: one int flag per CTA (<= 1024 CTAs) ...
+constexpr int64_t kSkMaxSlotBytes = 256 * 128 * 4;  // ... then one partial tile per CTA (largest SK tile)
 
 // ------------------------------------------------------------------------------------
 // SIMT fp32 kernel (any M): exact fp32 dequant, FFMA
@@ -2742,6 +2935,30 @@ bool EncodeTensorMap2d(CUtensorMap* map, CUtensorMapDataType type, void* addr, c
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Stream-K grid: CTA c takes units [c U / C, (c+1) U / C) of the U = tiles x ktiles (tile, k-tile)
+// units; C <= #SMs (one CTA per SM: a CTA may wait for later CTAs' partial tiles, so all of them
+// must be resident at once). C = the largest such count that leaves every tile at most two
+// contributors (one partial-tile read per finished tile; measured on H100: up to 3-4 contributors
+// at C = #SMs cost 10 µs more at 4096x11008 / 4096² M=256-512), else min(#SMs, U).
+int SkCtas(int64_t tiles, int64_t ktiles, int sms) {
+  const int64_t units = tiles * ktiles;
+  const int c1 = (int)std::min<int64_t>(sms, units);
+  // A tile has 1 + (run boundaries strictly inside it) contributors: at most two <=> no two
+  // consecutive interior boundaries fall into the same tile.
+  for (int c = c1; c >= (c1 + 1) / 2 && c >= 1; --c) {
+    bool ok = true;
+    int64_t prev = -1;
+    for (int i = 1; i < c && ok; ++i) {
+      const int64_t b = (int64_t)i * units / c;
+      if (b % ktiles == 0) continue;
+      ok = b / ktiles != prev;
+      prev = b / ktiles;
+    }
+    if (ok) return c;
+  }
+  return c1;
+}
+
 template <class C>
 int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStream_t stream, bool pdl, char* err,
              size_t len) {
@@ -2769,9 +2986,23 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
   }
   using KFn = void (*)(KernelParams, CUtensorMap, CUtensorMap);
   const int variant = (a_vec ? 1 : 0) + (tma ? 2 : 0);
-  const KFn kernels[4] = {wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, false>,
-                          wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, true>};
-  const KFn k = kernels[variant];
+  KFn k = nullptr;
+  KernelParams q = p;
+  int64_t grid = tiles;
+  if constexpr (C::SK > 0) {  // stream-K: TMA, one block per k-tile and a workspace, else the plain config
+    const int64_t ktiles = (p.k + C::BK - 1) / C::BK;
+    const int ctas = SkCtas(tiles, ktiles, dev.sms);
+    if (!tma || p.bs < C::BK || ctas < 1 || ctas * 4 > kSkFlagBytes ||
+        (int64_t)ctas * C::kSlotBytes > p.sk_ws_bytes || tiles * ktiles > 0x7fffffffLL)
+      return LaunchWs<typename C::Base>(p, a_vec, dev, stream, pdl, err, len);
+    q.sk_ctas = ctas;
+    grid = ctas;
+    k = wgmma_ws_kernel<C, true, true>;
+  } else {
+    const KFn kernels[4] = {wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, false>,
+                            wgmma_ws_kernel<C, false, false>, wgmma_ws_kernel<C, true, true>};
+    k = kernels[variant];
+  }
   static std::atomic<uint64_t> smem_done4[4];
   int rc = EnsureSmem(reinterpret_cast<const void*>(k), C::kSmemBytes, &smem_done4[variant], err, len);
   if (rc != kOk) return rc;
@@ -2788,7 +3019,7 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
   if (C::kProducers * C::kRegP + C::kConsumers * C::kRegC > C::kThreads * nr)
     return Fail(err, len, kCudaError, "wgmma config built with %d registers per thread, too few for setmaxnreg", nr);
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(tiles));
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
   cfg.blockDim = dim3(C::kThreads);
   cfg.dynamicSmemBytes = static_cast<size_t>(C::kSmemBytes);
   cfg.stream = stream;
@@ -2808,7 +3039,7 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
   }
   cfg.attrs = na ? attr : nullptr;
   cfg.numAttrs = na;
-  cudaError_t e = cudaLaunchKernelEx(&cfg, k, p, tm_a, tm_b);
+  cudaError_t e = cudaLaunchKernelEx(&cfg, k, q, tm_a, tm_b);
   if (e == cudaSuccess) e = cudaGetLastError();
   if (e != cudaSuccess) return Fail(err, len, kCudaError, "kernel launch failed: %s", cudaGetErrorString(e));
   return kOk;
@@ -2820,7 +3051,10 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
 // CTA per SM covers the grid (Ws15), else unsplit while the grid fits one wave (Ws16); larger M:
 // BT=128 with 2-way split-K while that fits one wave (Ws19), else BT=256 unsplit (Ws20). Smaller
 // blocks (producer-staged per-16-k scales; the ILV variants measured no faster there): the ILV 0
-// configs Ws12 / Ws13 / Ws14 / Ws7 at the same points. Grids past one wave at M <= 64: BT=64 at
+// configs Ws12 / Ws13 / Ws14 / Ws7 at the same points. M > 256, block size >= 128, where the BT=256
+// tiles fill their last wave to less than 80 %: stream-K Ws22 (needs the caller's workspace, else
+// it runs Ws20; measured at M=512: 7-18 % faster than the best plain config, at M <= 256 no faster).
+// Grids past one wave at M <= 64: BT=64 at
 // 2 CTAs/SM with 2-way split-K (Ws9) or none (Ws8). (A split-K cluster of 1-CTA/SM CTAs can run
 // in two waves even below #SMs: at most 30 clusters of 4 were co-resident on the H100.)
 int ChooseWgConfig(int64_t m, int64_t n, int64_t bs, const DeviceInfo& dev) {
@@ -2832,6 +3066,10 @@ int ChooseWgConfig(int64_t m, int64_t n, int64_t bs, const DeviceInfo& dev) {
     return ctas(64, 128) * 2 <= 2 * dev.sms ? kNumWgConfigs + 9 : kNumWgConfigs + 8;
   }
   if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + (ilv ? 19 : 14);
+  if (ilv && m > 256) {  // stream-K where the BT=256 tiles fill the last wave poorly (< 80 %)
+    const int64_t t = ctas(256, 128), waves = (t + dev.sms - 1) / dev.sms;
+    if (t * 5 < waves * dev.sms * 4) return kNumWgConfigs + 22;
+  }
   return kNumWgConfigs + (ilv ? 20 : 7);
 }
 
@@ -2956,6 +3194,12 @@ Path ChoosePath(DType dtype, int64_t m, int64_t /*k*/, int64_t /*n*/, int64_t /*
   return Path::kTensorCore;
 }
 
+size_t WorkspaceBytes() {
+  DeviceInfo dev;
+  if (GetDeviceInfo(&dev, nullptr, 0) != kOk) return 0;
+  return static_cast<size_t>(kSkFlagBytes) + static_cast<size_t>(dev.sms) * static_cast<size_t>(kSkMaxSlotBytes);
+}
+
 int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, size_t len) {
   if (err != nullptr && len > 0) err[0] = '\0';
   const int64_t m = args.m, k = args.k, n = args.n, bs = args.block_size;
@@ -2998,6 +3242,12 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   p.row_bytes = row_bytes;
   p.zcols = ZeroPointCols(nb);
   p.b_vec16 = (addr(args.b) % 16 == 0 && row_bytes % 16 == 0) ? 1 : 0;
+  if (args.workspace != nullptr && args.workspace_bytes > static_cast<size_t>(kSkFlagBytes) &&
+      addr(args.workspace) % 16 == 0) {
+    p.sk_flags = static_cast<int*>(args.workspace);
+    p.sk_ws = reinterpret_cast<float*>(static_cast<uint8_t*>(args.workspace) + kSkFlagBytes);
+    p.sk_ws_bytes = static_cast<int64_t>(args.workspace_bytes) - kSkFlagBytes;
+  }
 
   DeviceInfo dev;
   int rc = GetDeviceInfo(&dev, err, len);
@@ -3029,7 +3279,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
   if (path == Path::kWgmma) {
     int cfg = args.config;
     if (cfg < 0) cfg = ChooseWgConfig(m, n, bs, dev);
-    if (cfg >= 100 && cfg < 400 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
+    if (cfg >= 100 && cfg < 3200 && cfg % 100 >= kNumWgConfigs) {  // DIAGNOSTIC variants (benchmarks only)
       p.wg_diag = cfg / 100;
       cfg %= 100;
     }
@@ -3066,6 +3316,7 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
       case kNumWgConfigs + 19: return LaunchWs<Ws19>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 20: return LaunchWs<Ws20>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 21: return LaunchWs<Ws21>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 22: return LaunchWs<Ws22>(p, a_vec, dev, stream, pdl, err, len);
       default:
         return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg,
                     kNumWgConfigs + kNumWsConfigs - 1);

@@ -10,6 +10,11 @@ namespace oc = onnxq::cuda;
 
 #define ONNXQ_HARNESS_API extern "C" __attribute__((visibility("default")))
 
+namespace {
+void* g_workspace = nullptr;  // see onnxq_cuda_set_workspace
+size_t g_workspace_bytes = 0;
+}  // namespace
+
 // dtype: 0 float32, 1 float16. path: 0 auto, 1 skinny, 2 tensor core, 3 simt.
 // config: kernel configuration inside the path, -1 for the heuristic. stream: cudaStream_t.
 // Returns 0 on success, 1 invalid argument, 2 CUDA error (message in err).
@@ -36,8 +41,18 @@ ONNXQ_HARNESS_API int onnxq_cuda_matmul_block_int4(int dtype, const void* a, con
   args.path = static_cast<oc::Path>(path);
   args.config = config;
   args.pdl = pdl != 0;
+  args.workspace = g_workspace;
+  args.workspace_bytes = g_workspace_bytes;
   return oc::LaunchMatMulBlockInt4(args, stream, err, err_len);
 }
+
+// Workspace for the stream-K configs, used by every later call (zero-filled device memory of at
+// least onnxq_cuda_workspace_bytes() bytes, or null to run without one).
+ONNXQ_HARNESS_API void onnxq_cuda_set_workspace(void* ptr, size_t bytes) {
+  g_workspace = ptr;
+  g_workspace_bytes = ptr ? bytes : 0;
+}
+ONNXQ_HARNESS_API size_t onnxq_cuda_workspace_bytes() { return oc::WorkspaceBytes(); }
 
 ONNXQ_HARNESS_API int onnxq_cuda_choose_path(int dtype, int64_t m, int64_t k, int64_t n, int64_t block_size) {
   return static_cast<int>(oc::ChoosePath(dtype == 1 ? oc::DType::kFloat16 : oc::DType::kFloat32, m, k, n, block_size));

@@ -48,6 +48,7 @@ from bench.device.cuda_int4_harness import (  # noqa: E402
     PATH_SKINNY,
     PATH_TC,
     PATH_WG,
+    WG_STREAM_K,
     Harness,
     HarnessError,
     find_or_build_lib,
@@ -185,6 +186,26 @@ def test_wgmma_llm_shapes(harness, m):
     ref = _reference(p, a, True, bias)
     for c in range(N_WG_CONFIGS):
         _check(_run(harness, p, a, bias, path=PATH_WG, config=c), ref, True, f"wg{c} M={m}")
+
+
+@pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
+def test_wgmma_stream_k(harness):
+    """Stream-K config on a grid where tiles are shared by two CTAs (M=512 at 4096²: 64 BT=256
+    tiles on <= 132 CTAs), plain and PDL, deterministic, picked by auto there; without a workspace
+    it runs its plain variant (wg30) bit for bit."""
+    p, a, bias = _inputs((4096, 4096, 128, False, True), 512, True, seed=512)
+    ref = _reference(p, a, True, bias)
+    y = _run(harness, p, a, bias, path=PATH_WG, config=WG_STREAM_K)
+    _check(y, ref, True, "stream-K M=512")
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_WG, config=WG_STREAM_K)), "stream-K not deterministic"
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_WG, config=WG_STREAM_K, pdl=True)), "stream-K + PDL"
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_AUTO)), "auto at M=512 is the stream-K config"
+    plain = _run(harness, p, a, bias, path=PATH_WG, config=WG_STREAM_K - 2)
+    harness.set_workspace_enabled(False)
+    try:
+        assert np.array_equal(plain, _run(harness, p, a, bias, path=PATH_WG, config=WG_STREAM_K))
+    finally:
+        harness.set_workspace_enabled(True)
 
 
 @pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")

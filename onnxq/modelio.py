@@ -123,16 +123,44 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _external_data_files(model_path: Path) -> list[Path]:
+    """The files an ONNX model keeps its external tensors in (none for other files)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    if model_path.suffix.lower() != ".onnx" or not model_path.is_file():
+        return []
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not a model: nothing to protect beyond the file itself
+        return []
+    files = set()
+    for t in _get_all_tensors(proto):
+        if uses_external_data(t):
+            location = next((e.value for e in t.external_data if e.key == "location"), None)
+            if location:
+                files.add(model_path.parent / location)
+    return sorted(files)
+
+
 def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Raise unless ``path`` can be written without touching any ``protect`` path."""
+    """Raise unless ``path`` (and its ``<name>.data`` sidecar) can be written without touching
+    any ``protect`` path or the external data files of a protected model."""
     path = Path(path)
+    data = path.with_name(path.name + ".data")
     for p in protect:
         p = Path(p)
         if path.resolve() == p.resolve() or _same_file(path, p):
             raise OnnxqError(f"refusing to overwrite the input model {p}; choose another output path with -o")
-        data = path.with_name(path.name + ".data")
         if data.exists() and _same_file(data, p):
             raise OnnxqError(f"the output's external data file {data} would overwrite the input {p}")
+        for weights in _external_data_files(p):
+            for mine in (path, data):
+                if mine.resolve() == weights.resolve() or (mine.exists() and _same_file(mine, weights)):
+                    raise OnnxqError(
+                        f"{mine} is where the input model {p.name} keeps its weights (external data); "
+                        "choose another output path with -o"
+                    )
     parent = path.parent
     if not parent.is_dir():
         raise OnnxqError(f"output folder {parent} does not exist; create it first")
@@ -182,6 +210,8 @@ def save(
         tmp_data = tmpdir / data_name
         if tmp_data.exists():
             os.replace(tmp_data, parent / data_name)
+        elif (parent / data_name).is_file():  # a sidecar a former output left; this one reads none
+            (parent / data_name).unlink()
         os.replace(tmp_model, path)
     except OSError as e:
         raise OnnxqError(f"cannot write {path}: {e.strerror or e}") from None

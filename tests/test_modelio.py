@@ -119,3 +119,27 @@ def test_external_data_layout_is_kept(tmp_path):
     out = tmp_path / "b.onnx"
     modelio.save(modelio.load(src), out)
     assert (tmp_path / "b.onnx.data").stat().st_size >= 4 * 256 * 4
+
+
+@pytest.mark.parametrize("out_name", ["b.onnx", "b.onnx.data"])
+def test_output_may_not_land_on_the_inputs_external_data(tmp_path, out_name):
+    """a.onnx keeps its weights in b.onnx.data: neither -o b.onnx (whose sidecar is
+    b.onnx.data) nor -o b.onnx.data itself may write there, whatever the quantized model
+    still reads lazily (the CLI's check, before anything runs)."""
+    big = model_from_text(TEXT.replace("float[2, 3] y", "float[2, 256] y"), {"w": np.ones((4, 256), np.float32)})
+    proto = onnx.load_from_string(__import__("tests.helpers", fromlist=["to_bytes"]).to_bytes(big))
+    onnx.save(proto, tmp_path / "a.onnx", save_as_external_data=True, location="b.onnx.data", size_threshold=0)
+    before = (tmp_path / "b.onnx.data").read_bytes()
+    with pytest.raises(OnnxqError, match="keeps its weights"):
+        modelio.check_output_path(tmp_path / out_name, protect=(tmp_path / "a.onnx",))
+    assert (tmp_path / "b.onnx.data").read_bytes() == before
+
+
+def test_a_former_outputs_sidecar_is_removed(tmp_path):
+    out = tmp_path / "out.onnx"
+    big = model_from_text(TEXT.replace("float[2, 3] y", "float[2, 256] y"), {"w": np.ones((4, 256), np.float32)})
+    modelio.save(big, out, external_data=True)
+    assert (tmp_path / "out.onnx.data").exists()
+    modelio.save(_model(), out)  # no external data this time
+    assert not (tmp_path / "out.onnx.data").exists()
+    assert run_ort(modelio.load(out), {"x": np.ones((2, 4), np.float32)})[0].shape == (2, 3)

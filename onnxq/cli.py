@@ -244,7 +244,7 @@ def _print_agreement(comparison, model: str, output: str) -> None:
 
     from onnxq.verify import LOW_SQNR_DB
 
-    console = Console()
+    console = Console(markup=False)  # names from the model may hold '[...]'
     for o in comparison.outputs:
         line = (f"check: {o.name!r} vs the float model, {comparison.samples} calibration samples: "
                 f"SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.4f}")
@@ -319,7 +319,7 @@ def _print_summary(report, model: str, output: str, in_bytes: int | None, elapse
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False)  # names from the model may hold '[...]'
     out_bytes = os.path.getsize(output)
     data = output + ".data"
     if os.path.exists(data):
@@ -361,9 +361,10 @@ def inspect(model, as_json):
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
-    console.print(f"[bold]{model}[/bold]  ir_version {summary.ir_version}  opsets {summary.opsets}")
+    console = Console(markup=False)  # names from the model may hold '[...]'
+    console.print(Text(str(model), style="bold"), f" ir_version {summary.ir_version}  opsets {summary.opsets}")
     console.print(
         f"file {summary.file_bytes / 1e6:.2f} MB, weights {summary.weight_bytes / 1e6:.2f} MB, "
         f"{summary.subgraphs} subgraph(s)"
@@ -428,7 +429,7 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False)  # names from the model may hold '[...]'
     table = Table(title=f"{Path(quant_model).name} vs {Path(float_model).name}, {comparison.samples} samples")
     for col in ("output", "cosine", "SQNR dB", "max abs error", "top-1 agreement"):
         table.add_column(col, justify="right" if col != "output" else "left")
@@ -488,10 +489,11 @@ def _print_verify(report) -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
-    status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
-    console.print(f"[bold]{report.model}[/bold] on {report.runtime}: {status} "
+    console = Console(markup=False)  # names from the model may hold '[...]'
+    status = Text("OK", style="green") if report.ok else Text("FAILED", style="red")
+    console.print(Text(str(report.model), style="bold"), f"on {report.runtime}:", status,
                   f"(loaded: {'yes' if report.loaded else 'no'}, {len(report.errors)} errors, "
                   f"{len(report.fallbacks)} float fallbacks)")
     if report.findings:

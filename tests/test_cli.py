@@ -275,3 +275,29 @@ def test_agreement_check_reports_float_outputs_only(tmp_path):
     feeds = [{"x": np.random.default_rng(i).standard_normal((1, 64)).astype(np.float32)} for i in range(3)]
     got = agreement_with_float(p, p, feeds)
     assert [o.name for o in got.outputs] == ["y"]
+
+
+def test_node_names_with_rich_markup_are_printed_as_they_are(tmp_path):
+    """'[/x]' in a node name is a name, not console markup: summary, notes, compare and
+    verify print it (rich raised MarkupError after the output was written)."""
+    from onnx import helper
+
+    w = np.random.default_rng(1).standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="[/x] mm [bold]")], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 32])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    src, out = tmp_path / "[m].onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(2).standard_normal((8, 64)).astype(np.float32))
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "c.npz"), "--exclude", "[/x] mm [bold]"])
+    assert r.exit_code != 0 and "nothing to quantize" in r.output  # the excluded name, printed as given
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0, r.output
+    for args in (["compare", str(src), str(out), "--data", str(tmp_path / "c.npz")], ["inspect", str(src)],
+                 ["verify", str(out)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, (args, r.output)
+    assert "[m].onnx" in CliRunner().invoke(main, ["inspect", str(src)]).output

@@ -57,6 +57,7 @@ class Observer:
         self.max = -math.inf
         self.updates = 0
         self.nonfinite = 0
+        self.infinite = 0  # +-inf values in the data (an additive -inf mask), left out of the range
 
     @property
     def seen(self) -> bool:
@@ -71,6 +72,7 @@ class Observer:
         ok = np.isfinite(x)
         if not ok.all():
             self.nonfinite += int(x.size - ok.sum())
+            self.infinite += int(np.isinf(x).sum())
             x = x[ok]
         return x
 
@@ -85,6 +87,8 @@ class Observer:
             lo_a = np.asarray(vmin, dtype=np.float64).ravel()
             hi_a = np.asarray(vmax, dtype=np.float64).ravel()
             self.nonfinite += int(np.isnan(lo_a).sum() + np.isnan(hi_a).sum())
+            # a placeholder is (+inf, -inf); a -inf minimum or +inf maximum is data
+            self.infinite += int((lo_a == -np.inf).sum() + (hi_a == np.inf).sum())
             lo_a = lo_a[np.isfinite(lo_a)]  # +inf / -inf: placeholders from untaken If branches
             hi_a = hi_a[np.isfinite(hi_a)]
             if lo_a.size == 0 or hi_a.size == 0:

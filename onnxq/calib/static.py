@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import hashlib
 import logging
+import math
 import weakref
 from typing import Any
 
@@ -356,9 +357,10 @@ def _mask_valued(plan, per_group: dict[str, Observer]) -> dict:
     values = _plan_values(plan)
     for g in plan.groups:
         obs = per_group.get(g.key)
-        if obs is None or not obs.seen:
+        if obs is None or not (obs.seen or getattr(obs, "infinite", 0)):
             continue
-        top = max(abs(obs.min), abs(obs.max))
+        # an infinite value is a mask value too (Where(mask, -inf, 0) in torch's exports)
+        top = math.inf if getattr(obs, "infinite", 0) else max(abs(obs.min), abs(obs.max))
         if top >= MASK_MAGNITUDE or (
             top >= SOFTMAX_MASK_MAGNITUDE and any(t in values and _feeds_softmax(values[t]) for t in g.members)
         ):

@@ -171,7 +171,7 @@ def _attention_feeds(n):
     return out
 
 
-@pytest.mark.parametrize("big_neg", [float(np.finfo(np.float32).min), -1e9, -10000.0])
+@pytest.mark.parametrize("big_neg", [float("-inf"), float(np.finfo(np.float32).min), -1e9, -10000.0])
 def test_attention_mask_values_stay_out_of_int8_ranges(tmp_path, big_neg, caplog):
     """With quantize_islands (the qnn target) the mask Add is a candidate too: its output holds
     finfo.min where masked, and a range spanning that left one int8 level for the scores

@@ -110,6 +110,17 @@ def _widen_float16(
     return [note + (f" (its {kept} 16-bit input(s)/output(s) kept, through Cast nodes)" if kept else "")]
 
 
+def _upgrade_opset(model: ir.Model, version: int, why: str) -> list[str]:
+    """Bring a model below ``version`` of the standard domain up to it (UpgradeOpsetPass)."""
+    current = irutil.default_opset(model, version)
+    if current >= version:
+        return []
+    from onnxq.passes.upgrade_opset import UpgradeOpsetPass
+
+    UpgradeOpsetPass(version)(model)
+    return [f"upgraded the model from opset {current} to {version} ({why})"]
+
+
 @functools.singledispatch
 def _run(recipe: Recipe, model: ir.Model, data: Any) -> QuantizeReport:
     raise OnnxqError(f"recipe {type(recipe).__name__} is not implemented in this version of onnxq")
@@ -120,6 +131,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
+    notes += _upgrade_opset(model, 13, "DynamicQuantizeLinear needs 11, the upgrade goes to 13")
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
@@ -148,12 +160,7 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     from onnxq.calib.static import quantize_static
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
-    version = irutil.default_opset(model, 21)
-    if version < 13:  # per-channel QuantizeLinear/DequantizeLinear need opset 13
-        from onnxq.passes.upgrade_opset import UpgradeOpsetPass
-
-        UpgradeOpsetPass(13)(model)
-        notes.append(f"upgraded the model from opset {version} to 13 (per-channel QDQ needs it)")
+    notes += _upgrade_opset(model, 13, "per-channel QDQ needs it")
     from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.fold_conv_affine import FoldConvAffinePass
 

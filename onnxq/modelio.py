@@ -161,6 +161,9 @@ def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLi
                         f"{mine} is where the input model {p.name} keeps its weights (external data); "
                         "choose another output path with -o"
                     )
+    if path.suffix.lower() == ".ort":
+        raise OnnxqError(f"{path.name}: the output is an ONNX model, name it .onnx (--target ort-mobile writes the "
+                         ".ort file beside it)")
     parent = path.parent
     if not parent.is_dir():
         raise OnnxqError(f"output folder {parent} does not exist; create it first")

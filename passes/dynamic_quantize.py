@@ -265,7 +265,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
             inputs: list[ir.Value | None] = [x, w_q, w_scale]
             if bias_const is not None:
                 bias = (bias_const * np.float32(beta)).astype(np.float32)
-                if bias.ndim == 1:
+                if bias.shape == (w_kn.shape[1],):  # the fused op takes a bias of exactly N values
                     inputs += [None, irutil.add_initializer(graph, state.names(f"{label}_bias"), bias)]
                     bias_const, bias_value = None, None
             y = b.op("DynamicQuantizeMatMul", inputs, domain="com.microsoft")

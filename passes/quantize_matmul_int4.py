@@ -78,6 +78,8 @@ def _check(node: ir.Node) -> str | None:
         return f"weight is {tensor.dtype.name}, not float32/float16"
     if len(tensor.shape) != 2:
         return f"weight has rank {len(tensor.shape)}; only 2-D weights are quantized"
+    if not np.all(np.isfinite(tensor.numpy())):
+        return "weight contains NaN or Inf"
     x = node.inputs[0]
     if x.dtype is not None and x.dtype != tensor.dtype:
         return f"activation is {x.dtype.name} but the weight is {tensor.dtype.name}"

@@ -81,6 +81,7 @@ def verify_ort_cpu(
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(opt)
         try:
+            _register_onnxq_ops(path, so)
             ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
             report.findings.append(Finding("ORT-LOAD", "error", "", "", f"ONNX Runtime cannot load the model: "
@@ -104,3 +105,14 @@ def verify_ort_cpu(
     elif latency and feeds:
         ms = interleaved_latency({"model": run}, feeds[0])
         report.metrics["latency_ms"] = {k: round(v, 3) for k, v in ms.items()}
+
+
+def _register_onnxq_ops(path, so) -> None:
+    """Register the onnxq custom-op library for a model with com.onnxq nodes (--format onnxq)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if any(o.domain == "com.onnxq" for o in proto.opset_import):
+        from onnxq import runtime
+
+        so.register_custom_ops_library(str(runtime.library_path("cpu")))

@@ -79,8 +79,9 @@ def run_weight_only_int4(
     opset = irutil.default_opset(model)
     if recipe.format == "qdq" or (recipe.keep_8bit and opset < 13):
         target = 21 if recipe.format == "qdq" else 13
-        if UpgradeOpsetPass(target)(model).modified:
-            notes.append(f"opset upgraded {opset} → {target} (blocked DequantizeLinear needs 21)")
+        why = "blocked DequantizeLinear needs 21" if recipe.format == "qdq" else "per-channel DequantizeLinear needs 13"
+        if opset < target and UpgradeOpsetPass(target)(model).modified:
+            notes.append(f"opset upgraded {opset} → {target} ({why})")
             decisions = tuple(plan_int4(model, recipe))
     stats = None
     if recipe.needs_calibration:

@@ -157,9 +157,11 @@ def replace_node_output(graph: ir.Graph, old_node: ir.Node, new_output: ir.Value
 
 
 def remove_if_unused(graph: ir.Graph, value: ir.Value) -> bool:
-    """Drop an initializer nobody uses any more; True when removed."""
+    """Drop an initializer nobody uses any more; True when removed. It is looked up in the
+    graph that defines it (an outer graph, for a weight read inside an If/Loop body)."""
     if value.uses() or value.is_graph_output() or value.is_graph_input():
         return False
+    graph = value.graph or graph
     if value.name in graph.initializers and graph.initializers[value.name] is value:
         graph.initializers.pop(value.name)
         return True

@@ -182,10 +182,14 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         label: str,
         scale_shape: tuple[int, ...] = (-1,),
         per_row: bool = False,
+        weight_graph: ir.Graph | None = None,
     ) -> tuple[ir.Value, ir.Value]:
         """int8 weight initializer and its per-channel scale, shaped ``scale_shape`` so it
         broadcasts against the integer product."""
         if key not in state.weights:
+            # beside the float weight: every graph that reads it (If branches, a Loop body and the
+            # main graph) can read the quantized one from there
+            graph = weight_graph or graph
             params = self._weight_qparams(w, axis, per_row)
             w_q = qp.quantize(w, params)
             scale = np.broadcast_to(params.scale.reshape(-1), (w.shape[axis],)).reshape(scale_shape).astype(np.float32)
@@ -253,7 +257,8 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
         w_kn = (w.T if trans_b else w) * np.float32(alpha)
         label = node.name or (node.outputs[0].name or "matmul")
         w_q, w_scale = self._quantized_weight(
-            graph, state, (id(w_value), trans_b, alpha), np.ascontiguousarray(w_kn, dtype=np.float32), 1, label
+            graph, state, (id(w_value), trans_b, alpha), np.ascontiguousarray(w_kn, dtype=np.float32), 1, label,
+            weight_graph=w_value.graph,
         )
         bias_const = irutil.const_array(bias_value) if bias_value is not None else None
         b = irutil.NodeBuilder(state.names, label)

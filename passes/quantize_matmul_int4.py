@@ -546,6 +546,12 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         k, n = w.shape
         transformed = t.row_scale is not None or t.col_scale is not None
         key = (id(w_value), node.op_type, node.attributes.get_int("transB", 0), node.attributes.get_float("alpha", 1.0), t.int8)
+        # ORT's DQ -> MatMulNBits fusion fails on a DequantizeLinear whose int4 weight is an outer
+        # graph's initializer (qdq_actions.cc TransposeDQWeightsForMatMulNBits): qdq gives each
+        # graph its own copy
+        outer_ok = self.recipe.format != "qdq"
+        if not outer_ok:
+            key += (id(graph),)
         b = irutil.NodeBuilder(names, label)
         # a weight shared by several nodes is quantized once, unless its quantization
         # depends on the node's input (calibration statistics) or on AWQ scales
@@ -555,11 +561,14 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         else:
             if transformed:
                 w = self._float_weight(t)
+            # a shared weight's quantized form sits beside the float one, where every reader
+            # (If branches, a Loop body and the main graph) can see it
+            home = (w_value.graph or graph) if cacheable and outer_ok else graph
             if t.int8:
-                weight_inputs = self._int8_initializers(graph, np.asarray(w, dtype=np.float32), dtype, names, label)
+                weight_inputs = self._int8_initializers(home, np.asarray(w, dtype=np.float32), dtype, names, label)
             else:
                 bq = self._quantize(t, w)
-                weight_inputs = self._int4_initializers(graph, bq, dtype, names, label)
+                weight_inputs = self._int4_initializers(home, bq, dtype, names, label)
             if cacheable:
                 cache[key] = weight_inputs
         del w

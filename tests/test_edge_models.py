@@ -90,3 +90,35 @@ def test_verify_loads_the_onnxq_format(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["verify", str(out)])
     assert r.exit_code == 0 and "loaded: yes" in r.output, r.output
+
+
+def _if_sharing_a_weight(path):
+    f = T.FLOAT
+    w = (RNG.standard_normal((128, 128)) * 0.1).astype(np.float32)
+    then_g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["o1"])], "t", [], [h.make_tensor_value_info("o1", f, ["N", 128])])
+    else_g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["o2"])], "e", [], [h.make_tensor_value_info("o2", f, ["N", 128])])
+    graph = h.make_graph(
+        [h.make_node("Relu", ["inp"], ["x"]), h.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
+         h.make_node("MatMul", ["b", "W"], ["y"])], "g",
+        [h.make_tensor_value_info("inp", f, ["N", 128]), h.make_tensor_value_info("cond", T.BOOL, [])],
+        [h.make_tensor_value_info("y", f, ["N", 128])], [nh.from_array(w, "W")])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("args", [["--recipe", "int8-dynamic"], ["--algo", "rtn", "--format", "matmulnbits"],
+                                  ["--algo", "rtn", "--format", "qdq"]])
+def test_a_weight_shared_by_both_branches_and_the_main_graph(tmp_path, args):
+    """The quantized weight goes where every reader can see it (it was put in the first
+    reader's branch: an invalid model), and no float copy is left behind."""
+    src = _if_sharing_a_weight(tmp_path / "if.onnx")
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size < 0.5 * src.stat().st_size
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    for cond in (True, False):
+        feed = {"inp": RNG.standard_normal((4, 128)).astype(np.float32), "cond": np.array(cond)}
+        y, y0 = sess.run(None, feed)[0], ref.run(None, feed)[0]
+        assert 10 * np.log10((y0**2).sum() / ((y - y0) ** 2).sum()) > 15

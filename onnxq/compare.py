@@ -116,13 +116,16 @@ class ErrorAccumulator:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
 
     def result(self) -> TensorError:
-        if self.noise == 0:
+        broken = not (math.isfinite(self.noise) and math.isfinite(self.got_energy))  # Inf/NaN where the float is finite
+        if broken:
+            sqnr = -math.inf
+        elif self.noise == 0:
             sqnr = math.inf
         elif self.signal == 0:
             sqnr = -math.inf
         else:
             sqnr = 10 * math.log10(self.signal / self.noise)
-        denom = math.sqrt(self.signal * self.got_energy)
+        denom = math.sqrt(self.signal * self.got_energy) if not broken else 0.0
         cosine = self.dot / denom if denom else (1.0 if self.noise == 0 else 0.0)
         top1 = self.top1_same / self.top1_total if self.top1_total else None
         return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type, self.node)

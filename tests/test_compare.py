@@ -134,3 +134,18 @@ def test_non_finite_float_values_are_not_an_error_measure():
         r = acc.result()
     expected = 10 * np.log10((1 + 4 + 0.25 + 9) / (0.01 + 0.01))
     assert r.sqnr_db == pytest.approx(expected) and np.isfinite(r.cosine)
+
+
+def test_non_finite_quantized_values_give_minus_infinite_sqnr():
+    """Inf/NaN in the quantized output where the float one is finite (a near-zero divisor
+    rounded to 0) is the worst error, not a crash (math domain error)."""
+    from onnxq.compare import ErrorAccumulator
+
+    acc = ErrorAccumulator("y")
+    ref = np.ones((2, 4), np.float32)
+    got = ref.copy()
+    got[0, 1] = np.inf
+    got[1, 2] = np.nan
+    acc.update(ref, got)
+    r = acc.result()
+    assert r.sqnr_db == -np.inf and r.cosine == 0.0

@@ -72,6 +72,13 @@ class ImagePreprocess:
             raise CalibrationDataError("resize must be >= 0")
 
     @property
+    def output_hw(self) -> tuple[int, int] | None:
+        """Height and width of every image after the pipeline: the crop, or an exact resize."""
+        if self.crop_hw:
+            return self.crop_hw
+        return self.resize if isinstance(self.resize, tuple) else None
+
+    @property
     def crop_hw(self) -> tuple[int, int] | None:
         if not self.crop:
             return None
@@ -161,6 +168,10 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
     Image = _pil()
     try:
         with Image.open(path) as im:
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: scale, do not saturate
+                wide = np.asarray(im, dtype=np.float64)
+                wide = wide / 257.0 if wide.max(initial=0) > 255 else wide  # 65535 -> 255
+                im = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
             im = im.convert("RGB")
             if isinstance(pp.resize, tuple):
                 if im.size != (pp.resize[1], pp.resize[0]):
@@ -219,7 +230,7 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
                 f"input {spec.describe()} does not have 3 channels at axis {c_axis} ({pp.layout}); try layout={other}"
             )
         hw = (spec.shape[2], spec.shape[3]) if pp.layout == "NCHW" else (spec.shape[1], spec.shape[2])
-        if all(isinstance(d, int) for d in hw) and pp.crop_hw != hw:
+        if all(isinstance(d, int) for d in hw) and pp.output_hw != hw:
             raise CalibrationDataError(
                 f"input {spec.describe()} needs {hw[0]}x{hw[1]} images but the crop is {pp.crop_hw}; set crop="
                 f"{hw[0]}" + ("" if hw[0] == hw[1] else f"x{hw[1]}")

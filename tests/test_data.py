@@ -163,3 +163,27 @@ def test_resize_to_an_exact_size_and_minus_one_dims(tmp_path):
     assert input_specs(model)[0].shape == (None, 3, None, None)
     feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=16x96", "crop=0"]), input_specs(model)))
     assert feeds[0]["x"].shape == (1, 3, 16, 96)
+
+
+def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from onnxq.preprocess import ImagePreprocess, load_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pp = ImagePreprocess(resize=0, crop=0, mean=(0.0,), std=(1.0,))
+    x = load_image(tmp_path / "deep.png", pp)
+    assert x.shape == (1, 3, 64, 64)
+    assert 0.45 < float(x.mean()) < 0.55 and (x >= 0.99).mean() < 0.02  # a ramp, not 98 % white
+
+
+def test_exact_resize_without_crop_fits_a_fixed_input(tmp_path):
+    from onnxq.data import InputSpec
+    from onnxq.preprocess import ImagePreprocess, _fit_to_input
+
+    spec = InputSpec("input", np.dtype(np.float32), (1, 3, 224, 224))
+    pp = ImagePreprocess(resize=(224, 224), crop=0)
+    assert _fit_to_input(pp, spec).output_hw == (224, 224)
+    with pytest.raises(CalibrationDataError, match="224x224"):
+        _fit_to_input(ImagePreprocess(resize=(200, 200), crop=0), spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -206,11 +207,21 @@ def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]
     return shared
 
 
-def _instrumented(model, names: list[str]) -> bytes:
-    """Serialized copy of ``model`` with ``names`` added as graph outputs."""
+def _instrumented(model, names: list[str], path: Path) -> bytes | str:
+    """``model`` with ``names`` added as graph outputs: serialized, or for a model with external
+    data (whose relative paths mean nothing to a session built from bytes) saved at ``path``
+    with its weights beside it."""
     import onnx
     import onnx_ir as ir
 
+    from onnxq import modelio
+
+    if modelio.has_external_data(model):
+        existing = {o.name for o in model.graph.outputs}
+        values = {v.name: v for n in model.graph for v in n.outputs}
+        model.graph.outputs.extend(values[n] for n in names if n not in existing and n in values)
+        ir.save(model, path, external_data=path.name + ".data")
+        return str(path)
     clone = ir.serde.serialize_model(model)
     existing = {o.name for o in clone.graph.output}
     for name in names:
@@ -259,8 +270,9 @@ def compare_models(
         float32_interface(float_model, outputs=True)
         float32_interface(quant_model, outputs=True)
     if layer_names or bfloat16_io:
-        f_sess = session_factory(_instrumented(float_model, layer_names))
-        q_sess = session_factory(_instrumented(quant_model, layer_names))
+        with tempfile.TemporaryDirectory(prefix="onnxq-compare-") as tmp:
+            f_sess = session_factory(_instrumented(float_model, layer_names, Path(tmp) / "float.onnx"))
+            q_sess = session_factory(_instrumented(quant_model, layer_names, Path(tmp) / "quant.onnx"))
     else:
         f_sess = session_factory(str(float_path))
         q_sess = session_factory(str(quant_path))

@@ -116,6 +116,23 @@ def _external_sources(model: ir.Model) -> set[Path]:
     return sources
 
 
+def keep_external_base(source: ir.Model, copy: ir.Model) -> ir.Model:
+    """Point ``copy``'s external tensors (a serialize/deserialize round trip of ``source``
+    loses the folder they are relative to) at ``source``'s folder; returns ``copy``."""
+    from onnx_ir import external_data as _ext
+
+    for graph in (source.graph, *source.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                _ext.set_base_dir(copy.graph, value.const_value.base_dir)
+                return copy
+    return copy
+
+
+def has_external_data(model: ir.Model) -> bool:
+    return bool(_external_sources(model))
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

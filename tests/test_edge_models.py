@@ -122,3 +122,26 @@ def test_a_weight_shared_by_both_branches_and_the_main_graph(tmp_path, args):
         feed = {"inp": RNG.standard_normal((4, 128)).astype(np.float32), "cond": np.array(cond)}
         y, y0 = sess.run(None, feed)[0], ref.run(None, feed)[0]
         assert 10 * np.log10((y0**2).sum() / ((y - y0) ** 2).sum()) > 15
+
+
+def test_verify_and_compare_external_data_models_from_another_folder(tmp_path, monkeypatch):
+    """Relative external-data paths are resolved against the model's folder, not the cwd."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    src = _mlp(tmp_path / "plain.onnx", 17)
+    proto = onnx.load(str(src))
+    onnx.save(proto, folder / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    np.savez(tmp_path / "c.npz", x=RNG.standard_normal((8, 4, 64)).astype(np.float32))
+    out = folder / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(folder / "m.onnx"), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0, r.output
+    assert (folder / "q.onnx.data").exists()  # the input's layout is kept
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for args in (["verify", str(out), "--no-latency"], ["verify", str(out), "--target", "tensorrt"],
+                 ["compare", str(folder / "m.onnx"), str(out), "--data", str(tmp_path / "c.npz")]):
+        r = CliRunner().invoke(main, args)
+        assert "internal error" not in r.output and "No such file" not in r.output, (args, r.output)
+        assert r.exit_code == 0 or "tensorrt" in args, (args, r.output)  # an ort-cpu model breaks TensorRT rules

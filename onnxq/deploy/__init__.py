@@ -64,8 +64,10 @@ def _with_types(model):
     import onnx_ir as ir
 
     try:
+        from onnxq import modelio
+
         proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), data_prop=True)
-        return ir.serde.deserialize_model(proto)
+        return modelio.keep_external_base(model, ir.serde.deserialize_model(proto))
     except Exception as e:  # too large for protobuf, unknown ops with bad attributes, ...
         logger.info("shape inference for the structure check failed (%s); using the model as it is", e)
         return model

@@ -268,8 +268,26 @@ def quantize_with_report(
     model = _as_model(model_or_path)
     _refuse_unsupported_opset(model)
     _refuse_quantized(model)
+    notes = _weights_listed_as_inputs(model)
     report = _run(recipe, model, data)
+    if notes:
+        report = dataclasses.replace(report, notes=tuple(notes) + tuple(report.notes))
     return model, report
+
+
+def _weights_listed_as_inputs(model: ir.Model) -> list[str]:
+    """Initializers that are also model inputs (IR < 4 exports, keep_initializers_as_inputs)
+    are weights: they stop being inputs, so that every recipe quantizes them, as ORT's
+    quantizer does (feeding a weight at run time is not something a quantized model keeps)."""
+    graph = model.graph
+    listed = [v for v in graph.inputs if v.name in graph.initializers]
+    if not listed:
+        return []
+    for v in listed:
+        graph.inputs.remove(v)
+    model.ir_version = max(model.ir_version or 4, 4)  # IR 3 requires initializers to be inputs
+    return [f"{len(listed)} weight(s) were also listed as model inputs (an IR 3 or keep_initializers_as_inputs "
+            "export): they are treated as weights and are no longer inputs"]
 
 
 def quantize(model_or_path: ir.Model | str | os.PathLike, recipe: Recipe, data: Any = None) -> ir.Model:

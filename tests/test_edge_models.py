@@ -145,3 +145,24 @@ def test_verify_and_compare_external_data_models_from_another_folder(tmp_path, m
         r = CliRunner().invoke(main, args)
         assert "internal error" not in r.output and "No such file" not in r.output, (args, r.output)
         assert r.exit_code == 0 or "tensorrt" in args, (args, r.output)  # an ort-cpu model breaks TensorRT rules
+
+
+@pytest.mark.parametrize("args", [["--recipe", "int8-dynamic"], ["--algo", "rtn", "--format", "matmulnbits",
+                                                                  "--block-size", "32"]])
+def test_weights_listed_as_inputs_are_quantized(tmp_path, args):
+    """An IR 3 export lists every initializer as an input: they are weights for every recipe
+    (int8-dynamic and int4 said 'second input is not a constant weight')."""
+    w = RNG.standard_normal((64, 32)).astype(np.float32)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, [4, 64]), h.make_tensor_value_info("w", T.FLOAT, [64, 32])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [4, 32])], [nh.from_array(w, "w")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 9)])
+    model.ir_version = 3
+    src, out = tmp_path / "ir3.onnx", tmp_path / "q.onnx"
+    onnx.save(model, src)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), *args])
+    assert r.exit_code == 0, r.output
+    assert "no longer inputs" in " ".join(r.output.split())
+    x = RNG.standard_normal((4, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert 10 * np.log10(((x @ w) ** 2).sum() / ((y - x @ w) ** 2).sum()) > 15

@@ -116,3 +116,18 @@ def test_the_int8_dynamic_note_is_only_for_targets_that_run_it(tmp_path, bert_to
                                   "--calib-text", str(text), "--tokenizer", str(bert_tokenizer), "--target", "tensorrt"])
     assert r.exit_code == 0, r.output
     assert "--recipe int8-dynamic" not in r.output
+
+
+def test_int4_gptq_windows_follow_a_fixed_input_length(tmp_path, bert_tokenizer):
+    from tests.helpers import model_from_text, to_bytes
+    from tests.int4.test_int4_recipe import LM
+
+    fixed = LM.replace("int64[B, S] input_ids, int64[B, S] attention_mask", "int64[1, 24] input_ids, int64[1, 24] attention_mask")
+    init = {v.name: v.const_value.numpy() for v in _lm().graph.initializers.values()}
+    model = tmp_path / "fixed.onnx"
+    onnx.save(onnx.load_from_string(to_bytes(model_from_text(fixed, init))), model)
+    text = _lines(tmp_path, [400])
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--algo", "gptq",
+                                  "--block-size", "32", "--calib-text", str(text), "--tokenizer", str(bert_tokenizer)])
+    assert r.exit_code == 0, r.output
+    assert "on 384 tokens" in r.output  # 16 windows of 24 (512 would be refused by the model)

@@ -230,7 +230,13 @@ def collect_activation_stats(
                     feed = {k: v for k, v in feed.items() if k in input_names}
                     if kept is not None:
                         kept.append(feed)
-                outs = sess.run(group, ort_feed(feed))
+                try:
+                    outs = sess.run(group, ort_feed(feed))
+                except Exception as e:  # ORT refuses the sample: a length or an id the model cannot take
+                    raise CalibrationDataError(
+                        f"ONNX Runtime failed on calibration sample {n}: {str(e).splitlines()[0][:300]}"
+                        " (for --calib-text, --calib-seq-len sets the window length)"
+                    ) from None
                 with single_thread():
                     for name, x in zip(group, outs):
                         stats[name].update(x)

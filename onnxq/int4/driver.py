@@ -30,8 +30,10 @@ def calibration_feeds(model: ir.Model, data: Any, recipe: WeightOnlyInt4) -> Ite
     names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
     if isinstance(data, (str, Path)):
         data = TextCalibration(data, seq_len=recipe.calib_seq_len, n_samples=recipe.calib_samples)
-    if isinstance(data, TextCalibration):
-        return data.feeds(names)
+    if isinstance(data, TextCalibration):  # windows of the model's fixed input_ids length, if it has one
+        from onnxq.data import input_specs
+
+        return data.as_calibration_data().feeds(input_specs(model))
     if isinstance(data, Mapping):
         data = [data]
     from onnxq.data import CalibrationData, as_calibration_data, input_specs

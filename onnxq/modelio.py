@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -68,6 +69,31 @@ def _check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
             )
 
 
+def _densify_sparse_initializers(proto, path: Path) -> None:
+    """Root-graph ``sparse_initializer`` entries become dense initializers (onnx_ir keeps no
+    sparse tensors: they were dropped, leaving the weight's readers dangling)."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    if not len(graph.sparse_initializer):
+        return
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+        dims = tuple(int(d) for d in sparse.dims)
+        dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+        if indices.ndim == 2:  # [NNZ, rank] coordinates
+            indices = np.ravel_multi_index(tuple(indices.T), dims)
+        try:
+            dense[indices] = values
+        except (IndexError, ValueError):
+            raise ModelLoadError(f"{path}: sparse initializer {sparse.values.name!r} has indices outside its "
+                                 f"shape {dims}") from None
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(dims), sparse.values.name))
+    del graph.sparse_initializer[:]
+    logger.info("%s: densified its sparse initializers", path.name)
+
+
 def load(path: str | os.PathLike) -> ir.Model:
     """Load a model; external tensors stay on disk (memory-mapped on use)."""
     path = Path(path)
@@ -82,6 +108,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelLoadError(f"{path} is not an ONNX model (no graph found); is it the right file?")
     _check_external_data(proto, path.parent)
+    _densify_sparse_initializers(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types on malformed graphs

@@ -143,3 +143,23 @@ def test_a_former_outputs_sidecar_is_removed(tmp_path):
     modelio.save(_model(), out)  # no external data this time
     assert not (tmp_path / "out.onnx.data").exists()
     assert run_ort(modelio.load(out), {"x": np.ones((2, 4), np.float32)})[0].shape == (2, 3)
+
+
+def test_sparse_initializers_are_read_as_dense_weights(tmp_path):
+    from onnx import helper, numpy_helper
+
+    w = np.zeros((4, 3), np.float32)
+    w[0, 1], w[2, 2], w[3, 0] = 1.5, -2.0, 0.25
+    flat = np.flatnonzero(w)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(w.ravel()[flat], "w"),
+                                       numpy_helper.from_array(flat.astype(np.int64), "w_idx"), [4, 3])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+                              sparse_initializer=[sparse])
+    path = tmp_path / "sparse.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    model = modelio.load(path)
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), w)
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(run_ort(model, {"x": x})[0], x @ w)

@@ -183,7 +183,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         from onnxq.targets import apply_target
 
         recipe, target_notes = apply_target(recipe, target)
-    in_bytes = os.path.getsize(model) if os.path.isfile(model) else None
+    in_bytes = modelio.file_bytes(model) if os.path.isfile(model) else None
     modelio.check_output_path(output, protect=(model,))
     accuracy_target = None
     if float_budget is not None and target_sqnr is None and max_drop is None:

@@ -187,6 +187,12 @@ def _external_data_files(model_path: Path) -> list[Path]:
     return sorted(files)
 
 
+def file_bytes(path: str | os.PathLike) -> int:
+    """Size of a model on disk: the .onnx file and the external data files it reads."""
+    path = Path(path)
+    return path.stat().st_size + sum(f.stat().st_size for f in _external_data_files(path) if f.is_file())
+
+
 def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
     """Raise unless ``path`` (and its ``<name>.data`` sidecar) can be written without touching
     any ``protect`` path or the external data files of a protected model."""

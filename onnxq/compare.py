@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from onnxq.errors import OnnxqError
+
 __all__ = [
     "TensorError",
     "Comparison",
@@ -260,7 +262,8 @@ def compare_models(
     output_names = [v.name for v in float_model.graph.outputs]
     quant_outputs = [v.name for v in quant_model.graph.outputs]
     if output_names != quant_outputs:
-        raise ValueError(f"the models' outputs differ: {output_names} vs {quant_outputs}")
+        raise OnnxqError(f"the models' outputs differ: {output_names} vs {quant_outputs}; compare a float model "
+                         "with its own quantized version")
     layers = shared_float_tensors(float_model, quant_model) if per_layer else []
     rescaled = _channel_scales(quant_model)
     layer_names = [n for n, _, _ in layers]
@@ -304,7 +307,7 @@ def compare_models(
         if progress is not None:
             progress(samples)
     if samples == 0:
-        raise ValueError("no samples to compare: the data was empty")
+        raise OnnxqError("no samples to compare: the data was empty (or --max-samples 0)")
     return Comparison(
         samples=samples,
         outputs=tuple(a.result() for a in out_acc.values()),

@@ -297,7 +297,8 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData
             else:
                 raise CalibrationDataError(
                     f"{where0}: array {k!r} has shape {a.shape}; for input {by_name[k].describe()} it must have "
-                    f"rank {rank} (batched along axis 0) or {rank + 1} (one sample per index)"
+                    + (f"rank {rank} (batched along axis 0) or {rank + 1} (one sample per index)" if rank else
+                       "rank 1, one value per sample (a .npz holds samples along its first axis)")
                 )
             counts[k] = a.shape[0]
         if len(set(counts.values())) > 1:

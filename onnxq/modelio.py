@@ -284,6 +284,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise OnnxqError(f"folder {path.parent} does not exist; create it first")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # a report like any other file (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -225,9 +225,14 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
     if spec.shape is not None:
         c_axis = 1 if pp.layout == "NCHW" else 3
         if spec.shape[c_axis] not in (None, 3):
-            other = "NHWC" if pp.layout == "NCHW" else "NCHW"
+            other, o_axis = ("NHWC", 3) if pp.layout == "NCHW" else ("NCHW", 1)
+            if spec.shape[o_axis] in (None, 3):
+                raise CalibrationDataError(
+                    f"input {spec.describe()} does not have 3 channels at axis {c_axis} ({pp.layout}); try layout={other}"
+                )
             raise CalibrationDataError(
-                f"input {spec.describe()} does not have 3 channels at axis {c_axis} ({pp.layout}); try layout={other}"
+                f"input {spec.describe()} has no 3-channel axis: --calib-images makes RGB/BGR images; give the "
+                "samples with --calib-data instead"
             )
         hw = (spec.shape[2], spec.shape[3]) if pp.layout == "NCHW" else (spec.shape[1], spec.shape[2])
         if all(isinstance(d, int) for d in hw) and pp.output_hw != hw:

@@ -286,6 +286,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             t0 = time.perf_counter()
             label = node.name or (node.outputs[0].name or "matmul")
             w_value = node.inputs[1]
+            c_value = node.inputs[2] if len(node.inputs) > 2 else None  # a Gemm's C, folded into a new bias
             graph = node.graph
             self._rewrite(graph, target, names, cache, label)
             dt = time.perf_counter() - t0
@@ -293,6 +294,8 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             if self.progress is not None:
                 self.progress(i + 1, total, label)
             self._drop_if_unused(graph, w_value)
+            if c_value is not None:
+                self._drop_if_unused(graph, c_value)
         for graph in irutil.iter_graphs(model.graph):
             for node in graph:
                 if node.domain == "com.microsoft":

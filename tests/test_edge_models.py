@@ -166,3 +166,27 @@ def test_weights_listed_as_inputs_are_quantized(tmp_path, args):
     x = RNG.standard_normal((4, 64)).astype(np.float32)
     y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert 10 * np.log10(((x @ w) ** 2).sum() / ((y - x @ w) ** 2).sum()) > 15
+
+
+def test_int4_gemm_keeps_no_unused_float_bias(tmp_path):
+    w = RNG.standard_normal((32, 64)).astype(np.float32)
+    src = _mlp(tmp_path / "g.onnx", 17, [h.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, beta=0.5)],
+               [nh.from_array(w, "w"), nh.from_array(RNG.standard_normal(32).astype(np.float32), "c")])
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--algo", "rtn", "--block-size", "32",
+                                  "--format", "matmulnbits"])
+    assert r.exit_code == 0, r.output
+    m = onnx.load(str(out))
+    used = {i for n in m.graph.node for i in n.input}
+    assert [i.name for i in m.graph.initializer if i.name not in used] == []
+
+
+def test_compare_of_unrelated_models_is_a_user_error(tmp_path):
+    a = _mlp(tmp_path / "a.onnx", 17)
+    b = _mlp(tmp_path / "b.onnx", 17, [h.make_node("MatMul", ["x", "w"], ["z"])])
+    b_proto = onnx.load(str(b))
+    b_proto.graph.output[0].name = "z"
+    onnx.save(b_proto, b)
+    np.savez(tmp_path / "c.npz", x=RNG.standard_normal((2, 4, 64)).astype(np.float32))
+    r = CliRunner().invoke(main, ["compare", str(a), str(b), "--data", str(tmp_path / "c.npz")])
+    assert r.exit_code != 0 and "outputs differ" in r.output and "internal error" not in r.output

@@ -206,7 +206,11 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
     a = (a - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
     if pp.layout == "NCHW":
         a = a.transpose(2, 0, 1)
-    return np.ascontiguousarray(a[None], dtype=np.dtype(pp.dtype))
+    out = np.dtype(pp.dtype)
+    if out.kind in "ui":  # integer pixels: round and keep in range instead of wrapping around
+        info = np.iinfo(out)
+        a = np.clip(np.rint(a), info.min, info.max)
+    return np.ascontiguousarray(a[None], dtype=out)
 
 
 def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
@@ -218,9 +222,13 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
     if (spec.dtype is not None and spec.dtype != np.dtype(pp.dtype) and (spec.dtype.kind == "f" or spec.dtype == BFLOAT16)
             and pp.dtype == ImagePreprocess.dtype):  # a float16 (or float64, bfloat16) model: same pixels, its type
         pp = dataclasses.replace(pp, dtype=str(spec.dtype))
+    if (spec.dtype == np.uint8 and pp.dtype in (ImagePreprocess.dtype, "uint8") and pp.scale == IMAGENET.scale
+            and pp.mean == IMAGENET.mean and pp.std == IMAGENET.std):  # normalised floats mean nothing as uint8
+        pp = dataclasses.replace(pp, dtype="uint8", scale=1.0, mean=(0.0,), std=(1.0,))
     if spec.dtype is not None and spec.dtype != np.dtype(pp.dtype):
+        raw = " scale=1 mean=0 std=1" if spec.dtype.kind in "ui" else ""
         raise CalibrationDataError(
-            f"input {spec.describe()} is {spec.dtype}; add dtype={spec.dtype} to --preprocess if that is right"
+            f"input {spec.describe()} is {spec.dtype}; add dtype={spec.dtype}{raw} to --preprocess if that is right"
         )
     if spec.shape is not None:
         c_axis = 1 if pp.layout == "NCHW" else 3

@@ -187,3 +187,15 @@ def test_exact_resize_without_crop_fits_a_fixed_input(tmp_path):
     assert _fit_to_input(pp, spec).output_hw == (224, 224)
     with pytest.raises(CalibrationDataError, match="224x224"):
         _fit_to_input(ImagePreprocess(resize=(200, 200), crop=0), spec)
+
+
+def test_a_uint8_image_input_gets_raw_pixels(tmp_path):
+    from PIL import Image
+
+    from onnxq.data import InputSpec
+    from onnxq.preprocess import IMAGENET, _fit_to_input, load_image
+
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(tmp_path / "grey.png")
+    pp = _fit_to_input(IMAGENET, InputSpec("x", np.dtype(np.uint8), (1, 3, 224, 224)))
+    x = load_image(tmp_path / "grey.png", pp)
+    assert x.dtype == np.uint8 and (x == 200).all()

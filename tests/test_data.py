@@ -123,9 +123,12 @@ def test_images_with_preprocess(tmp_path):
     half = [InputSpec("input", np.dtype(np.float16), (None, 24, 24, 3))]
     feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]), half))
     assert feeds[0]["input"].dtype == np.float16
-    raw = [InputSpec("input", np.dtype(np.uint8), (None, 24, 24, 3))]
-    with pytest.raises(CalibrationDataError, match="add dtype=uint8"):
-        open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]).precheck(raw)
+    raw = [InputSpec("input", np.dtype(np.uint8), (None, 24, 24, 3))]  # raw pixels (test_a_uint8_image_input...)
+    feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]), raw))
+    assert feeds[0]["input"].dtype == np.uint8
+    wide = [InputSpec("input", np.dtype(np.int32), (None, 24, 24, 3))]
+    with pytest.raises(CalibrationDataError, match="add dtype=int32 scale=1 mean=0 std=1"):
+        open_calibration_source(None, str(tmp_path), ["resize=32", "crop=24", "layout=NHWC"]).precheck(wide)
 
 
 def _feeds_of(data, specs):

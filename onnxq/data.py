@@ -260,6 +260,14 @@ class CalibrationData:
 # -- .npz stacked ----------------------------------------------------------------------------
 
 
+def _npz_array(z, key: str, where: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:  # object (pickled) arrays: allow_pickle stays off
+        raise CalibrationDataError(f"{where}: array {key!r} cannot be read ({str(e)[:100]}); save numeric "
+                                   "arrays (np.savez with plain ndarrays)") from None
+
+
 def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData:
     """A stacked ``.npz``: see the module docstring for how ranks are read."""
     path = Path(path)
@@ -286,7 +294,7 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData
             raise CalibrationDataError(f"{where0}: missing input(s) {', '.join(map(repr, missing))}")
         per_index, counts = {}, {}
         for k in keys:
-            a = z[k]
+            a = _npz_array(z, k, where0)
             rank = by_name[k].rank
             if rank is None:
                 per_index[k] = False
@@ -315,7 +323,7 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1) -> CalibrationData
                 raise CalibrationDataError(f"{where0} holds no samples (first axis has length 0)")
             for k in keys:  # whole-array checks: dtype and NaN once, not per feed
                 spec = next(s for s in specs if s.name == k)
-                a = _saved_bfloat16(z[k], spec)
+                a = _saved_bfloat16(_npz_array(z, k, where0), spec)
                 if spec.dtype is not None and a.dtype != spec.dtype:
                     raise CalibrationDataError(
                         f"{where0}: array {k!r} is {a.dtype} but the model expects {spec.dtype}"

@@ -197,6 +197,9 @@ def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLi
     """Raise unless ``path`` (and its ``<name>.data`` sidecar) can be written without touching
     any ``protect`` path or the external data files of a protected model."""
     path = Path(path)
+    if len(path.name.encode()) > 200:
+        raise OnnxqError(f"output file name is {len(path.name.encode())} bytes long; keep it under 200 (file systems "
+                         "allow 255, and onnxq writes through a temporary name next to it)")
     data = path.with_name(path.name + ".data")
     for p in protect:
         p = Path(p)

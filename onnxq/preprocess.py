@@ -70,6 +70,10 @@ class ImagePreprocess:
             raise CalibrationDataError("std values must be non-zero")
         if isinstance(self.resize, int) and self.resize < 0:
             raise CalibrationDataError("resize must be >= 0")
+        try:
+            np.dtype(self.dtype)
+        except TypeError:
+            raise CalibrationDataError(f"dtype {self.dtype!r} is not a numpy type (float32, float16, uint8, ...)") from None
 
     @property
     def output_hw(self) -> tuple[int, int] | None:
@@ -139,7 +143,7 @@ def parse_preprocess(spec: str | Sequence[str] | None, base: ImagePreprocess = I
                 fields["channel_order"] = value.upper()
             elif key == "dtype":
                 fields["dtype"] = value
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             raise CalibrationDataError(f"--preprocess: bad value for {key}: {value!r}") from None
     return dataclasses.replace(current, **fields)
 

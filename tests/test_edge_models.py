@@ -190,3 +190,28 @@ def test_compare_of_unrelated_models_is_a_user_error(tmp_path):
     np.savez(tmp_path / "c.npz", x=RNG.standard_normal((2, 4, 64)).astype(np.float32))
     r = CliRunner().invoke(main, ["compare", str(a), str(b), "--data", str(tmp_path / "c.npz")])
     assert r.exit_code != 0 and "outputs differ" in r.output and "internal error" not in r.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preprocess", "scale=1/0"], "bad value for scale"),
+    (["--preprocess", "dtype=bogus"], "not a numpy type"),
+])
+def test_bad_preprocess_values_are_user_errors(tmp_path, extra, message):
+    from PIL import Image
+
+    src = _mlp(tmp_path / "m.onnx", 17)
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-static",
+                                  "--calib-images", str(tmp_path / "img"), *extra])
+    assert r.exit_code != 0 and message in r.output and "internal error" not in r.output
+
+
+def test_object_arrays_and_long_names_are_user_errors(tmp_path):
+    src = _mlp(tmp_path / "m.onnx", 17)
+    np.savez(tmp_path / "obj.npz", x=np.array([np.zeros(3), np.zeros(4)], dtype=object))
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "obj.npz")])
+    assert r.exit_code != 0 and "save numeric arrays" in r.output
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / ("a" * 250 + ".onnx"))])
+    assert r.exit_code != 0 and "keep it under 200" in r.output

@@ -379,7 +379,7 @@ class EntropyObserver(HistogramObserver):
         levels = qtype.qmax - qtype.qmin
         num_quant = (levels + 1) // 2 if (two_sided or symmetric) else levels
         n = dist.size
-        if n <= num_quant:
+        if n <= num_quant or np.count_nonzero(dist) <= 2:  # a constant or two values: nothing to clip
             return self.min, self.max
         step = max(1, (n - num_quant) // self.max_candidates)
         candidates = np.arange(num_quant, n + 1, step, dtype=np.int64)

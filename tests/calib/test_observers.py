@@ -186,3 +186,14 @@ def test_percentile_keeps_the_extremes_for_16_bit_types():
     lo, hi = o.range(qp.UINT8)
     assert o.min < lo < hi < o.max and o.exact_extremes is False
     assert PercentileObserver(100).exact_extremes is True
+
+
+def test_entropy_keeps_a_constant_tensor_whole():
+    """One value everywhere (an all-ones input): the KL search had clipped it to half."""
+    from onnxq.calib.observers import EntropyObserver
+
+    obs = EntropyObserver()
+    for _ in range(4):
+        obs.update(np.ones(256, np.float32))
+    lo, hi = obs.range()
+    assert hi >= 1.0 and lo <= 1.0

@@ -268,11 +268,23 @@ def quantize_with_report(
     model = _as_model(model_or_path)
     _refuse_unsupported_opset(model)
     _refuse_quantized(model)
-    notes = _weights_listed_as_inputs(model)
+    notes = _weights_listed_as_inputs(model) + _unmatched_patterns(model, recipe)
     report = _run(recipe, model, data)
     if notes:
         report = dataclasses.replace(report, notes=tuple(notes) + tuple(report.notes))
     return model, report
+
+
+def _unmatched_patterns(model: ir.Model, recipe: Recipe) -> list[str]:
+    """A note for each exclude/include pattern that names no node of the model (a typo)."""
+    from onnxq.selection import name_matches
+
+    names = [n.name for n in irutil.iter_nodes(model.graph) if n.name]
+    return [
+        f"{field} {pattern!r} matches no node name; `onnxq inspect MODEL --json` lists them"
+        for field in ("exclude", "include") for pattern in getattr(recipe, field)
+        if not any(name_matches(name, [pattern]) for name in names)
+    ]
 
 
 def _weights_listed_as_inputs(model: ir.Model) -> list[str]:

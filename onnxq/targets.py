@@ -207,7 +207,8 @@ _ORT_MOBILE = dataclasses.replace(
     # Concat, 2-D Resize; Mul/ConvTranspose are not in its QDQ set
     qdq_op_types=("Conv", "MatMul", "Gemm", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"),
     int16_min_opset=None,
-    int4_formats=("matmulnbits", "qdq"),
+    # not qdq: the .ort conversion's type reduction has no int4 tensors (KeyError 22 in the wheel's tools)
+    int4_formats=("matmulnbits",),
     float_matmul_results=False,
     sources=(
         "onnxruntime.ai/docs/performance/model-optimizations/ort-format-models.html (ORT format, reduced op config)",

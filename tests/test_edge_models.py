@@ -215,3 +215,10 @@ def test_object_arrays_and_long_names_are_user_errors(tmp_path):
     assert r.exit_code != 0 and "save numeric arrays" in r.output
     r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / ("a" * 250 + ".onnx"))])
     assert r.exit_code != 0 and "keep it under 200" in r.output
+
+
+def test_an_exclude_that_matches_nothing_is_noted(tmp_path):
+    src = _mlp(tmp_path / "m.onnx", 17)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--exclude", "/no/such/MatMul"])
+    assert r.exit_code == 0, r.output
+    assert "matches no node name" in " ".join(r.output.split())

@@ -96,10 +96,11 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     import dataclasses
     import os
     import time
+    from pathlib import Path
 
     from onnxq import api, modelio, recipes
     from onnxq.errors import RecipeError
-    from onnxq.verify import check_model_file
+    from onnxq.verify import VerificationError, check_model_file
 
     if config_path:
         recipe = recipes.load_recipe(config_path, default_name=recipe_name)
@@ -218,7 +219,12 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     modelio.save(qmodel, output, protect=(model,))
     agreement = None
     if not no_verify:
-        check_model_file(output)
+        try:
+            check_model_file(output)
+        except VerificationError as e:  # an invalid model is not left where a deployment would pick it up
+            for leftover in (Path(output), Path(str(output) + ".data")):
+                leftover.unlink(missing_ok=True)
+            raise VerificationError(f"{e}; {output} was removed (--no-verify writes it unchecked)") from None
         source = data if data is not None else int4_data
         if source is not None:
             from onnxq.verify import AgreementSkipped, agreement_with_float

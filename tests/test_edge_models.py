@@ -222,3 +222,17 @@ def test_an_exclude_that_matches_nothing_is_noted(tmp_path):
     r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--exclude", "/no/such/MatMul"])
     assert r.exit_code == 0, r.output
     assert "matches no node name" in " ".join(r.output.split())
+
+
+def test_a_written_model_that_fails_the_check_is_removed(tmp_path, monkeypatch):
+    from onnxq import verify
+
+    def reject(path, **_):
+        raise verify.VerificationError("the written model fails the ONNX checker: (simulated)")
+
+    monkeypatch.setattr(verify, "check_model_file", reject)
+    src = _mlp(tmp_path / "m.onnx", 17)
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out)])
+    assert r.exit_code != 0 and "was removed" in " ".join(r.output.split())
+    assert not out.exists()

@@ -236,3 +236,11 @@ def test_a_written_model_that_fails_the_check_is_removed(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out)])
     assert r.exit_code != 0 and "was removed" in " ".join(r.output.split())
     assert not out.exists()
+
+
+def test_verify_reports_a_model_that_loads_but_cannot_run(tmp_path):
+    src = _mlp(tmp_path / "m.onnx", 17, [h.make_node("Reshape", ["x", "shape"], ["r"]), h.make_node("MatMul", ["r", "w"], ["y"])],
+               [nh.from_array(np.array([7, -1], np.int64), "shape"), nh.from_array(np.ones((64, 32), np.float32), "w")])
+    r = CliRunner().invoke(main, ["verify", str(src), "--no-latency"])
+    assert r.exit_code != 0 and "internal error" not in r.output
+    assert "ORT-RUN" in r.output and "FAILED" in r.output

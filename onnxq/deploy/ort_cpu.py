@@ -94,7 +94,12 @@ def verify_ort_cpu(
     report.loaded = True
     names = [o.name for o in sess.get_outputs()]
     for feed in feeds[:1]:
-        run(feed)
+        try:
+            run(feed)
+        except Exception as e:  # loads but cannot run (a shape, a kernel that refuses its inputs)
+            report.findings.append(Finding("ORT-RUN", "error", "", "", f"ONNX Runtime loads the model but fails "
+                                           f"running it: {str(e).splitlines()[0][:300]}"))
+            return
     if float_path is not None:
         ref, _ = ort_runner(float_path, threads=threads, options=quiet_session_options(None, threads))
         report.metrics["error_vs_float"] = compare_runners(ref, run, feeds, names)

@@ -239,8 +239,11 @@ def test_a_written_model_that_fails_the_check_is_removed(tmp_path, monkeypatch):
 
 
 def test_verify_reports_a_model_that_loads_but_cannot_run(tmp_path):
-    src = _mlp(tmp_path / "m.onnx", 17, [h.make_node("Reshape", ["x", "shape"], ["r"]), h.make_node("MatMul", ["r", "w"], ["y"])],
-               [nh.from_array(np.array([7, -1], np.int64), "shape"), nh.from_array(np.ones((64, 32), np.float32), "w")])
+    graph = h.make_graph([h.make_node("Reshape", ["x", "shape"], ["r"]), h.make_node("MatMul", ["r", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, ["N", "K"])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+                         [nh.from_array(np.array([7, 64], np.int64), "shape"), nh.from_array(np.ones((64, 32), np.float32), "w")])
+    src = tmp_path / "m.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), src)  # random inputs are not 7 x 64
     r = CliRunner().invoke(main, ["verify", str(src), "--no-latency"])
     assert r.exit_code != 0 and "internal error" not in r.output
     assert "ORT-RUN" in r.output and "FAILED" in r.output

@@ -301,6 +301,9 @@ class WeightOnlyInt4(Recipe):
     calib_memory_mb: int = 4096  # GPTQ/AWQ: Hessians held in RAM at once (more: extra passes, spilled to disk); 0: no bound
     accuracy_tolerance: float = 0.01
     float_heads: bool = True  # small output heads on pooled features (classifiers, poolers) stay float
+    # a weight whose K is not a multiple of block_size: "int4" (a shorter last block, as ORT runs it)
+    # or "int8" (per channel: for runtimes that refuse a ragged blocked DequantizeLinear, OpenVINO)
+    ragged_k: str = "int4"
 
     _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq")
     _FORMATS: ClassVar[tuple[str, ...]] = ("qdq", "matmulnbits", "onnxq")
@@ -334,6 +337,8 @@ class WeightOnlyInt4(Recipe):
             raise RecipeError("calib_samples must be >= 1 and calib_seq_len >= 2")
         if not self.accuracy_tolerance > 0:
             raise RecipeError("accuracy_tolerance must be > 0")
+        if self.ragged_k not in ("int4", "int8"):
+            raise RecipeError(f"ragged_k must be int4 or int8, got {self.ragged_k!r}")
 
 
 _RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (DynamicInt8, StaticInt8, WeightOnlyInt4)}

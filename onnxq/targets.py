@@ -114,6 +114,7 @@ class TargetProfile:
     quantized_graph_only: bool = False
     sum_rewrites: bool = False
     float_matmul_results: bool = True
+    int4_ragged_k: bool = True  # runs a blocked DequantizeLinear whose K is not a multiple of the block
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -227,6 +228,7 @@ _OPENVINO = dataclasses.replace(
                   "GlobalAveragePool", "Resize"),
     int16_min_opset=None,
     int4_formats=("qdq", "matmulnbits"),
+    int4_ragged_k=False,  # DequantizeLinear-21 conversion fails on a shorter last block (measured, 2026.4)
     dynamic_int8="fused",
     sum_rewrites=False,
     sources=(
@@ -420,6 +422,10 @@ def _apply_int4(recipe: WeightOnlyInt4, target: TargetProfile) -> tuple[Recipe, 
             )
         changes["format"] = target.int4_formats[0]
         notes.append(f"{target.name}: int4 format {target.int4_formats[0]}")
+    if not target.int4_ragged_k and recipe.ragged_k == "int4" and changes.get("format", recipe.format) == "qdq":
+        changes["ragged_k"] = "int8"
+        notes.append(f"{target.name}: a weight whose K is not a multiple of block_size, if any, gets int8 per "
+                     "channel (it refuses a shorter last block)")
     if target.int4_symmetric_only and not recipe.symmetric:
         raise RecipeError(f"target {target.name} runs symmetric int4 weights only (zero point 0); drop symmetric=false")
     out = dataclasses.replace(recipe, **changes) if changes else recipe

@@ -51,11 +51,13 @@ from onnxq.int4.hqq import hqq
 from onnxq.recipes import WeightOnlyInt4
 from onnxq.selection import Decision, name_matches, select
 
-__all__ = ["QuantizeMatMulInt4Pass", "plan_int4", "INT8_REASON", "ONNXQ_DOMAIN"]
+__all__ = ["QuantizeMatMulInt4Pass", "plan_int4", "INT8_REASON", "INT8_REASONS", "ONNXQ_DOMAIN"]
 
 logger = logging.getLogger(__name__)
 
 INT8_REASON = "int8 (keep_8bit)"
+RAGGED_INT8_REASON = "int8 (K is not a multiple of block_size; ragged_k = int8)"
+INT8_REASONS = (INT8_REASON, RAGGED_INT8_REASON)
 ONNXQ_DOMAIN = "com.onnxq"
 _WEIGHT_DTYPES = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
 _NORM_OPS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
@@ -95,6 +97,13 @@ def _check(node: ir.Node) -> str | None:
 # layers on pooled features (rank-2 inputs) from which at most this share of the selected
 # weights lies before a model output (with the layers after them) are "small output heads"
 HEAD_SHARE = 0.05
+
+
+def _weight_k(node: ir.Node) -> int:
+    """The reduction length K of a MatMul/Gemm weight."""
+    t = ir.convenience.get_const_tensor(node.inputs[1])
+    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    return int(t.shape[1] if trans_b else t.shape[0])
 
 
 def _weight_size(node: ir.Node) -> int:
@@ -151,7 +160,7 @@ def _small_output_heads(model: ir.Model, decisions: list[Decision]) -> dict[int,
     found: dict[int, tuple[float, set[int]]] = {}
     for d in decisions:
         n = d.node
-        if not d.selected or d.reason == INT8_REASON or n.graph is not model.graph or size.get(id(n), 0) > budget:
+        if not d.selected or d.reason in INT8_REASONS or n.graph is not model.graph or size.get(id(n), 0) > budget:
             continue
         if not _on_pooled_features(n):
             continue
@@ -186,6 +195,8 @@ def plan_int4(model: ir.Model, recipe: WeightOnlyInt4) -> list[Decision]:
             d = Decision(d.node, False, "kept float (keep_float)")
         elif d.selected and name_matches(d.node.name or "", recipe.keep_8bit):
             d = Decision(d.node, True, INT8_REASON)
+        elif d.selected and recipe.ragged_k == "int8" and _weight_k(d.node) % recipe.block_size:
+            d = Decision(d.node, True, RAGGED_INT8_REASON)
         out.append(d)
     if recipe.float_heads:
         heads = _small_output_heads(model, out)
@@ -273,7 +284,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         names = irutil.FreshNames(model.graph)
         targets = {
-            id(d.node): _Target(d.node, d.reason == INT8_REASON, d.node.inputs[0].name or "") for d in decisions
+            id(d.node): _Target(d.node, d.reason in INT8_REASONS, d.node.inputs[0].name or "") for d in decisions
         }
         if "awq" in self.recipe.algorithm:
             self._apply_awq(model, targets, names)

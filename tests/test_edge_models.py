@@ -247,3 +247,23 @@ def test_verify_reports_a_model_that_loads_but_cannot_run(tmp_path):
     r = CliRunner().invoke(main, ["verify", str(src), "--no-latency"])
     assert r.exit_code != 0 and "internal error" not in r.output
     assert "ORT-RUN" in r.output and "FAILED" in r.output
+
+
+def test_openvino_int4_qdq_gives_ragged_k_weights_int8(tmp_path):
+    """OpenVINO refuses a blocked DequantizeLinear with a shorter last block (K = 576 at block
+    128, SmolLM2's hidden size): those weights get int8 per channel, the others int4."""
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "w1"], ["a"], name="ragged"), h.make_node("MatMul", ["a", "w2"], ["y"], name="even")],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, [4, 576])], [h.make_tensor_value_info("y", T.FLOAT, [4, 64])],
+        [nh.from_array(RNG.standard_normal((576, 512)).astype(np.float32), "w1"),
+         nh.from_array(RNG.standard_normal((512, 64)).astype(np.float32), "w2")])
+    src, out = tmp_path / "k576.onnx", tmp_path / "q.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), src)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--algo", "rtn", "--target", "openvino"])
+    assert r.exit_code == 0, r.output
+    dq = {n.output[0]: [a.i for a in n.attribute if a.name == "block_size"] for n in onnx.load(str(out)).graph.node
+          if n.op_type == "DequantizeLinear"}
+    assert sorted(len(b) for b in dq.values()) == [0, 1]  # one per-channel int8, one blocked int4
+    pytest.importorskip("openvino")
+    r = CliRunner().invoke(main, ["verify", str(out), "--target", "openvino", "--no-latency"])
+    assert r.exit_code == 0, r.output

@@ -63,7 +63,7 @@ def run_weight_only_int4(
     from onnxq.api import QuantizeReport, _nothing_message, _widen_float16, prepare
     from onnxq.int4.accuracy import choose_accuracy_levels
     from onnxq.int4.calibrate import collect_activation_stats
-    from onnxq.passes.quantize_matmul_int4 import INT8_REASON, QuantizeMatMulInt4Pass, plan_int4
+    from onnxq.passes.quantize_matmul_int4 import INT8_REASONS, QuantizeMatMulInt4Pass, plan_int4
     from onnxq.passes.upgrade_opset import UpgradeOpsetPass
     from onnxq.passes.widen_float16 import uses_bfloat16
 
@@ -97,7 +97,7 @@ def run_weight_only_int4(
         values = []
         nested = 0
         for d in decisions:
-            if d.selected and d.reason != INT8_REASON:
+            if d.selected and d.reason not in INT8_REASONS:
                 if d.node.graph is not model.graph:  # inside an If/Loop body: no statistics of its own
                     nested += 1
                     continue

@@ -190,8 +190,10 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     try:
         result = quantize_static(model, recipe, data)
         decisions, static_notes = tuple(result.decisions), tuple(result.notes)
-    except NothingToQuantizeError:
+    except NothingToQuantizeError as e:
         if not any(d.selected for d in gathers):
+            if gathers and "the model has no" in str(e):  # no QDQ candidate at all: say why the Gathers were skipped
+                raise NothingToQuantizeError(_nothing_message(recipe, gathers, model)) from None
             raise
         decisions, static_notes = (), ("no node for int8 QDQ; only the embedding tables were quantized",)
     if gathers and DynamicQuantizePass(tables)(model).modified:

@@ -267,3 +267,15 @@ def test_openvino_int4_qdq_gives_ragged_k_weights_int8(tmp_path):
     pytest.importorskip("openvino")
     r = CliRunner().invoke(main, ["verify", str(out), "--target", "openvino", "--no-latency"])
     assert r.exit_code == 0, r.output
+
+
+def test_int8_static_says_why_a_lone_gather_is_skipped(tmp_path):
+    graph = h.make_graph([h.make_node("Gather", ["table", "ids"], ["y"], axis=1)], "g",
+                         [h.make_tensor_value_info("ids", T.INT64, [3])], [h.make_tensor_value_info("y", T.FLOAT, [64, 3])],
+                         [nh.from_array(RNG.standard_normal((64, 100)).astype(np.float32), "table")])
+    src = tmp_path / "g.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), src)
+    np.savez(tmp_path / "c.npz", ids=np.array([[1, 2, 3]] * 4, np.int64))
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "c.npz")])
+    assert r.exit_code != 0 and "axis other than 0" in " ".join(r.output.split())

@@ -64,8 +64,9 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--op-types", multiple=True, help="Op types to quantize, e.g. MatMul,Gemm.")
 @click.option("--fused", is_flag=True, default=None, help="int8-dynamic: emit ORT's fused com.microsoft op.")
 @click.option("--token-scales", type=click.Choice(["none", "products", "all"]), default=None,
-              help="int8-dynamic: one activation scale per token for MatMuls whose input is a product of activations "
-                   "(gated MLP down projections; default), for all, or for none (one per tensor, as ORT).")
+              help="int8-dynamic: one activation scale per token for MatMuls whose input is a product of two "
+                   "activation branches (gated MLP down projections; default), for all, or for none (one per "
+                   "tensor, as ORT).")
 @click.option("--no-verify", is_flag=True, help="Skip the checker + ORT load check of the output.")
 @click.option("--calib-data", type=click.Path(path_type=str), help="int8-static, and int4 gptq/awq for models without text input: calibration samples, an .npz (key = input name, first axis = samples) or a folder of .npy/.npz files.")
 @click.option("--calib-images", type=click.Path(path_type=str), help="int8-static, int4 gptq/awq: a folder of images (searched recursively) for an image model.")

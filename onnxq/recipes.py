@@ -103,11 +103,11 @@ class DynamicInt8(Recipe):
     min_weight_elements: int = 1024
     sum_rewrites: bool = True
     # one activation scale per row (token) instead of per tensor: "products" for a MatMul/Gemm
-    # whose input is a product of two activations (a gated MLP's down projection, the layer
-    # after a written-out GELU/SiLU), "all" for every one, "none" for none (ORT's
-    # quantize_dynamic); not with fused (its op takes one scale per tensor). SmolLM2-135M
-    # perplexity (fp32 4.31): none 8.21, products 4.70 at +10 % time, all 4.47 at +24 %
-    # (128 tokens, 1 thread; bench/bench_dynamic_smollm2.py)
+    # whose input is a product of two separately computed activations (a gated MLP's down
+    # projection, SiLU(gate) * up), "all" for every one, "none" for none (ORT's quantize_dynamic);
+    # not with fused (its op takes one scale per tensor). SmolLM2-135M perplexity (fp32 4.31):
+    # none 8.21, products 4.70 at +10 % time, all 4.47 at +24 % (128 tokens, 1 thread;
+    # bench/bench_dynamic_smollm2.py)
     token_scales: str = "products"
 
     _TOKEN_SCALES: ClassVar[tuple[str, ...]] = ("none", "products", "all")

@@ -98,16 +98,40 @@ def plan_dynamic(model: ir.Model, recipe: DynamicInt8) -> list[Decision]:
 
 
 def takes_a_product(node: ir.Node) -> bool:
-    """Whether the MatMul/Gemm's activation is an elementwise product of two activations: the
-    down projection of a gated MLP (``SiLU(gate) * up``), or the layer after a written-out
-    GELU/SiLU (``x * f(x)``) -- where a language model's activation outliers are largest."""
+    """Whether the MatMul/Gemm's activation is an elementwise product of two separately computed
+    activations: the down projection of a gated MLP (``SiLU(gate) * up``), where a language
+    model's activation outliers are largest."""
     p = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
     while p is not None and p.op_type in PASS_THROUGH_OPS and p.domain in ("", "ai.onnx") and p.inputs[0] is not None:
         p = p.inputs[0].producer()  # exporters flatten [B, S, K] to [B*S, K] before a Gemm
-    return (
-        p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and len(p.inputs) == 2
-        and not any(v is None or irutil.is_constant(v) for v in p.inputs)
-    )
+    if not (p is not None and p.op_type == "Mul" and p.domain in ("", "ai.onnx") and len(p.inputs) == 2
+            and not any(v is None or irutil.is_constant(v) for v in p.inputs)):
+        return False
+    a, b = p.inputs
+    # a gate times a separate branch (GLU), not x * f(x): a written-out GELU/SiLU (both factors
+    # elementwise functions of one tensor) is one-sided, where one asymmetric scale per tensor
+    # keeps a bit that symmetric per-token scales give up
+    return not (_elementwise_sources(a) & _elementwise_sources(b))
+
+
+_MIXING_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "Einsum", "Attention"})
+
+
+def _elementwise_sources(v: ir.Value, depth: int = 12) -> set[int]:
+    """id() of the non-constant values ``v`` is computed from by ops that mix no channels
+    (stopping at MatMul/Gemm/Conv results and graph inputs), ``v`` included."""
+    out, frontier = set(), [v]
+    for _ in range(depth):
+        nxt = []
+        for u in frontier:
+            if id(u) in out or irutil.is_constant(u):
+                continue
+            out.add(id(u))
+            p = u.producer()
+            if p is not None and p.op_type not in _MIXING_OPS:
+                nxt.extend(i for i in p.inputs if i is not None)
+        frontier = nxt
+    return out
 
 
 def per_token(node: ir.Node, recipe: DynamicInt8) -> bool:

@@ -215,13 +215,16 @@ def _flattened_product_gemm():
     return model_from_text("""
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[B, S, 64] x) => (float[N, 32] y) {
-    a = Sigmoid(x)
-    p = Mul(x, a)
+    h = MatMul(x, wg)
+    g = Sigmoid(h)
+    u = MatMul(x, wu)
+    p = Mul(g, u)
     f = Reshape(p, shape)
     y = Gemm(f, w, b)
 }
 """, {"shape": np.array([-1, 64], np.int64), "w": rng.standard_normal((64, 32)).astype(np.float32),
-      "b": rng.standard_normal(32).astype(np.float32)})
+      "b": rng.standard_normal(32).astype(np.float32), "wg": rng.standard_normal((64, 64)).astype(np.float32) * 0.2,
+      "wu": rng.standard_normal((64, 64)).astype(np.float32) * 0.2})
 
 
 def test_product_is_found_through_a_flatten_before_a_gemm():
@@ -233,7 +236,7 @@ def test_product_is_found_through_a_flatten_before_a_gemm():
     assert [n.op_type for n in model.graph].count("ReduceMax") == 1
     y = run_ort(model, {"x": x})[0]
     assert y.shape == ref.shape == (48, 32)
-    assert _sqnr(ref, y) > 35
+    assert _sqnr(ref, y) > 25
 
 
 def test_per_token_codes_match_the_qparams_reference():
@@ -285,7 +288,7 @@ def test_opset_spelt_ai_onnx_gets_the_reduce_max_form_of_its_version():
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 64])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [5, 48])], [numpy_helper.from_array(w, "W")])
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx", 13)]))
-    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0, token_scales="all"))(model)
     check_full(model)
     assert "ReduceMax" in [n.op_type for n in model.graph]
     x = RNG.standard_normal((5, 64)).astype(np.float32)
@@ -298,3 +301,37 @@ def test_fused_keeps_one_scale_per_tensor():
     DynamicQuantizePass(DynamicInt8(min_weight_elements=0, fused=True))(model)
     ops = [n.op_type for n in model.graph]
     assert ops.count("DynamicQuantizeMatMul") == 3 and "ReduceMax" not in ops
+
+
+def test_a_written_out_gelu_is_not_a_gate_product():
+    """x * f(x) (a GELU/SiLU written out) is one-sided: one asymmetric scale per tensor keeps a
+    bit there; only a product of two separate branches (a GLU) gets per-token scales."""
+    rng = np.random.default_rng(9)
+    model = model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[B, S, 64] x) => (float[B, S, 32] y) {
+    s = Sigmoid(x)
+    p = Mul(x, s)
+    y = MatMul(p, w)
+}
+""", {"w": rng.standard_normal((64, 32)).astype(np.float32)})
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    assert "ReduceMax" not in [n.op_type for n in model.graph]
+
+
+def test_gpt2_style_gelu_is_not_a_gate_product():
+    """0.5 * x * (1 + tanh(...x...)): both factors are elementwise functions of x."""
+    rng = np.random.default_rng(10)
+    model = model_from_text("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[B, S, 64] x) => (float[B, S, 32] y) {
+    h = Mul(x, half)
+    t = Tanh(x)
+    o = Add(t, one)
+    p = Mul(h, o)
+    y = MatMul(p, w)
+}
+""", {"w": rng.standard_normal((64, 32)).astype(np.float32), "half": np.array(0.5, np.float32),
+      "one": np.array(1.0, np.float32)})
+    DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
+    assert "ReduceMax" not in [n.op_type for n in model.graph]

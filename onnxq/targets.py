@@ -151,7 +151,8 @@ class TargetProfile:
             "QDQ on": ops,
             "opset floor": str(self.min_opset)
             + (f" (16-bit: {self.int16_min_opset})" if self.int16_min_opset else " (no 16-bit)"),
-            "int4": "/".join(self.int4_formats) + (" symmetric" if self.int4_symmetric_only else ""),
+            "int4": "/".join(self.int4_formats) + (" symmetric" if self.int4_symmetric_only else "")
+            + ("" if self.int4_ragged_k else " (K not a multiple of the block: int8)"),
             "int8-dynamic": {"any": "yes", "fused": "fused form only", "": "no"}[self.dynamic_int8],
             "verified by": "running it here" if self.verification == "runtime" else "structural rules",
         }

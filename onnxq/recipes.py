@@ -304,6 +304,9 @@ class WeightOnlyInt4(Recipe):
     # a weight whose K is not a multiple of block_size: "int4" (a shorter last block, as ORT runs it)
     # or "int8" (per channel: for runtimes that refuse a ragged blocked DequantizeLinear, OpenVINO)
     ragged_k: str = "int4"
+    # symmetric blocks: a positive extreme weight maps to +7 with a positive scale instead of to -8
+    # with a negative one (TensorRT takes positive scales only); rtn, gptq and awq
+    positive_scales: bool = False
 
     _ALGORITHMS: ClassVar[tuple[str, ...]] = ("rtn", "hqq", "gptq", "awq", "awq+gptq", "awq+hqq")
     _FORMATS: ClassVar[tuple[str, ...]] = ("qdq", "matmulnbits", "onnxq")
@@ -339,6 +342,9 @@ class WeightOnlyInt4(Recipe):
             raise RecipeError("accuracy_tolerance must be > 0")
         if self.ragged_k not in ("int4", "int8"):
             raise RecipeError(f"ragged_k must be int4 or int8, got {self.ragged_k!r}")
+        if self.positive_scales and "hqq" in self.algorithm and self.symmetric:
+            raise RecipeError("positive_scales is not available with symmetric hqq (it fits the scale freely); "
+                              "use rtn, gptq or awq")
 
 
 _RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (DynamicInt8, StaticInt8, WeightOnlyInt4)}

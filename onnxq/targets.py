@@ -115,6 +115,7 @@ class TargetProfile:
     sum_rewrites: bool = False
     float_matmul_results: bool = True
     int4_ragged_k: bool = True  # runs a blocked DequantizeLinear whose K is not a multiple of the block
+    int4_positive_scales: bool = False  # takes positive DequantizeLinear scales only
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -258,6 +259,7 @@ _TENSORRT = TargetProfile(
     int16_min_opset=None,
     int4_formats=("qdq",),
     int4_symmetric_only=True,
+    int4_positive_scales=True,  # TRT003: DequantizeLinear scales must be positive
     dynamic_int8="",
     static_shapes=False,
     verification="structural",
@@ -427,6 +429,9 @@ def _apply_int4(recipe: WeightOnlyInt4, target: TargetProfile) -> tuple[Recipe, 
         changes["ragged_k"] = "int8"
         notes.append(f"{target.name}: a weight whose K is not a multiple of block_size, if any, gets int8 per "
                      "channel (it refuses a shorter last block)")
+    if target.int4_positive_scales and recipe.symmetric and not recipe.positive_scales:
+        changes["positive_scales"] = True
+        notes.append(f"{target.name}: int4 scales kept positive (a block's positive extreme maps to +7)")
     if target.int4_symmetric_only and not recipe.symmetric:
         raise RecipeError(f"target {target.name} runs symmetric int4 weights only (zero point 0); drop symmetric=false")
     out = dataclasses.replace(recipe, **changes) if changes else recipe

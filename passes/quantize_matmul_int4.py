@@ -256,7 +256,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         self.stats = dict(stats or {})
         self.accuracy_levels = dict(accuracy_levels or {})
         self.progress = progress
-        self.spec = Int4Spec(recipe.block_size, recipe.symmetric)
+        self.spec = Int4Spec(recipe.block_size, recipe.symmetric, recipe.positive_scales)
 
     def requires(self, model: ir.Model) -> None:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

@@ -279,3 +279,17 @@ def test_int8_static_says_why_a_lone_gather_is_skipped(tmp_path):
     r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-static",
                                   "--calib-data", str(tmp_path / "c.npz")])
     assert r.exit_code != 0 and "axis other than 0" in " ".join(r.output.split())
+
+
+def test_tensorrt_int4_scales_pass_its_rules(tmp_path):
+    """TensorRT takes positive DequantizeLinear scales only (TRT003): --target tensorrt keeps
+    every int4 block scale positive, and onnxq verify --target tensorrt passes."""
+    src = _mlp(tmp_path / "m.onnx", 17)
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out), "--algo", "rtn", "--block-size", "32",
+                                  "--target", "tensorrt"])
+    assert r.exit_code == 0, r.output
+    scales = [nh.to_array(i) for i in onnx.load(str(out)).graph.initializer if i.name.endswith("_scale")]
+    assert scales and all((s > 0).all() for s in scales)
+    r = CliRunner().invoke(main, ["verify", str(out), "--target", "tensorrt"])
+    assert r.exit_code == 0, r.output

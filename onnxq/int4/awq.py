@@ -63,7 +63,7 @@ class HessianProxy:
 def _fake_quant_rtn(w: np.ndarray, spec: Int4Spec) -> np.ndarray:
     k, n = w.shape
     wb, _ = _blocked(w, spec.block_size)
-    s, z = rtn_params(wb, spec.symmetric)
+    s, z = rtn_params(wb, spec.symmetric, spec.positive_scales)
     q = quantize_codes(wb, s, z)
     q -= np.float32(SYMMETRIC_ZERO_CODE) if z is None else z[:, None, :]
     q *= s[:, None, :]

@@ -48,6 +48,7 @@ class Int4Spec:
 
     block_size: int = 128
     symmetric: bool = True
+    positive_scales: bool = False  # symmetric: a positive extreme maps to +7 instead of a negative scale
 
     def n_blocks(self, k: int) -> int:
         return math.ceil(k / self.block_size)
@@ -155,14 +156,23 @@ def _blocked(w: np.ndarray, bs: int) -> tuple[np.ndarray, int]:
     return out.reshape(nb, bs, n), k
 
 
-def rtn_params(wb: np.ndarray, symmetric: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def symmetric_anchor(extreme: np.ndarray, positive: bool) -> np.ndarray | np.float32:
+    """The code (minus 8) a block's extreme weight maps to: -8, so a positive extreme gets a
+    negative scale ("full range"); with ``positive`` a positive extreme maps to +7 instead
+    (runtimes that take positive scales only, TensorRT)."""
+    if not positive:
+        return np.float32(-8.0)
+    return np.where(extreme < 0, np.float32(-8.0), np.float32(7.0)).astype(np.float32)
+
+
+def rtn_params(wb: np.ndarray, symmetric: bool, positive: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Min/max scales (and integer zero points) of blocked ``[nb, bs, n]`` weights; zero
     padding never changes them (the range always includes 0)."""
     wmax = wb.max(axis=1)
     wmin = wb.min(axis=1)
     if symmetric:
         extreme = np.where(-wmin > wmax, wmin, wmax)
-        scale = extreme / np.float32(-8.0)
+        scale = extreme / symmetric_anchor(extreme, positive)
         scale[scale == 0] = 1.0
         return scale.astype(np.float32), None
     # float64 as in qparams.qparams_from_range, so the bytes match the reference exactly
@@ -191,6 +201,7 @@ def search_scales(
     symmetric: bool,
     importance: np.ndarray | None = None,
     grid: np.ndarray | None = None,
+    positive: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-block scale (and zero point) minimising the importance-weighted squared error
     ``sum_k d_k (w_k - w_hat_k)^2`` over shrunk ranges ``r * [min, max]`` (clipping search).
@@ -205,21 +216,21 @@ def search_scales(
     nb, bs, n = wb.shape
     cols = max(1, _SEARCH_CHUNK // max(nb * bs, 1))
     if n <= cols:
-        return _search_chunk(wb, symmetric, d, grid)
+        return _search_chunk(wb, symmetric, d, grid, positive)
     # column chunks that stay in cache across the whole grid (one pass over memory instead
     # of one per candidate: 3x faster on SmolLM2's lm_head)
     scale = np.empty((nb, n), dtype=np.float32)
     zero = None if symmetric else np.empty((nb, n), dtype=np.float32)
     for c0 in range(0, n, cols):
         c1 = min(n, c0 + cols)
-        s, z = _search_chunk(np.ascontiguousarray(wb[:, :, c0:c1]), symmetric, d, grid)
+        s, z = _search_chunk(np.ascontiguousarray(wb[:, :, c0:c1]), symmetric, d, grid, positive)
         scale[:, c0:c1] = s
         if zero is not None:
             zero[:, c0:c1] = z
     return scale, zero
 
 
-def _search_chunk(wb: np.ndarray, symmetric: bool, d: np.ndarray | None, grid: np.ndarray):
+def _search_chunk(wb: np.ndarray, symmetric: bool, d: np.ndarray | None, grid: np.ndarray, positive: bool = False):
     """``search_scales`` of one column chunk; ``d`` is ``[nb, bs, 1]`` or None."""
     wmax = wb.max(axis=1)
     wmin = wb.min(axis=1)
@@ -229,7 +240,7 @@ def _search_chunk(wb: np.ndarray, symmetric: bool, d: np.ndarray | None, grid: n
         r = np.float32(r)
         if symmetric:
             extreme = np.where(-wmin > wmax, wmin, wmax) * r
-            s = (extreme / np.float32(-8.0)).astype(np.float32)
+            s = (extreme / symmetric_anchor(extreme, positive)).astype(np.float32)
             s[s == 0] = 1.0
             z = None
         else:
@@ -289,9 +300,9 @@ def rtn(
         c1 = min(n, c0 + step)
         wb, _ = _blocked(np.asarray(w[:, c0:c1], dtype=np.float32), bs)
         if mse:
-            s, z = search_scales(wb, spec.symmetric, imp)
+            s, z = search_scales(wb, spec.symmetric, imp, positive=spec.positive_scales)
         else:
-            s, z = rtn_params(wb, spec.symmetric)
+            s, z = rtn_params(wb, spec.symmetric, spec.positive_scales)
         q = quantize_codes(wb, s, z)
         codes[:, c0:c1] = q.reshape(nb * bs, c1 - c0)[:k]
         scales[:, c0:c1] = s

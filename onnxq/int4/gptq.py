@@ -50,7 +50,7 @@ import numpy as np
 from onnxq.formats import SYMMETRIC_ZERO_CODE
 from onnxq.int4 import _blas
 from onnxq.int4._blas import single_thread
-from onnxq.int4.blocks import QMAX, BlockQuant, Int4Spec, rtn_params, search_scales
+from onnxq.int4.blocks import QMAX, BlockQuant, Int4Spec, rtn_params, search_scales, symmetric_anchor
 
 __all__ = ["gptq", "gptq_batch", "prepare_hessian", "refit_scales"]
 
@@ -182,7 +182,7 @@ def _upper_cholesky_of_inverse(h: np.ndarray, *, reversed_: bool = False, out: n
 
 
 def _group_params(
-    rows: np.ndarray, symmetric: bool, mse: bool, importance: np.ndarray | None = None
+    rows: np.ndarray, symmetric: bool, mse: bool, importance: np.ndarray | None = None, positive: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Scale/zero ``[B, N]`` of one block of rows ``[B, r, N]`` of each problem (r <= block
     size); with ``mse`` a clip search weighted by ``importance`` ``[B, r]`` (the Hessian
@@ -190,15 +190,17 @@ def _group_params(
     Symmetric: :func:`_search_symmetric` (the same search as ``search_scales``, faster)."""
     if mse:
         if symmetric:
-            return _search_symmetric(rows, importance, _GPTQ_GRID), None
+            return _search_symmetric(rows, importance, _GPTQ_GRID, positive), None
         return search_scales(rows, symmetric, None if importance is None else importance[:, :, None], grid=_GPTQ_GRID)
-    return rtn_params(rows, symmetric)
+    return rtn_params(rows, symmetric, positive)
 
 
 _SYM_SEARCH_CHUNK = 1 << 17  # elements of a column chunk in _search_symmetric
 
 
-def _search_symmetric(wb: np.ndarray, importance: np.ndarray | None, grid: np.ndarray) -> np.ndarray:
+def _search_symmetric(
+    wb: np.ndarray, importance: np.ndarray | None, grid: np.ndarray, positive: bool = False
+) -> np.ndarray:
     """Symmetric scales of blocked ``wb`` ``[nb, bs, N]`` by the clipping search of
     :func:`onnxq.int4.blocks.search_scales` (its reference): per block the candidate
     ``s_r = r * extreme / -8`` minimising ``sum_k d_k (s_r q_k - w_k)^2``, ``q_k =
@@ -213,6 +215,7 @@ def _search_symmetric(wb: np.ndarray, importance: np.ndarray | None, grid: np.nd
     wmax = wb.max(axis=1)
     wmin = wb.min(axis=1)
     extreme = np.where(-wmin > wmax, wmin, wmax)  # [nb, N]
+    anchor = np.broadcast_to(symmetric_anchor(extreme, positive), extreme.shape)  # the extreme's code - 8
     zero = extreme == 0
     inv = np.float32(1.0) / np.where(zero, np.float32(1.0), extreme)
     inv[zero] = 0.0
@@ -231,7 +234,7 @@ def _search_symmetric(wb: np.ndarray, importance: np.ndarray | None, grid: np.nd
         best_err = best = None
         for r in grid:
             r = np.float32(r)
-            np.multiply(wn, np.float32(-8.0) / r, out=y)
+            np.multiply(wn, anchor[:, None, c0:c1] / r, out=y)
             np.rint(y, out=q)
             np.clip(q, lo, hi, out=q)
             q -= y
@@ -244,7 +247,7 @@ def _search_symmetric(wb: np.ndarray, importance: np.ndarray | None, grid: np.nd
                 best_err = np.where(better, err, best_err)
                 best[better] = r
         best_r[:, c0:c1] = best
-    scale = (extreme * best_r / np.float32(-8.0)).astype(np.float32)
+    scale = (extreme * best_r / anchor).astype(np.float32)
     scale[scale == 0] = 1.0
     return scale
 
@@ -391,7 +394,7 @@ def gptq_batch(
                 bimp = imp[: full * bs].reshape(full, bs)
 
                 def search(cols: slice) -> None:
-                    s, z = _group_params(blocks[:, :, cols], spec.symmetric, mse, bimp)
+                    s, z = _group_params(blocks[:, :, cols], spec.symmetric, mse, bimp, spec.positive_scales)
                     scales[b, :full, cols] = s
                     if zeros is not None:
                         zeros[b, :full, cols] = z
@@ -405,7 +408,7 @@ def gptq_batch(
                 tail[: k - full * bs] = wb[full * bs :]
                 timp = np.zeros(bs, dtype=np.float32)
                 timp[: k - full * bs] = imp[full * bs :]
-                s, z = _group_params(tail[None], spec.symmetric, mse, timp[None])
+                s, z = _group_params(tail[None], spec.symmetric, mse, timp[None], spec.positive_scales)
                 scales[b, full:] = s
                 if zeros is not None:
                     zeros[b, full:] = z
@@ -424,7 +427,8 @@ def gptq_batch(
 
     codes_p = np.empty((nprob, k, n), dtype=np.uint8)  # codes in processing order
     rows = functools.partial(
-        _row_loop, bs=bs, lazy_block=lazy_block, act_order=act_order, symmetric=spec.symmetric, mse=mse
+        _row_loop, bs=bs, lazy_block=lazy_block, act_order=act_order, symmetric=spec.symmetric, mse=mse,
+        positive=spec.positive_scales
     )
 
     def run(unit: tuple[int, int, int, int]) -> None:
@@ -465,6 +469,7 @@ def _row_loop(
     act_order: bool,
     symmetric: bool,
     mse: bool,
+    positive: bool = False,
 ) -> None:
     """GPTQ's row loop over ``W`` ``[B, K, N]`` (rows in processing order; overwritten: each
     row ends as its scaled error) with ``U`` ``[B, K, K]``; writes ``codes_p`` (processing
@@ -497,7 +502,7 @@ def _row_loop(
         for i1 in range(o1, o2, step):
             i2 = min(i1 + step, o2)
             if not act_order and i1 % bs == 0:
-                s, z = _group_params(W[:, i1 : i1 + bs], symmetric, mse, diags[:, i1 : i1 + bs])
+                s, z = _group_params(W[:, i1 : i1 + bs], symmetric, mse, diags[:, i1 : i1 + bs], positive)
                 scales[:, i1 // bs] = s
                 if zeros is not None:
                     zeros[:, i1 // bs] = z

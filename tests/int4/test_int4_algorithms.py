@@ -360,3 +360,30 @@ def test_workers_counts_idle_cpus(monkeypatch):
     assert _blas.workers() == 2
     monkeypatch.setattr(os, "getloadavg", lambda: (20.0, 0.0, 0.0))
     assert _blas.workers() == 1
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "rtn-mse", "gptq", "gptq-mse"])
+def test_positive_scales_keep_every_scale_positive_and_the_extremes_exact(algorithm):
+    """positive_scales (TensorRT): a block whose largest-magnitude weight is positive maps it to
+    +7 with a positive scale instead of to -8 with a negative one; the error stays close to
+    the full-range grid's."""
+    rng = np.random.default_rng(21)
+    k, n = 256, 96
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((512, k)).astype(np.float32)
+    h = (x.T @ x).astype(np.float64)
+    mse = algorithm.endswith("mse")
+    errs = {}
+    for positive in (False, True):
+        spec = Int4Spec(128, True, positive)
+        bq = rtn(w, spec, mse=mse) if algorithm.startswith("rtn") else gptq(w, h, spec, mse=mse)
+        assert (bq.scales > 0).all() if positive else (bq.scales < 0).any()
+        w_hat = bq.dequantize()
+        errs[positive] = float(np.linalg.norm(x @ (w_hat - w)) / np.linalg.norm(x @ w))
+        if positive and not mse and algorithm == "rtn":  # min/max grid: each block's extreme is exact
+            blocks = w.reshape(2, 128, n)
+            idx = np.abs(blocks).argmax(axis=1)
+            ext = np.take_along_axis(blocks, idx[:, None, :], axis=1)[:, 0]
+            got = np.take_along_axis(w_hat.reshape(2, 128, n), idx[:, None, :], axis=1)[:, 0]
+            np.testing.assert_allclose(got, ext, rtol=1e-6)
+    assert errs[True] < 1.15 * errs[False], errs

@@ -57,7 +57,7 @@ def _refuse_unsupported_opset(model: ir.Model) -> None:
     import onnx.defs
 
     newest = onnx.defs.onnx_opset_version()
-    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    version = irutil.default_opset(model, None)
     if version is not None and version > newest:
         raise OnnxqError(
             f"the model imports ai.onnx opset {version}, newer than this installation knows "

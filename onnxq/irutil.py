@@ -91,8 +91,9 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def default_opset(model: ir.Model, missing: int = 1) -> int:
-    """The version of the standard domain the model imports (spelt "" or "ai.onnx")."""
+def default_opset(model: ir.Model, missing: int | None = 1) -> int | None:
+    """The version of the standard domain the model imports (spelt "" or "ai.onnx"); ``missing``
+    when it imports none."""
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", missing))
 
 

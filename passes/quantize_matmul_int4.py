@@ -259,7 +259,7 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
         self.spec = Int4Spec(recipe.block_size, recipe.symmetric, recipe.positive_scales)
 
     def requires(self, model: ir.Model) -> None:
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+        opset = irutil.default_opset(model)
         if self.recipe.format == "qdq" and opset < 21 and any(d.selected for d in plan_int4(model, self.recipe)):
             raise ir.passes.PreconditionError(
                 f"blocked DequantizeLinear needs opset 21 but the model is at opset {opset}; "

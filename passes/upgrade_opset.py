@@ -58,7 +58,7 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
         self.target = target
 
     def requires(self, model: ir.Model) -> None:
-        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        current = irutil.default_opset(model, None)
         if current is None:
             return
         if current > self.target:
@@ -67,7 +67,7 @@ class UpgradeOpsetPass(ir.passes.InPlacePass):
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+        current = irutil.default_opset(model, None)
         if current is None or current >= self.target:
             return ir.passes.PassResult(model, modified=False)
         if current < NATIVE_MIN_OPSET:

@@ -145,19 +145,15 @@ def computes_in_float16(model: ir.Model, kept_tables: bool = False) -> bool:
     16-bit table whose Gathers' rows are only cast to float32 does not count (what
     ``keep_gather_tables`` leaves)."""
     root = model.graph
-
-    def _kept_table(v: ir.Value, root: ir.Graph) -> bool:
-        return kept_tables and _is_kept_table(v, root)
-
     if any(v.const_value is not None and v.const_value.dtype in _HALF and not _boundary_input(v, root)
-           and not _kept_table(v, root)
+           and not (kept_tables and _is_kept_table(v, root))
            for g in irutil.iter_graphs(root) for v in g.initializers.values()):
         return True
     if any(_half_node(n, root) for n in irutil.iter_nodes(root)):
         return True
     return any(
         _is_half_tensor(v) and not _boundary_input(v, root) and not _boundary_output(v, root)
-        and not _kept_table(v, root)
+        and not (kept_tables and _is_kept_table(v, root))
         for v in _values(root)
     )
 

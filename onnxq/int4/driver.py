@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import irutil
 from onnxq.errors import CalibrationDataError, NothingToQuantizeError
 from onnxq.recipes import WeightOnlyInt4
 
@@ -60,11 +59,10 @@ def run_weight_only_int4(
     *,
     progress: Callable[[int, int, str], None] | None = None,
 ):
-    from onnxq.api import QuantizeReport, _nothing_message, _widen_float16, prepare
+    from onnxq.api import QuantizeReport, _nothing_message, _upgrade_opset, _widen_float16, prepare
     from onnxq.int4.accuracy import choose_accuracy_levels
     from onnxq.int4.calibrate import collect_activation_stats
     from onnxq.passes.quantize_matmul_int4 import INT8_REASONS, QuantizeMatMulInt4Pass, plan_int4
-    from onnxq.passes.upgrade_opset import UpgradeOpsetPass
     from onnxq.passes.widen_float16 import uses_bfloat16
 
     notes: list[str] = []
@@ -78,12 +76,12 @@ def run_weight_only_int4(
     selected = [d for d in decisions if d.selected]
     if not selected:
         raise NothingToQuantizeError(_nothing_message(recipe, decisions, model))
-    opset = irutil.default_opset(model)
-    if recipe.format == "qdq" or (recipe.keep_8bit and opset < 13):
-        target = 21 if recipe.format == "qdq" else 13
-        why = "blocked DequantizeLinear needs 21" if recipe.format == "qdq" else "per-channel DequantizeLinear needs 13"
-        if opset < target and UpgradeOpsetPass(target)(model).modified:
-            notes.append(f"opset upgraded {opset} → {target} ({why})")
+    if recipe.format == "qdq" or recipe.keep_8bit:
+        qdq = recipe.format == "qdq"
+        upgraded = _upgrade_opset(model, 21 if qdq else 13,
+                                  "blocked DequantizeLinear needs it" if qdq else "per-channel DequantizeLinear needs it")
+        if upgraded:
+            notes += upgraded
             decisions = tuple(plan_int4(model, recipe))
     stats = None
     if recipe.needs_calibration:

@@ -95,7 +95,6 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
              accuracy_level=None, keep_float=(), keep_8bit=()):
     """Quantize MODEL and write the result to OUTPUT."""
     import dataclasses
-    import os
     import time
     from pathlib import Path
 
@@ -185,7 +184,6 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         from onnxq.targets import apply_target
 
         recipe, target_notes = apply_target(recipe, target)
-    in_bytes = modelio.file_bytes(model) if os.path.isfile(model) else None
     modelio.check_output_path(output, protect=(model,))
     accuracy_target = None
     if float_budget is not None and target_sqnr is None and max_drop is None:
@@ -240,7 +238,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         from onnxq.targets import export_for_target
 
         report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
-    _print_summary(report, model, output, in_bytes, elapsed)
+    _print_summary(report, model, output, modelio.source_bytes(qmodel), elapsed)
     if agreement:
         _print_agreement(agreement, model, output)
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 # Protobuf refuses messages of 2 GiB; stay well below it.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 _HAD_EXTERNAL_DATA = "onnxq.had_external_data"
+_SOURCE_BYTES = "onnxq.source_bytes"
 
 
 def _tensors_of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -108,6 +109,7 @@ def load(path: str | os.PathLike) -> ir.Model:
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelLoadError(f"{path} is not an ONNX model (no graph found); is it the right file?")
     _check_external_data(proto, path.parent)
+    size = path.stat().st_size + sum(f.stat().st_size for f in _external_files_of(proto, path.parent))
     _densify_sparse_initializers(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -120,6 +122,7 @@ def load(path: str | os.PathLike) -> ir.Model:
         # remembered for save(): a model that came with external data leaves with it,
         # so writing it never builds the whole protobuf in memory
         model.meta[_HAD_EXTERNAL_DATA] = True
+    model.meta[_SOURCE_BYTES] = size
     return model
 
 
@@ -167,30 +170,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _external_files_of(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
+    """The files a model proto keeps its external tensors in."""
+    files = set()
+    for tensor in _tensors_of_graph(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location:
+                files.add(base_dir / location)
+    return files
+
+
 def _external_data_files(model_path: Path) -> list[Path]:
     """The files an ONNX model keeps its external tensors in (none for other files)."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
     if model_path.suffix.lower() != ".onnx" or not model_path.is_file():
         return []
     try:
         proto = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # not a model: nothing to protect beyond the file itself
         return []
-    files = set()
-    for t in _get_all_tensors(proto):
-        if uses_external_data(t):
-            location = next((e.value for e in t.external_data if e.key == "location"), None)
-            if location:
-                files.add(model_path.parent / location)
-    return sorted(files)
+    return sorted(_external_files_of(proto, model_path.parent))
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """Size of a model on disk: the .onnx file and the external data files it reads."""
-    path = Path(path)
-    return path.stat().st_size + sum(f.stat().st_size for f in _external_data_files(path) if f.is_file())
+def source_bytes(model: ir.Model) -> int | None:
+    """Size on disk of the file a model was loaded from, with its external data files (None
+    for a model built in memory)."""
+    return model.meta.get(_SOURCE_BYTES)
 
 
 def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
@@ -207,7 +212,8 @@ def check_output_path(path: str | os.PathLike, *, protect: tuple[str | os.PathLi
             raise OnnxqError(f"refusing to overwrite the input model {p}; choose another output path with -o")
         if data.exists() and _same_file(data, p):
             raise OnnxqError(f"the output's external data file {data} would overwrite the input {p}")
-        for weights in _external_data_files(p):
+        # only an existing file can be the input's weights (and reading the input costs a parse)
+        for weights in _external_data_files(p) if path.exists() or data.exists() else ():
             for mine in (path, data):
                 if mine.resolve() == weights.resolve() or (mine.exists() and _same_file(mine, weights)):
                     raise OnnxqError(

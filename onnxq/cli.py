@@ -73,6 +73,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--preprocess", multiple=True, help="With --calib-images: 'imagenet' (the default) and/or key=value words: resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 scale=1/255 layout=NCHW|NHWC order=RGB|BGR; resize=HxW crop=0 stretches to an exact size.")
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None, help="int8-static: how activation ranges are chosen.")
 @click.option("--weight-rounding", type=click.Choice(["nearest", "gptq"]), default=None, help="int8-static: integer weight values by round to nearest (default) or GPTQ on the calibration data (lower layer error; one more pass over the data).")
+@click.option("--refine-biases", is_flag=True, default=None, help="int8-static: after calibration, shift each int8 Conv/Gemm bias by its layer's mean error on the calibration data, kept where the outputs' error drops (about one pass over up to 64 samples per layer).")
 @click.option("--max-samples", type=int, default=None, help="int8-static: calibrate on at most this many samples.")
 @click.option("--target-sqnr", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until every output's SQNR on the calibration data is at least DB.")
 @click.option("--max-drop", type=float, default=None, help="int8-static: keep the nodes that add the most error in float until at most PCT % of the calibration samples change their top-1 class.")
@@ -89,7 +90,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--keep-float", multiple=True, help="int4-weight-only: node names/regexes left in float (e.g. /lm_head/MatMul).")
 @click.option("--keep-8bit", multiple=True, help="int4-weight-only: node names/regexes quantized to int8 per channel instead.")
 def quantize(model, output, recipe_name, config_path, exclude, include, op_types, fused, token_scales, no_verify,
-             calib_data, calib_images, preprocess, calibration, max_samples, weight_rounding=None, target_sqnr=None, max_drop=None,
+             calib_data, calib_images, preprocess, calibration, refine_biases, max_samples, weight_rounding=None, target_sqnr=None, max_drop=None,
              float_budget=None, target=None,
              block_size=None, algo=None, int4_format=None, calib_text=None, tokenizer=None, calib_seq_len=None, symmetric=None,
              accuracy_level=None, keep_float=(), keep_8bit=()):
@@ -127,7 +128,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         if not isinstance(recipe, recipes.DynamicInt8):
             raise RecipeError("--token-scales applies to the int8-dynamic recipe only")
         overrides["token_scales"] = token_scales
-    static_options = {"calibration": calibration, "max_samples": max_samples, "weight_rounding": weight_rounding}
+    static_options = {"calibration": calibration, "max_samples": max_samples, "weight_rounding": weight_rounding,
+                      "refine_biases": refine_biases}
     for key, value in static_options.items():
         if value is not None:
             if not isinstance(recipe, recipes.StaticInt8):

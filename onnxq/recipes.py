@@ -72,6 +72,9 @@ class Recipe:
     def __post_init__(self) -> None:
         _tuple_fields(self, "op_types", "exclude", "include")
         NodeSelection(self.op_types, self.exclude, self.include)  # validates patterns
+        for f in dataclasses.fields(self):  # a switch from a TOML recipe must be a switch
+            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
+                raise RecipeError(f"{f.name} must be true or false, not {getattr(self, f.name)!r}")
 
     @property
     def selection(self) -> NodeSelection:

@@ -31,3 +31,13 @@ def test_validation_messages():
         DynamicInt8(exclude="abc")
     with pytest.raises(RecipeError, match="version"):
         recipe_from_mapping({"recipe": "int8-dynamic", "version": 99})
+
+
+def test_switches_must_be_booleans(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('recipe = "int8-static"\nrefine_biases = 3\n')
+    with pytest.raises(RecipeError, match="refine_biases must be true or false, not 3"):
+        load_recipe(p)
+    p.write_text('recipe = "int8-static"\nrefine_biases = true\nbias_correction = false\n')
+    r = load_recipe(p)
+    assert r.refine_biases is True and r.bias_correction is False

@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--calibration", default=None, help="default: StaticInt8's own default")
     ap.add_argument("--weight-rounding", default=None, choices=("nearest", "gptq"),
                     help="default: StaticInt8's own default")
+    ap.add_argument("--refine-biases", action="store_true", help="StaticInt8(refine_biases=True) for every target")
     args = ap.parse_args()
 
     import onnxq
@@ -74,6 +75,8 @@ def main() -> None:
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         options = {k: v for k, v in (("calibration", args.calibration), ("weight_rounding", args.weight_rounding))
                    if v is not None}
+        if args.refine_biases:
+            options["refine_biases"] = True
         base = onnxq.StaticInt8(**options)
         recipe, notes = apply_target(base, target)
         t0 = time.perf_counter()
@@ -147,10 +150,11 @@ def main() -> None:
     print(markdown_table(rows, columns))
     calibration = args.calibration or onnxq.StaticInt8().calibration
     suffix = "".join(f"_{v}" for v in (args.calibration, args.weight_rounding) if v is not None)
+    suffix += "_refine_biases" if args.refine_biases else ""
     path = write_results(f"edge_targets{suffix}", {
         "title": f"MobileNetV2 int8-static ({calibration}) per target (imagenet_dev, 1 thread)",
         "command": "python -m bench.bench_edge_targets" + "".join(
-            f" --{k.replace('_', '-')} {v}" for k, v in options.items()),
+            f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in options.items()),
         "columns": columns,
         "rows": rows,
         "details": details,

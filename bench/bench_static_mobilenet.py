@@ -6,7 +6,7 @@ Speed: ORT CPU, 1 thread, fp32 and int8 timed in one process, interleaved (round
 median per-image latency. Also counts, in ORT's optimized graph, how many Conv stay float.
 
 Rows: each calibration method, ``onnxq-default`` (``StaticInt8()`` as shipped), the default
-with GPTQ weight rounding (``--weight-rounding gptq``), the default
+with GPTQ weight rounding (``--weight-rounding gptq``), the default with ``--refine-biases``, the default
 with ``--target-sqnr`` (sensitivity: nodes kept in float within ``--float-budget`` of the
 multiply-adds, default 15 %, measured on the calibration photos), and ORT's ``quantize_static``.
 
@@ -182,6 +182,10 @@ def main() -> int:
     paths["onnxq-default+weight-rounding=gptq"] = tmp / "onnxq-gptq.onnx"
     quant_seconds["onnxq-default+weight-rounding=gptq"] = onnxq_quantize(
         paths["onnxq-default+weight-rounding=gptq"], calib_dir, weight_rounding="gptq"
+    )
+    paths["onnxq-default+refine-biases"] = tmp / "onnxq-refine.onnx"
+    quant_seconds["onnxq-default+refine-biases"] = onnxq_quantize(
+        paths["onnxq-default+refine-biases"], calib_dir, refine_biases=True
     )
     notes: dict[str, list[str]] = {}
     if args.target_sqnr:

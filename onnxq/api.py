@@ -305,10 +305,21 @@ def _weights_listed_as_inputs(model: ir.Model) -> list[str]:
 
 
 def quantize(model_or_path: ir.Model | str | os.PathLike, recipe: Recipe, data: Any = None) -> ir.Model:
-    """Quantize a model with ``recipe``; ``data`` feeds calibration where the recipe needs it."""
+    """Quantize a model with ``recipe``; ``data`` feeds calibration where the recipe needs it.
+
+    A path or an ``onnx.ModelProto`` is read into a new model (the file or proto is left
+    alone); an ``onnx_ir.Model`` is rewritten in place and returned -- also partly when an
+    error stops the run -- so pass a copy (``ir.from_proto(ir.to_proto(m))``) to keep it."""
     return quantize_with_report(model_or_path, recipe, data)[0]
 
 
 def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> os.PathLike:
-    """Save atomically; external data beside the output when the weights exceed ~1.8 GB."""
+    """Save atomically; external data beside the output when the weights exceed ~1.8 GB.
+    ``model``: an ``onnx_ir.Model`` (what :func:`quantize` returns) or an ``onnx.ModelProto``."""
+    if not isinstance(model, ir.Model):
+        import onnx
+
+        if not isinstance(model, onnx.ModelProto):
+            raise OnnxqError(f"save expects an onnx_ir.Model or an onnx.ModelProto, got {type(model).__name__}")
+        model = ir.serde.deserialize_model(model)
     return modelio.save(model, path, protect=protect)

@@ -41,10 +41,30 @@ def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     """onnxq: quantize ONNX models (int8 static/dynamic, block-int4 weight-only)."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    _exit_cleanly_on_sigterm()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     from rich.logging import RichHandler
 
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``timeout``) ends the command through SystemExit, so that temp
+    files are removed as on Ctrl-C instead of the process dying where it stands."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # an embedding program's own handler stays
+            signal.signal(signal.SIGTERM, stop)
+    except (ValueError, OSError):  # pragma: no cover
+        pass
 
 
 def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -270,11 +273,12 @@ def save(
         else:
             ir.save(model, tmp_model)
         tmp_data = tmpdir / data_name
-        if tmp_data.exists():
-            os.replace(tmp_data, parent / data_name)
-        elif (parent / data_name).is_file():  # a sidecar a former output left; this one reads none
-            (parent / data_name).unlink()
-        os.replace(tmp_model, path)
+        with signals_deferred():  # the model and its data file are replaced together
+            if tmp_data.exists():
+                os.replace(tmp_data, parent / data_name)
+            elif (parent / data_name).is_file():  # a sidecar a former output left; this one reads none
+                (parent / data_name).unlink()
+            os.replace(tmp_model, path)
     except OSError as e:
         raise OnnxqError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
@@ -284,6 +288,30 @@ def save(
             tmpdir.rmdir()
     logger.info("saved %s%s", path, " (+ external data)" if external_data else "")
     return path
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM arriving inside the block takes effect when it ends, so that
+    files replaced as a pair (a model and its external data) are never left half replaced.
+    Only in the main thread (where Python runs signal handlers); elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            saved[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+        except (ValueError, OSError):  # pragma: no cover - not settable here
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for sig in pending:  # delivered now, to the handlers in place before the block
+            signal.raise_signal(sig)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -490,10 +490,24 @@ def export_for_target(output, target: str | TargetProfile) -> tuple[str, ...]:
     profile = get_target(target)
     if profile.name != "ort-mobile":
         return ()
+    import os
+    import shutil
+    import tempfile
+
     from onnxq.deploy.ort_mobile import convert_to_ort
+    from onnxq.modelio import signals_deferred
 
     out = Path(output)
-    conv = convert_to_ort(out, out.parent, save_optimized_onnx=False)
+    # converted in a temp folder beside it, then moved into place: an interrupted conversion
+    # leaves no truncated .ort
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.ort.", dir=out.parent))
+    try:
+        conv = convert_to_ort(out, tmp, save_optimized_onnx=False)
+        with signals_deferred():
+            for f in (conv.config_path, conv.ort_path):  # the .ort last: it is what gets deployed
+                os.replace(f, out.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return (f"ort-mobile: wrote {conv.ort_path.name} and {conv.config_path.name} (reduced-ops build config)",)
 
 

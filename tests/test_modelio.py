@@ -163,3 +163,45 @@ def test_sparse_initializers_are_read_as_dense_weights(tmp_path):
     np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), w)
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(run_ort(model, {"x": x})[0], x @ w)
+
+
+def test_ctrl_c_between_the_data_file_and_the_model_replaces_both(tmp_path, monkeypatch):
+    """An interrupt that lands after the new data file is in place but before the model is
+    replaced takes effect only once both are: never an old model reading new data."""
+    import signal
+
+    out = tmp_path / "m.onnx"
+    old = model_from_text(TEXT, {"w": np.zeros((4, 3), np.float32)})
+    modelio.save(old, out, external_data=True)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if os.path.dirname(os.fspath(dst)) != os.fspath(tmp_path):
+            return  # a library's own temp-file dance, not the commit
+        calls.append(dst)
+        if len(calls) == 1:  # the data file just moved in: Ctrl-C now
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(modelio.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        modelio.save(_model(), out, external_data=True)
+    assert len(calls) == 2  # the model was replaced too before the interrupt took effect
+    monkeypatch.setattr(modelio.os, "replace", real_replace)
+    x = np.ones((2, 4), np.float32)
+    (y,) = run_ort(modelio.load(out), {"x": x})
+    np.testing.assert_allclose(y, x @ np.arange(12, dtype=np.float32).reshape(4, 3))
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
+
+
+def test_signals_deferred_restores_the_handler_and_delivers_late():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with modelio.signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append(True)  # the block runs to its end first
+    assert done and signal.getsignal(signal.SIGINT) is before

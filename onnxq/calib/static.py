@@ -703,6 +703,9 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         )
     elif recipe.refine_biases and data.reiterable:
         notes.append("refine_biases: no int8 Conv/Gemm with an int32 bias (or no float output to check on): nothing refined")
+    if not codes and recipe.weight_rounding == "gptq" and data.reiterable:
+        notes.append("weight_rounding=gptq: no int8 Conv/Gemm weight to round (GPTQ int8 rounding covers Conv and "
+                     "Gemm in the main graph); every weight is rounded to nearest")
     if codes:
         notes.append(f"rounded {len(codes)} int8 weights with GPTQ (layer-input Hessians of the calibration data)")
     if stats is not None:

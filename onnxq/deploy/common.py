@@ -38,6 +38,42 @@ def _is_image_folder(p: Path) -> bool:
     return has_images
 
 
+def _is_mask(name: str) -> bool:
+    return "mask" in name.lower()
+
+
+def _is_token_type(name: str) -> bool:
+    n = name.lower()
+    return "token_type" in n or "segment" in n
+
+
+_INDEX_PASS_THROUGH = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Identity"})
+
+
+def _index_bound(model, name: str) -> int:
+    """The smallest size of a constant table that input ``name`` indexes through Gather
+    (directly or through Cast/Reshape-like nodes); a large number when it indexes none."""
+    from onnxq import irutil
+
+    bound = 1 << 30
+    start = next((v for v in model.graph.inputs if v.name == name), None)
+    todo, seen = [start] if start is not None else [], set()
+    while todo:
+        v = todo.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        for node, index in v.uses():
+            if node.op_type in _INDEX_PASS_THROUGH and index == 0:
+                todo.extend(node.outputs)
+            elif node.op_type == "Gather" and index == 1:
+                table = irutil.const_array(node.inputs[0])
+                if table is not None and table.ndim:
+                    axis = node.attributes.get_int("axis", 0)
+                    bound = min(bound, int(table.shape[axis]))
+    return max(bound, 1)
+
+
 def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: str | None = None) -> tuple[list[dict], str]:
     """Up to ``max_samples`` feeds for ``model`` (an onnx_ir.Model) and where they came
     from. ``data``: None (seeded random inputs, symbolic dimensions as 1), an image folder
@@ -58,10 +94,14 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
                 dtype = s.dtype or np.dtype(np.float32)
                 if np.issubdtype(dtype, np.floating):
                     feed[s.name] = rng.standard_normal(shape).astype(dtype)
-                elif dtype == np.bool_:
-                    feed[s.name] = rng.integers(0, 2, shape).astype(dtype)
-                else:
-                    feed[s.name] = rng.integers(0, 8, shape).astype(dtype)
+                elif dtype == np.bool_ or _is_mask(s.name):
+                    feed[s.name] = np.ones(shape, dtype)  # every position attended
+                elif _is_token_type(s.name):
+                    feed[s.name] = np.zeros(shape, dtype)
+                elif "position" in s.name.lower() and len(shape) >= 1:
+                    feed[s.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(dtype)
+                else:  # ids: below the size of every table the input indexes
+                    feed[s.name] = rng.integers(0, min(8, _index_bound(model, s.name)), shape).astype(dtype)
             feeds.append(feed)
         return feeds, "random inputs (seed 0); pass --data for real ones"
     if isinstance(data, (str, os.PathLike)) and _is_image_folder(Path(data)):

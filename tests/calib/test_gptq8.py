@@ -238,3 +238,18 @@ def test_codes_are_reused_for_the_same_data_and_model_only(monkeypatch):
     assert calls == [len(first), len(first)]
     gptq_weight_values(model, plan_static(model, recipe), recipe, as_calibration_data(_data()))
     assert len(calls) == 3
+
+
+def test_gptq_on_a_model_without_conv_or_gemm_says_it_rounded_nothing():
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 8] x) => (float[N, 4] y) {
+            y = MatMul(x, w)
+        }
+        """,
+        {"w": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)},
+    )
+    data = [{"x": np.random.default_rng(i).standard_normal((2, 8)).astype(np.float32)} for i in range(4)]
+    _, report = onnxq.quantize_with_report(model, StaticInt8(weight_rounding="gptq"), data)
+    assert any("no int8 Conv/Gemm weight to round" in n for n in report.notes), report.notes

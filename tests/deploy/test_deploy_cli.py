@@ -105,6 +105,8 @@ def test_quantize_for_ort_mobile_writes_the_ort_file(tiny_float, tiny_data, tmp_
     ort_file = tmp_path / "m.ort"
     assert ort_file.is_file() and (tmp_path / "m.required_operators_and_types.config").is_file()
     assert not (tmp_path / "m.optimized.onnx").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers, leftovers  # converted in a temp folder, moved into place, folder removed
     import numpy as np
 
     x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
@@ -113,3 +115,33 @@ def test_quantize_for_ort_mobile_writes_the_ort_file(tiny_float, tiny_data, tmp_
     a = ort.InferenceSession(str(ort_file), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_random_feeds_respect_masks_token_types_and_table_sizes():
+    """Without --data: masks all ones, token types zeros, ids below the embedding tables'
+    sizes (ids 0..7 against a 2-row token-type table made ORT fail on valid models)."""
+    import numpy as np
+
+    from onnxq.deploy.common import input_feeds
+    from tests.helpers import model_from_text
+
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (int64[N, S] input_ids, int64[N, S] attention_mask, int64[N, S] token_type_ids) => (float[N, S, 4] y) {
+            ids = Cast <to: int = 7> (input_ids)
+            e = Gather(words, ids)
+            t = Gather(types, token_type_ids)
+            s = Add(e, t)
+            mf = Cast <to: int = 1> (attention_mask)
+            mu = Unsqueeze(mf, axes)
+            y = Mul(s, mu)
+        }
+        """,
+        {"words": np.ones((5, 4), np.float32), "types": np.ones((2, 4), np.float32), "axes": np.array([-1], np.int64)},
+    )
+    feeds, where = input_feeds(model)
+    assert "random" in where
+    for f in feeds:
+        assert (f["attention_mask"] == 1).all() and (f["token_type_ids"] == 0).all()
+        assert f["input_ids"].max() < 5

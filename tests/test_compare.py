@@ -43,13 +43,18 @@ def test_identical_models_have_infinite_sqnr(tmp_path):
     assert c.samples == 3 and math.isinf(c.outputs[0].sqnr_db) and c.outputs[0].top1_agreement == 1.0
 
 
-def test_quantized_layers_are_matched_by_name(tmp_path):
+def _float_and_quantized(tmp_path):
     model = model_from_text(TEXT, {"w1": RNG.standard_normal((32, 64)).astype(np.float32), "w2": RNG.standard_normal((64, 10)).astype(np.float32)})
     f = tmp_path / "f.onnx"
     f.write_bytes(to_bytes(model))
     q = tmp_path / "q.onnx"
     onnxq.save(onnxq.quantize(f, onnxq.DynamicInt8(min_weight_elements=0)), q)
     data = [{"x": RNG.standard_normal((4, 32)).astype(np.float32)} for _ in range(4)]
+    return f, q, data
+
+
+def test_quantized_layers_are_matched_by_name(tmp_path):
+    f, q, data = _float_and_quantized(tmp_path)
     c = compare_models(f, q, data)
     assert [layer.name for layer in c.layers] == ["h", "r"]
     assert 20 < c.outputs[0].sqnr_db < 60
@@ -149,3 +154,21 @@ def test_non_finite_quantized_values_give_minus_infinite_sqnr():
     acc.update(ref, got)
     r = acc.result()
     assert r.sqnr_db == -np.inf and r.cosine == 0.0
+
+
+def test_layers_are_skipped_when_ort_cannot_build_the_instrumented_models(tmp_path, caplog):
+    import logging
+
+    import onnxruntime as ort
+
+    f, q, data = _float_and_quantized(tmp_path)
+
+    def factory(model):
+        if isinstance(model, bytes):  # the models with their layer outputs exposed
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Target shape may not have multiple -1 dimensions.")
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+    with caplog.at_level(logging.WARNING, logger="onnxq"):
+        c = compare_models(f, q, data, session_factory=factory)
+    assert c.layers == () and c.outputs and math.isfinite(c.outputs[0].sqnr_db)
+    assert "per-layer comparison skipped" in caplog.text

@@ -15,6 +15,7 @@ __all__ = ["check_model_file", "VerificationError", "AgreementSkipped", "agreeme
 AGREEMENT_SAMPLES = 8  # samples both models run on after quantizing: seconds, not minutes
 LOW_SQNR_DB = 10.0  # below this an output is far enough from the float model to warn
 AGREEMENT_MAX_BYTES = 2 << 30  # larger float models: no second pair of sessions after quantizing
+TEXT_AGREEMENT_MAX_BYTES = 256 << 20  # token text: checked for encoders this size, not for language models
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.Pat
     """Output error of the quantized model against the float model on the first ``samples``
     feeds of ``data`` (``CalibrationData`` or a list of feeds): a ``Comparison`` of the float
     outputs only (SQNR, cosine, top-1 agreement for logits), or None when ``data`` can be read
-    only once (it was used up by calibration), is token text for a language model (whose
+    only once (it was used up by calibration), is token text for a model over
+    ``TEXT_AGREEMENT_MAX_BYTES`` of weights (a language model, whose
     logits over a whole vocabulary and window are better judged by perplexity, and cost two
     more full sessions: SmolLM2-135M +2.2 GB, +24 s), or the model has no float output.
     Raises AgreementSkipped for a float model with more than ``max_weight_bytes`` of weights
@@ -81,12 +83,19 @@ def agreement_with_float(float_path: str | os.PathLike, quant_path: str | os.Pat
     from onnxq.compare import compare_models
     from onnxq.data import CalibrationData, input_specs
 
+    text = hasattr(data, "as_calibration_data")  # calib_text.TextCalibration: token windows
     if isinstance(data, CalibrationData):
         if not data.reiterable:
             return None
-    elif not isinstance(data, (list, tuple)):
+    elif not isinstance(data, (list, tuple)) and not text:
         return None
     float_model = modelio.load(float_path)
+    if text:
+        # a text encoder is checked like any model; a language model's logits over a whole
+        # vocabulary and window are better judged by perplexity and cost two more sessions
+        if modelio.model_weight_bytes(float_model) > TEXT_AGREEMENT_MAX_BYTES:
+            return None
+        data = data.as_calibration_data()
     if modelio.model_weight_bytes(float_model) > max_weight_bytes:
         raise AgreementSkipped(f"a model over {max_weight_bytes / 2**30:.0f} GB (two more ORT sessions)")
     floats = {v.name for v in float_model.graph.outputs

@@ -63,6 +63,7 @@ def test_int8_static_calibrates_on_text_lines(tmp_path, bert_tokenizer):
     assert r.exit_code == 0, r.output
     assert "on 20 samples" in r.output
     assert "--recipe int8-dynamic" in r.output  # the note for text models
+    assert "check: " in r.output and "calibration samples: SQNR" in r.output  # small text models are checked
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("QuantizeLinear") >= 2
     r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "x.onnx"), "--recipe", "int8-dynamic",

@@ -370,6 +370,13 @@ def _print_summary(report, model: str, output: str, in_bytes: int | None, elapse
         )
     for note in report.notes:
         console.print(f"note: {note}")
+    if in_bytes and out_bytes > in_bytes * 1.02:
+        console.print(
+            f"warning: the output is {out_bytes / in_bytes:.0%} of the input's size: the recipe quantized little of "
+            "this model's weights and the rest is stored in float32 (a 16-bit float model's weights are widened); the table "
+            "above says which nodes stayed float and why — another recipe (int8-static, int4-weight-only) or "
+            "--op-types may suit this model better", soft_wrap=True,
+        )
 
 
 @main.command()

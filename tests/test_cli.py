@@ -305,3 +305,25 @@ def test_node_names_with_rich_markup_are_printed_as_they_are(tmp_path):
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0, (args, r.output)
     assert "[m].onnx" in CliRunner().invoke(main, ["inspect", str(src)]).output
+
+
+def test_an_output_larger_than_its_input_gets_a_warning(tmp_path):
+    """int8-dynamic leaves Conv float; in a float16 model those weights are widened, so the
+    output outgrows the input: say so instead of exiting quietly with a bigger file."""
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float16[N, 64, 4, 4] x) => (float16[N, 64] y) {
+            c = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+            f = Flatten(c)
+            y = MatMul(f, wm)
+        }
+        """,
+        {"w": np.random.default_rng(0).standard_normal((64, 64, 3, 3)).astype(np.float16),
+         "wm": np.random.default_rng(1).standard_normal((1024, 64)).astype(np.float16)},
+    )
+    src = tmp_path / "fp16.onnx"
+    src.write_bytes(to_bytes(model))
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-dynamic"])
+    assert r.exit_code == 0, r.output
+    assert "warning: the output is" in r.output and "of the input's size" in r.output

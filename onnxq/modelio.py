@@ -301,6 +301,8 @@ def signals_deferred() -> Iterator[None]:
     pending: list[int] = []
     saved = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is None:  # a handler installed outside Python: cannot be put back, leave it
+            continue
         try:
             saved[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
         except (ValueError, OSError):  # pragma: no cover - not settable here
@@ -310,8 +312,12 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        for sig in pending:  # delivered now, to the handlers in place before the block
-            signal.raise_signal(sig)
+        for sig in dict.fromkeys(pending):  # handed now to the handlers in place before the block
+            handler = saved[sig]
+            if callable(handler):
+                handler(sig, None)  # Python's own for SIGINT raises KeyboardInterrupt
+            elif handler == signal.SIG_DFL:  # SIGTERM's default: end the process
+                raise SystemExit(128 + sig)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

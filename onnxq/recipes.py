@@ -7,6 +7,7 @@ never on a string. ``load_recipe`` reads TOML and rejects unknown keys.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -71,10 +72,24 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _tuple_fields(self, "op_types", "exclude", "include")
+        for f in dataclasses.fields(self):  # values from a TOML recipe: the type of the default
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise RecipeError(f"{f.name} must be true or false, not {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise RecipeError(f"{f.name} must be a whole number, not {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise RecipeError(f"{f.name} must be a finite number, not {value!r}")
+            elif isinstance(default, str) and not isinstance(value, str):
+                raise RecipeError(f"{f.name} must be a string, not {value!r}")
+        for name in ("op_types", "exclude", "include"):
+            bad = [v for v in getattr(self, name) if not isinstance(v, str)]
+            if bad:
+                raise RecipeError(f"{name} must be a list of strings (names or regular expressions), not {bad[0]!r}")
         NodeSelection(self.op_types, self.exclude, self.include)  # validates patterns
-        for f in dataclasses.fields(self):  # a switch from a TOML recipe must be a switch
-            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
-                raise RecipeError(f"{f.name} must be true or false, not {getattr(self, f.name)!r}")
 
     @property
     def selection(self) -> NodeSelection:
@@ -241,6 +256,8 @@ class StaticInt8(Recipe):
                 f"int8-static cannot quantize {sorted(unsupported)}; choose from {', '.join(sorted(self._OP_TYPES))}"
             )
         overrides = {}
+        if not isinstance(self.tensor_overrides, Mapping):
+            raise RecipeError("tensor_overrides must be a table: tensor name -> its settings")
         for tensor, entry in dict(self.tensor_overrides).items():
             if not isinstance(entry, Mapping):
                 raise RecipeError(f"tensor_overrides[{tensor!r}] must be a table of settings")
@@ -258,8 +275,10 @@ class StaticInt8(Recipe):
                 raise RecipeError(f"tensor_overrides[{tensor!r}]: percentile must be in (0, 100]")
             if "range" in entry:
                 r = entry["range"]
-                if isinstance(r, str) or len(r) != 2 or not float(r[0]) <= float(r[1]):
-                    raise RecipeError(f"tensor_overrides[{tensor!r}]: range must be [lo, hi] with lo <= hi")
+                ok = (not isinstance(r, (str, Mapping)) and hasattr(r, "__len__") and len(r) == 2
+                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in r))
+                if not ok or not float(r[0]) <= float(r[1]):
+                    raise RecipeError(f"tensor_overrides[{tensor!r}]: range must be [lo, hi], finite numbers with lo <= hi")
                 entry["range"] = (float(r[0]), float(r[1]))
             overrides[tensor] = entry
         object.__setattr__(self, "tensor_overrides", overrides)
@@ -398,9 +417,13 @@ def recipe_from_mapping(data: Mapping[str, Any], *, default_name: str | None = N
 def load_recipe(path: str | Path, *, default_name: str | None = None) -> Recipe:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"recipe file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text (TOML files are UTF-8)") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe file {path} is a folder; give a .toml file") from None
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"recipe file {path} is not valid TOML: {e}") from None
     return recipe_from_mapping(data, default_name=default_name)

@@ -181,12 +181,17 @@ def test_ctrl_c_between_the_data_file_and_the_model_replaces_both(tmp_path, monk
         if os.path.dirname(os.fspath(dst)) != os.fspath(tmp_path):
             return  # a library's own temp-file dance, not the commit
         calls.append(dst)
-        if len(calls) == 1:  # the data file just moved in: Ctrl-C now
-            signal.raise_signal(signal.SIGINT)
+        if len(calls) == 1:  # the data file just moved in: Ctrl-C now (the handler a real one would run)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
     monkeypatch.setattr(modelio.os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        modelio.save(_model(), out, external_data=True)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a plain Python run
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            modelio.save(_model(), out, external_data=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     assert len(calls) == 2  # the model was replaced too before the interrupt took effect
     monkeypatch.setattr(modelio.os, "replace", real_replace)
     x = np.ones((2, 4), np.float32)
@@ -198,10 +203,14 @@ def test_ctrl_c_between_the_data_file_and_the_model_replaces_both(tmp_path, monk
 def test_signals_deferred_restores_the_handler_and_delivers_late():
     import signal
 
-    before = signal.getsignal(signal.SIGINT)
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with modelio.signals_deferred():
-            signal.raise_signal(signal.SIGINT)
-            done.append(True)  # the block runs to its end first
-    assert done and signal.getsignal(signal.SIGINT) is before
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        done = []
+        with pytest.raises(KeyboardInterrupt):
+            with modelio.signals_deferred():
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # what a Ctrl-C runs
+                done.append(True)  # the block runs to its end first
+        assert done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

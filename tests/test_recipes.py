@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from onnxq.errors import RecipeError
@@ -41,3 +43,28 @@ def test_switches_must_be_booleans(tmp_path):
     p.write_text('recipe = "int8-static"\nrefine_biases = true\nbias_correction = false\n')
     r = load_recipe(p)
     assert r.refine_biases is True and r.bias_correction is False
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('recipe = "int4-weight-only"\nblock_size = 32.0\n', "block_size must be a whole number, not 32.0"),
+        ('recipe = "int4-weight-only"\npercdamp = "x"\n', "percdamp must be a finite number, not 'x'"),
+        ('recipe = "int8-static"\ncalibration = 3\n', "calibration must be a string"),
+        ('recipe = "int8-static"\nexclude = [1, 2]\n', "exclude must be a list of strings"),
+        ('recipe = "int8-static"\ntensor_overrides = "x"\n', "tensor_overrides must be a table"),
+        ('recipe = "int8-static"\n[tensor_overrides.input]\nrange = [0.0, inf]\n', "finite numbers with lo <= hi"),
+    ],
+)
+def test_wrong_value_types_are_one_line_recipe_errors(tmp_path, text, message):
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(p)
+
+
+def test_a_recipe_file_that_is_not_utf8(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_bytes(b"\xff\xfe")
+    with pytest.raises(RecipeError, match="not UTF-8 text"):
+        load_recipe(p)

@@ -71,6 +71,21 @@ def _is_float(a: np.ndarray) -> bool:
     return a.dtype.kind in "fc" or a.dtype == BFLOAT16
 
 
+def ort_failure(sample: int, error: Exception) -> CalibrationDataError:
+    """One line for ONNX Runtime refusing calibration sample ``sample``, with the likely cause."""
+    import re
+
+    text = str(error)
+    line = next((ln for ln in text.splitlines() if ln.strip() and "[E:onnxruntime" not in ln), text)[:300]
+    m = re.search(r"idx=(-?\d+) must be within the inclusive range \[(-?\d+),(-?\d+)\]", text)
+    if m:
+        hint = (f"an index {m.group(1)} past a table of {int(m.group(3)) + 1} rows: token ids beyond the model's "
+                "vocabulary? (for --calib-text, is --tokenizer the model's own tokenizer?)")
+    else:
+        hint = "a shape or value the model cannot take (for --calib-text, --calib-seq-len sets the window length)"
+    return CalibrationDataError(f"ONNX Runtime failed on calibration sample {sample}: {line}; {hint}")
+
+
 def ort_feed(feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``feed`` as ORT's Python API takes it: bfloat16 arrays (which it cannot take) as their
     exact float32 values, for sessions over :func:`float32_interface` models."""
@@ -453,7 +468,10 @@ def _single_npy(p: Path) -> CalibrationData:
     def factory(specs: Sequence[InputSpec]):
         precheck(specs)
         spec = specs[0]
-        a = np.load(p, allow_pickle=False, mmap_mode="r")
+        try:
+            a = np.load(p, allow_pickle=False, mmap_mode="r")
+        except Exception as e:
+            raise CalibrationDataError(f"cannot read {p} as a .npy file ({type(e).__name__}: {str(e)[:120]})") from None
         if spec.rank is not None and a.ndim == spec.rank + 1:
             for i in range(a.shape[0]):
                 yield f"{p} sample {i}", {spec.name: np.asarray(a[i])}

@@ -151,6 +151,8 @@ def parse_preprocess(spec: str | Sequence[str] | None, base: ImagePreprocess = I
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder``, recursively, sorted by path."""
     folder = Path(folder)
+    if folder.is_file():
+        raise CalibrationDataError(f"{folder} is a file; give the folder that holds the images")
     if not folder.is_dir():
         raise CalibrationDataError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

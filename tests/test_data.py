@@ -202,3 +202,40 @@ def test_a_uint8_image_input_gets_raw_pixels(tmp_path):
     pp = _fit_to_input(IMAGENET, InputSpec("x", np.dtype(np.uint8), (1, 3, 224, 224)))
     x = load_image(tmp_path / "grey.png", pp)
     assert x.dtype == np.uint8 and (x == 200).all()
+
+
+def test_ort_failure_names_an_index_past_a_table():
+    from onnxq.data import ort_failure
+
+    e = ort_failure(3, RuntimeError(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather node. "
+        "Status Message: indices element out of data bounds, idx=3616 must be within the inclusive range [-2000,1999]"))
+    text = str(e)
+    assert "sample 3" in text and "an index 3616 past a table of 2000 rows" in text and "--tokenizer" in text
+    assert "\n" not in text
+    other = str(ort_failure(0, RuntimeError("Got invalid dimensions for input: x")))
+    assert "--calib-seq-len" in other
+
+
+def test_calib_images_given_a_file_says_so(tmp_path):
+    from onnxq.errors import CalibrationDataError
+    from onnxq.preprocess import image_files
+
+    f = tmp_path / "one.png"
+    f.write_bytes(b"x")
+    with pytest.raises(CalibrationDataError, match="is a file; give the folder"):
+        image_files(f)
+
+
+def test_a_corrupt_npy_is_a_calibration_data_error(tmp_path):
+    from onnxq.data import as_calibration_data, input_specs
+    from onnxq.errors import CalibrationDataError
+    from tests.helpers import model_from_text
+
+    p = tmp_path / "bad.npy"
+    p.write_bytes(b"garbage")
+    model = model_from_text('<ir_version: 8, opset_import: ["" : 17]>\nm (float[N, 4] x) => (float[N, 4] y) {\n y = Relu(x)\n}\n', {})
+    with pytest.raises(CalibrationDataError, match="cannot read .*bad.npy"):
+        source = as_calibration_data(str(p))
+        source.precheck(input_specs(model))
+        list(source.feeds(input_specs(model)))

@@ -293,3 +293,12 @@ def test_tensorrt_int4_scales_pass_its_rules(tmp_path):
     assert scales and all((s > 0).all() for s in scales)
     r = CliRunner().invoke(main, ["verify", str(out), "--target", "tensorrt"])
     assert r.exit_code == 0, r.output
+
+
+def test_a_keep_float_that_matches_nothing_is_noted(tmp_path):
+    src = _mlp(tmp_path / "m.onnx", 17)
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int4-weight-only",
+                                  "--keep-float", "/no/such/MatMul", "--keep-8bit", "nope.*"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "keep_float '/no/such/MatMul' matches no node name" in out and "keep_8bit 'nope.*' matches no node" in out

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from onnxq import irutil
-from onnxq.data import ort_feed
+from onnxq.data import ort_failure, ort_feed
 
 __all__ = ["GptqTarget", "gptq_quantize", "conv_patches", "collect_hessians", "gptq_targets", "weight_groups"]
 
@@ -253,7 +253,10 @@ def collect_hessians(model, targets: Sequence[GptqTarget], data: Any, *, batch_s
     source = as_calibration_data(data, batch_size=batch_size)
     runs = 0
     for feed in batched(source.feeds(specs, limit=max_samples), specs, batch_size):
-        outs = session.run(out_names, ort_feed(feed))
+        try:
+            outs = session.run(out_names, ort_feed(feed))
+        except Exception as e:
+            raise ort_failure(runs, e) from None
         for acc, g, s, r in outputs:
             acc.add(outs[index[g]], outs[index[s]], int(outs[index[r]][0]))
         runs += 1

@@ -13,7 +13,7 @@ import onnx_ir as ir
 
 from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer
 from onnxq.calib.probe import DEFAULT_SAMPLE_SIZE, build_probe_model
-from onnxq.data import as_calibration_data, batched, float32_interface, input_specs, ort_feed
+from onnxq.data import as_calibration_data, batched, float32_interface, input_specs, ort_failure, ort_feed
 from onnxq.errors import CalibrationDataError
 
 __all__ = ["calibrate", "CalibrationStats"]
@@ -42,7 +42,7 @@ def _session(model: ir.Model, threads: int):
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # a refused sample comes back as an exception (ort_failure says it in one line)
     float32_interface(model)
     names, arrays = _detach_initializers(model)
     try:
@@ -229,9 +229,7 @@ def calibrate(
         try:
             outs = session.run(out_names, ort_feed(feed))
         except Exception as e:
-            raise CalibrationDataError(
-                f"ONNX Runtime failed on calibration sample {n_feeds}: {str(e).splitlines()[0][:300]}"
-            ) from None
+            raise ort_failure(n_feeds, e) from None
         first_input = next(iter(feed.values()), None)
         rows = first_input.shape[0] if first_input is not None and first_input.ndim else 1
         for n, (obs, i, j, k) in enumerate(slots):

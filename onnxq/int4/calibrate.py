@@ -23,7 +23,6 @@ quantizer reaches their layer. The statistics are the same either way.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -35,7 +34,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.data import float32_interface, ort_feed
+from onnxq.data import float32_interface, ort_failure, ort_feed
 from onnxq.errors import CalibrationDataError
 from onnxq.int4._blas import single_thread
 
@@ -163,7 +162,7 @@ def _session_for(model: ir.Model, outputs: Sequence[ir.Value], workdir: Path):
     float32_interface(model)
     try:
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures come back as exceptions, which say it in one line
         # always through a file with external data: serialising in memory would hold one
         # more full copy of the weights while ORT builds its own (SmolLM2-135M: 0.7 GB more
         # peak RSS measured)
@@ -233,10 +232,7 @@ def collect_activation_stats(
                 try:
                     outs = sess.run(group, ort_feed(feed))
                 except Exception as e:  # ORT refuses the sample: a length or an id the model cannot take
-                    raise CalibrationDataError(
-                        f"ONNX Runtime failed on calibration sample {n}: {str(e).splitlines()[0][:300]}"
-                        " (for --calib-text, --calib-seq-len sets the window length)"
-                    ) from None
+                    raise ort_failure(n, e) from None
                 with single_thread():
                     for name, x in zip(group, outs):
                         stats[name].update(x)

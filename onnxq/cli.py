@@ -116,6 +116,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
              accuracy_level=None, keep_float=(), keep_8bit=()):
     """Quantize MODEL and write the result to OUTPUT."""
     import dataclasses
+    import math
     import time
     from pathlib import Path
 
@@ -203,8 +204,12 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
 
     target_notes: tuple[str, ...] = ()
     if target is not None:
-        from onnxq.targets import apply_target
+        from onnxq.targets import apply_target, get_target
 
+        profile = get_target(target)
+        if int4_format is not None and int4_format not in profile.int4_formats:  # an explicit choice is not overridden
+            raise RecipeError(f"target {profile.name} does not run int4 --format {int4_format}; it runs "
+                              f"{', '.join(profile.int4_formats)}")
         recipe, target_notes = apply_target(recipe, target)
     modelio.check_output_path(output, protect=(model,))
     accuracy_target = None
@@ -215,6 +220,8 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             raise RecipeError("--target-sqnr/--max-drop apply to the int8-static recipe only")
         if data is None:
             raise RecipeError("--target-sqnr/--max-drop are measured on the calibration data: give --calib-data or --calib-images")
+        if target_sqnr is not None and not (math.isfinite(target_sqnr) and target_sqnr > 0):
+            raise RecipeError(f"--target-sqnr is an output SQNR in dB above 0 (e.g. 25), not {target_sqnr}")
         if max_drop is not None and not 0 <= max_drop <= 100:
             raise RecipeError("--max-drop is a percentage between 0 and 100")
         if float_budget is not None and not 0 <= float_budget <= 100:

@@ -248,8 +248,10 @@ class StaticInt8(Recipe):
             raise RecipeError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.weight_rounding not in ("nearest", "gptq"):
             raise RecipeError(f"weight_rounding must be nearest or gptq, not {self.weight_rounding!r}")
-        if self.batch_size < 1 or self.max_samples < 0:
-            raise RecipeError("batch_size must be >= 1 and max_samples >= 0")
+        if self.batch_size < 1:
+            raise RecipeError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.max_samples < 0:
+            raise RecipeError(f"max_samples (--max-samples) must be >= 0 (0: all samples), not {self.max_samples}")
         unsupported = set(self.op_types) - self._OP_TYPES
         if unsupported:
             raise RecipeError(

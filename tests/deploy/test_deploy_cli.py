@@ -145,3 +145,15 @@ def test_random_feeds_respect_masks_token_types_and_table_sizes():
     for f in feeds:
         assert (f["attention_mask"] == 1).all() and (f["token_type_ids"] == 0).all()
         assert f["input_ids"].max() < 5
+
+
+def test_an_explicit_int4_format_a_target_does_not_run_is_refused(tiny_float, tmp_path):
+    res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--recipe", "int4-weight-only", "--format", "qdq",
+               "--target", "ort-mobile")
+    assert res.exit_code != 0 and "does not run int4 --format qdq; it runs matmulnbits" in res.output, res.output
+
+
+def test_target_sqnr_must_be_a_positive_number(tiny_float, tiny_data, tmp_path):
+    for bad in ("nan", "-5"):
+        res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--calib-data", tiny_data, "--target-sqnr", bad)
+        assert res.exit_code != 0 and "--target-sqnr is an output SQNR in dB above 0" in res.output, res.output

@@ -446,7 +446,9 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     from onnxq.compare import compare_models
     from onnxq.errors import OnnxqError
 
-    if (data_path is None) == (images_dir is None):
+    if data_path is not None and images_dir is not None:
+        raise OnnxqError("give either --data or --images, not both")
+    if data_path is None and images_dir is None:
         raise OnnxqError("give the samples to compare on: --data FILE_OR_FOLDER or --images FOLDER")
     if images_dir is not None:
         from onnxq.preprocess import from_images, parse_preprocess

@@ -104,6 +104,8 @@ def test_cli_compare_needs_data(tmp_path):
     f.write_bytes(to_bytes(model_from_text(TEXT, {"w1": np.ones((32, 64), np.float32), "w2": np.ones((64, 10), np.float32)})))
     r = CliRunner().invoke(main, ["compare", str(f), str(f)])
     assert r.exit_code != 0 and "--data" in r.output
+    r = CliRunner().invoke(main, ["compare", str(f), str(f), "--data", str(tmp_path), "--images", str(tmp_path)])
+    assert r.exit_code != 0 and "either --data or --images, not both" in r.output
 
 
 def test_channel_rescaled_tensors_are_divided_out(tmp_path):

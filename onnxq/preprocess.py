@@ -250,9 +250,11 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
             )
         hw = (spec.shape[2], spec.shape[3]) if pp.layout == "NCHW" else (spec.shape[1], spec.shape[2])
         if all(isinstance(d, int) for d in hw) and pp.output_hw != hw:
+            size = f"{hw[0]}" + ("" if hw[0] == hw[1] else f"x{hw[1]}")
+            got = "x".join(str(d) for d in pp.output_hw) if pp.output_hw else "of varying size"
             raise CalibrationDataError(
-                f"input {spec.describe()} needs {hw[0]}x{hw[1]} images but the crop is {pp.crop_hw}; set crop="
-                f"{hw[0]}" + ("" if hw[0] == hw[1] else f"x{hw[1]}")
+                f"input {spec.describe()} needs {hw[0]}x{hw[1]} (HxW) images but the preprocessing makes them {got}; "
+                + (f"set crop={size}" if pp.crop_hw else f"set resize={hw[0]}x{hw[1]} crop=0, or crop={size}")
             )
     return pp
 

@@ -42,3 +42,28 @@ def test_bad_calibration_data(tmp_path, arrays, message):
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
     assert not out.exists()
+
+
+def test_image_size_mismatch_says_what_the_preprocessing_makes(tmp_path):
+    from PIL import Image
+
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 3, 32, 32] x) => (float[N, 4, 32, 32] y) {
+            y = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+        }
+        """,
+        {"w": np.ones((4, 3, 3, 3), np.float32)},
+    )
+    src = tmp_path / "m.onnx"
+    src.write_bytes(to_bytes(model))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(imgs / "a.png")
+    for pp, expected in (("resize=10x10 crop=0", "makes them 10x10; set resize=32x32 crop=0, or crop=32"),
+                         ("resize=40 crop=24", "makes them 24x24; set crop=32")):
+        r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib-images", str(imgs),
+                                      "--preprocess", pp])
+        assert r.exit_code != 0 and expected in " ".join(r.output.split()), r.output
+        assert len(r.output.strip().splitlines()) <= 2

@@ -113,7 +113,7 @@ def run_weight_only_int4(
             )
             on_disk = sum(1 for st in stats.values() if st.on_disk)
             notes.append(
-                f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} tokens "
+                f"calibrated {len(stats)} MatMul inputs on {next(iter(stats.values())).n_tokens} activation rows (tokens, or positions of an image model) "
                 f"in {time.perf_counter() - t0:.1f} s"
                 + (f" (Hessians over calib_memory_mb={recipe.calib_memory_mb}: several passes, {on_disk} kept on "
                    "disk until used)" if on_disk else "")

@@ -266,7 +266,8 @@ class CalibrationData:
             if self._progress is not None:
                 self._progress(n, total)
         if n == 0:
-            raise CalibrationDataError(f"{self.description} holds no samples")
+            hint = " (the function must return a fresh iterator on every call)" if "factory" in self.description else ""
+            raise CalibrationDataError(f"{self.description} holds no samples{hint}")
 
     def __repr__(self) -> str:
         return f"CalibrationData({self.description}, length={self.length})"

@@ -131,4 +131,4 @@ def test_int4_gptq_windows_follow_a_fixed_input_length(tmp_path, bert_tokenizer)
     r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--algo", "gptq",
                                   "--block-size", "32", "--calib-text", str(text), "--tokenizer", str(bert_tokenizer)])
     assert r.exit_code == 0, r.output
-    assert "on 384 tokens" in r.output  # 16 windows of 24 (512 would be refused by the model)
+    assert "on 384 activation rows" in r.output  # 16 windows of 24 (512 would be refused by the model)

@@ -211,6 +211,9 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             raise RecipeError(f"target {profile.name} does not run int4 --format {int4_format}; it runs "
                               f"{', '.join(profile.int4_formats)}")
         recipe, target_notes = apply_target(recipe, target)
+    if accuracy_level is not None and getattr(recipe, "format", None) == "qdq":
+        raise RecipeError("--accuracy-level applies to --format matmulnbits or onnxq; the qdq format has none "
+                          "(ONNX Runtime picks its own kernel for DequantizeLinear + MatMul)")
     modelio.check_output_path(output, protect=(model,))
     accuracy_target = None
     if float_budget is not None and target_sqnr is None and max_drop is None:

@@ -157,3 +157,11 @@ def test_target_sqnr_must_be_a_positive_number(tiny_float, tiny_data, tmp_path):
     for bad in ("nan", "-5"):
         res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--calib-data", tiny_data, "--target-sqnr", bad)
         assert res.exit_code != 0 and "--target-sqnr is an output SQNR in dB above 0" in res.output, res.output
+
+
+def test_accuracy_level_with_the_qdq_format_is_refused(tiny_float, tmp_path):
+    res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--recipe", "int4-weight-only", "--accuracy-level", "4")
+    assert res.exit_code != 0 and "--accuracy-level applies to --format matmulnbits or onnxq" in res.output, res.output
+    res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--recipe", "int4-weight-only", "--accuracy-level", "4",
+               "--target", "ort-mobile")  # the target picks matmulnbits: the level applies
+    assert "--accuracy-level applies" not in res.output, res.output

@@ -277,26 +277,28 @@ def compare_models(
     if bfloat16_io:  # ORT's Python API neither takes nor returns bfloat16: both run with float32 ends
         float32_interface(float_model, outputs=True)
         float32_interface(quant_model, outputs=True)
+
+    def instrumented_sessions(names: list[str]):
+        with tempfile.TemporaryDirectory(prefix="onnxq-compare-") as tmp:
+            return (session_factory(_instrumented(float_model, names, Path(tmp) / "float.onnx")),
+                    session_factory(_instrumented(quant_model, names, Path(tmp) / "quant.onnx")))
+
+    sessions = None
     if layer_names:
         try:
-            with tempfile.TemporaryDirectory(prefix="onnxq-compare-") as tmp:
-                f_sess = session_factory(_instrumented(float_model, layer_names, Path(tmp) / "float.onnx"))
-                q_sess = session_factory(_instrumented(quant_model, layer_names, Path(tmp) / "quant.onnx"))
+            sessions = instrumented_sessions(layer_names)
         except Exception as e:  # ORT's optimizer, with inner tensors exposed, can trip on a valid model
             logger.warning(
                 "per-layer comparison skipped: ONNX Runtime cannot build the models with their layer outputs "
                 "exposed (%s); comparing the outputs only", str(e).splitlines()[0][:200],
             )
             layers, layer_names = [], []
-    if layer_names:
-        pass  # sessions built above
-    elif bfloat16_io:
-        with tempfile.TemporaryDirectory(prefix="onnxq-compare-") as tmp:
-            f_sess = session_factory(_instrumented(float_model, [], Path(tmp) / "float.onnx"))
-            q_sess = session_factory(_instrumented(quant_model, [], Path(tmp) / "quant.onnx"))
-    else:
-        f_sess = session_factory(str(float_path))
-        q_sess = session_factory(str(quant_path))
+    if sessions is None:
+        if bfloat16_io:
+            sessions = instrumented_sessions([])
+        else:
+            sessions = session_factory(str(float_path)), session_factory(str(quant_path))
+    f_sess, q_sess = sessions
     inputs_of = {
         v.name: [i.name for i in node.inputs if i is not None and i.name]
         for node in float_model.graph

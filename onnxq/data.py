@@ -71,6 +71,12 @@ def _is_float(a: np.ndarray) -> bool:
     return a.dtype.kind in "fc" or a.dtype == BFLOAT16
 
 
+def feed_rows(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in one feed: the first input's leading dimension (1 for a scalar or no input)."""
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 def ort_failure(sample: int, error: Exception) -> CalibrationDataError:
     """One line for ONNX Runtime refusing calibration sample ``sample``, with the likely cause."""
     import re

@@ -34,6 +34,13 @@ def is_constant(value: ir.Value | None) -> bool:
     return producer is not None and producer.op_type == "Constant" and producer.domain == ""
 
 
+def producer_of(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    """The node that produces ``value`` when it is an ``op_type`` (any domain: a com.microsoft
+    DequantizeLinear counts as one), else None."""
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The numpy value of a constant (initializer or Constant node), else None."""
     if not is_constant(value):

@@ -44,11 +44,6 @@ logger = logging.getLogger(__name__)
 _INT32 = np.iinfo(np.int32)
 
 
-def _producer(v: ir.Value | None, op: str) -> ir.Node | None:
-    p = v.producer() if v is not None else None
-    return p if p is not None and p.op_type == op else None
-
-
 def _set_constant(value: ir.Value, array: np.ndarray) -> bool:
     """Give an initializer a new value; True when it changed."""
     current = value.const_value.numpy() if value.const_value is not None else None
@@ -160,7 +155,7 @@ class FoldScalesPass(ir.passes.InPlacePass):
         return changed
 
     def _set_weight_scale(self, node: ir.Node, scale: np.ndarray) -> bool:
-        dq = _producer(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
+        dq = irutil.producer_of(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
         if dq is None or not dq.inputs[1].is_initializer():
             raise OnnxqError(f"weight_scales: {irutil.node_label(node)} has no quantized weight")
         if len(dq.outputs[0].uses()) != 1:
@@ -171,7 +166,7 @@ class FoldScalesPass(ir.passes.InPlacePass):
         return _set_constant(dq.inputs[1], scale)
 
     def _set_weight_values(self, node: ir.Node, values: np.ndarray) -> bool:
-        dq = _producer(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
+        dq = irutil.producer_of(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
         if dq is None or not dq.inputs[0].is_initializer():
             raise OnnxqError(f"weight_values: {irutil.node_label(node)} has no quantized weight")
         if len(dq.outputs[0].uses()) != 1 or len(dq.inputs[0].uses()) != 1:
@@ -218,7 +213,7 @@ class FoldScalesPass(ir.passes.InPlacePass):
         return True
 
     def _quantize_bias(self, node: ir.Node, names: irutil.FreshNames, originals) -> bool:
-        dq_x, dq_w = _producer(node.inputs[0], "DequantizeLinear"), _producer(node.inputs[1], "DequantizeLinear")
+        dq_x, dq_w = irutil.producer_of(node.inputs[0], "DequantizeLinear"), irutil.producer_of(node.inputs[1], "DequantizeLinear")
         bias_v = node.inputs[2] if len(node.inputs) > 2 else None
         given = self._given_bias(node)
         if dq_x is None or dq_w is None:

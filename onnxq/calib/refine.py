@@ -13,7 +13,7 @@ change can make the model worse, and is then left out.
 One session over a copy of the QDQ model whose refined biases are graph inputs (so one
 session serves every trial) and whose outputs add one per-channel mean per layer: a trial
 is one pass over at most :data:`MAX_SAMPLES` samples. Cost: about one pass per layer
-(MobileNetV2, 60 photos: ~20 s). The float model's outputs on those samples are held in
+(MobileNetV2, 60 photos: ~30 s). The float model's outputs on those samples are held in
 memory, up to :data:`MAX_REFERENCE_BYTES`; samples beyond are not used.
 """
 
@@ -59,16 +59,6 @@ class _Target:
     bias: np.ndarray  # float64: the dequantized bias
 
 
-def _rows(feed: Mapping[str, np.ndarray]) -> int:
-    first = next(iter(feed.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
-
-
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
-
-
 def _targets(model: ir.Model, float_names: set[str]) -> list[_Target]:
     """Root-graph Conv/ConvTranspose/Gemm nodes whose bias is DequantizeLinear(int32 constant,
     constant scale, zero point 0) of an int8 layer, in graph order."""
@@ -79,9 +69,9 @@ def _targets(model: ir.Model, float_names: set[str]) -> list[_Target]:
         if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
             continue
         key = node.outputs[0].name
-        if key not in float_names or _producer(node.inputs[1], "DequantizeLinear") is None:
+        if key not in float_names or irutil.producer_of(node.inputs[1], "DequantizeLinear") is None:
             continue
-        dq = _producer(node.inputs[2], "DequantizeLinear")
+        dq = irutil.producer_of(node.inputs[2], "DequantizeLinear")
         if dq is None or len(dq.inputs) < 2:
             continue
         codes = irutil.const_array(dq.inputs[0])
@@ -140,7 +130,7 @@ def refine_biases(
     output relative to the float model (keyed by that layer's output name). None when
     nothing can be refined (no int8 layer with a bias, or no float output to check on)."""
     from onnxq.calib.stream import _session
-    from onnxq.data import as_calibration_data, batched, input_specs, ort_feed
+    from onnxq.data import as_calibration_data, batched, feed_rows, input_specs, ort_feed
 
     t0 = time.perf_counter()
     float_names = {v.name for n in float_model.graph for v in n.outputs}
@@ -177,7 +167,7 @@ def refine_biases(
             held += sum(o.nbytes for o in outs[: len(out_names)])
             if held > MAX_REFERENCE_BYTES and feeds:
                 break
-            rows = _rows(feed)
+            rows = feed_rows(feed)
             feeds.append(feed)
             weights.append(rows)
             references.append([o.astype(np.float64) for o in outs[: len(out_names)]])

@@ -13,7 +13,9 @@ import onnx_ir as ir
 
 from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer
 from onnxq.calib.probe import DEFAULT_SAMPLE_SIZE, build_probe_model
-from onnxq.data import as_calibration_data, batched, float32_interface, input_specs, ort_failure, ort_feed
+from onnxq.data import (
+    as_calibration_data, batched, feed_rows, float32_interface, input_specs, ort_failure, ort_feed,
+)
 from onnxq.errors import CalibrationDataError
 
 __all__ = ["calibrate", "CalibrationStats"]
@@ -230,8 +232,7 @@ def calibrate(
             outs = session.run(out_names, ort_feed(feed))
         except Exception as e:
             raise ort_failure(n_feeds, e) from None
-        first_input = next(iter(feed.values()), None)
-        rows = first_input.shape[0] if first_input is not None and first_input.ndim else 1
+        rows = feed_rows(feed)
         for n, (obs, i, j, k) in enumerate(slots):
             sample = outs[k] if k is not None else None
             if j is None:  # extremes packed (handed over at the end) or taken from the sample

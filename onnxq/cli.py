@@ -9,6 +9,10 @@ import click
 
 from onnxq import __version__
 
+# exit status of `onnxq quantize` when --target-sqnr / --max-drop was not reached: the
+# closest model found is written, but a build script must not take it for a success
+TARGET_MISSED_EXIT = 3
+
 
 class _Group(click.Group):
     """Turns onnxq errors into one-line messages and other failures into a short notice."""
@@ -233,11 +237,13 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
 
         accuracy_target = AccuracyTarget(min_sqnr_db=target_sqnr, max_top1_drop=None if max_drop is None else max_drop / 100)
     t0 = time.perf_counter()
+    target_missed = False
     if accuracy_target is not None:
         from onnxq.sensitivity import quantize_static_to_target
 
         share = {} if float_budget is None else {"max_float_share": float_budget / 100, "max_float_weight_share": float_budget / 100}
-        qmodel, report, _ = quantize_static_to_target(model, recipe, data, accuracy_target, **share)
+        qmodel, report, sensitivity = quantize_static_to_target(model, recipe, data, accuracy_target, **share)
+        target_missed = sensitivity is not None and not sensitivity.target_met
     else:
         with _calibration_progress(data if int4_data is None else int4_data) as feeds:
             qmodel, report = api.quantize_with_report(model, recipe, feeds)
@@ -274,6 +280,11 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     _print_summary(report, model, output, modelio.source_bytes(qmodel), elapsed)
     if agreement:
         _print_agreement(agreement, model, output)
+    if target_missed:  # the model is written (the closest the search got); a build script still has to notice
+        click.echo(f"error: accuracy target {accuracy_target.describe()} not met on the calibration data; {output} holds "
+                   "the closest model found. Raise --float-budget, try --weight-rounding gptq, or lower the target "
+                   f"(exit {TARGET_MISSED_EXIT})", err=True)
+        raise SystemExit(TARGET_MISSED_EXIT)
 
 
 def _print_agreement(comparison, model: str, output: str) -> None:
@@ -311,6 +322,9 @@ def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None,
 
     if not calib_text:
         raise RecipeError("--tokenizer needs --calib-text")
+    if tokenizer is not None and calib_text.endswith(".npy"):
+        raise RecipeError(f"--calib-text {calib_text} holds token ids already (.npy): drop --tokenizer, which applies "
+                          "to a text file")
     if tokenizer is None and not calib_text.endswith(".npy"):
         beside = os.path.join(os.path.dirname(os.path.abspath(model)), "tokenizer.json")
         tokenizer = beside if os.path.isfile(beside) else None

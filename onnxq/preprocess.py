@@ -12,6 +12,7 @@ line spelling; the preset ``imagenet`` is torchvision's ImageNet pipeline.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,6 +21,12 @@ import numpy as np
 
 from onnxq.data import BFLOAT16
 from onnxq.errors import CalibrationDataError
+
+logger = logging.getLogger(__name__)
+
+
+class UnreadableImageError(CalibrationDataError):
+    """An image file Pillow cannot open or decode (truncated, not an image)."""
 
 __all__ = [
     "ImagePreprocess",
@@ -195,7 +202,7 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
                 w, h = im.size
                 if ch > h or cw > w:
                     raise CalibrationDataError(
-                        f"{path}: image {w}x{h} is smaller than the crop {cw}x{ch}; raise resize=, lower crop=, or "
+                        f"{path}: image {h}x{w} (HxW) is smaller than the crop {ch}x{cw}; raise resize=, lower crop=, or "
                         f"stretch every image to the input size with resize={ch}x{cw} crop=0"
                     )
                 top = int(round((h - ch) / 2.0))
@@ -205,7 +212,7 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
     except CalibrationDataError:
         raise
     except Exception as e:
-        raise CalibrationDataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:120]})") from None
+        raise UnreadableImageError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:120]})") from None
     if pp.channel_order == "BGR":
         a = a[:, :, ::-1]
     a = a * np.float32(pp.scale)
@@ -282,10 +289,22 @@ def from_images(folder: str | os.PathLike, pp: ImagePreprocess = IMAGENET, *, in
     def precheck(specs) -> None:
         _fit_to_input(pp, pick(specs))
 
+    unreadable: set[Path] = set()  # warned about once, however many passes the calibration makes
+
     def factory(specs) -> Iterator[tuple[str, dict]]:
         spec = pick(specs)
         fitted = _fit_to_input(pp, spec)
         for p in files:
-            yield str(p), {spec.name: load_image(p, fitted)}
+            try:
+                x = load_image(p, fitted)
+            except UnreadableImageError as e:  # one broken file in a folder of photos: skip it, say so
+                if p not in unreadable:
+                    unreadable.add(p)
+                    logger.warning("skipping it: %s", e)
+                if len(unreadable) == len(files):
+                    raise CalibrationDataError(f"none of the {len(files)} images under {folder} can be read; "
+                                               f"the first: {e}") from None
+                continue
+            yield str(p), {spec.name: x}
 
     return CalibrationData(factory, description=f"images in {folder}", length=len(files), precheck=precheck)

@@ -239,3 +239,37 @@ def test_a_corrupt_npy_is_a_calibration_data_error(tmp_path):
         source = as_calibration_data(str(p))
         source.precheck(input_specs(model))
         list(source.feeds(input_specs(model)))
+
+
+def test_an_unreadable_image_is_skipped_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from onnxq.preprocess import from_images, parse_preprocess
+
+    img = RNG.uniform(0, 255, (30, 30, 3)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # e.g. a truncated download
+    spec = [InputSpec("input", np.dtype(np.float32), (None, 3, 24, 24))]
+    data = from_images(tmp_path, parse_preprocess("resize=24 crop=24"))
+    with caplog.at_level(logging.WARNING, logger="onnxq.preprocess"):
+        first = list(_feeds_of(data, spec))
+        second = list(_feeds_of(data, spec))  # a second calibration pass: the same feeds, no second warning
+    assert len(first) == len(second) == 1 and first[0]["input"].shape == (1, 3, 24, 24)
+    warned = [r.getMessage() for r in caplog.records if "broken.jpg" in r.getMessage()]
+    assert len(warned) == 1 and "cannot read image" in warned[0]
+    # a folder where nothing can be read is an error, not an empty calibration
+    (tmp_path / "good.png").unlink()
+    with pytest.raises(CalibrationDataError, match="none of the 1 images .* can be read"):
+        list(_feeds_of(from_images(tmp_path, parse_preprocess("resize=24 crop=24")), spec))
+
+
+def test_the_crop_error_gives_height_by_width(tmp_path):
+    from PIL import Image
+
+    from onnxq.preprocess import load_image, parse_preprocess
+
+    Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tmp_path / "wide.png")  # 20 high, 50 wide
+    with pytest.raises(CalibrationDataError, match=r"image 20x50 \(HxW\) is smaller than the crop 24x24"):
+        load_image(tmp_path / "wide.png", parse_preprocess("resize=0 crop=24"))

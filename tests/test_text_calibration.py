@@ -132,3 +132,18 @@ def test_int4_gptq_windows_follow_a_fixed_input_length(tmp_path, bert_tokenizer)
                                   "--block-size", "32", "--calib-text", str(text), "--tokenizer", str(bert_tokenizer)])
     assert r.exit_code == 0, r.output
     assert "on 384 activation rows" in r.output  # 16 windows of 24 (512 would be refused by the model)
+
+
+def test_a_tokenizer_with_token_ids_is_refused(tmp_path, bert_tokenizer):
+    """--tokenizer next to a .npy of token ids would be ignored: say so instead."""
+    model = tmp_path / "lm.onnx"
+    from tests.helpers import to_bytes
+
+    onnx.save(onnx.load_from_string(to_bytes(_lm())), model)
+    ids = tmp_path / "ids.npy"
+    np.save(ids, RNG.integers(4, VOCAB, 200))
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(out), "--recipe", "int8-static",
+                                  "--calib-text", str(ids), "--tokenizer", str(bert_tokenizer)])
+    assert r.exit_code != 0 and "drop --tokenizer" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()

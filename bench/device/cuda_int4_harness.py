@@ -18,7 +18,7 @@ DEFAULT_LIB = REPO / "build" / "cuda-harness" / "libonnxq_cuda_harness.so"
 PATH_AUTO, PATH_SKINNY, PATH_TC, PATH_SIMT, PATH_WG = 0, 1, 2, 3, 4
 PATH_NAMES = {PATH_AUTO: "auto", PATH_SKINNY: "skinny", PATH_TC: "tensorcore", PATH_SIMT: "simt", PATH_WG: "wgmma"}
 N_TC_CONFIGS = 8
-N_WG_CONFIGS = 33  # wgmma path (sm_90 only): ops/cuda/block_int4_kernels.cu Wg0..Wg9, Ws0..Ws22 (10..32)
+N_WG_CONFIGS = 35  # wgmma path (sm_90 only): ops/cuda/block_int4_kernels.cu Wg0..Wg9, Ws0..Ws24 (10..34)
 WG_STREAM_K = 32  # Ws22: stream-K over the harness's workspace (its plain variant without one: 30)
 
 

@@ -1866,6 +1866,22 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 }
 
+// Push-form split-K exchange (RS configs): 16-byte remote store into a cluster peer's shared memory,
+// completing transaction bytes on the peer's mbarrier (both addresses already mapped with mapa).
+__device__ __forceinline__ void st_async_v4(uint32_t raddr, float a, float b, float c, float d, uint32_t rbar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(raddr),
+               "f"(a), "f"(b), "f"(c), "f"(d), "r"(rbar)
+               : "memory");
+}
+__device__ __forceinline__ uint32_t mapa_rank(uint32_t addr, int rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+
 // Stream-K partial-tile exchange (SK configs): 1-D bulk copy global -> this CTA's shared memory,
 // and the per-CTA ready flags (written with release, read with acquire, reset by the one reader).
 __device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
@@ -1892,7 +1908,8 @@ __device__ __forceinline__ void fence_proxy_async_global() {
 // First (tile, k-tile) unit of stream-K CTA c: CTAs take equal runs of `units`.
 __device__ __forceinline__ int sk_start(int c, int64_t units, int ctas) { return (int)((int64_t)c * units / ctas); }
 
-template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1, int ILV_ = 0, int SK_ = 0>
+template <int BT_, int WGM_, int SPLIT_, int STAGES_, int KT_, int MINB_, int KIN_ = 1, int ILV_ = 0, int SK_ = 0,
+          int RS_ = 0>
 struct WsCfg {
   static constexpr int BT = BT_, WGM = WGM_, SPLIT = SPLIT_, STAGES = STAGES_, KT = KT_, BK = 64 * KT;
   // SK = 1: stream-K schedule (SkCtas: the most CTAs <= #SMs that leave every tile at most two
@@ -1922,8 +1939,18 @@ struct WsCfg {
   static constexpr int kPipeBytes = STAGES * kStageBytes;
   static constexpr int kAccBytes = kGroupThreads * WGM * NACC * 4;  // one group's accumulators
   static constexpr int kRedBytes = (SPLIT > 1 || KIN > 1) ? (KIN > 1 ? KIN - 1 : 1) * kAccBytes : 0;
-  static constexpr int kBarOff = kPipeBytes > kRedBytes ? kPipeBytes : kRedBytes;
-  static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + (SK_ ? 16 : 0) + 1024;  // + mbarriers + alignment
+  // RS = 1 (SPLIT > 1, KIN 1): push-form split-K exchange. After its loop every rank sends each peer
+  // the 8-token groups that peer owns (j % SPLIT) with st.async into a dedicated receive buffer after
+  // the stages (completion on the peer's mbarrier), then waits for its own groups and adds them from
+  // local shared memory: no cluster.sync after the loop (the old form: publish, cluster.sync, DSMEM
+  // loads, cluster.sync). The buffer costs stages.
+  static constexpr int RS = RS_;
+  static constexpr int kOwnGroups = (BT / 8 + SPLIT - 1) / SPLIT;  // 8-token groups a rank owns (at most)
+  static constexpr int kRecvBytes = RS_ ? (SPLIT - 1) * WGM * kOwnGroups * kGroupThreads * 16 : 0;
+  static_assert(RS_ == 0 || (SPLIT_ > 1 && KIN_ == 1 && SK_ == 0), "push exchange: cluster split-K, one group");
+  static constexpr int kBarOff0 = kPipeBytes + kRecvBytes;
+  static constexpr int kBarOff = kBarOff0 > kRedBytes ? kBarOff0 : kRedBytes;
+  static constexpr int kSmemBytes = kBarOff + 2 * STAGES * 8 + (SK_ || RS_ ? 16 : 0) + 1024;  // + mbarriers + alignment
   static constexpr int kSlotBytes = BT * BN * 4;  // SK: one partial tile (fp32)
   static_assert(SK_ == 0 || (SPLIT_ == 1 && KIN_ == 1 && ILV_ > 0 && WGM_ == 1 && kPipeBytes >= kSlotBytes),
                 "stream-K: unsplit, one consumer group, ILV loop, the stages hold a partial tile");
@@ -2121,9 +2148,18 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       mbar_init(empty_bar + 8 * s, C::kGroupThreads / 32);  // the warps of the one group that reads it
     }
     if constexpr (C::SK > 0) mbar_init(red_bar, 1);
+    if constexpr (C::RS > 0) {  // receive barrier: one phase, the peers' bytes for the groups this rank owns
+      int own = 0;
+      for (int j = rank; j < C::BT / 8; j += C::SPLIT) ++own;
+      mbar_init(red_bar, 1);
+      mbar_arrive_expect_tx(red_bar, (uint32_t)((C::SPLIT - 1) * C::WGM * own * C::kGroupThreads * 16));
+    }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
+  // RS: the peers' receive barriers must be initialised before this CTA's first st.async (the wait
+  // comes right before the exchange, long after every CTA of the cluster arrived).
+  if constexpr (C::RS > 0) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   // PDL: the next kernel is released only once this CTA's producer has issued its last copy (its
   // CTAs would otherwise take the SM slots this grid's later CTAs need; measured: 2-CTA/SM configs
   // ran 1.3-1.5x slower with an early trigger).
@@ -2230,7 +2266,9 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         if (++s_in == S) { s_in = 0; ph_in ^= 1; }
       }
       if (p.pdl) griddep_launch_dependents();
-      if constexpr (C::SPLIT > 1) {
+      if constexpr (C::RS > 0) {
+        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+      } else if constexpr (C::SPLIT > 1) {
         namespace cg = cooperative_groups;
         cg::this_cluster().sync();
         cg::this_cluster().sync();
@@ -2262,7 +2300,9 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
       }
     }
     if (p.pdl) griddep_launch_dependents();
-    if constexpr (C::SPLIT > 1) {  // the cluster barriers of the reduction count every thread
+    if constexpr (C::RS > 0) {
+      asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+    } else if constexpr (C::SPLIT > 1) {  // the cluster barriers of the reduction count every thread
       namespace cg = cooperative_groups;
       cg::this_cluster().sync();
       cg::this_cluster().sync();
@@ -2628,6 +2668,41 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
   }
 
   const int gt = ct & (C::kGroupThreads - 1);  // this thread's index inside its group
+  if constexpr (C::RS > 0) {  // push-form split-K exchange (see WsCfg::RS)
+    constexpr int G = C::BT / 8, GO = C::kOwnGroups;
+    const uint32_t rbuf = base_u32 + C::kPipeBytes;
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");  // peers' receive barriers exist
+#pragma unroll
+    for (int r = 1; r < C::SPLIT; ++r) {
+      const int q = rank + r < C::SPLIT ? rank + r : rank + r - C::SPLIT;  // receiver
+      const int slot = C::SPLIT - 1 - r;  // = (rank - q - 1) mod SPLIT: the receiver's slot of this sender
+      const uint32_t rb = mapa_rank(rbuf, q), rbar = mapa_rank(red_bar, q);
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+          if (j % C::SPLIT == q)
+            st_async_v4(rb + (uint32_t)((((slot * C::WGM + a) * GO + j / C::SPLIT) * C::kGroupThreads + gt) * 16),
+                        acc[a][4 * j], acc[a][4 * j + 1], acc[a][4 * j + 2], acc[a][4 * j + 3], rbar);
+    }
+    mbar_wait(red_bar, 0);
+    const float4* rv = reinterpret_cast<const float4*>(base + C::kPipeBytes);
+#pragma unroll 1
+    for (int slot = 0; slot < C::SPLIT - 1; ++slot)  // senders rank+1, rank+2, ...: a fixed order
+#pragma unroll
+      for (int a = 0; a < C::WGM; ++a)
+#pragma unroll
+        for (int j = 0; j < G; ++j)
+          if (j % C::SPLIT == rank) {
+            const float4 v = rv[((slot * C::WGM + a) * GO + j / C::SPLIT) * C::kGroupThreads + gt];
+            acc[a][4 * j] += v.x;
+            acc[a][4 * j + 1] += v.y;
+            acc[a][4 * j + 2] += v.z;
+            acc[a][4 * j + 3] += v.w;
+          }
+    store_wgmma_tile<C>(p, acc, m0, n0, wg, wq, g, t, rank, C::SPLIT);
+    return;
+  }
   if constexpr (C::SPLIT > 1 || C::KIN > 1)  // every consumer left the pipeline: the stages are free
     asm volatile("bar.sync 1, %0;" ::"n"(C::kConsumers) : "memory");
   if constexpr (C::KIN > 1) {  // groups 1.. add their accumulators into group 0's
@@ -2694,7 +2769,10 @@ using Ws20 = WsCfg<256, 1, 1, 5, 1, 1, 1, 2>;  // = Ws7, ILV 2
 using Ws21 = WsCfg<256, 1, 1, 5, 1, 1, 1, 1>;  // = Ws7, ILV 1
 //                BT WGM SPLIT STAGES KT CTAs/SM KIN ILV SK (stream-K schedule, see WsCfg)
 using Ws22 = WsCfg<256, 1, 1, 5, 1, 1, 1, 2, 1>;  // = Ws20, stream-K
-constexpr int kNumWsConfigs = 23;
+//                BT WGM SPLIT STAGES KT CTAs/SM KIN ILV SK RS (push-form split-K exchange, see WsCfg)
+using Ws23 = WsCfg<128, 1, 2, 4, 2, 1, 1, 1, 0, 1>;  // = Ws19 with the push exchange (4 stages + receive buffer)
+using Ws24 = WsCfg<64, 1, 3, 7, 2, 1, 1, 2, 0, 1>;   // = Ws15 with the push exchange (7 stages + receive buffer)
+constexpr int kNumWsConfigs = 25;
 constexpr int kSkFlagBytes = 4096;              // workspace: one int flag per CTA (<= 1024 CTAs) ...
 constexpr int64_t kSkMaxSlotBytes = 256 * 128 * 4;  // ... then one partial tile per CTA (largest SK tile)
 
@@ -3048,8 +3126,9 @@ int LaunchWs(const KernelParams& p, bool a_vec, const DeviceInfo& dev, cudaStrea
 // wgmma configuration for M > 16 on H100 (bench/results/cuda_int4.json, variants wg*): the
 // warp-specialized kernel (configs kNumWgConfigs + i = Ws<i>). Block size >= 128 (one block per
 // 128-k tile: per-tile scale operands, ILV configs): M <= 64: BT=64 with 3-way split-K while one
-// CTA per SM covers the grid (Ws15), else unsplit while the grid fits one wave (Ws16); larger M:
-// BT=128 with 2-way split-K while that fits one wave (Ws19), else BT=256 unsplit (Ws20). Smaller
+// CTA per SM covers the grid (Ws24 = Ws15 with the push-form split-K exchange), else unsplit while
+// the grid fits one wave (Ws16); larger M: BT=128 with 2-way split-K while that fits one wave
+// (Ws23 = Ws19 with the push exchange), else BT=256 unsplit (Ws20). Smaller
 // blocks (producer-staged per-16-k scales; the ILV variants measured no faster there): the ILV 0
 // configs Ws12 / Ws13 / Ws14 / Ws7 at the same points. M > 256, block size >= 128, where the BT=256
 // tiles fill their last wave to less than 80 %: stream-K Ws22 (needs the caller's workspace, else
@@ -3061,11 +3140,11 @@ int ChooseWgConfig(int64_t m, int64_t n, int64_t bs, const DeviceInfo& dev) {
   auto ctas = [&](int bt, int bn) { return ((m + bt - 1) / bt) * ((n + bn - 1) / bn); };
   const bool ilv = bs >= 128;
   if (m <= 64) {
-    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + (ilv ? 15 : 12);
+    if (ctas(64, 128) * 3 <= dev.sms) return kNumWgConfigs + (ilv ? 24 : 12);
     if (ctas(64, 128) <= dev.sms) return kNumWgConfigs + (ilv ? 16 : 13);
     return ctas(64, 128) * 2 <= 2 * dev.sms ? kNumWgConfigs + 9 : kNumWgConfigs + 8;
   }
-  if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + (ilv ? 19 : 14);
+  if (ctas(128, 128) * 2 <= dev.sms) return kNumWgConfigs + (ilv ? 23 : 14);
   if (ilv && m > 256) {  // stream-K where the BT=256 tiles fill the last wave poorly (< 80 %)
     const int64_t t = ctas(256, 128), waves = (t + dev.sms - 1) / dev.sms;
     if (t * 5 < waves * dev.sms * 4) return kNumWgConfigs + 22;
@@ -3317,6 +3396,8 @@ int LaunchMatMulBlockInt4(const MatMulArgs& args, void* stream_ptr, char* err, s
       case kNumWgConfigs + 20: return LaunchWs<Ws20>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 21: return LaunchWs<Ws21>(p, a_vec, dev, stream, pdl, err, len);
       case kNumWgConfigs + 22: return LaunchWs<Ws22>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 23: return LaunchWs<Ws23>(p, a_vec, dev, stream, pdl, err, len);
+      case kNumWgConfigs + 24: return LaunchWs<Ws24>(p, a_vec, dev, stream, pdl, err, len);
       default:
         return Fail(err, len, kInvalidArgument, "unknown wgmma config %d (0..%d)", cfg,
                     kNumWgConfigs + kNumWsConfigs - 1);

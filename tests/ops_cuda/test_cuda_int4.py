@@ -189,6 +189,22 @@ def test_wgmma_llm_shapes(harness, m):
 
 
 @pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
+@pytest.mark.parametrize("m", [64, 256])
+def test_wgmma_push_exchange(harness, m):
+    """The push-form split-K exchange (wg33 = Ws19 + push, wg34 = Ws15 + push) adds the ranks'
+    partial tiles in the same order as the DSMEM reduce-scatter: bit-equal to the old configs,
+    with and without PDL, and auto picks them at 4096² M=64 / 256 (block 128)."""
+    p, a, bias = _inputs((4096, 4096, 128, False, True), m, True, seed=300 + m)
+    ref = _reference(p, a, True, bias)
+    new, old = (34, 25) if m == 64 else (33, 29)
+    y = _run(harness, p, a, bias, path=PATH_WG, config=new)
+    _check(y, ref, True, f"wg{new} M={m}")
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_WG, config=old)), "push vs DSMEM exchange"
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_WG, config=new, pdl=True)), "push + PDL"
+    assert np.array_equal(y, _run(harness, p, a, bias, path=PATH_AUTO)), "auto picks the push config"
+
+
+@pytest.mark.skipif(not WG, reason="the wgmma path needs an sm_90 GPU")
 def test_wgmma_stream_k(harness):
     """Stream-K config on a grid where tiles are shared by two CTAs (M=512 at 4096²: 64 BT=256
     tiles on <= 132 CTAs), plain and PDL, deterministic, picked by auto there; without a workspace

@@ -22,6 +22,7 @@ from bench.common import REPO, RESULTS, markdown_table
 # (result name, module, arguments): the order is the order of the summary
 CASES: list[tuple[str, str, list[str]]] = [
     ("static_mobilenet", "bench.bench_static_mobilenet", ["--json", "bench/results/static_mobilenet.json"]),
+    ("static_mobilenet_spread", "bench.bench_static_mobilenet_spread", []),
     ("dynamic_minilm", "bench.bench_dynamic_minilm", ["--sentences", "512"]),
     ("static_minilm", "bench.bench_static_minilm", ["--calib", "128", "--sentences", "512"]),
     ("dynamic_smollm2", "bench.bench_dynamic_smollm2", ["--tokens", "1024"]),

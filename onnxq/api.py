@@ -181,6 +181,9 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         return sum(1 for n in model.graph.all_nodes() if n.op_type in ("HardSigmoid", "HardSwish"))
 
     before = activations()
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(model)  # the fusion takes a [1]-shaped 3 or 6 only where x's rank shows it broadcasts away
     if FuseHardSwishPass()(model).modified:
         notes.append(f"wrote {activations() - before} written-out hard-sigmoid/hard-swish as the ops")
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic

@@ -46,7 +46,8 @@ class ImagePreprocess:
     """resize: shorter side in pixels (aspect ratio kept), or (height, width) to stretch
     to exactly that size (text-line and detector inputs), 0: no resize; crop: centre crop
     size (0: none), an int or (height, width); scale multiplies raw 0..255 pixels first;
-    then ``(x - mean) / std`` per channel in the output channel order."""
+    then ``(x - mean) / std`` per channel in the output channel order. ``channel_order``
+    GRAY gives one luminance channel (a 1-channel model input picks it by itself)."""
 
     resize: int | tuple[int, int] = 256
     crop: int | tuple[int, int] = 224
@@ -68,11 +69,14 @@ class ImagePreprocess:
             object.__setattr__(self, "resize", tuple(int(r) for r in self.resize))
         if self.layout not in ("NCHW", "NHWC"):
             raise CalibrationDataError(f"layout must be NCHW or NHWC, not {self.layout!r}")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise CalibrationDataError(f"channel order must be RGB or BGR, not {self.channel_order!r}")
+        if self.channel_order not in ("RGB", "BGR", "GRAY"):
+            raise CalibrationDataError(f"channel order must be RGB, BGR or GRAY, not {self.channel_order!r}")
         for name in ("mean", "std"):
             if len(getattr(self, name)) not in (1, 3):
                 raise CalibrationDataError(f"{name} needs 1 or 3 values, got {getattr(self, name)}")
+            if self.channel_order == "GRAY" and len(set(getattr(self, name))) != 1:
+                raise CalibrationDataError(
+                    f"one-channel (GRAY) images take one {name} value, not {getattr(self, name)}: e.g. mean=0.5 std=0.5")
         if any(s == 0 for s in self.std):
             raise CalibrationDataError("std values must be non-zero")
         if isinstance(self.resize, int) and self.resize < 0:
@@ -185,7 +189,7 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
                 wide = np.asarray(im, dtype=np.float64)
                 wide = wide / 257.0 if wide.max(initial=0) > 255 else wide  # 65535 -> 255
                 im = Image.fromarray(np.clip(np.round(wide), 0, 255).astype(np.uint8))
-            im = im.convert("RGB")
+            im = im.convert("L" if pp.channel_order == "GRAY" else "RGB")
             if isinstance(pp.resize, tuple):
                 if im.size != (pp.resize[1], pp.resize[0]):
                     im = im.resize((pp.resize[1], pp.resize[0]), Image.BILINEAR)
@@ -208,7 +212,9 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
                 top = int(round((h - ch) / 2.0))
                 left = int(round((w - cw) / 2.0))
                 im = im.crop((left, top, left + cw, top + ch))
-            a = np.asarray(im, dtype=np.float32)  # H, W, 3 RGB
+            a = np.asarray(im, dtype=np.float32)  # H, W, 3 RGB (or H, W grey)
+            if a.ndim == 2:
+                a = a[:, :, None]
     except CalibrationDataError:
         raise
     except Exception as e:
@@ -216,7 +222,8 @@ def load_image(path: str | os.PathLike, pp: ImagePreprocess = IMAGENET) -> np.nd
     if pp.channel_order == "BGR":
         a = a[:, :, ::-1]
     a = a * np.float32(pp.scale)
-    a = (a - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)
+    channels = a.shape[2]
+    a = (a - np.asarray(pp.mean[:channels], np.float32)) / np.asarray(pp.std[:channels], np.float32)
     if pp.layout == "NCHW":
         a = a.transpose(2, 0, 1)
     out = np.dtype(pp.dtype)
@@ -245,7 +252,16 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
         )
     if spec.shape is not None:
         c_axis = 1 if pp.layout == "NCHW" else 3
-        if spec.shape[c_axis] not in (None, 3):
+        if spec.shape[c_axis] == 1 and pp.channel_order != "GRAY":  # a greyscale model (text lines, OCR)
+            if len(set(pp.mean)) != 1 or len(set(pp.std)) != 1:
+                raise CalibrationDataError(
+                    f"input {spec.describe()} takes 1-channel (grey) images: give one mean= and std= value in "
+                    f"--preprocess (e.g. mean=0.5 std=0.5, or mean=0 std=1), not {pp.mean} / {pp.std}")
+            pp = dataclasses.replace(pp, channel_order="GRAY")
+        if pp.channel_order == "GRAY" and spec.shape[c_axis] not in (None, 1):
+            raise CalibrationDataError(f"order=GRAY makes 1-channel images but input {spec.describe()} has "
+                                       f"{spec.shape[c_axis]} channels at axis {c_axis}; drop order=GRAY")
+        if spec.shape[c_axis] not in (None, 3) and not (spec.shape[c_axis] == 1 and pp.channel_order == "GRAY"):
             other, o_axis = ("NHWC", 3) if pp.layout == "NCHW" else ("NCHW", 1)
             if spec.shape[o_axis] in (None, 3):
                 raise CalibrationDataError(

@@ -27,13 +27,14 @@ __all__ = ["FuseHardSwishPass"]
 logger = logging.getLogger(__name__)
 
 
-def _scalar(v: ir.Value | None, x: ir.Value | None = None) -> float | None:
+def _scalar(v: ir.Value | None, x: ir.Value | None = None, *, any_rank: bool = False) -> float | None:
     """The value of a one-element float constant that broadcasting against ``x`` leaves
-    ``x``'s shape alone (rank 0, or a rank no higher than ``x``'s known rank)."""
+    ``x``'s shape alone (rank 0, or a rank no higher than ``x``'s known rank); with
+    ``any_rank`` (Clip bounds, which do not broadcast) of any rank."""
     a = irutil.const_array(v) if v is not None else None
     if a is None or a.size != 1 or a.dtype.kind != "f":
         return None
-    if a.ndim and (x is None or x.shape is None or a.ndim > len(x.shape)):
+    if a.ndim and not any_rank and (x is None or x.shape is None or a.ndim > len(x.shape)):
         return None
     return float(a.reshape(()))
 
@@ -68,8 +69,8 @@ def _clip_0_6(node: ir.Node) -> bool:
     if not _std(node, "Clip"):
         return False
     if len(node.inputs) > 1:
-        lo = _scalar(node.inputs[1])
-        hi = _scalar(node.inputs[2]) if len(node.inputs) > 2 else None
+        lo = _scalar(node.inputs[1], any_rank=True)
+        hi = _scalar(node.inputs[2], any_rank=True) if len(node.inputs) > 2 else None
     else:
         lo, hi = node.attributes.get_float("min", None), node.attributes.get_float("max", None)
     return _close(lo, 0.0) and _close(hi, 6.0)

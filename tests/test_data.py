@@ -273,3 +273,26 @@ def test_the_crop_error_gives_height_by_width(tmp_path):
     Image.fromarray(np.zeros((20, 50, 3), np.uint8)).save(tmp_path / "wide.png")  # 20 high, 50 wide
     with pytest.raises(CalibrationDataError, match=r"image 20x50 \(HxW\) is smaller than the crop 24x24"):
         load_image(tmp_path / "wide.png", parse_preprocess("resize=0 crop=24"))
+
+
+def test_a_one_channel_input_gets_grey_images(tmp_path):
+    from PIL import Image
+
+    from onnxq.preprocess import load_image, parse_preprocess
+
+    img = RNG.uniform(0, 255, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "c.png")
+    grey = [InputSpec("x", np.dtype(np.float32), (1, 1, 16, None))]  # an OCR text line: height 16, any width
+    feeds = list(_feeds_of(open_calibration_source(None, str(tmp_path), ["resize=16x40 crop=0 mean=0.5 std=0.5"]), grey))
+    x = feeds[0]["x"]
+    assert x.shape == (1, 1, 16, 40)
+    ref = np.asarray(Image.fromarray(img).convert("L").resize((40, 16), Image.BILINEAR), np.float32) / 255
+    np.testing.assert_allclose(x[0, 0], (ref - 0.5) / 0.5, atol=1e-6)
+    np.testing.assert_allclose(load_image(tmp_path / "c.png", parse_preprocess("resize=16x40 crop=0 order=GRAY mean=0.5 "
+                                                                              "std=0.5")), x)
+    # per-channel (RGB) statistics cannot be right for one channel: say what to give
+    with pytest.raises(CalibrationDataError, match="1-channel .*give one mean= and std= value"):
+        open_calibration_source(None, str(tmp_path), ["resize=16x40 crop=0"]).precheck(grey)
+    with pytest.raises(CalibrationDataError, match="order=GRAY makes 1-channel images"):
+        open_calibration_source(None, str(tmp_path), ["resize=16x40 crop=0 order=GRAY mean=0 std=1"]).precheck(
+            [InputSpec("x", np.dtype(np.float32), (1, 3, 16, 40))])

@@ -68,3 +68,24 @@ def test_a_constant_that_would_broadcast_x_up_is_left_alone():
         [h.make_tensor_value_info("x", T.FLOAT, [4])], [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], inits)
     model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]))
     assert_pass_idempotent(FuseHardSwishPass, model, expect_modified=False)
+
+
+def test_int8_static_fuses_paddle_style_chains_without_shape_info():
+    """Paddle2ONNX writes 3 and 6 as [1]-shaped constants and no value_info: the recipe infers
+    shapes first, so the chain after a Conv still becomes the op (PicoDet: 94 chains)."""
+    import onnxq
+
+    one = {k: nh.from_array(np.array([v], np.float32), k) for k, v in {"three": 3.0, "zero": 0.0, "six": 6.0}.items()}
+    w = nh.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), h.make_node("Add", ["c", "three"], ["a"]),
+             h.make_node("Clip", ["a", "zero", "six"], ["k"]), h.make_node("Mul", ["c", "k"], ["m"]),
+             h.make_node("Div", ["m", "six"], ["s"]), h.make_node("Conv", ["s", "w2"], ["y"])]
+    w2 = nh.from_array(RNG.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 3, 8, 8])],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)], [w, w2, *one.values()])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]))
+    assert model.graph.node(1).outputs[0].shape is None  # no shape info from the exporter
+    data = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    out, report = onnxq.quantize_with_report(model, onnxq.StaticInt8(), data)
+    assert any("hard-sigmoid/hard-swish as the ops" in n for n in report.notes), report.notes
+    assert "HardSwish" in [n.op_type for n in out.graph]

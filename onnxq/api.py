@@ -118,7 +118,36 @@ def _upgrade_opset(model: ir.Model, version: int, why: str) -> list[str]:
     from onnxq.passes.upgrade_opset import UpgradeOpsetPass
 
     UpgradeOpsetPass(version)(model)
-    return [f"upgraded the model from opset {current} to {version} ({why})"]
+    return [f"upgraded the model from opset {current} to {version} ({why})"] + _drop_contradicted_shapes(model)
+
+
+def _drop_contradicted_shapes(model: ir.Model) -> list[str]:
+    """Shapes an exporter declared that the graph, read at the new opset, contradicts (ONNX's
+    inference knows more at higher opsets: a declared ``[1, seqlen]`` output that is really
+    ``[T, 1, C]`` passes the checker at opset 12 and fails it at 21). They are dropped and
+    inferred again, so that the written model passes the checker as the input did."""
+    import onnx
+    from onnx_ir.passes.common._c_api_utils import call_onnx_api
+
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    def strict(proto: onnx.ModelProto) -> None:
+        onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=True, data_prop=True)
+
+    try:
+        call_onnx_api(strict, model)  # large initializers stubbed out, as InferShapesPass does
+        return []
+    except Exception as e:  # noqa: BLE001 - only a contradiction is ours to fix; the rest is left as it was
+        if "existing shape differ" not in str(e):
+            return []
+    declared = [v for v in model.graph.outputs if v.shape is not None]
+    for node in model.graph:
+        for v in node.outputs:
+            v.shape = None
+    InferShapesPass()(model)
+    names = ", ".join(repr(v.name) for v in declared[:4]) + (" ..." if len(declared) > 4 else "")
+    return [f"dropped the shapes the exporter declared for the graph's values (outputs {names or 'none'}): "
+            f"ONNX's shape inference at opset {irutil.default_opset(model)} contradicts them"]
 
 
 @functools.singledispatch

@@ -207,6 +207,11 @@ def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]
         q = quant_values[name]
         if v.dtype != ir.DataType.FLOAT or q.dtype not in (None, ir.DataType.FLOAT):
             continue
+        # the quantized model's producer where it computes the tensor itself: a BatchNormalization
+        # folded into its Conv keeps its output name, and the node to --exclude is the Conv
+        made = q.producer()
+        if made is not None and made.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant", "Identity"):
+            producer = made
         shared.append((name, producer.op_type, producer.name or ""))
     return shared
 

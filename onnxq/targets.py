@@ -432,6 +432,8 @@ def _apply_int4(recipe: WeightOnlyInt4, target: TargetProfile) -> tuple[Recipe, 
     if target.int4_positive_scales and recipe.symmetric and not recipe.positive_scales:
         changes["positive_scales"] = True
         notes.append(f"{target.name}: int4 scales kept positive (a block's positive extreme maps to +7)")
+    if recipe.sum_rewrites and not target.sum_rewrites:
+        changes["sum_rewrites"] = False
     if target.int4_symmetric_only and not recipe.symmetric:
         raise RecipeError(f"target {target.name} runs symmetric int4 weights only (zero point 0); drop symmetric=false")
     out = dataclasses.replace(recipe, **changes) if changes else recipe

@@ -174,3 +174,37 @@ def test_layers_are_skipped_when_ort_cannot_build_the_instrumented_models(tmp_pa
         c = compare_models(f, q, data, session_factory=factory)
     assert c.layers == () and c.outputs and math.isfinite(c.outputs[0].sqnr_db)
     assert "per-layer comparison skipped" in caplog.text
+
+
+def test_a_folded_batchnorm_is_blamed_on_its_conv():
+    """FoldConvAffinePass folds a BatchNormalization into the Conv before it, which takes over
+    its output name: the layer to --exclude is that Conv, not the BatchNormalization."""
+    from onnxq.compare import shared_float_tensors
+
+    c = 4
+    float_model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+            c = Conv <pads = [1, 1, 1, 1]> (x, w)
+            b = BatchNormalization (c, g, beta, mu, var)
+            y = Relu(b)
+        }
+        """,
+        {"w": RNG.standard_normal((c, 3, 3, 3)).astype(np.float32), "g": np.ones(c, np.float32),
+         "beta": np.zeros(c, np.float32), "mu": np.zeros(c, np.float32), "var": np.ones(c, np.float32)},
+    )
+    float_model.graph.node(0).name, float_model.graph.node(1).name = "conv0", "bn0"
+    data = [{"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    quant = onnxq.quantize(_copy(float_model), onnxq.StaticInt8(), data)  # quantize() works in place
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    InferShapesPass()(float_model)  # as compare_models does: the float model's tensors get their types
+    blamed = {name: (op, node) for name, op, node in shared_float_tensors(float_model, quant)}
+    assert blamed["b"] == ("Conv", "conv0"), blamed
+
+
+def _copy(model):
+    import onnx_ir as ir
+
+    return ir.from_proto(ir.to_proto(model))

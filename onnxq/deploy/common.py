@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 Runner = Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]
 
 _RANDOM_SEED = 0
+# sizes tried, in order, for the symbolic dimensions of random inputs past the first axis
+# (the batch, always 1): the first the model runs with is used. 1 alone (a 1x1 image, a
+# one-sample waveform) fails detectors with strided concats and audio models that pad.
+_SYMBOLIC_SIZES = (64, 16, 512, 1)
+_TRIAL_MAX_BYTES = 512 << 20  # bigger models get the first size untried
 
 
 def _is_image_folder(p: Path) -> bool:
@@ -83,27 +88,22 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
 
     specs = datamod.input_specs(model)
     if data is None:
-        rng = np.random.default_rng(_RANDOM_SEED)
-        feeds = []
-        for _ in range(max(1, min(max_samples, 4))):
-            feed = {}
-            for s in specs:
-                if s.shape is None:
-                    raise CalibrationDataError(f"input {s.name} has no known shape; give --data")
-                shape = tuple(d if isinstance(d, int) else 1 for d in s.shape)
-                dtype = s.dtype or np.dtype(np.float32)
-                if np.issubdtype(dtype, np.floating):
-                    feed[s.name] = rng.standard_normal(shape).astype(dtype)
-                elif dtype == np.bool_ or _is_mask(s.name):
-                    feed[s.name] = np.ones(shape, dtype)  # every position attended
-                elif _is_token_type(s.name):
-                    feed[s.name] = np.zeros(shape, dtype)
-                elif "position" in s.name.lower() and len(shape) >= 1:
-                    feed[s.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(dtype)
-                else:  # ids: below the size of every table the input indexes
-                    feed[s.name] = rng.integers(0, min(8, _index_bound(model, s.name)), shape).astype(dtype)
-            feeds.append(feed)
-        return feeds, "random inputs (seed 0); pass --data for real ones"
+        for s in specs:
+            if s.shape is None:
+                raise CalibrationDataError(f"input {s.name} has no known shape; give --data")
+        symbolic = any(not isinstance(d, int) for s in specs for d in s.shape[1:])
+        sizes = _SYMBOLIC_SIZES if symbolic else (1,)
+        for size in sizes:
+            feeds = _random_feeds(model, specs, size, max(1, min(max_samples, 4)))
+            if len(sizes) == 1 or _runs(model, feeds[0]):
+                break
+        else:
+            size = sizes[0]
+            feeds = _random_feeds(model, specs, size, max(1, min(max_samples, 4)))
+        where = "random inputs (seed 0"
+        if symbolic:
+            where += "; symbolic sizes: " + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
+        return feeds, where + "); pass --data for real ones"
     if isinstance(data, (str, os.PathLike)) and _is_image_folder(Path(data)):
         from onnxq.preprocess import IMAGENET, from_images, parse_preprocess
 
@@ -114,6 +114,60 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
     source.precheck(specs)
     feeds = list(source.feeds(specs, limit=max_samples))
     return feeds, f"{len(feeds)} samples from {source.description}"
+
+
+def _runs(model, feed: dict) -> bool:
+    """Whether ORT CPU runs ``model`` on ``feed`` (True, untried, for models too big to try)."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    if any(domain.startswith("com.onnxq") for domain in model.opset_imports):
+        return True  # needs the custom-op library: not tried
+    try:
+        proto = ir.to_proto(model)
+        if proto.ByteSize() > _TRIAL_MAX_BYTES:
+            return True
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+        return True
+    except Exception as e:  # noqa: BLE001 - any refusal means: try the next size
+        logger.debug("random inputs %s: %s", {k: v.shape for k, v in feed.items()}, str(e).splitlines()[0][:200])
+        return False
+
+
+def _random_feeds(model, specs, size: int, count: int) -> list[dict]:
+    """``count`` seeded random feeds, symbolic dimensions ``size`` (the first axis 1)."""
+    rng = np.random.default_rng(_RANDOM_SEED)
+    names = {v.name: [getattr(d, "value", None) for d in (v.shape or ())] for v in model.graph.inputs}
+    # a named dimension that is the first axis of some input is the batch wherever it appears
+    # (an RNN state [layers, batch, hidden] must match its input's batch)
+    batch = {dims[0] for dims in names.values() if dims and isinstance(dims[0], str)}
+
+    def dim(s, i: int, d) -> int:
+        if isinstance(d, int):
+            return d
+        label = names.get(s.name, [])[i] if i < len(names.get(s.name, [])) else None
+        return 1 if i == 0 or (label is not None and label in batch) else size
+
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for s in specs:
+            shape = tuple(dim(s, i, d) for i, d in enumerate(s.shape))
+            dtype = s.dtype or np.dtype(np.float32)
+            if np.issubdtype(dtype, np.floating):
+                feed[s.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == np.bool_ or _is_mask(s.name):
+                feed[s.name] = np.ones(shape, dtype)  # every position attended
+            elif _is_token_type(s.name):
+                feed[s.name] = np.zeros(shape, dtype)
+            elif "position" in s.name.lower() and len(shape) >= 1:
+                feed[s.name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(dtype)
+            else:  # ids: below the size of every table the input indexes
+                feed[s.name] = rng.integers(0, min(8, _index_bound(model, s.name)), shape).astype(dtype)
+        feeds.append(feed)
+    return feeds
 
 
 def output_names(session) -> list[str]:

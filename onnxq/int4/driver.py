@@ -123,6 +123,14 @@ def run_weight_only_int4(
     t0 = time.perf_counter()
     QuantizeMatMulInt4Pass(recipe, stats, progress=progress)(model)
     notes.append(f"{recipe.algorithm} on {len(selected)} weights in {time.perf_counter() - t0:.1f} s")
+    if recipe.format == "qdq" and recipe.sum_rewrites:
+        from onnxq.passes.bias_sum import BiasSumPass
+
+        sums = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum")
+        if BiasSumPass()(model).modified:
+            added = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
+            notes.append(f"wrote {added} Add(s) after an int4 MatMul as Sum (ORT CPU would fold MatMul + Add into a "
+                         "float Gemm and dequantize the weight on every run)")
     library_missing = None
     if recipe.format == "onnxq" and recipe.accuracy_level is None:
         from onnxq import runtime

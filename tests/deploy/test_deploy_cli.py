@@ -165,3 +165,27 @@ def test_accuracy_level_with_the_qdq_format_is_refused(tiny_float, tmp_path):
     res = _run("quantize", tiny_float, "-o", tmp_path / "m.onnx", "--recipe", "int4-weight-only", "--accuracy-level", "4",
                "--target", "ort-mobile")  # the target picks matmulnbits: the level applies
     assert "--accuracy-level applies" not in res.output, res.output
+
+
+def test_random_feeds_pick_symbolic_sizes_the_model_runs_with():
+    """Symbolic sizes: the first of 64, 16, 512, 1 that the model runs with (a 1-sample input
+    fails reflect padding and strided detectors); a named batch dimension is 1 wherever it
+    appears (an RNN state [layers, batch, hidden] must match its input)."""
+    import numpy as np
+
+    from onnxq.deploy.common import input_feeds
+    from tests.helpers import model_from_text
+
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[batch, seq] x, float[2, batch, 3] state) => (float[batch, 16] y, float[2, batch, 3] s2) {
+            y = Reshape(x, shape)
+            s2 = Relu(state)
+        }
+        """,
+        {"shape": np.array([1, 16], np.int64)},
+    )
+    feeds, where = input_feeds(model)
+    assert feeds[0]["x"].shape == (1, 16) and feeds[0]["state"].shape == (2, 1, 3)
+    assert "symbolic sizes: x [1, 16], state [2, 1, 3]" in where

@@ -293,3 +293,45 @@ def test_token_rows_are_not_pooled_heads_and_keep_8bit_wins():
     assert reason["expert"] == "" and reason["big"] == "" and reason["classifier"].startswith(HEAD_REASON), reason
     reason = {dec.name: dec.reason for dec in plan_int4(model, WeightOnlyInt4(block_size=32, keep_8bit=("classifier",)))}
     assert reason["classifier"] == INT8_REASON
+
+
+def test_qdq_bias_add_is_a_sum_so_ort_fuses_matmulnbits(tmp_path):
+    """MatMul -> Add -> Relu with a blocked DequantizeLinear weight: ORT CPU folds MatMul + Add
+    (+ Relu) into a float FusedGemm before it makes MatMulNBits, and then dequantizes the
+    weight on every run (10x slower than float). Written as Sum, the int4 MatMul stays."""
+    import collections
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 256] x) => (float[1, 64] y) {
+            a = MatMul(x, w1)
+            b = Add(a, b1)
+            r = Relu(b)
+            c = MatMul(r, w2)
+            y = Add(c, b2)
+        }
+        """,
+        {"w1": rng.standard_normal((256, 128)).astype(np.float32), "b1": rng.standard_normal(128).astype(np.float32),
+         "w2": rng.standard_normal((128, 64)).astype(np.float32), "b2": rng.standard_normal(64).astype(np.float32)},
+    )
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    q, report = onnxq.quantize_with_report(model, WeightOnlyInt4(block_size=32, float_heads=False))
+    assert any("as Sum" in n for n in report.notes), report.notes
+    path = tmp_path / "q.onnx"
+    onnxq.save(q, path)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    y = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["MatMulNBits"] == 2 and not ops["FusedGemm"] and not ops["Gemm"], ops
+    ref = run_ort(model, {"x": x})[0]
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 0.1
+    # a runtime other than ORT keeps the Add
+    from onnxq.targets import apply_target
+
+    ov, _ = apply_target(WeightOnlyInt4(block_size=32, float_heads=False), "openvino")
+    assert not ov.sum_rewrites

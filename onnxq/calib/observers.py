@@ -372,6 +372,10 @@ class EntropyObserver(HistogramObserver):
 
     method = "entropy"
     max_candidates: ClassVar[int] = 256
+    # the threshold clips at most this share of the non-zero values: KL alone clips far too hard
+    # where |x| is not bell-shaped (a sigmoid's mass near 1 cut at 0.5, a swish's tail at 1.5
+    # of 7.5: a CNN+LSTM OCR model at 4.5 dB output SQNR instead of 23)
+    max_clipped: ClassVar[float] = 1e-3
 
     def range(self, qtype: qp.QType = qp.UINT8, *, symmetric: bool = False) -> tuple[float, float]:
         self._require_hist()
@@ -381,8 +385,11 @@ class EntropyObserver(HistogramObserver):
         n = dist.size
         if n <= num_quant or np.count_nonzero(dist) <= 2:  # a constant or two values: nothing to clip
             return self.min, self.max
-        step = max(1, (n - num_quant) // self.max_candidates)
-        candidates = np.arange(num_quant, n + 1, step, dtype=np.int64)
+        cum = np.cumsum(dist)
+        floor = int(np.searchsorted(cum, (1.0 - self.max_clipped) * cum[-1])) + 1  # bins kept whole
+        first = max(num_quant, min(floor, n))
+        step = max(1, (n - first) // self.max_candidates)
+        candidates = np.arange(first, n + 1, step, dtype=np.int64)
         if candidates[-1] != n:
             candidates = np.append(candidates, n)
         kl = kl_divergences(dist, num_quant, candidates)

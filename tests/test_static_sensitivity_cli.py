@@ -97,7 +97,7 @@ def test_target_flag_errors_are_one_line(setup, tmp_path, args, message):
 
 def test_default_static_calibration_is_the_measured_best():
     r = StaticInt8()
-    assert (r.calibration, r.percentile) == ("mse", 99.999)
+    assert (r.calibration, r.percentile) == ("auto", 99.999)
 
 
 def test_float_budget_limits_what_is_kept_in_float(setup, tmp_path):

@@ -33,6 +33,7 @@ __all__ = [
     "PercentileObserver",
     "EntropyObserver",
     "MseObserver",
+    "AutoObserver",
     "make_observer",
     "ChannelMeanObserver",
     "ChannelMaxObserver",
@@ -426,6 +427,26 @@ class MseObserver(HistogramObserver):
         err = (((q - zp) * scale - centers[None, :]) ** 2 * counts[None, :]).sum(axis=1)
         best = int(np.argmin(err))
         return max(float(rmin[best]), self.min), min(float(rmax[best]), self.max)
+
+
+class AutoObserver(MseObserver):
+    """For ``calibration="auto"``: the histogram of an mse observer, fed exactly as one (the
+    sample and its extremes: a range search over exact extremes that an outlier stretches is
+    coarser), plus the exact extremes on the side (``exact``) for the minmax candidate."""
+
+    method = "auto"
+    exact_extremes = True  # the probe computes the exact extremes: they go to ``exact``
+
+    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+        super().__init__(bins)
+        self.exact = MinMaxObserver()
+
+    def update(self, x: np.ndarray | None = None, *, vmin=None, vmax=None) -> None:
+        self.exact.update(x, vmin=vmin, vmax=vmax)
+        if x is not None and np.size(x):
+            super().update(x)
+        elif not self.seen:  # extremes only, and no sample yet: they bound the histogram
+            super().update(x, vmin=vmin, vmax=vmax)
 
 
 class ChannelMeanObserver:

@@ -119,6 +119,35 @@ def _onnx_name(original: str, known: Mapping[str, str]) -> str | None:
     return None
 
 
+# OpenVINO this many dB below ORT CPU on the same file and data: worth a note (its int8 kernels
+# and QDQ fusions are its own; a YOLOv8n detector's box rows lost 15 dB there)
+OPENVINO_GAP_DB = 3.0
+
+
+def _against_ort_cpu(path: Path, float_path: Path, report, feeds, names, threads: int) -> None:
+    """ORT CPU's error on the same model, files and data, beside OpenVINO's
+    (``metrics["ort_cpu_error_vs_float"]``), and a note for each output where OpenVINO is
+    :data:`OPENVINO_GAP_DB` or more below it."""
+    from onnxq.deploy.common import compare_runners, ort_runner
+
+    try:
+        ort_ref, _ = ort_runner(float_path, threads=threads)
+        ort_run, _ = ort_runner(path, threads=threads)
+        ort_err = compare_runners(ort_ref, ort_run, feeds, names)
+    except Exception as e:  # noqa: BLE001 - ORT is only the yardstick here
+        report.notes.append(f"ORT CPU could not run the model for comparison: {str(e).splitlines()[0][:160]}")
+        return
+    report.metrics["ort_cpu_error_vs_float"] = ort_err
+    for name, ov in report.metrics["error_vs_float"].items():
+        a, b = ov.get("sqnr_db"), ort_err.get(name, {}).get("sqnr_db")
+        if a is not None and b is not None and a < b - OPENVINO_GAP_DB:
+            report.notes.append(
+                f"output {name!r}: OpenVINO runs it {b - a:.1f} dB further from the float model than ORT CPU does on "
+                f"the same file ({a:.1f} vs {b:.1f} dB): check it on real data in OpenVINO, and try "
+                "`onnxq compare` / --exclude on the layers that feed it"
+            )
+
+
 def verify_openvino(
     path: Path,
     report: DeployReport,
@@ -168,6 +197,7 @@ def verify_openvino(
         except Exception as e:
             raise OnnxqError(f"OpenVINO cannot compile the float model {float_path}: {str(e)[:200]}") from None
         report.metrics["error_vs_float"] = compare_runners(ref, run, feeds, run.output_names)
+        _against_ort_cpu(path, float_path, report, feeds, run.output_names, threads)
         if latency and feeds:
             ms = interleaved_latency({"float": ref, "model": run}, feeds[0])
             report.metrics["latency_ms"] = {k: round(v, 3) for k, v in ms.items()}

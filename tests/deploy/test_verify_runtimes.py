@@ -106,6 +106,11 @@ def test_openvino_runs_ort_qdq_model_in_int8(openvino, tiny_ort_qdq, tiny_float,
     assert int8 == total == 3
     assert r.metrics["error_vs_float"]["logits"]["cosine"] > 0.98
     assert r.metrics["latency_ms"]["model"] > 0
+    # ORT CPU on the same file and data, beside it: a note only where OpenVINO is far behind
+    ov, ort_cpu = r.metrics["error_vs_float"]["logits"], r.metrics["ort_cpu_error_vs_float"]["logits"]
+    assert ort_cpu["cosine"] > 0.98
+    behind = ov["sqnr_db"] is not None and ort_cpu["sqnr_db"] is not None and ov["sqnr_db"] < ort_cpu["sqnr_db"] - 3
+    assert behind == any("further from the float model than ORT CPU" in n for n in r.notes), r.notes
 
 
 def test_openvino_reports_layers_left_in_float(openvino, tmp_path):
@@ -159,3 +164,23 @@ def _other_input_model(tmp_path):
     p = tmp_path / "other.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), p)
     return p
+
+
+def test_an_openvino_result_far_behind_ort_cpu_gets_a_note(tiny_ort_qdq, tiny_float, tiny_data):
+    """The comparison behind the note: OpenVINO's error (here set far below what ORT CPU
+    reaches on the same file) against ORT CPU's, measured on the same feeds."""
+    from onnxq.deploy import DeployReport
+    from onnxq.deploy.common import input_feeds
+    from onnxq.deploy.openvino import _against_ort_cpu
+    from onnxq import modelio
+
+    feeds, _ = input_feeds(modelio.load(tiny_float), str(tiny_data), max_samples=8)
+    report = DeployReport(target="openvino", runtime="OpenVINO", model=str(tiny_ort_qdq))
+    report.metrics["error_vs_float"] = {"logits": {"sqnr_db": 1.0, "cosine": 0.5}}
+    _against_ort_cpu(tiny_ort_qdq, tiny_float, report, feeds, ["logits"], 1)
+    assert report.metrics["ort_cpu_error_vs_float"]["logits"]["sqnr_db"] > 10
+    assert any("OpenVINO runs it" in n and "ORT CPU" in n for n in report.notes), report.notes
+    report.notes.clear()
+    report.metrics["error_vs_float"]["logits"]["sqnr_db"] = report.metrics["ort_cpu_error_vs_float"]["logits"]["sqnr_db"]
+    _against_ort_cpu(tiny_ort_qdq, tiny_float, report, feeds, ["logits"], 1)
+    assert not report.notes

@@ -264,11 +264,12 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
             raise VerificationError(f"{e}; {output} was removed (--no-verify writes it unchecked)") from None
         source = data if data is not None else int4_data
         if source is not None:
-            from onnxq.verify import AgreementSkipped, agreement_with_float
+            from onnxq.verify import AGREEMENT_SAMPLES, AgreementSkipped, agreement_with_float
 
             try:
                 limit = getattr(recipe, "max_samples", 0) or getattr(recipe, "calib_samples", 0)
-                agreement = agreement_with_float(model, output, source, **({"samples": min(8, limit)} if limit else {}))
+                agreement = agreement_with_float(model, output, source,
+                                                 **({"samples": min(AGREEMENT_SAMPLES, limit)} if limit else {}))
             except Exception as e:  # the model is written and loads: a skipped or failed comparison is only a note
                 why = str(e) if isinstance(e, AgreementSkipped) else f"{type(e).__name__}: {str(e)[:160]}"
                 report = dataclasses.replace(report, notes=tuple(report.notes) + (

@@ -223,7 +223,7 @@ def test_static_quantize_checks_outputs_against_the_float_model(tiny, tmp_path, 
                                   "--calib-data", str(data)])
     assert r.exit_code == 0, r.output
     line = next(ln for ln in r.output.splitlines() if ln.startswith("check:"))
-    assert f"'y' vs the float model, {AGREEMENT_SAMPLES} calibration samples" in line
+    assert f"'y' vs the float model, {min(AGREEMENT_SAMPLES, 20)} calibration samples" in line  # all 20 when fewer
     assert float(line.split("SQNR ")[1].split(" dB")[0]) > 30
     assert "warning" not in r.output
     r = CliRunner().invoke(main, ["quantize", str(tiny), "-o", str(tmp_path / "q2.onnx"), "--recipe", "int8-static",

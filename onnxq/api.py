@@ -121,6 +121,25 @@ def _upgrade_opset(model: ir.Model, version: int, why: str) -> list[str]:
     return [f"upgraded the model from opset {current} to {version} ({why})"] + _drop_contradicted_shapes(model)
 
 
+def _recurrent_note(model: ir.Model) -> list[str]:
+    """A note for LSTM/GRU/RNN nodes, which no onnxq recipe quantizes: how many, and what
+    share of the model's weights they hold (a CNN+LSTM OCR model: 31 %)."""
+    from onnxq import modelio
+
+    nodes = [n for n in model.graph.all_nodes() if n.op_type in ("LSTM", "GRU", "RNN") and n.domain in ("", "ai.onnx")]
+    if not nodes:
+        return []
+    held = 0
+    for n in nodes:
+        for v in n.inputs[1:3]:
+            a = irutil.const_array(v) if v is not None else None
+            held += a.nbytes if a is not None else 0
+    total = modelio.model_weight_bytes(model) or 1
+    kinds = ", ".join(sorted({n.op_type for n in nodes}))
+    return [f"{len(nodes)} recurrent node(s) ({kinds}, {held / total:.0%} of the weights) stay float: onnxq does not "
+            "quantize recurrent ops (ORT's quantize_dynamic writes com.microsoft.DynamicQuantizeLSTM for LSTM)"]
+
+
 def _drop_contradicted_shapes(model: ir.Model) -> list[str]:
     """Shapes an exporter declared that the graph, read at the new opset, contradicts (ONNX's
     inference knows more at higher opsets: a declared ``[1, seqlen]`` output that is really
@@ -161,6 +180,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     notes += _upgrade_opset(model, 13, "DynamicQuantizeLinear needs 11, the upgrade goes to 13")
+    notes += _recurrent_note(model)
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
@@ -190,6 +210,7 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     notes += _upgrade_opset(model, 13, "per-channel QDQ needs it")
+    notes += _recurrent_note(model)
     from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.fold_conv_affine import FoldConvAffinePass
 

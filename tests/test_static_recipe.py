@@ -28,3 +28,30 @@ def test_toml_static_recipe_with_tensor_overrides(tmp_path):
 def test_static_recipe_validation(kw, message):
     with pytest.raises(RecipeError, match=message):
         StaticInt8(**kw)
+
+
+def test_recurrent_nodes_left_float_are_named_with_their_weight_share():
+    import numpy as np
+
+    import onnxq
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(2)
+    hidden, feat = 8, 16
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[5, 1, 16] x) => (float[5, 1, 8] y) {
+            h, last = LSTM <hidden_size: int = 8> (x, w, r)
+            s = Squeeze(h, one)
+            y = MatMul(s, proj)
+        }
+        """,
+        {"w": rng.standard_normal((1, 4 * hidden, feat)).astype(np.float32),
+         "r": rng.standard_normal((1, 4 * hidden, hidden)).astype(np.float32),
+         "one": np.array([1], np.int64), "proj": rng.standard_normal((hidden, 8)).astype(np.float32)},
+    )
+    _, report = onnxq.quantize_with_report(model, onnxq.DynamicInt8(min_weight_elements=1))
+    note = next(n for n in report.notes if "recurrent" in n)
+    # W 512 + R 256 of 832 weight values
+    assert note.startswith("1 recurrent node(s) (LSTM, 92% of the weights) stay float"), note

@@ -261,7 +261,7 @@ def _fit_to_input(pp: ImagePreprocess, spec) -> ImagePreprocess:
         if pp.channel_order == "GRAY" and spec.shape[c_axis] not in (None, 1):
             raise CalibrationDataError(f"order=GRAY makes 1-channel images but input {spec.describe()} has "
                                        f"{spec.shape[c_axis]} channels at axis {c_axis}; drop order=GRAY")
-        if spec.shape[c_axis] not in (None, 3) and not (spec.shape[c_axis] == 1 and pp.channel_order == "GRAY"):
+        if pp.channel_order != "GRAY" and spec.shape[c_axis] not in (None, 3):
             other, o_axis = ("NHWC", 3) if pp.layout == "NCHW" else ("NCHW", 1)
             if spec.shape[o_axis] in (None, 3):
                 raise CalibrationDataError(

@@ -547,12 +547,12 @@ def calibrate_plan(
 AUTO_METHODS = ("mse", "percentile", "minmax")
 
 
-def _as_method(obs: Observer, method: str, percentile: float) -> Observer:
-    """An observer of ``method`` holding ``obs``'s statistics (a histogram observer's state
-    serves every method; minmax reads only the extremes)."""
-    if method == "minmax" and isinstance(obs, AutoObserver):
+def _as_method(obs: AutoObserver, method: str, percentile: float) -> Observer:
+    """An observer of ``method`` holding ``obs``'s statistics (its histogram serves every
+    histogram method; minmax reads the exact extremes kept beside it)."""
+    if method == "minmax":
         return obs.exact
-    view = make_observer(method, percentile=percentile, bins=getattr(obs, "bins", 2048))
+    view = make_observer(method, percentile=percentile, bins=obs.bins)
     own = {"percentile", "exact_extremes", "exact"}
     view.__dict__.update({k: v for k, v in obs.__dict__.items() if k not in own})
     return view
@@ -764,7 +764,9 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
         )
     auto_note = None
     if recipe.calibration == "auto":
-        weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        from onnxq import modelio
+
+        weight_bytes = modelio.model_weight_bytes(model)
         if weight_bytes > AUTO_MAX_WEIGHT_BYTES:
             auto_note = (f"calibration auto: mse (the model's {weight_bytes >> 20} MB of weights are over the "
                          f"{AUTO_MAX_WEIGHT_BYTES >> 20} MB up to which the methods are tried side by side)")

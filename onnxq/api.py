@@ -121,9 +121,10 @@ def _upgrade_opset(model: ir.Model, version: int, why: str) -> list[str]:
     return [f"upgraded the model from opset {current} to {version} ({why})"] + _drop_contradicted_shapes(model)
 
 
-def _recurrent_note(model: ir.Model) -> list[str]:
-    """A note for LSTM/GRU/RNN nodes, which no onnxq recipe quantizes: how many, and what
-    share of the model's weights they hold (a CNN+LSTM OCR model: 31 %)."""
+def _recurrent_note(model: ir.Model, recipe: DynamicInt8 | StaticInt8) -> list[str]:
+    """A note for the LSTM/GRU/RNN nodes left in float after the quantization passes (which
+    write LSTMs as ORT's DynamicQuantizeLSTM where the recipe's op types name LSTM): how
+    many, and what share of the model's weights they hold (a CNN+LSTM OCR model: 31 %)."""
     from onnxq import modelio
 
     nodes = [n for n in model.graph.all_nodes() if n.op_type in ("LSTM", "GRU", "RNN") and n.domain in ("", "ai.onnx")]
@@ -136,8 +137,12 @@ def _recurrent_note(model: ir.Model) -> list[str]:
             held += a.nbytes if a is not None else 0
     total = modelio.model_weight_bytes(model) or 1
     kinds = ", ".join(sorted({n.op_type for n in nodes}))
-    return [f"{len(nodes)} recurrent node(s) ({kinds}, {held / total:.0%} of the weights) stay float: onnxq does not "
-            "quantize recurrent ops (ORT's quantize_dynamic writes com.microsoft.DynamicQuantizeLSTM for LSTM)"]
+    why = (
+        "only LSTM has a quantized form, ORT's DynamicQuantizeLSTM (GRU and RNN have none in ORT)"
+        if "LSTM" in recipe.op_types else "LSTM is not among the op types (the target does not run ORT's "
+        "com.microsoft.DynamicQuantizeLSTM, or --op-types left it out)"
+    )
+    return [f"{len(nodes)} recurrent node(s) ({kinds}, {held / total:.0%} of the weights) stay float: {why}"]
 
 
 def _drop_contradicted_shapes(model: ir.Model) -> list[str]:
@@ -180,7 +185,6 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     notes += _upgrade_opset(model, 13, "DynamicQuantizeLinear needs 11, the upgrade goes to 13")
-    notes += _recurrent_note(model)
     prepare(model)
     decisions = tuple(plan_dynamic(model, recipe))
     if not any(d.selected for d in decisions):
@@ -199,6 +203,7 @@ def _run_dynamic(recipe: DynamicInt8, model: ir.Model, data: Any) -> QuantizeRep
                 "--op-types MatMul,Gemm,Gather,Conv to force dynamic Conv"
             )
     DynamicQuantizePass(recipe)(model)
+    notes += _recurrent_note(model, recipe)
     if recipe.sum_rewrites:
         notes += _sum_rewrites(model)
     return QuantizeReport(recipe, decisions, tuple(notes))
@@ -210,7 +215,6 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
 
     notes = _widen_float16(model, keep_gather_tables="Gather" not in recipe.op_types)
     notes += _upgrade_opset(model, 13, "per-channel QDQ needs it")
-    notes += _recurrent_note(model)
     from onnxq.passes.fold_constants import FoldConstantsPass
     from onnxq.passes.fold_conv_affine import FoldConvAffinePass
 
@@ -238,8 +242,11 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         notes.append(f"wrote {activations() - before} written-out hard-sigmoid/hard-swish as the ops")
     from onnxq.passes.dynamic_quantize import DynamicQuantizePass, plan_dynamic
 
-    tables = DynamicInt8(op_types=("Gather",), exclude=recipe.exclude, include=recipe.include)
-    gathers = tuple(plan_dynamic(model, tables)) if "Gather" in recipe.op_types else ()
+    # embedding tables and LSTMs: int8-dynamic's rewrites, after the QDQ
+    dynamic_ops = tuple(o for o in ("Gather", "LSTM") if o in recipe.op_types)
+    tables = DynamicInt8(op_types=dynamic_ops, per_channel=recipe.per_channel, exclude=recipe.exclude,
+                         include=recipe.include)
+    gathers = tuple(plan_dynamic(model, tables)) if dynamic_ops else ()
     try:
         result = quantize_static(model, recipe, data)
         decisions, static_notes = tuple(result.decisions), tuple(result.notes)
@@ -248,10 +255,16 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
             if gathers and "the model has no" in str(e):  # no QDQ candidate at all: say why the Gathers were skipped
                 raise NothingToQuantizeError(_nothing_message(recipe, gathers, model)) from None
             raise
-        decisions, static_notes = (), ("no node for int8 QDQ; only the embedding tables were quantized",)
+        decisions, static_notes = (), ("no node for int8 QDQ; only embedding tables / LSTMs were quantized",)
     if gathers and DynamicQuantizePass(tables)(model).modified:
-        n = sum(d.selected for d in gathers)
-        notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
+        n = sum(d.selected for d in gathers if d.node.op_type == "Gather")
+        if n:
+            notes.append(f"stored {n} embedding table(s) read by Gather as int8 with one scale per row")
+        n = sum(d.selected for d in gathers if d.node.op_type == "LSTM")
+        if n:
+            notes.append(f"wrote {n} LSTM(s) as ORT's DynamicQuantizeLSTM: int8 weights, input and state quantized "
+                         "at run time")
+    notes += _recurrent_note(model, recipe)
     decisions += gathers
     if recipe.sum_rewrites:
         notes += _sum_rewrites(model)

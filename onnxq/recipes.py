@@ -114,7 +114,8 @@ class DynamicInt8(Recipe):
 
     name: ClassVar[str] = "int8-dynamic"
     # Conv is opt-in: ORT CPU runs ConvInteger several times slower than a float Conv
-    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")
+    # LSTM: ORT's com.microsoft.DynamicQuantizeLSTM (no standard-op form exists)
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather", "LSTM")
     per_channel: bool = True
     reduce_range: bool = False
     fused: bool = False
@@ -134,10 +135,10 @@ class DynamicInt8(Recipe):
         super().__post_init__()
         if self.token_scales not in self._TOKEN_SCALES:
             raise RecipeError(f"token_scales must be one of {', '.join(self._TOKEN_SCALES)}, got {self.token_scales!r}")
-        unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv", "Gather"}
+        unsupported = set(self.op_types) - {"MatMul", "Gemm", "Conv", "Gather", "LSTM"}
         if unsupported:
             raise RecipeError(
-                f"int8-dynamic cannot quantize {sorted(unsupported)}; choose from MatMul, Gemm, Conv, Gather"
+                f"int8-dynamic cannot quantize {sorted(unsupported)}; choose from MatMul, Gemm, Conv, Gather, LSTM"
             )
         if self.min_weight_elements < 0:
             raise RecipeError("min_weight_elements must be >= 0")
@@ -184,7 +185,7 @@ class StaticInt8(Recipe):
     name: ClassVar[str] = "int8-static"
     op_types: tuple[str, ...] = (
         "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat",
-        "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Gather",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "Resize", "Gather", "LSTM",
     )
     calibration: str = "auto"  # auto | minmax | percentile | entropy | mse
     percentile: float = 99.999
@@ -234,7 +235,7 @@ class StaticInt8(Recipe):
     _OVERRIDE_KEYS: ClassVar[tuple[str, ...]] = ("activation_type", "symmetric", "calibration", "percentile", "range")
     _OP_TYPES: ClassVar[frozenset[str]] = frozenset(
         {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "MaxPool", "AveragePool",
-         "GlobalAveragePool", "Resize", "Gather"}
+         "GlobalAveragePool", "Resize", "Gather", "LSTM"}
     )
 
     def __post_init__(self) -> None:

@@ -281,8 +281,9 @@ _QNN = TargetProfile(
     weight_type="uint8",
     per_channel=False,
     per_channel_ops=("Conv", "ConvTranspose"),
-    # not Gather: its int8 tables are dequantized by a float Cast + Mul (quantized graphs only)
-    qdq_op_types=tuple(o for o in _STATIC_DEFAULT_OPS if o != "Gather"),
+    # not Gather: its int8 tables are dequantized by a float Cast + Mul (quantized graphs only);
+    # not LSTM: written as ORT's com.microsoft.DynamicQuantizeLSTM, a CPU contrib op
+    qdq_op_types=tuple(o for o in _STATIC_DEFAULT_OPS if o not in ("Gather", "LSTM")),
     weights_quantized=True,
     int32_bias=True,
     min_opset=13,

@@ -13,6 +13,12 @@ Emits only ops that ORT CPU executes:
 - Conv → ``DynamicQuantizeLinear`` + ``ConvInteger`` (int8 weights, scalar zero point 0:
   ORT's ConvInteger refuses per-channel zero points but not per-channel scales applied
   afterwards) + ``Mul`` + bias ``Add``.
+- LSTM → ORT's ``com.microsoft.DynamicQuantizeLSTM`` (there is no standard-op form: the
+  recurrence would have to be unrolled): W and R int8, transposed to ``[directions, in,
+  4*hidden]``, one symmetric scale per gate row (``[directions, 4*hidden]``; per tensor:
+  one per direction), zero points 0; input, hidden state and cell state stay float and ORT
+  quantizes them at run time. A bidirectional 256-unit LSTM, 1 thread: 3.0x faster than
+  float, 36 dB output SQNR.
 """
 
 from __future__ import annotations
@@ -59,9 +65,29 @@ def _check_gather(node: ir.Node, recipe: DynamicInt8) -> str | None:
     return None
 
 
+def _check_lstm(node: ir.Node, recipe: DynamicInt8) -> str | None:
+    if not _float32_input(node.inputs[0]):
+        return "input is not float32 (DynamicQuantizeLSTM takes float32 only)"
+    weights = [irutil.const_array(v) if v is not None else None for v in node.inputs[1:3]]
+    if any(w is None for w in weights):
+        return "W or R is not a constant weight"
+    if any(w.dtype != np.float32 or w.ndim != 3 for w in weights):
+        return "W and R must be 3-D float32 weights"
+    if node.attributes.get_int("layout", 0) != 0:
+        return "layout=1 (batch first) is left in float: ORT's DynamicQuantizeLSTM has no layout attribute"
+    size = sum(w.size for w in weights)
+    if size < recipe.min_weight_elements:
+        return f"W and R have {size} elements (< min_weight_elements={recipe.min_weight_elements})"
+    if not all(np.all(np.isfinite(w)) for w in weights):
+        return "W or R contains NaN or Inf"
+    return None
+
+
 def _check(node: ir.Node, recipe: DynamicInt8) -> str | None:
     if node.op_type == "Gather":
         return _check_gather(node, recipe)
+    if node.op_type == "LSTM":
+        return _check_lstm(node, recipe)
     if not node.inputs or not _float32_input(node.inputs[0]):
         return "activation is not float32 (DynamicQuantizeLinear takes float32 only: convert the model to float32 first)"
     weight_index = 1
@@ -174,6 +200,10 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
                 originals.append((graph, node.inputs[0]))
                 self._rewrite_gather(graph, node, state)
                 continue
+            if node.op_type == "LSTM":
+                originals.extend((graph, v) for v in node.inputs[1:3])
+                self._rewrite_lstm(graph, node, state)
+                continue
             originals.extend((graph, v) for v in node.inputs[1:] if v is not None)
             if node.op_type == "Conv":
                 self._rewrite_conv(graph, node, state)
@@ -181,7 +211,7 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
                 self._rewrite_matmul(graph, node, state)
         for graph, value in originals:
             irutil.remove_if_unused(graph, value)
-        if self.recipe.fused:
+        if self.recipe.fused or any(d.node.op_type == "LSTM" for d in decisions):
             irutil.ensure_opset(model, "com.microsoft", 1)
         logger.debug("dynamic int8: rewrote %d nodes", len(decisions))
         return ir.passes.PassResult(model, modified=True)
@@ -338,6 +368,49 @@ class DynamicQuantizePass(ir.passes.InPlacePass):
             y = b.op("Add", [y, irutil.add_initializer(graph, state.names(f"{label}_bias"), bias)])
         b.insert_before(graph, node)
         irutil.replace_node_output(graph, node, y)
+
+    # -- LSTM -------------------------------------------------------------------------------
+
+    def _lstm_weight(self, graph: ir.Graph, state: _RunState, value: ir.Value, label: str) -> tuple[ir.Value, ...]:
+        """int8 codes of an LSTM weight ``[D, 4H, in]`` as ``[D, in, 4H]``, its scales and
+        zero points (``[D, 4H]`` per channel, ``[D]`` per tensor)."""
+        key = (id(value), "lstm")
+        if key not in state.weights:
+            w = irutil.const_array(value)
+            d, rows, cols = w.shape
+            # per channel: one scale per gate row; per tensor: one per direction (the op's shape)
+            flat = w.reshape(d * rows, cols) if self.recipe.per_channel else w.reshape(d, rows * cols)
+            params = self._weight_qparams(flat, 0, per_row=True)
+            codes = qp.quantize(flat, params).reshape(d, rows, cols).transpose(0, 2, 1)
+            scale = params.scale.reshape(-1).astype(np.float32)
+            scale = scale.reshape(d, rows) if self.recipe.per_channel else scale
+            weight_graph = value.graph or graph
+            state.weights[key] = (
+                irutil.add_initializer(weight_graph, state.names(f"{label}_int8"), np.ascontiguousarray(codes)),
+                irutil.add_initializer(weight_graph, state.names(f"{label}_scale"), scale),
+                irutil.add_initializer(weight_graph, state.names(f"{label}_zero_point"), np.zeros(scale.shape, np.int8)),
+            )
+        return state.weights[key]
+
+    def _rewrite_lstm(self, graph: ir.Graph, node: ir.Node, state: _RunState) -> None:
+        label = node.name or (node.outputs[0].name or "lstm")
+        w_q, w_scale, w_zero = self._lstm_weight(graph, state, node.inputs[1], f"{label}_W")
+        r_q, r_scale, r_zero = self._lstm_weight(graph, state, node.inputs[2], f"{label}_R")
+        optional = [node.inputs[i] if len(node.inputs) > i else None for i in range(3, 8)]  # B .. P
+        new = ir.Node(
+            "com.microsoft", "DynamicQuantizeLSTM",
+            [node.inputs[0], w_q, r_q, *optional, w_scale, w_zero, r_scale, r_zero],
+            attributes=[a for a in node.attributes.values() if a.name != "layout"],
+            num_outputs=len(node.outputs), name=state.names(f"{label}/DynamicQuantizeLSTM"),
+        )
+        graph.insert_before(node, new)
+        for old, out in zip(node.outputs, new.outputs):
+            out.type, out.shape = old.type, old.shape
+            old.replace_all_uses_with(out, replace_graph_outputs=True)
+        names = [old.name for old in node.outputs]
+        graph.remove(node, safe=True)
+        for name, out in zip(names, new.outputs):
+            out.name = name
 
     # -- Gather (embedding tables) ----------------------------------------------------------
 

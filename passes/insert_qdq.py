@@ -497,8 +497,8 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
     def check(node: ir.Node) -> str | None:
         return float_nodes[node.name] if node.name and node.name in float_nodes else _check(node, owners)
 
-    # Gather tables are int8-dynamic's per-row rewrite, after the QDQ (onnxq.api._run_static)
-    nodes = (n for n in irutil.iter_nodes(model.graph) if n.op_type != "Gather")
+    # Gather tables and LSTMs are int8-dynamic's rewrites, after the QDQ (onnxq.api._run_static)
+    nodes = (n for n in irutil.iter_nodes(model.graph) if n.op_type not in ("Gather", "LSTM"))
     decisions = select(nodes, recipe.selection, check)
     if not recipe.quantize_islands:
         # a Concat/Add/Mul/pool/Resize whose result the model returns: rounding it to 8 bits

@@ -335,3 +335,75 @@ g (float[B, S, 64] x) => (float[B, S, 32] y) {
       "one": np.array(1.0, np.float32)})
     DynamicQuantizePass(DynamicInt8(min_weight_elements=0))(model)
     assert "ReduceMax" not in [n.op_type for n in model.graph]
+
+
+LSTM_TEXT = """
+<ir_version: 8, opset_import: ["" : 17]>
+m (float[7, 2, 24] x, float[2, 2, 32] h0) => (float[7, 2, 2, 32] y, float[2, 2, 32] y_h, float[2, 2, 32] y_c) {
+    y, y_h, y_c = LSTM <hidden_size: int = 32, direction: string = "bidirectional"> (x, w, r, b, , h0)
+}
+"""
+
+
+def _lstm_model(layout_attr=""):
+    hidden, feat = 32, 24
+    text = LSTM_TEXT if not layout_attr else LSTM_TEXT.replace('"bidirectional">', '"bidirectional", layout: int = 1>')
+    if layout_attr:  # batch first: x [2, 7, 24], y [2, 7, 2, 32], states [2, 2, 32]
+        text = text.replace("float[7, 2, 24] x", "float[2, 7, 24] x").replace("float[7, 2, 2, 32] y", "float[2, 7, 2, 32] y")
+    rng = np.random.default_rng(5)
+    return model_from_text(text, {
+        "w": (rng.standard_normal((2, 4 * hidden, feat)) * 0.2).astype(np.float32),
+        "r": (rng.standard_normal((2, 4 * hidden, hidden)) * 0.2).astype(np.float32),
+        "b": (rng.standard_normal((2, 8 * hidden)) * 0.1).astype(np.float32),
+    })
+
+
+def _sqnr_db(ref, got):
+    ref, got = ref.astype(np.float64), got.astype(np.float64)
+    return 10 * np.log10((ref**2).sum() / ((ref - got) ** 2).sum())
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_lstm_becomes_dynamic_quantize_lstm_matching_float(per_channel):
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.standard_normal((7, 2, 24)).astype(np.float32),
+             "h0": rng.standard_normal((2, 2, 32)).astype(np.float32) * 0.5}
+    model = _lstm_model()
+    ref = run_ort(model, feeds)
+    w = irutil_const(model, "w")
+    result = DynamicQuantizePass(DynamicInt8(per_channel=per_channel))(model)
+    assert result.modified
+    ops = [n.op_type for n in model.graph]
+    assert ops == ["DynamicQuantizeLSTM"]
+    node = next(iter(model.graph))
+    assert node.domain == "com.microsoft" and node.attributes.get_string("direction") == "bidirectional"
+    codes, scale, zero = (irutil_const(model, node.inputs[i].name) for i in (1, 8, 9))
+    assert codes.dtype == np.int8 and codes.shape == (2, 24, 128)  # [directions, in, 4*hidden]
+    assert zero.dtype == np.int8 and not zero.any()
+    assert scale.shape == ((2, 128) if per_channel else (2,))
+    # the codes are the reference's: symmetric int8 per gate row (per direction), transposed
+    from onnxq import qparams as qp
+
+    flat = w.reshape(256, 24) if per_channel else w.reshape(2, 128 * 24)
+    params = qp.qparams_from_range(*qp.block_reduce_min_max(flat, qp.per_channel(flat.shape, 0)), qp.INT8,
+                                   symmetric=True, block_size=qp.per_channel(flat.shape, 0))
+    np.testing.assert_array_equal(codes, qp.quantize(flat, params).reshape(2, 128, 24).transpose(0, 2, 1))
+    check_full(model)
+    got = run_ort(model, feeds)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape
+        assert _sqnr_db(r, g) > (30 if per_channel else 25)
+    assert_pass_idempotent(lambda: DynamicQuantizePass(DynamicInt8(per_channel=per_channel)), model,
+                           expect_modified=False)
+
+
+def test_batch_first_lstm_is_left_float_with_the_reason():
+    decisions = plan_dynamic(_lstm_model(layout_attr="1"), DynamicInt8())
+    (d,) = [d for d in decisions if d.node.op_type == "LSTM"]
+    assert not d.selected and "layout=1" in d.reason
+
+
+def irutil_const(model, name):
+    from onnxq import irutil
+
+    return irutil.const_array(model.graph.initializers[name])

@@ -259,9 +259,11 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         try:
             check_model_file(output)
         except VerificationError as e:  # an invalid model is not left where a deployment would pick it up
-            for leftover in (Path(output), Path(str(output) + ".data")):
-                leftover.unlink(missing_ok=True)
+            _remove_written(output)
             raise VerificationError(f"{e}; {output} was removed (--no-verify writes it unchecked)") from None
+        except BaseException:  # Ctrl-C, SIGTERM (SystemExit), out of memory mid-check: nor is an unchecked one
+            _remove_written(output)
+            raise
         source = data if data is not None else int4_data
         if source is not None:
             from onnxq.verify import AGREEMENT_SAMPLES, AgreementSkipped, agreement_with_float
@@ -286,6 +288,14 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
                    "the closest model found. Raise --float-budget, try --weight-rounding gptq, or lower the target "
                    f"(exit {TARGET_MISSED_EXIT})", err=True)
         raise SystemExit(TARGET_MISSED_EXIT)
+
+
+def _remove_written(output: str) -> None:
+    """Remove a just-written model (and its external data) that did not pass the check."""
+    from pathlib import Path
+
+    for leftover in (Path(output), Path(str(output) + ".data")):
+        leftover.unlink(missing_ok=True)
 
 
 def _print_agreement(comparison, model: str, output: str) -> None:

@@ -302,3 +302,19 @@ def test_a_keep_float_that_matches_nothing_is_noted(tmp_path):
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "keep_float '/no/such/MatMul' matches no node name" in out and "keep_8bit 'nope.*' matches no node" in out
+
+
+def test_an_interrupted_check_removes_the_unchecked_model(tmp_path, monkeypatch):
+    """SIGTERM (SystemExit through the CLI's handler) or Ctrl-C while the written model is
+    being checked: no unchecked model is left at the output path."""
+    from onnxq import verify
+
+    def interrupted(path, **_):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(verify, "check_model_file", interrupted)
+    src = _mlp(tmp_path / "m.onnx", 17)
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(out)])
+    assert r.exit_code == 143
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

@@ -41,6 +41,11 @@ PACKAGED: dict[str, Packaged] = {
         "CNN + bidirectional LSTM (512 units, 31 % of the weights) + Gemm, CTC over 8210 classes; "
         "input1 [1, 1, 64, W] grey, (x / 255 - 0.5) / 0.5; opset 12",
     ),
+    "nudenet_yolov8n": Packaged(
+        "nudenet", "3.4.2", "nudenet/320n.onnx", "MIT",
+        "YOLOv8n detector (18 classes) at 320x320: images [batch, 3, height, width] RGB (320 x 320) / 255, output0 [1, 22, 2100] "
+        "(4 box rows from the DFL head, 18 class scores)",
+    ),
     "tashkeel_bilstm_int8": Packaged(
         "text2tashkeel", "0.1.0", "text2tashkeel/models/bilstm.int8.onnx", "Apache-2.0",
         "already quantized (com.microsoft DynamicQuantizeLSTM, MatMulInteger)",

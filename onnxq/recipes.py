@@ -229,6 +229,10 @@ class StaticInt8(Recipe):
     # QGemm). all-MiniLM-L6-v2: embedding cosine 0.952 -> 0.992. Off for runtimes whose
     # quantized node units need a Q on the output (the ort-mobile and qnn targets)
     float_matmul_results: bool = True
+    # the same for a Conv/ConvTranspose result (through a folded Relu/Clip) that only float
+    # ops read. Off by default: ORT CPU fuses a Conv into QLinearConv only with a Q on its
+    # result. On for the openvino target (its Conv runs int8 from quantized data and weights)
+    float_conv_results: bool = False
     sum_rewrites: bool = True
 
     _CALIBRATIONS: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse", "auto")

@@ -575,6 +575,10 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
             # to 8 bits -- ORT runs int8 inputs with a float result (MatMulIntegerToFloat,
             # QGemm), where it keeps them int8 (_float_result_runs_int8)
             continue
+        if (recipe.float_conv_results and op in ("Conv", "ConvTranspose") and irutil.is_constant(inputs[1])
+                and out.name not in recipe.tensor_overrides and not recipe.quantize_islands
+                and not _feeds_chosen(act or node, chosen)):
+            continue  # a runtime that runs the Conv int8 without a Q on its result (the openvino target)
         if act is not None:
             b = _activation_bounds(act)
             bounds[out.name] = b[1]

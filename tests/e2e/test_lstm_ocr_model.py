@@ -11,15 +11,12 @@ import onnxruntime as ort
 import pytest
 
 import onnxq
+from tests.helpers import packaged_model
 
 
 @pytest.fixture(scope="module")
 def ocr_model():
-    packaged = pytest.importorskip("models.packaged")
-    try:
-        return packaged.path("ddddocr_ocr")
-    except Exception as e:  # no registry: nothing to test
-        pytest.skip(f"cannot fetch ddddocr: {e}")
+    return packaged_model("ddddocr_ocr")
 
 
 def _lines(corpus, count, skip=0, width=160):

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 
 import onnxq
+from tests.helpers import packaged_model
 
 
 @pytest.fixture(scope="module")
 def yolo():
-    packaged = pytest.importorskip("models.packaged")
-    try:
-        return packaged.path("nudenet_yolov8n")
-    except Exception as e:  # no registry: nothing to test
-        pytest.skip(f"cannot fetch nudenet: {e}")
+    return packaged_model("nudenet_yolov8n")
 
 
 def _photos(folder, count, skip=0):

@@ -229,6 +229,19 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     if FoldConvAffinePass()(model).modified:
         folded = before - affine_nodes()
         notes.append(f"folded {folded} BatchNormalization/Mul/Add node(s) into the Conv before them")
+    from onnxq.passes.fold_matmul_input_affine import FoldMatMulInputAffinePass
+
+    before = affine_nodes()
+    if FoldMatMulInputAffinePass()(model).modified:
+        notes.append(f"folded {before - affine_nodes()} per-feature Mul/Add node(s) (e.g. a BatchNormalization after "
+                     "Dense -> ReLU) into the MatMul/Gemm after them")
+    from onnxq.passes.equalize_dense_pairs import EqualizeDensePairsPass
+
+    if recipe.channel_equalization:
+        result = EqualizeDensePairsPass()(model)
+        if result.modified:
+            notes.append("equalized the feature ranges of Dense -> ReLU -> Dense pairs (data-free cross-layer "
+                         "equalization, exact in float)")
     from onnxq.passes.fuse_hard_swish import FuseHardSwishPass
 
     def activations() -> int:

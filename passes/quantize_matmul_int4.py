@@ -592,8 +592,22 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             deq.dtype, deq.shape = ir.DataType(_dtype_enum(dtype)), ir.Shape([k, n])
             y = b.op("MatMul", [x, deq])
         elif self.recipe.format == "qdq":
-            deq = b.op("DequantizeLinear", list(weight_inputs), {"axis": 0, "block_size": self.recipe.block_size})
-            deq.dtype, deq.shape = ir.DataType(_dtype_enum(dtype)), ir.Shape([k, n])
+            # one DequantizeLinear per node lets ORT fuse each pair into MatMulNBits; a weight
+            # that several nodes read is not fused (the int4 initializer is shared), and a
+            # DequantizeLinear per reader would dequantize it once per reader on every run (an
+            # unrolled LSTM reading 4 weights 80 times: 6x slower than fp32): one for all of them
+            deq = cache.get(("deq", *key)) if cacheable else None
+            shared = deq is not None or (cacheable and len(w_value.uses()) > 1)
+            if deq is None:
+                d = irutil.NodeBuilder(names, label)
+                deq = d.op("DequantizeLinear", list(weight_inputs), {"axis": 0, "block_size": self.recipe.block_size})
+                deq.dtype, deq.shape = ir.DataType(_dtype_enum(dtype)), ir.Shape([k, n])
+                if shared:  # its inputs are initializers: it can go first, before every reader
+                    graph.insert_before(next(iter(graph)), d.nodes)
+                    d.nodes = []
+                    cache[("deq", *key)] = deq
+                else:
+                    b.nodes.extend(d.nodes)
             y = b.op("MatMul", [x, deq])
         else:
             attrs = {"K": k, "N": n, "bits": 4, "block_size": self.recipe.block_size}

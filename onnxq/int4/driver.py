@@ -131,6 +131,15 @@ def run_weight_only_int4(
             added = sum(1 for n in model.graph.all_nodes() if n.op_type == "Sum") - sums
             notes.append(f"wrote {added} Add(s) after an int4 MatMul as Sum (ORT CPU would fold MatMul + Add into a "
                          "float Gemm and dequantize the weight on every run)")
+    if recipe.format == "qdq":
+        shared = [n for n in model.graph.all_nodes() if n.op_type == "DequantizeLinear" and len(n.outputs[0].uses()) > 1]
+        if shared:
+            readers = sum(len(n.outputs[0].uses()) for n in shared)
+            notes.append(
+                f"{len(shared)} int4 weight(s) are read by {readers} MatMuls (shared weights, e.g. an unrolled RNN): ORT "
+                "CPU dequantizes a shared weight on every read in the qdq format (an unrolled LSTM ran 0.17x its fp32 "
+                "speed); --format matmulnbits runs them fused (1.3x there)"
+            )
     library_missing = None
     if recipe.format == "onnxq" and recipe.accuracy_level is None:
         from onnxq import runtime

@@ -335,3 +335,28 @@ def test_qdq_bias_add_is_a_sum_so_ort_fuses_matmulnbits(tmp_path):
 
     ov, _ = apply_target(WeightOnlyInt4(block_size=32, float_heads=False), "openvino")
     assert not ov.sum_rewrites
+
+
+def test_a_weight_read_by_several_matmuls_gets_one_dequantize_and_a_note():
+    """An unrolled RNN reads one weight at every step: the qdq format writes one
+    DequantizeLinear for all its readers and says that ORT runs such weights unfused."""
+    rng = np.random.default_rng(4)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[2, 64] x) => (float[2, 64] y) {
+            a = MatMul(x, w)
+            b = MatMul(a, w)
+            y = MatMul(b, w)
+        }
+        """,
+        {"w": (rng.standard_normal((64, 64)) * 0.1).astype(np.float32)},
+    )
+    x = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    ref = run_ort(model, x)[0]
+    q, report = onnxq.quantize_with_report(model, WeightOnlyInt4(block_size=32))
+    ops = [n.op_type for n in q.graph]
+    assert ops.count("DequantizeLinear") == 1 and ops.count("MatMul") == 3 and ops[0] == "DequantizeLinear"
+    assert any("read by 3 MatMuls" in n and "--format matmulnbits" in n for n in report.notes), report.notes
+    got = run_ort(q, x)[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.2  # three int4 layers in a row

@@ -23,6 +23,7 @@ __all__ = ["optimized_graph_fallbacks", "verify_ort_cpu", "quiet_session_options
 logger = logging.getLogger(__name__)
 
 _PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def quiet_session_options(config: Mapping[str, str] | None = None, threads: int = 1):
@@ -46,13 +47,33 @@ def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tu
 
     proto = onnx.load(str(optimized_path), load_external_data=False)
     producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = collections.defaultdict(list)
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def requantized(node) -> bool:
+        """Whether ``node``'s result reaches a QuantizeLinear (through reshapes/transposes)."""
+        stack, seen = list(node.output), set()
+        while stack:
+            for c in consumers.get(stack.pop(), ()):
+                if c.op_type == "QuantizeLinear":
+                    return True
+                if c.op_type in _PASS_THROUGH and id(c) not in seen:
+                    seen.add(id(c))
+                    stack.extend(c.output)
+        return False
+
     hist = collections.Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
     findings = []
     for n in proto.graph.node:
         if n.domain not in ("", "ai.onnx") or n.op_type not in (*quantizable, *_PASS_THROUGH):
             continue
         dq_inputs = [i for i in n.input if i in producer and producer[i].op_type == "DequantizeLinear"]
-        if dq_inputs:
+        # a Conv/MatMul/Gemm left next to a DequantizeLinear runs in float whatever follows; an
+        # elementwise op, Concat, pool or reshape only when its result is quantized again (one
+        # that reads a dequantized value and hands on a float one is a float op by design)
+        if dq_inputs and (n.op_type in _WEIGHTED or requantized(n)):
             findings.append(Finding(rule, FALLBACK, n.name or f"<unnamed {n.op_type}>", n.op_type,
                                     "not fused into an integer kernel: runs in float between DequantizeLinear "
                                     "and QuantizeLinear"))

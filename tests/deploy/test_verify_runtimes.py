@@ -37,6 +37,36 @@ def test_ort_cpu_reports_unfused_node(tmp_path):
     assert [f.node for f in fallbacks] == ["conv"]
 
 
+def test_a_float_op_reading_a_dequantized_value_is_not_a_fallback(tmp_path):
+    """A float Concat that reads a quantized Conv's result and hands on a float one (a YOLO
+    head's boxes next to float Sigmoid scores) runs in float by design; a Conv next to a
+    DequantizeLinear is a fallback whatever follows it."""
+    import numpy as np
+
+    import onnxq
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(2)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 3, 8, 8] x) => (float[1, 7, 8, 8] y) {
+            c = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+            r = Relu(c)
+            box = Conv(r, w2)
+            score = Sigmoid(x)
+            y = Concat <axis: int = 1> (box, score)
+        }
+        """,
+        {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w2": rng.standard_normal((4, 4, 1, 1)).astype(np.float32)},
+    )
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    p = tmp_path / "q.onnx"
+    onnxq.save(onnxq.quantize(model, onnxq.StaticInt8(), data=feeds), p)
+    r = verify(p, "ort-cpu", latency=False)
+    assert r.ok and not [f for f in r.fallbacks if f.rule == "ORT-FUSE"], r.fallbacks
+
+
 def test_ort_cpu_latency_against_float(tiny_ort_qdq, tiny_float):
     r = verify(tiny_ort_qdq, "ort-cpu", float_model=tiny_float)
     assert set(r.metrics["latency_ms"]) == {"float", "model"} and r.metrics["speedup_vs_float"] > 0

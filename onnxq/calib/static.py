@@ -672,7 +672,8 @@ def _choose_calibration(model, recipe, float_nodes, alternatives, biases, weight
     ref_session = _session(model.clone(), 0)  # weights shared; _session retypes bfloat16 inputs
     refs = [[o.astype(np.float64) for o in ref_session.run(names, f)] for f in feeds]
     del ref_session
-    power = [sum(float((r[k] ** 2).sum()) for r in refs) or 1.0 for k in range(len(names))]
+    # outputs the float model itself leaves NaN/Inf (masked positions) are not scored
+    power = [sum(float((r[k][np.isfinite(r[k])] ** 2).sum()) for r in refs) or 1.0 for k in range(len(names))]
     noise: dict[str, float] = {}
     for method, table in alternatives.items():
         trial = model.clone()  # the float weights shared; the passes replace (not modify) initializers
@@ -682,7 +683,9 @@ def _choose_calibration(model, recipe, float_nodes, alternatives, biases, weight
         err = [0.0] * len(names)
         for f, ref in zip(feeds, refs):
             for k, (o, r) in enumerate(zip(session.run(names, f), ref)):
-                err[k] += float(((o.astype(np.float64) - r) ** 2).sum())
+                kept = np.isfinite(r)
+                d = (o.astype(np.float64)[kept] - r[kept]) ** 2  # a NaN where the float model has a number: no fit
+                err[k] += float(np.nan_to_num(d, nan=np.inf).sum())
         noise[method] = sum(e / p for e, p in zip(err, power)) / len(names)
         del trial, session
     best = min(noise, key=lambda m: (noise[m], AUTO_METHODS.index(m)))

@@ -65,3 +65,33 @@ def test_auto_equals_its_choice():
         assert to_bytes(a) == to_bytes(b)
     for t in ("x", "r"):
         np.testing.assert_allclose(_range_of(a, t), _range_of(b, t), rtol=1e-6, atol=1e-7)
+
+
+def test_outputs_the_float_model_leaves_nan_are_not_scored():
+    """A model that masks some outputs with NaN (a graph net's padded atoms): auto scores the
+    finite positions only, instead of reporting inf dB for every method."""
+    import numpy as np
+
+    import onnxq
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(12)
+    mask = np.ones((1, 4, 6, 6), np.float32)
+    mask[0, 3] = np.nan  # one channel masked out
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 3, 6, 6] x) => (float[1, 4, 6, 6] y) {
+            c = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+            r = Relu(c)
+            d = Conv(r, w2)
+            y = Mul(d, mask)
+        }
+        """,
+        {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+         "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "mask": mask},
+    )
+    data = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(8)]
+    _, report = onnxq.quantize_with_report(model, onnxq.StaticInt8(), data=data)
+    note = next(n for n in report.notes if n.startswith("calibration auto"))
+    assert "inf dB" not in note and "nan dB" not in note, note

@@ -214,3 +214,31 @@ def test_an_openvino_result_far_behind_ort_cpu_gets_a_note(tiny_ort_qdq, tiny_fl
     report.metrics["error_vs_float"]["logits"]["sqnr_db"] = report.metrics["ort_cpu_error_vs_float"]["logits"]["sqnr_db"]
     _against_ort_cpu(tiny_ort_qdq, tiny_float, report, feeds, ["logits"], 1)
     assert not report.notes
+
+
+def test_a_run_failure_on_random_inputs_is_inconclusive_not_an_error(tmp_path):
+    """Random index inputs can point out of range: without --data a failed run is a warning
+    that asks for real inputs (the model is not called broken); with data it is an error."""
+    import numpy as np
+
+    import onnx_ir as ir
+
+    from tests.helpers import model_from_text
+
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 4] x, int64[K] idx) => (float[K, 4] y) {
+            y = Gather(x, idx)
+        }
+        """
+    )
+    p = tmp_path / "g.onnx"
+    ir.save(model, p)
+    r = verify(p, "ort-cpu", latency=False)
+    runs = [f for f in r.findings if f.rule == "ORT-RUN"]
+    # the made-up index (seed 0, from 0..7) is out of range for the made-up one-row table
+    assert r.ok and [f.severity for f in runs] == ["warning"] and "--data" in runs[0].message
+    bad = [{"x": np.ones((2, 4), np.float32), "idx": np.array([5], np.int64)}]
+    r = verify(p, "ort-cpu", data=bad, latency=False)
+    assert not r.ok and [f.severity for f in r.findings if f.rule == "ORT-RUN"] == ["error"]

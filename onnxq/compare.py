@@ -9,6 +9,7 @@ original graph (a QDQ pair hangs off a tensor; a rewritten node's output keeps i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import tempfile
@@ -233,9 +234,12 @@ def _instrumented(model, names: list[str], path: Path) -> bytes | str:
         return str(path)
     clone = ir.serde.serialize_model(model)
     existing = {o.name for o in clone.graph.output}
+    dtypes = {v.name: v.dtype for n in model.graph for v in n.outputs if v.name in names}
     for name in names:
         if name not in existing:
-            clone.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            dtype = dtypes.get(name)
+            elem = dtype.value if dtype is not None else onnx.TensorProto.FLOAT
+            clone.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
     return clone.SerializeToString()
 
 
@@ -274,6 +278,13 @@ def compare_models(
     if output_names != quant_outputs:
         raise OnnxqError(f"the models' outputs differ: {output_names} vs {quant_outputs}; compare a float model "
                          "with its own quantized version")
+    conditions: dict[str, bool] = {}  # If condition tensor -> the branch the first sample takes
+    if per_layer and any(n.op_type == "If" for n in float_model.graph):
+        data = iter(data)
+        first = next(data, None)
+        if first is not None:
+            data = itertools.chain([first], data)
+            conditions = _inline_taken_branches(float_model, quant_model, ort_feed(first), session_factory)
     layers = shared_float_tensors(float_model, quant_model) if per_layer else []
     rescaled = _channel_scales(quant_model)
     layer_names = [n for n, _, _ in layers]
@@ -283,9 +294,12 @@ def compare_models(
         float32_interface(float_model, outputs=True)
         float32_interface(quant_model, outputs=True)
 
+    input_names = [v.name for v in float_model.graph.inputs]
+    checked = [c for c in conditions if c not in input_names]
+
     def instrumented_sessions(names: list[str]):
         with tempfile.TemporaryDirectory(prefix="onnxq-compare-") as tmp:
-            return (session_factory(_instrumented(float_model, names, Path(tmp) / "float.onnx")),
+            return (session_factory(_instrumented(float_model, names + checked, Path(tmp) / "float.onnx")),
                     session_factory(_instrumented(quant_model, names, Path(tmp) / "quant.onnx")))
 
     sessions = None
@@ -301,8 +315,9 @@ def compare_models(
     if sessions is None:
         if bfloat16_io:
             sessions = instrumented_sessions([])
-        else:
+        else:  # the files as they are: their If nodes pick the branch for every sample
             sessions = session_factory(str(float_path)), session_factory(str(quant_path))
+            conditions = {}
     f_sess, q_sess = sessions
     inputs_of = {
         v.name: [i.name for i in node.inputs if i is not None and i.name]
@@ -312,14 +327,27 @@ def compare_models(
     }
     del float_model, quant_model
     fetch = output_names + layer_names
+    graph_inputs = set(input_names)
+    f_fetch = fetch + [c for c in conditions if c not in fetch and c not in graph_inputs]
     out_acc = {n: ErrorAccumulator(n) for n in output_names}
     layer_acc = {n: ErrorAccumulator(n, op, node) for n, op, node in layers}
-    samples = 0
+    samples = other_branch = 0
+    as_files = None  # sessions of the files as they are, for samples that take another branch
     for feeds in data:
         if max_samples is not None and samples >= max_samples:
             break
         feeds = ort_feed(feeds)
-        ref = dict(zip(fetch, f_sess.run(fetch, feeds)))
+        ref = dict(zip(f_fetch, f_sess.run(f_fetch, feeds)))
+        if any(bool(np.asarray(feeds[c] if c in graph_inputs else ref[c]).reshape(-1)[0]) != taken
+               for c, taken in conditions.items()):
+            # the other branch than the inlined one: the original files give its outputs (no layers)
+            if as_files is None:
+                as_files = session_factory(str(float_path)), session_factory(str(quant_path))
+            for n, r, g in zip(output_names, as_files[0].run(output_names, feeds), as_files[1].run(output_names, feeds)):
+                out_acc[n].update(r, g)
+            other_branch += 1
+            samples += 1
+            continue
         got = dict(zip(fetch, q_sess.run(fetch, feeds)))
         for n in output_names:
             out_acc[n].update(ref[n], got[n])
@@ -333,11 +361,52 @@ def compare_models(
             progress(samples)
     if samples == 0:
         raise OnnxqError("no samples to compare: the data was empty (or --max-samples 0)")
+    if other_branch:
+        logger.warning("%d of %d samples took another If branch than the first: they count in the outputs' "
+                       "error, the per-layer table covers the other %d", other_branch, samples, samples - other_branch)
     return Comparison(
         samples=samples,
         outputs=tuple(a.result() for a in out_acc.values()),
         layers=tuple(_with_added_noise([a.result() for a in layer_acc.values()], inputs_of)),
     )
+
+
+def _inline_taken_branches(float_model, quant_model, feed, session_factory) -> dict[str, bool]:
+    """Inline, in both models, the branch each top-level If of the float model takes on
+    ``feed`` (its condition computed by the float model), so that the layers inside it can be
+    matched and measured (silero-vad holds its whole network in an If on the sample rate).
+    Returns condition tensor -> branch taken; the caller checks that every sample agrees."""
+    import onnx
+
+    from onnxq.passes.inline_if_branches import InlineIfBranchesPass
+
+    ifs = [n for n in float_model.graph if n.op_type == "If" and n.domain in ("", "ai.onnx") and n.outputs]
+    conds = sorted({n.inputs[0].name for n in ifs if n.inputs[0] is not None and n.inputs[0].name})
+    if not conds:
+        return {}
+    values = {}
+    for name in conds:
+        if name in feed:
+            values[name] = feed[name]
+    missing = [c for c in conds if c not in values]
+    if missing:
+        import onnx_ir as ir
+
+        proto = ir.serde.serialize_model(float_model)
+        existing = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.helper.make_tensor_value_info(c, onnx.TensorProto.BOOL, None)
+                                  for c in missing if c not in existing)
+        try:
+            session = session_factory(proto.SerializeToString())
+            values.update(zip(missing, session.run(missing, feed)))
+        except Exception as e:  # the branches stay; the comparison covers the main graph only
+            logger.debug("If conditions not computed: %s", e)
+            return {}
+    conditions = {c: bool(np.asarray(values[c]).reshape(-1)[0]) for c in conds}
+    taken = {n.outputs[0].name: conditions[n.inputs[0].name] for n in ifs if n.inputs[0].name in conditions}
+    InlineIfBranchesPass(taken)(float_model)
+    InlineIfBranchesPass(taken)(quant_model)
+    return conditions
 
 
 def _default_session(model: str | bytes):

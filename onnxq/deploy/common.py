@@ -112,7 +112,8 @@ def input_feeds(model, data: Any = None, *, max_samples: int = 16, preprocess: s
         source = datamod.as_calibration_data(data)
     source.precheck(specs)
     feeds = list(source.feeds(specs, limit=max_samples))
-    return feeds, f"{len(feeds)} samples from {source.description}"
+    # the sources describe themselves as calibration data; here they are whatever the user checks with
+    return feeds, f"{len(feeds)} samples from {source.description.removeprefix('calibration ')}"
 
 
 def _trial_session(model):

@@ -100,3 +100,39 @@ def test_int4_calibrated_algorithms_with_matmuls_in_if_branches(algorithm, tmp_p
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     assert np.abs(got - ref).max() < 0.2 * np.abs(ref).max()
+
+
+def test_compare_measures_the_layers_inside_the_taken_branch(tmp_path):
+    """compare inlines the branch the data takes (both models alike) and measures the layers
+    in it, by name; samples that take the other branch are refused with a clear message."""
+    from onnxq.compare import compare_models
+
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(_model(), src)
+    feeds = [{"x": RNG.standard_normal((2, H)).astype(np.float32), "sr": np.array(16000, np.int64)} for _ in range(6)]
+    onnxq.save(onnxq.quantize(src, onnxq.StaticInt8(op_types=("MatMul",)), data=feeds), out)
+    c = compare_models(src, out, feeds)
+    names = {layer.name for layer in c.layers}
+    assert {"a_h", "a_s"} <= names and not any(n.startswith("b_") for n in names), names
+    assert all(np.isfinite(layer.sqnr_db) for layer in c.layers)
+    # a sample on the other branch counts in the outputs (from the files as they are), not in the layers
+    other = {"x": feeds[0]["x"], "sr": np.array(4000, np.int64)}
+    mixed = compare_models(src, out, feeds[:2] + [other])
+    alone = compare_models(src, out, [other], per_layer=False)
+    assert mixed.samples == 3 and {layer.name for layer in mixed.layers} == names
+    assert mixed.outputs[0].sqnr_db != c.outputs[0].sqnr_db and np.isfinite(alone.outputs[0].sqnr_db)
+
+
+def test_inline_if_branches_pass_is_exact_and_idempotent():
+    import onnx_ir as ir
+
+    from onnxq.passes.inline_if_branches import InlineIfBranchesPass
+    from tests.helpers import assert_pass_idempotent, run_ort
+
+    model = ir.serde.deserialize_model(_model())
+    feed = {"x": RNG.standard_normal((2, H)).astype(np.float32), "sr": np.array(16000, np.int64)}
+    before = run_ort(model, feed)[0]
+    out = assert_pass_idempotent(lambda: InlineIfBranchesPass({"y": True}), model)
+    assert [n.op_type for n in out.graph].count("If") == 1  # the nested one, now in the main graph
+    assert out.graph.outputs[0].name == "y"
+    np.testing.assert_allclose(run_ort(out, feed)[0], before, rtol=1e-6, atol=1e-6)

@@ -170,15 +170,46 @@ def nsr(sqnr_db: float) -> float:
 INPUT_SQNR_DB = 60.0
 
 
-def _with_added_noise(layers: list[TensorError], inputs_of: Mapping[str, list[str]]) -> list[TensorError]:
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def _measured_inputs(name: str, inputs_of: Mapping[str, list[str]], measured: Mapping[str, float],
+                     producers: Mapping[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The measured tensors ``name`` is computed from, looking through tensors the quantized
+    model does not have under the float name (a MatMul result that a folded bias changed, a
+    BatchNormalization folded into its Conv), and the nodes that compute those unmeasured
+    ones (they are part of this layer's step)."""
+    found, absorbed, stack, seen = [], [], list(inputs_of.get(name, ())), set()
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if i in measured:
+            found.append(i)
+        elif i in inputs_of and i in producers:  # computed, but not comparable: part of this step
+            absorbed.append(i)
+            stack.extend(inputs_of[i])
+    return found, absorbed
+
+
+def _with_added_noise(layers: list[TensorError], inputs_of: Mapping[str, list[str]],
+                      producers: Mapping[str, tuple[str, str]] | None = None) -> list[TensorError]:
     by_name = {t.name: nsr(t.sqnr_db) for t in layers}
     db = {t.name: min(t.sqnr_db, INPUT_SQNR_DB) for t in layers}
+    producers = producers or {}
     out = []
     for t in layers:
-        inputs = inputs_of.get(t.name, ())
+        inputs, absorbed = _measured_inputs(t.name, inputs_of, by_name, producers)
         upstream = max((by_name.get(i, 0.0) for i in inputs), default=0.0)
         upstream_db = min((db.get(i, INPUT_SQNR_DB) for i in inputs), default=INPUT_SQNR_DB)
-        out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream, added_db=upstream_db - db[t.name]))
+        changes = {}
+        # a Conv/MatMul in the absorbed part is what --exclude should name (not the Add after it)
+        weighted = [producers[a] for a in absorbed if producers[a][0] in _WEIGHTED]
+        if t.op_type not in _WEIGHTED and len(weighted) == 1:
+            changes = {"op_type": weighted[0][0], "node": weighted[0][1]}
+        out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream, added_db=upstream_db - db[t.name],
+                                       **changes))
     return out
 
 
@@ -325,6 +356,8 @@ def compare_models(
         for v in node.outputs
         if v.name
     }
+    producers = {v.name: (node.op_type, node.name or "") for node in float_model.graph for v in node.outputs
+                 if v.name and node.op_type != "Constant"}
     del float_model, quant_model
     fetch = output_names + layer_names
     graph_inputs = set(input_names)
@@ -367,7 +400,7 @@ def compare_models(
     return Comparison(
         samples=samples,
         outputs=tuple(a.result() for a in out_acc.values()),
-        layers=tuple(_with_added_noise([a.result() for a in layer_acc.values()], inputs_of)),
+        layers=tuple(_with_added_noise([a.result() for a in layer_acc.values()], inputs_of, producers)),
     )
 
 

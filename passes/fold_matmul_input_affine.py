@@ -15,8 +15,8 @@ Add), whose result only MatMuls with a constant 2-D float32 weight (as input A) 
 with ``transA = 0``, ``alpha = beta = 1`` and constant B/C read. Each consumer gets its own
 folded weight (new initializers); the bias goes into a following ``Add`` of a constant
 ``[N]`` vector (a Keras BiasAdd) or a Gemm's C, otherwise into a new ``Add`` that takes over
-the MatMul's output name (the MatMul's own result is a new value). A second run finds
-nothing to do.
+the MatMul's output name (the MatMul's own result is a new value; so it is with a BiasAdd:
+a value that changed meaning never keeps its name). A second run finds nothing to do.
 """
 
 from __future__ import annotations
@@ -178,6 +178,9 @@ class FoldMatMulInputAffinePass(ir.passes.InPlacePass):
             new_b = (irutil.const_array(old).astype(np.float64).reshape(-1) + bias).astype(np.float32)
             node.replace_input_with(i, irutil.add_initializer(graph, names(f"{old.name or 'bias'}_folded"), new_b.reshape(irutil.const_array(old).shape)))
             irutil.remove_if_unused(graph, old)
+            # the MatMul's result is now short of b @ W (the BiasAdd adds it): a new name, so that
+            # nothing (onnxq compare) takes it for the float model's tensor of the old name
+            out.name = names(f"{out.name or 'matmul'}_unbiased")
             return
         # no bias to extend: an Add of b @ W takes over the MatMul's output (its name, its uses)
         add = ir.node("Add", [None, irutil.add_initializer(graph, names(f"{user.name or 'matmul'}_folded_bias"), bias.astype(np.float32))],

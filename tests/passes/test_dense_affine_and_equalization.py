@@ -54,7 +54,8 @@ def test_fold_moves_the_batchnorm_into_the_next_matmul_exactly():
     out = assert_pass_idempotent(FoldMatMulInputAffinePass, model)
     assert [n.op_type for n in out.graph] == ["MatMul", "Add", "Relu", "MatMul", "Add"]
     second = next(n for n in out.graph if n.op_type == "MatMul" and n.inputs[0].name == "r")
-    assert second.outputs[0].name == "z"
+    # its result no longer equals the float model's z (the BiasAdd now adds beta @ w2): renamed
+    assert second.outputs[0].name != "z" and out.graph.outputs[0].name == "y"
     check_full(out)
     np.testing.assert_allclose(run_ort(out, x)[0], before, rtol=1e-4, atol=1e-4)
 
@@ -122,3 +123,24 @@ def test_keras_batchnorm_after_relu_quantizes_well():
         q = onnxq.quantize(ir.from_proto(ir.to_proto(model)), onnxq.StaticInt8(channel_equalization=eq), data=calib)
         scores[eq] = _sqnr(ref, [run_ort(q, f)[0] for f in held])
     assert scores[True] > 30 and scores[True] > scores[False] + 6, scores
+
+
+def test_compare_charges_the_matmul_whose_result_was_renamed(tmp_path):
+    """After the fold, the second MatMul's result has a new name (the BiasAdd adds beta @ W):
+    compare measures the BiasAdd's output and names the MatMul as the node to --exclude."""
+    from onnxq.compare import compare_models
+
+    text = KERAS_HEAD.replace("float[N, 10] y", "float[N, 10] o").replace("y = Add(z, b2)", "y = Add(z, b2)\n    o = Sigmoid(y)")
+    rng = np.random.default_rng(7)
+    gamma = np.exp(rng.uniform(np.log(0.1), np.log(30), 64))
+    model = model_from_text(text, {
+        "w1": (rng.standard_normal((32, 64)) * 0.3 / gamma).astype(np.float32), "b1": np.zeros(64, np.float32),
+        "gamma": gamma.astype(np.float32), "beta": rng.standard_normal(64).astype(np.float32),
+        "w2": (rng.standard_normal((64, 10)) * 0.2).astype(np.float32), "b2": np.zeros(10, np.float32),
+    })
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    ir.save(model, src)
+    onnxq.save(onnxq.quantize(src, onnxq.StaticInt8(), data=_feeds(16)), out)
+    layers = {layer.name: layer for layer in compare_models(src, out, _feeds(8, seed=3)).layers}
+    assert "z" not in layers  # renamed in the quantized model: not compared under the old name
+    assert layers["y"].op_type == "MatMul" and layers["y"].node == (next(n for n in model.graph if n.outputs[0].name == "z").name or "")

@@ -840,8 +840,10 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
     if codes:
         notes.append(f"rounded {len(codes)} int8 weights with GPTQ (layer-input Hessians of the calibration data)")
     if stats is not None:
-        notes.append(
-            f"calibrated {len(plan.groups)} scale groups with {recipe.calibration} on {stats.rows} samples "
-            f"({stats.feeds} runs, {stats.seconds:.1f} s)"
-        )
+        # rows along the first axis are samples only where it is a batch axis (not a graph net's
+        # atoms or a time-major sequence): both counts, named for what they are
+        counted = (f"{stats.feeds} samples" if stats.rows == stats.feeds
+                   else f"{stats.feeds} runs of {stats.rows} rows in all along the inputs' first axis")
+        notes.append(f"calibrated {len(plan.groups)} scale groups with {recipe.calibration} on {counted} "
+                     f"({stats.seconds:.1f} s)")
     return StaticResult(plan.decisions, tuple(notes), stats, qparams, biases, weight_scales, codes)

@@ -137,11 +137,15 @@ def _recurrent_note(model: ir.Model, recipe: DynamicInt8 | StaticInt8) -> list[s
             held += a.nbytes if a is not None else 0
     total = modelio.model_weight_bytes(model) or 1
     kinds = ", ".join(sorted({n.op_type for n in nodes}))
-    why = (
-        "only LSTM has a quantized form, ORT's DynamicQuantizeLSTM (GRU and RNN have none in ORT)"
-        if "LSTM" in recipe.op_types else "LSTM is not among the op types (the target does not run ORT's "
-        "com.microsoft.DynamicQuantizeLSTM, or --op-types left it out)"
-    )
+    kinds_left = {n.op_type for n in nodes}
+    reasons = []
+    if "LSTM" in kinds_left:
+        reasons.append("the LSTM(s) for the reasons in the skipped list" if "LSTM" in recipe.op_types else
+                       "LSTM is not among the op types (the target does not run ORT's com.microsoft."
+                       "DynamicQuantizeLSTM, or --op-types left it out)")
+    if kinds_left - {"LSTM"}:
+        reasons.append("GRU and RNN have no quantized op in ORT")
+    why = "; ".join(reasons)
     return [f"{len(nodes)} recurrent node(s) ({kinds}, {held / total:.0%} of the weights) stay float: {why}"]
 
 
@@ -230,10 +234,12 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
         folded = before - affine_nodes()
         notes.append(f"folded {folded} BatchNormalization/Mul/Add node(s) into the Conv before them")
     from onnxq.passes.fold_matmul_input_affine import FoldMatMulInputAffinePass
+    from onnxq.passes.infer_shapes import InferShapesPass
 
-    before = affine_nodes()
-    if FoldMatMulInputAffinePass()(model).modified:
-        notes.append(f"folded {before - affine_nodes()} per-feature Mul/Add node(s) (e.g. a BatchNormalization after "
+    InferShapesPass()(model)  # the fold needs to know that x's last axis is the K features
+    fold = FoldMatMulInputAffinePass()
+    if fold(model).modified:
+        notes.append(f"folded {fold.removed} per-feature Mul/Add node(s) (e.g. a BatchNormalization after "
                      "Dense -> ReLU) into the MatMul/Gemm after them")
     from onnxq.passes.equalize_dense_pairs import EqualizeDensePairsPass
 

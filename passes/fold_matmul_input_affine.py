@@ -57,7 +57,38 @@ def _per_feature(node: ir.Node, features: int) -> tuple[int, np.ndarray] | None:
     x = node.inputs[side]
     if c.ndim > 1 and (x.shape is None or len(x.shape) < c.ndim):
         return None  # a constant of higher rank would broadcast x to a new shape
+    if c.size > 1 and _last_dim(x) != features:
+        return None  # x's last axis must be the K features itself, not a 1 the constant widens
     return side, np.broadcast_to(c.astype(np.float64).reshape(-1), (features,))
+
+
+_SAME_SHAPE_OPS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "Elu", "Selu", "HardSigmoid",
+                             "HardSwish", "Gelu", "Identity", "Add", "Sub", "Mul", "Div"})
+
+
+def _last_dim(v: ir.Value | None, depth: int = 8) -> int | None:
+    """The size of ``v``'s last axis: from its shape, else from the MatMul/Gemm that computes it
+    (through activations and bias ops: exporters' Reshapes often leave shapes unknown)."""
+    if v is None:
+        return None
+    if v.shape is not None and len(v.shape) and isinstance(v.shape[-1], int):
+        return v.shape[-1]
+    p = v.producer()
+    if p is None or depth == 0 or p.domain not in ("", "ai.onnx"):
+        return None
+    if p.op_type in ("MatMul", "Gemm") and len(p.inputs) > 1:
+        w = irutil.const_array(p.inputs[1])
+        if w is None or w.ndim != 2:
+            return None
+        return w.shape[0] if p.op_type == "Gemm" and p.attributes.get_int("transB", 0) else w.shape[1]
+    if p.op_type in _SAME_SHAPE_OPS:
+        found = {_last_dim(i, depth - 1) for i in p.inputs if i is not None and not irutil.is_constant(i)}
+        consts = [irutil.const_array(i) for i in p.inputs if i is not None and irutil.is_constant(i)]
+        if len(found) == 1 and None not in found:
+            n = found.pop()
+            if all(c is not None and (c.ndim == 0 or c.shape[-1] in (1, n)) for c in consts):
+                return n
+    return None
 
 
 def _affine_before(v: ir.Value, features: int) -> _Affine | None:
@@ -120,9 +151,14 @@ def _features(v: ir.Value) -> int | None:
 class FoldMatMulInputAffinePass(ir.passes.InPlacePass):
     """Fold per-feature Mul/Div/Add/Sub by constants into the MatMul/Gemm that reads them."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed = 0  # Mul/Div/Add/Sub nodes folded away by the last call (for a summary)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = irutil.FreshNames(model.graph)
         folded = 0
+        self.removed = 0
         for node in list(irutil.iter_nodes(model.graph)):
             if node.op_type not in ("Mul", "Div", "Add", "Sub") or node.graph is None:
                 continue
@@ -139,6 +175,7 @@ class FoldMatMulInputAffinePass(ir.passes.InPlacePass):
             graph = node.graph
             params = [p for n in affine.nodes for p in n.inputs if p is not None and irutil.is_constant(p)]
             graph.remove(affine.nodes, safe=True)
+            self.removed += len(affine.nodes)
             for p in params:
                 irutil.remove_if_unused(graph, p)
             folded += 1

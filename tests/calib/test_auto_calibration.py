@@ -29,7 +29,8 @@ def _model():
 
 
 def _range_of(model, tensor):
-    q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == tensor)
+    # (a Dense -> ReLU -> Dense pair is equalized first: its ReLU output is renamed "<name>_equalized")
+    q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name in (tensor, f"{tensor}_equalized"))
     scale = float(nh.to_array(ir.to_proto(q.inputs[1].const_value)))
     zero = int(nh.to_array(ir.to_proto(q.inputs[2].const_value)))
     return (0 - zero) * scale, (255 - zero) * scale

@@ -136,3 +136,25 @@ def test_inline_if_branches_pass_is_exact_and_idempotent():
     assert [n.op_type for n in out.graph].count("If") == 1  # the nested one, now in the main graph
     assert out.graph.outputs[0].name == "y"
     np.testing.assert_allclose(run_ort(out, feed)[0], before, rtol=1e-6, atol=1e-6)
+
+
+def test_compare_survives_a_sample_the_inlined_branch_cannot_run(tmp_path):
+    """The condition is a graph input here: a sample for the other branch (whose input the
+    inlined branch could not even reshape) goes to the files as they are."""
+    from onnx import numpy_helper as nh
+
+    from onnxq.compare import compare_models
+
+    then_g = h.make_graph([h.make_node("Relu", ["x"], ["t1"]), h.make_node("Reshape", ["t1", "shp"], ["t2"])], "then", [],
+                          [h.make_tensor_value_info("t2", T.FLOAT, None)], [nh.from_array(np.array([2, 2], np.int64), "shp")])
+    else_g = h.make_graph([h.make_node("Neg", ["x"], ["e1"])], "else", [], [h.make_tensor_value_info("e1", T.FLOAT, None)])
+    g = h.make_graph([h.make_node("If", ["c"], ["yi"], then_branch=then_g, else_branch=else_g),
+                      h.make_node("ReduceSum", ["yi"], ["y"], keepdims=0)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [None]), h.make_tensor_value_info("c", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)])
+    path = tmp_path / "if.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
+    data = [{"x": np.arange(4, dtype=np.float32), "c": np.array(True)},
+            {"x": np.arange(3, dtype=np.float32), "c": np.array(False)}]
+    c = compare_models(path, path, data)
+    assert c.samples == 2 and {layer.name for layer in c.layers} >= {"t1", "t2"}

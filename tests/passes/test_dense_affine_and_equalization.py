@@ -9,7 +9,17 @@ import onnxq
 from onnxq import irutil
 from onnxq.passes.equalize_dense_pairs import EqualizeDensePairsPass
 from onnxq.passes.fold_matmul_input_affine import FoldMatMulInputAffinePass
-from tests.helpers import assert_pass_idempotent, check_full, model_from_text, run_ort
+from tests.helpers import assert_pass_idempotent, check_full, run_ort
+from tests.helpers import model_from_text as _parsed
+
+
+def model_from_text(text, initializers=None):
+    """The parsed model with inferred shapes (the fold needs x's last axis), as the recipe runs it."""
+    from onnxq.passes.infer_shapes import InferShapesPass
+
+    model = _parsed(text, initializers)
+    InferShapesPass()(model)
+    return model
 
 KERAS_HEAD = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -144,3 +154,45 @@ def test_compare_charges_the_matmul_whose_result_was_renamed(tmp_path):
     layers = {layer.name: layer for layer in compare_models(src, out, _feeds(8, seed=3)).layers}
     assert "z" not in layers  # renamed in the quantized model: not compared under the old name
     assert layers["y"].op_type == "MatMul" and layers["y"].node == (next(n for n in model.graph if n.outputs[0].name == "z").name or "")
+
+
+def test_equalization_sweeps_a_chain_to_a_fixed_point_and_skips_residual_adds():
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    chain = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[2, 4] x) => (float[2, 2] out) {
+            m1 = MatMul(x, w1)
+            r1 = Relu(m1)
+            m2 = MatMul(r1, w2)
+            r2 = Relu(m2)
+            out = MatMul(r2, w3)
+        }
+        """, {"w1": f(4, 5) * np.array([1, 50, .02, 3, .1], np.float32),
+              "w2": f(5, 6) * np.array([9, .1, 1, 20, .5, .01], np.float32), "w3": f(6, 2)})
+    x = {"x": f(2, 4)}
+    before = run_ort(chain, x)[0]
+    out = assert_pass_idempotent(EqualizeDensePairsPass, chain)  # balancing pair 2 unbalanced pair 1: swept
+    np.testing.assert_allclose(run_ort(out, x)[0], before, rtol=1e-4, atol=1e-5)
+    assert not {"m1", "r1", "m2", "r2"} & {v.name for n in out.graph for v in n.outputs}  # values that changed: renamed
+    residual = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[2, 4] x, float[2, 3] y) => (float[2, 2] out) {
+            m1 = MatMul(x, w1)
+            a = Add(m1, y)
+            r = Relu(a)
+            out = MatMul(r, w2)
+        }
+        """, {"w1": f(4, 3) * np.array([1, 100, .01], np.float32), "w2": f(3, 2)})
+    assert not EqualizeDensePairsPass()(residual).modified
+
+
+def test_fold_skips_a_constant_that_would_widen_x():
+    model = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[2, 1] x) => (float[2, 3] y) {
+            a = Mul(x, s)
+            y = MatMul(a, w)
+        }
+        """, {"s": np.arange(1, 5, dtype=np.float32), "w": np.ones((4, 3), np.float32)})
+    assert not FoldMatMulInputAffinePass()(model).modified

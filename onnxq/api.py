@@ -136,7 +136,6 @@ def _recurrent_note(model: ir.Model, recipe: DynamicInt8 | StaticInt8) -> list[s
             a = irutil.const_array(v) if v is not None else None
             held += a.nbytes if a is not None else 0
     total = modelio.model_weight_bytes(model) or 1
-    kinds = ", ".join(sorted({n.op_type for n in nodes}))
     kinds_left = {n.op_type for n in nodes}
     reasons = []
     if "LSTM" in kinds_left:
@@ -146,7 +145,8 @@ def _recurrent_note(model: ir.Model, recipe: DynamicInt8 | StaticInt8) -> list[s
     if kinds_left - {"LSTM"}:
         reasons.append("GRU and RNN have no quantized op in ORT")
     why = "; ".join(reasons)
-    return [f"{len(nodes)} recurrent node(s) ({kinds}, {held / total:.0%} of the weights) stay float: {why}"]
+    return [f"{len(nodes)} recurrent node(s) ({', '.join(sorted(kinds_left))}, {held / total:.0%} of the weights) "
+            f"stay float: {why}"]
 
 
 def _drop_contradicted_shapes(model: ir.Model) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from onnxq.deploy.graph import WEIGHTED_OPS
 from onnxq.errors import OnnxqError
 
 logger = logging.getLogger(__name__)
@@ -171,9 +172,6 @@ def nsr(sqnr_db: float) -> float:
 INPUT_SQNR_DB = 60.0
 
 
-_WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-
-
 def _measured_inputs(name: str, inputs_of: Mapping[str, list[str]], measured: Mapping[str, float],
                      producers: Mapping[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
     """The measured tensors ``name`` is computed from, looking through tensors the quantized
@@ -206,8 +204,8 @@ def _with_added_noise(layers: list[TensorError], inputs_of: Mapping[str, list[st
         upstream_db = min((db.get(i, INPUT_SQNR_DB) for i in inputs), default=INPUT_SQNR_DB)
         changes = {}
         # the nearest Conv/MatMul in the absorbed part is what --exclude should name (not the Add after it)
-        weighted = [producers[a] for a in absorbed if producers[a][0] in _WEIGHTED]
-        if t.op_type not in _WEIGHTED and weighted:
+        weighted = [producers[a] for a in absorbed if producers[a][0] in WEIGHTED_OPS]
+        if t.op_type not in WEIGHTED_OPS and weighted:
             changes = {"op_type": weighted[0][0], "node": weighted[0][1]}
         out.append(dataclasses.replace(t, added_nsr=by_name[t.name] - upstream, added_db=upstream_db - db[t.name],
                                        **changes))

@@ -91,7 +91,8 @@ class EqualizeDensePairsPass(ir.passes.InPlacePass):
     @staticmethod
     def _match(relu: ir.Node):
         second = _single_use(relu.outputs[0])
-        if second is None or relu.outputs[0].uses()[0][1] != 0 or _dense(second) is None:
+        second_dense = _dense(second) if second is not None and relu.outputs[0].uses()[0][1] == 0 else None
+        if second_dense is None:
             return None
         p = relu.inputs[0].producer() if relu.inputs[0] is not None else None
         bias_node = None
@@ -108,7 +109,7 @@ class EqualizeDensePairsPass(ir.passes.InPlacePass):
         first = _dense(p)
         if first is None:
             return None
-        return p, first, bias_node, second, _dense(second)
+        return p, first, bias_node, second, second_dense
 
     @staticmethod
     def _equalize(node1, first, bias_node, node2, second, names, renamed: set[int]) -> bool:

@@ -157,7 +157,6 @@ class FoldMatMulInputAffinePass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = irutil.FreshNames(model.graph)
-        folded = 0
         self.removed = 0
         for node in list(irutil.iter_nodes(model.graph)):
             if node.op_type not in ("Mul", "Div", "Add", "Sub") or node.graph is None:
@@ -178,10 +177,9 @@ class FoldMatMulInputAffinePass(ir.passes.InPlacePass):
             self.removed += len(affine.nodes)
             for p in params:
                 irutil.remove_if_unused(graph, p)
-            folded += 1
-        if folded:
-            logger.debug("folded %d per-feature affine map(s) into the MatMul/Gemm after them", folded)
-        return ir.passes.PassResult(model, modified=bool(folded))
+        if self.removed:
+            logger.debug("folded %d per-feature Mul/Div/Add/Sub node(s) into the MatMul/Gemm after them", self.removed)
+        return ir.passes.PassResult(model, modified=bool(self.removed))
 
     def _fold_into(self, user: ir.Node, affine: _Affine, names: irutil.FreshNames) -> None:
         graph = user.graph

@@ -599,15 +599,11 @@ class QuantizeMatMulInt4Pass(ir.passes.InPlacePass):
             deq = cache.get(("deq", *key)) if cacheable else None
             shared = deq is not None or (cacheable and len(w_value.uses()) > 1)
             if deq is None:
-                d = irutil.NodeBuilder(names, label)
-                deq = d.op("DequantizeLinear", list(weight_inputs), {"axis": 0, "block_size": self.recipe.block_size})
+                deq = b.op("DequantizeLinear", list(weight_inputs), {"axis": 0, "block_size": self.recipe.block_size})
                 deq.dtype, deq.shape = ir.DataType(_dtype_enum(dtype)), ir.Shape([k, n])
                 if shared:  # its inputs are initializers: it can go first, before every reader
-                    graph.insert_before(next(iter(graph)), d.nodes)
-                    d.nodes = []
+                    graph.insert_before(next(iter(graph)), b.nodes.pop())
                     cache[("deq", *key)] = deq
-                else:
-                    b.nodes.extend(d.nodes)
             y = b.op("MatMul", [x, deq])
         else:
             attrs = {"K": k, "N": n, "bits": 4, "block_size": self.recipe.block_size}

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from onnxq.deploy.graph import WEIGHTED_OPS
 from onnxq.deploy.report import FALLBACK, DeployReport, Finding
 from onnxq.targets import TargetProfile
 
@@ -23,7 +24,6 @@ __all__ = ["optimized_graph_fallbacks", "verify_ort_cpu", "quiet_session_options
 logger = logging.getLogger(__name__)
 
 _PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
-_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 def quiet_session_options(config: Mapping[str, str] | None = None, threads: int = 1):
@@ -73,7 +73,7 @@ def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tu
         # a Conv/MatMul/Gemm left next to a DequantizeLinear runs in float whatever follows; an
         # elementwise op, Concat, pool or reshape only when its result is quantized again (one
         # that reads a dequantized value and hands on a float one is a float op by design)
-        if dq_inputs and (n.op_type in _WEIGHTED or requantized(n)):
+        if dq_inputs and (n.op_type in WEIGHTED_OPS or requantized(n)):
             findings.append(Finding(rule, FALLBACK, n.name or f"<unnamed {n.op_type}>", n.op_type,
                                     "not fused into an integer kernel: runs in float between DequantizeLinear "
                                     "and QuantizeLinear"))

@@ -302,18 +302,31 @@ def _print_agreement(comparison, model: str, output: str) -> None:
     """One line per model output: how closely the written model follows the float one."""
     from rich.console import Console
 
-    from onnxq.verify import LOW_SQNR_DB
+    from onnxq.verify import LOW_SQNR_DB, LOW_TOP1_AGREEMENT
 
     console = Console(markup=False)  # names from the model may hold '[...]'
     for o in comparison.outputs:
         line = (f"check: {o.name!r} vs the float model, {comparison.samples} calibration samples: "
                 f"SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.4f}")
+        median = o.median_sample_sqnr_db
+        if median is not None and median < o.sqnr_db - 6:  # the pooled figure is a few large samples'
+            line += f", per-sample median SQNR {median:.1f} dB"
         if o.top1_agreement is not None:
             line += f", top-1 agreement {o.top1_agreement:.0%}"
         console.print(line, soft_wrap=True)
-        if o.sqnr_db < LOW_SQNR_DB:
+        worst = min(o.sqnr_db, o.sqnr_db if median is None else median)
+        if o.dominated(comparison.samples):
             console.print(
-                f"warning: output {o.name!r} is far from the float model ({o.sqnr_db:.1f} dB): "
+                f"warning: calibration sample {o.dominant_sample} holds {o.dominant_share:.0%} of output {o.name!r}'s "
+                f"energy over {comparison.samples} samples, so the SQNR above is mostly that sample's"
+                + (f" (the median sample's: {median:.1f} dB)" if median is not None else "")
+                + ". An input far larger than the others also sets the int8 ranges for every input: if it is not "
+                "what the model sees in use, leave it out of the calibration data", soft_wrap=True,
+            )
+        if worst < LOW_SQNR_DB or (o.top1_agreement is not None and o.top1_agreement < LOW_TOP1_AGREEMENT):
+            what = f"{worst:.1f} dB" + ("" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.0%}")
+            console.print(
+                f"warning: output {o.name!r} is far from the float model ({what}): "
                 f"`onnxq compare {model} {output} --data DATA` names the layers that lose the most; "
                 "--exclude them, or let --target-sqnr DB choose (int8-static)", soft_wrap=True,
             )
@@ -509,6 +522,11 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
         top1 = "" if o.top1_agreement is None else f"{o.top1_agreement:.1%}"
         table.add_row(o.name, f"{o.cosine:.6f}", f"{o.sqnr_db:.1f}", f"{o.max_abs_error:.4g}", top1)
     console.print(table)
+    for o in comparison.outputs:
+        if o.dominated(comparison.samples):
+            console.print(f"warning: sample {o.dominant_sample} holds {o.dominant_share:.0%} of output {o.name!r}'s "
+                          f"energy: the SQNR above is mostly that sample's (per-sample median "
+                          f"{o.median_sample_sqnr_db:.1f} dB)", soft_wrap=True)
     worst = comparison.worst_layers(5)
     if worst:
         console.print("worst layers (most SQNR lost between their inputs and output; keep one in float with --exclude NODE):")
@@ -583,7 +601,14 @@ def _print_verify(report) -> None:
     for name, e in (m.get("error_vs_float") or {}).items():
         top1 = "" if e.get("top1_agreement") is None else f", top-1 agreement {e['top1_agreement']:.1%}"
         sqnr = "inf" if e.get("sqnr_db") is None else f"{e['sqnr_db']:.1f}"
-        console.print(f"vs float, output {name}: cosine {e['cosine']:.5f}, SQNR {sqnr} dB, max abs error {e['max_abs_error']:.4g}{top1}")
+        median = e.get("median_sample_sqnr_db")
+        spread = "" if median is None or e.get("sqnr_db") is None or median >= e["sqnr_db"] - 6 else (
+            f", per-sample median SQNR {median:.1f} dB")
+        console.print(f"vs float, output {name}: cosine {e['cosine']:.5f}, SQNR {sqnr} dB{spread}, max abs error "
+                      f"{e['max_abs_error']:.4g}{top1}")
+        if e.get("dominant_sample") is not None:
+            console.print(f"warning: sample {e['dominant_sample']} holds {e['dominant_share']:.0%} of output {name!r}'s "
+                          "energy: the SQNR above is mostly that sample's", soft_wrap=True)
     for name, e in (m.get("ort_vs_onnx") or {}).items():
         console.print(f".ort vs .onnx, output {name}: cosine {e['cosine']:.6f}, max abs error {e['max_abs_error']:.3g}")
     for key in ("int8_compute_layers", "compute_layers", "ort_file", "reduced_ops_config"):

@@ -84,9 +84,23 @@ class TensorError:
     # late layer is not blamed for noise that its inputs already carried and that it
     # merely scales up along with its (smaller) signal
     added_db: float = 0.0
+    # per sample (one update per sample): the median of the samples' own SQNRs, and the
+    # sample holding the largest share of the float tensor's energy (index, share). One
+    # sample 1000x larger than the rest makes the pooled SQNR its SQNR alone
+    median_sample_sqnr_db: float | None = None
+    dominant_sample: int | None = None
+    dominant_share: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def dominated(self, samples: int) -> bool:
+        """Whether one of ``samples`` (>= 4) holds most of the float tensor's energy."""
+        return samples >= 4 and self.dominant_sample is not None and self.dominant_share >= DOMINANT_SHARE
+
+
+# a sample holding at least this share of an output's energy dominates its pooled SQNR
+DOMINANT_SHARE = 0.5
 
 
 class ErrorAccumulator:
@@ -103,6 +117,8 @@ class ErrorAccumulator:
         self.max_abs = 0.0
         self.top1_same = 0
         self.top1_total = 0
+        self.sample_signal: list[float] = []
+        self.sample_noise: list[float] = []
 
     def update(self, ref: np.ndarray, got: np.ndarray) -> None:
         ref64 = np.asarray(ref, dtype=np.float64)
@@ -116,8 +132,11 @@ class ErrorAccumulator:
         if not finite.all():  # -inf/inf/NaN in the float model itself (Log(0), masks): not an error measure
             ref64, got64 = ref64[finite], got64[finite]
         diff = got64 - ref64
-        self.signal += float(np.sum(ref64 * ref64))
-        self.noise += float(np.sum(diff * diff))
+        signal, noise = float(np.sum(ref64 * ref64)), float(np.sum(diff * diff))
+        self.sample_signal.append(signal)
+        self.sample_noise.append(noise)
+        self.signal += signal
+        self.noise += noise
         self.dot += float(np.sum(ref64 * got64))
         self.got_energy += float(np.sum(got64 * got64))
         if diff.size:
@@ -136,7 +155,17 @@ class ErrorAccumulator:
         denom = math.sqrt(self.signal * self.got_energy) if not broken else 0.0
         cosine = self.dot / denom if denom else (1.0 if self.noise == 0 else 0.0)
         top1 = self.top1_same / self.top1_total if self.top1_total else None
-        return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type, self.node)
+        median, dominant, share = None, None, 0.0
+        if len(self.sample_signal) > 1 and not broken and self.signal > 0:
+            sig, noi = np.array(self.sample_signal), np.array(self.sample_noise)
+            kept = sig > 0
+            if kept.any():
+                with np.errstate(divide="ignore"):
+                    median = float(np.median(10 * np.log10(sig[kept] / noi[kept])))
+            dominant = int(sig.argmax())
+            share = float(sig[dominant] / self.signal)
+        return TensorError(self.name, sqnr, cosine, self.max_abs, top1, self.op_type, self.node,
+                           median_sample_sqnr_db=median, dominant_sample=dominant, dominant_share=share)
 
 
 @dataclasses.dataclass(frozen=True)

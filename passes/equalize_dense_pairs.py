@@ -23,6 +23,7 @@ initializers replace the weights; a second run changes nothing (the factors are 
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx_ir as ir
@@ -63,6 +64,15 @@ def _dense(node: ir.Node | None) -> tuple[ir.Value, bool] | None:
         return w, bool(at.get_int("transB", 0))
     return w, False
 
+
+
+_EQUALIZED = re.compile(r"_equalized(_\d+)?$")
+
+
+def _equalized_name(name: str | None, default: str) -> str:
+    """``name`` + ``_equalized``, once: a chain swept to its fixed point rescales the same
+    weight several times (a PyPI MLP's weights came out as ``..._equalized`` x 9)."""
+    return f"{_EQUALIZED.sub('', name or default)}_equalized"
 
 class EqualizeDensePairsPass(ir.passes.InPlacePass):
     """Equalize the per-feature ranges of ``Dense -> ReLU -> Dense`` pairs (data-free)."""
@@ -143,7 +153,7 @@ class EqualizeDensePairsPass(ir.passes.InPlacePass):
         relu = node2.inputs[0].producer()
         for value in (node1.outputs[0], *((bias_node.outputs[0],) if bias_node is not None else ()), relu.outputs[0]):
             if id(value) not in renamed and not value.is_graph_output():
-                value.name = names(f"{value.name or 'dense'}_equalized")
+                value.name = names(_equalized_name(value.name, "dense"))
                 renamed.add(id(value))
         new_w1, new_w2 = w1 * a, w2 / a[:, None]
         for node, index, array, value in (
@@ -152,6 +162,6 @@ class EqualizeDensePairsPass(ir.passes.InPlacePass):
             *((node, i, b.astype(np.float64) * a.reshape(b.shape), node.inputs[i]) for node, i, b in biases),
         ):
             node.replace_input_with(index, irutil.add_initializer(
-                graph, names(f"{value.name or 'weight'}_equalized"), np.asarray(array, np.float32)))
+                graph, names(_equalized_name(value.name, "weight")), np.asarray(array, np.float32)))
             irutil.remove_if_unused(graph, value)
         return True

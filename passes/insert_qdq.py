@@ -379,6 +379,8 @@ AVGPOOL_CEIL_PAD = "AveragePool with ceil_mode and count_include_pad: ORT's int8
 ISLAND = "no quantized Conv/MatMul/Gemm next to it: int8 would only add Q/DQ (and error)"
 MODEL_OUTPUT = "its output is a model output: int8 would only round it (no int8 consumer gains)"
 FLOAT_CONSUMERS = "its result goes only to float ops (e.g. a LayerNorm or Softmax): int8 would only round it"
+BIAS_ADD = ("the bias of the MatMul before it: added in float to the MatMul's float result (ORT's "
+            "MatMulIntegerToFloat), not rounded to 8 bits on both sides")
 NEVER_RAN = "saw no finite values during calibration (a branch the data never takes, or NaN/Inf): left in float"
 
 
@@ -449,6 +451,31 @@ def _feeds_chosen(node: ir.Node, chosen: Mapping[int, ir.Node]) -> bool:
     return next(iter(_chosen_consumers(node, chosen, _DATA_MOVEMENT)), None) is not None
 
 
+def _bias_adds(selected: list[ir.Node]) -> set[int]:
+    """ids of selected Adds of a constant bias vector (one value per feature of the last
+    axis) to the result of a selected MatMul with a constant 2-D weight that nothing else
+    reads: a dense layer on an N-D input (2-D ones became Gemms, FuseMatMulBiasPass). With
+    the Add in float the MatMul's result is not rounded to 8 bits, nor is the bias, nor the
+    sum: a rank-3 MLP gained 2.7 dB, at the same speed in ORT CPU."""
+    chosen = {id(n) for n in selected}
+    out = set()
+    for add in selected:
+        if add.op_type != "Add" or len(add.inputs) != 2 or any(v is None for v in add.inputs):
+            continue
+        const = [irutil.is_constant(v) for v in add.inputs]
+        if sorted(const) != [False, True]:
+            continue
+        x = add.inputs[const.index(False)]
+        p = x.producer()
+        if p is None or p.op_type != "MatMul" or id(p) not in chosen or len(x.uses()) != 1 or x.is_graph_output():
+            continue
+        w, b = irutil.const_array(p.inputs[1]), irutil.const_array(add.inputs[const.index(True)])
+        if w is None or b is None or w.ndim != 2 or b.size != w.shape[1] or (b.ndim and b.shape[-1] != w.shape[1]):
+            continue
+        out.add(id(add))
+    return out
+
+
 def _float_fed(selected: list[ir.Node]) -> set[int]:
     """ids of selected Add/Mul/Concat/pool/Resize nodes whose results reach no selected
     node, repeated until nothing changes (an Add feeding only a float Add feeding a
@@ -500,6 +527,9 @@ def plan_static(model: ir.Model, recipe: StaticInt8, float_nodes: Mapping[str, s
     # Gather tables and LSTMs are int8-dynamic's rewrites, after the QDQ (onnxq.api._run_static)
     nodes = (n for n in irutil.iter_nodes(model.graph) if n.op_type not in ("Gather", "LSTM"))
     decisions = select(nodes, recipe.selection, check)
+    if not recipe.quantize_islands and recipe.float_matmul_results:
+        biases = _bias_adds([d.node for d in decisions if d.selected])
+        decisions = [Decision(d.node, False, BIAS_ADD) if id(d.node) in biases else d for d in decisions]
     if not recipe.quantize_islands:
         # a Concat/Add/Mul/pool/Resize whose result the model returns: rounding it to 8 bits
         # saves no work downstream (YOLO's Concat of box coordinates and class scores into

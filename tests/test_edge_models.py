@@ -147,6 +147,29 @@ def test_verify_and_compare_external_data_models_from_another_folder(tmp_path, m
         assert r.exit_code == 0 or "tensorrt" in args, (args, r.output)  # an ort-cpu model breaks TensorRT rules
 
 
+@pytest.mark.parametrize("extra", [[], ["--weight-rounding", "gptq", "--refine-biases"]])
+def test_static_calibration_of_external_data_with_small_tensors_from_another_folder(tmp_path, monkeypatch, extra):
+    """Tensors under the size onnxq hands to ORT separately (a 256-byte bias) kept their
+    relative external-data path in the bytes given to ORT, resolved against the cwd: int8-static
+    failed unless run from the model's folder (a PyPI char-transformer, khmersm)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    w, b = RNG.standard_normal((64, 64)).astype(np.float32), RNG.standard_normal(64).astype(np.float32)
+    graph = h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"]), h.make_node("Add", ["y", "b"], ["z"])], "g",
+                         [h.make_tensor_value_info("x", T.FLOAT, ["N", 64])],
+                         [h.make_tensor_value_info("z", T.FLOAT, ["N", 64])], [nh.from_array(w, "w"), nh.from_array(b, "b")])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), folder / "m.onnx",
+              save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    np.savez(tmp_path / "c.npz", x=RNG.standard_normal((16, 64)).astype(np.float32))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = CliRunner().invoke(main, ["quantize", str(folder / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--recipe",
+                                  "int8-static", "--calib-data", str(tmp_path / "c.npz"), *extra])
+    assert r.exit_code == 0, r.output
+    assert "SQNR" in r.output
+
+
 @pytest.mark.parametrize("args", [["--recipe", "int8-dynamic"], ["--algo", "rtn", "--format", "matmulnbits",
                                                                   "--block-size", "32"]])
 def test_weights_listed_as_inputs_are_quantized(tmp_path, args):

@@ -229,7 +229,7 @@ def collect_hessians(model, targets: Sequence[GptqTarget], data: Any, *, batch_s
     from onnxq.data import as_calibration_data, batched, input_specs
 
     t0 = time.perf_counter()
-    probe = ir.from_proto(ir.to_proto(model))
+    probe = model.clone()  # weights shared; external ones keep their folder
     values = {v.name: v for v in probe.graph.inputs}
     for node in probe.graph:
         for v in node.outputs:

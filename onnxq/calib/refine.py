@@ -108,7 +108,7 @@ def _channel_mean(graph: ir.Graph, value: ir.Value, opset: int, names: irutil.Fr
 def _with_means(model: ir.Model, keys: list[str]) -> tuple[ir.Model, list[str], list[str]]:
     """A copy of ``model`` whose outputs are its float outputs, then the channel means of
     ``keys``. Returns (copy, output names, mean names)."""
-    copy = ir.from_proto(ir.to_proto(model))
+    copy = model.clone()  # weights shared; external ones keep their folder
     values = {v.name: v for n in copy.graph for v in n.outputs}
     outputs = [v for v in copy.graph.outputs if v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16,
                                                               ir.DataType.DOUBLE)]

@@ -766,7 +766,7 @@ def quantize_static(model: ir.Model, recipe: StaticInt8, data: Any) -> StaticRes
     concats = [n for n, why in float_nodes.items() if why not in (NEVER_RAN, MASK_VALUES)]
     float_copy = None
     if recipe.refine_biases and data.reiterable:
-        float_copy = ir.from_proto(ir.to_proto(model))
+        float_copy = model.clone()  # weights shared (the passes replace initializers, never modify them)
     elif recipe.refine_biases:
         logger.warning(
             "refine_biases needs calibration data that can be read again (a list, a function returning a fresh "

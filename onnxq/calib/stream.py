@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import irutil
 from onnxq.calib.observers import ChannelMaxObserver, ChannelMeanObserver, Observer
 from onnxq.calib.probe import DEFAULT_SAMPLE_SIZE, build_probe_model
 from onnxq.data import (
@@ -46,6 +47,7 @@ def _session(model: ir.Model, threads: int):
         so.intra_op_num_threads = threads
     so.log_severity_level = 4  # a refused sample comes back as an exception (ort_failure says it in one line)
     float32_interface(model)
+    _load_external_tensors(model)
     names, arrays = _detach_initializers(model)
     try:
         proto = ir.serde.serialize_model(model)
@@ -66,6 +68,19 @@ def _session(model: ir.Model, threads: int):
     session._onnxq_keep = keep  # the OrtValues share the arrays' memory: keep both alive
     session._onnxq_arrays = arrays
     return session
+
+
+def _load_external_tensors(model: ir.Model) -> None:
+    """Read into memory the external-data tensors that _detach_initializers does not hand
+    to ORT itself (small ones, subgraphs', inputs'): the model goes to ORT as bytes, which
+    would resolve their relative file paths against the working directory."""
+    for graph in irutil.iter_graphs(model.graph):
+        for name, value in graph.initializers.items():
+            t = value.const_value
+            handed_over = graph is model.graph and t is not None and t.nbytes >= _EXTERNAL_BYTES and (
+                not value.is_graph_input())
+            if isinstance(t, ir.ExternalTensor) and not handed_over:
+                value.const_value = ir.tensor(np.array(t.numpy(), copy=True), name=name)  # not a view of its mmap
 
 
 def _detach_initializers(model: ir.Model):

@@ -224,6 +224,10 @@ def compare_runners(
             "cosine": round(res.cosine, 6),
             "max_abs_error": res.max_abs_error,
             "top1_agreement": res.top1_agreement,
+            "median_sample_sqnr_db": None if res.median_sample_sqnr_db is None or math.isinf(res.median_sample_sqnr_db)
+            else round(res.median_sample_sqnr_db, 3),
+            "dominant_sample": res.dominant_sample if res.dominated(len(feeds)) else None,
+            "dominant_share": round(res.dominant_share, 4),
         }
     return out
 

@@ -466,17 +466,18 @@ def test_whole_map_average_pool_becomes_global_and_runs_in_int8():
 
 def test_16_bit_activations_with_a_constant_add_operand_below_opset_21():
     """A bias Add's constant is quantized with the activation type: at 16 bits below opset 21
-    its DequantizeLinear must be com.microsoft's (ORT refused the model: uint16 input)."""
+    its DequantizeLinear must be com.microsoft's (ORT refused the model: uint16 input). A 3-D
+    input: on a 2-D one the MatMul + Add is a Gemm with an int32 bias (FuseMatMulBiasPass)."""
     text = """
     <ir_version: 8, opset_import: ["" : 17]>
-    m (float[N, 16] x) => (float[N, 8] y) {
+    m (float[N, 3, 16] x) => (float[N, 3, 8] y) {
         h = MatMul(x, w)
         a = Add(h, b)
         y = Relu(a)
     }
     """
     inits = {"w": RNG.standard_normal((16, 8)).astype(np.float32), "b": RNG.standard_normal(8).astype(np.float32)}
-    data = [{"x": RNG.standard_normal((2, 16)).astype(np.float32)} for _ in range(4)]
+    data = [{"x": RNG.standard_normal((2, 3, 16)).astype(np.float32)} for _ in range(4)]
     out = onnxq.quantize(model_from_text(text, inits), StaticInt8(activation_type="uint16", quantize_islands=True),
                          data=data)
     check_full(out)

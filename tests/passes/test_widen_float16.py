@@ -128,7 +128,7 @@ def test_float16_model_quantizes_to_int8(io_type, recipe):
         calib = [_feeds(io_type, n=4) for _ in range(8)]
         q, report = onnxq.quantize_with_report(model, onnxq.StaticInt8(), calib)
     assert any("float16" in n for n in report.notes), report.notes
-    assert sum(d.selected for d in report.decisions if d.node.op_type == "MatMul") == 2
+    assert sum(d.selected for d in report.decisions if d.node.op_type in ("MatMul", "Gemm")) == 2
     check_full(q)
     ops = collections.Counter(n.op_type for n in q.graph)
     assert ops["DynamicQuantizeLinear" if recipe == "dynamic" else "QuantizeLinear"] >= 1, ops

@@ -1,0 +1,117 @@
+"""Dense layers written as MatMul + bias Add: a Gemm on 2-D inputs (FuseMatMulBiasPass), a
+float bias Add on N-D inputs (insert_qdq's BIAS_ADD rule) -- neither rounds the bias or
+the MatMul's result to 8 bits."""
+
+import collections
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+import onnxq
+from onnxq.passes.fuse_matmul_bias import FuseMatMulBiasPass
+from onnxq.passes.infer_shapes import InferShapesPass
+from onnxq.passes.insert_qdq import BIAS_ADD
+from tests.helpers import assert_pass_idempotent, check_full, run_ort, to_bytes
+
+RNG = np.random.default_rng(31)
+
+
+def _mlp(rank: int, widths=(64, 256, 256, 8)) -> ir.Model:
+    """x -> [MatMul -> Add(bias) -> Relu] x 2 -> MatMul -> Add(bias) -> y (biases of
+    shape [N]; the last one [1, N])."""
+    nodes, inits, x = [], [], "x"
+    for i, (k, n) in enumerate(zip(widths[:-1], widths[1:])):
+        last = i == len(widths) - 2
+        bias = (RNG.standard_normal((1, n) if last else n) * 0.5).astype(np.float32)
+        inits += [nh.from_array((RNG.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), f"w{i}"),
+                  nh.from_array(bias, f"b{i}")]
+        nodes += [h.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"dense{i}"),
+                  h.make_node("Add", [f"m{i}", f"b{i}"], ["y" if last else f"a{i}"], name=f"bias{i}")]
+        if not last:
+            nodes.append(h.make_node("Relu", [f"a{i}"], [f"r{i}"]))
+            x = f"r{i}"
+    shape = ["N", widths[0]] if rank == 2 else ["N", 16, widths[0]]
+    graph = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", T.FLOAT, shape)],
+                         [h.make_tensor_value_info("y", T.FLOAT, shape[:-1] + [widths[-1]])], inits)
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    onnx.checker.check_model(proto, full_check=True)
+    model = ir.serde.deserialize_model(proto)
+    InferShapesPass()(model)
+    return model
+
+
+def _feeds(rank: int, n: int) -> list[dict[str, np.ndarray]]:
+    shape = (4, 64) if rank == 2 else (4, 16, 64)
+    return [{"x": RNG.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _sqnr(ref, y):
+    return 10 * np.log10((ref.astype(np.float64) ** 2).sum() / ((ref - y).astype(np.float64) ** 2).sum())
+
+
+def test_two_d_dense_layers_become_gemms_that_compute_the_same():
+    model = _mlp(2)
+    feeds = _feeds(2, 1)[0]
+    ref = run_ort(model, feeds)[0]
+    fused = assert_pass_idempotent(FuseMatMulBiasPass, model)
+    check_full(fused)
+    gemms = [n for n in fused.graph if n.op_type == "Gemm"]
+    assert [n.name for n in gemms] == ["dense0", "dense1", "dense2"]  # the layers keep their names
+    assert not any(n.op_type in ("MatMul", "Add") for n in fused.graph)
+    assert [v.name for v in fused.graph.outputs] == ["y"]
+    assert all(len(g.inputs[2].shape) == 1 for g in gemms)  # the [1, N] bias became a vector
+    np.testing.assert_allclose(run_ort(fused, feeds)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_a_two_d_dense_layer_is_left_alone():
+    model = _mlp(3)  # rank-3 input: Gemm takes 2-D only
+    assert_pass_idempotent(FuseMatMulBiasPass, model, expect_modified=False)
+    shared = _mlp(2)
+    m0 = next(n for n in shared.graph if n.name == "dense0")
+    extra = ir.node("Relu", [m0.outputs[0]])  # the MatMul's result is read twice
+    shared.graph.append(extra)
+    extra.outputs[0].name = "also"
+    shared.graph.outputs.append(extra.outputs[0])
+    FuseMatMulBiasPass()(shared)
+    assert {n.name for n in shared.graph if n.op_type == "MatMul"} == {"dense0"}
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_dense_layers_quantize_without_rounding_their_biases(rank, tmp_path):
+    """2-D: one QGemm per layer in ORT (int32 bias). N-D: the bias Adds stay float with the
+    BIAS_ADD reason, ORT runs MatMulIntegerToFloat, and the output is closer to float than
+    with the Adds quantized. Either way no bias is stored in the 8-bit activation type."""
+    model = _mlp(rank)
+    calib = _feeds(rank, 32)
+    hold = _feeds(rank, 16)
+    refs = [run_ort(model, f)[0] for f in hold]
+    q, report = onnxq.quantize_with_report(model.clone(), onnxq.StaticInt8(calibration="minmax"), calib)
+    check_full(q)
+    eight_bit = [v for v in q.graph.initializers.values()
+                 if v.const_value is not None and v.const_value.dtype == ir.DataType.UINT8 and v.const_value.size > 1]
+    assert not eight_bit, [v.name for v in eight_bit]
+    path = tmp_path / "q.onnx"
+    path.write_bytes(to_bytes(q))
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    kernels = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    if rank == 2:
+        assert kernels["QGemm"] == 3, kernels
+        assert any("as Gemm" in n for n in report.notes)
+    else:
+        assert kernels["MatMulIntegerToFloat"] == 3, kernels
+        assert [d.reason for d in report.decisions if d.node.op_type == "Add"] == [BIAS_ADD] * 3
+    new_db = _sqnr(np.concatenate(refs), np.concatenate([run_ort(q, f)[0] for f in hold]))
+    assert new_db > 35, new_db
+    if rank == 3:  # quantize_islands keeps the old rule: the bias Adds quantized
+        old, _ = onnxq.quantize_with_report(
+            model.clone(), onnxq.StaticInt8(calibration="minmax", quantize_islands=True), calib)
+        old_db = _sqnr(np.concatenate(refs), np.concatenate([run_ort(old, f)[0] for f in hold]))
+        assert new_db > old_db + 1.0, (new_db, old_db)

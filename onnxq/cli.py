@@ -302,7 +302,7 @@ def _print_agreement(comparison, model: str, output: str) -> None:
     """One line per model output: how closely the written model follows the float one."""
     from rich.console import Console
 
-    from onnxq.verify import LOW_SQNR_DB, LOW_TOP1_AGREEMENT
+    from onnxq.verify import LOW_SQNR_DB
 
     console = Console(markup=False)  # names from the model may hold '[...]'
     for o in comparison.outputs:
@@ -323,8 +323,8 @@ def _print_agreement(comparison, model: str, output: str) -> None:
                 + ". An input far larger than the others also sets the int8 ranges for every input: if it is not "
                 "what the model sees in use, leave it out of the calibration data", soft_wrap=True,
             )
-        if worst < LOW_SQNR_DB or (o.top1_agreement is not None and o.top1_agreement < LOW_TOP1_AGREEMENT):
-            what = f"{worst:.1f} dB" + ("" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.0%}")
+        if worst < LOW_SQNR_DB:  # (not on top-1 agreement alone: an embedding's argmax means little)
+            what = f"{worst:.1f} dB" + ("" if median is None or median >= o.sqnr_db - 6 else " for the median sample")
             console.print(
                 f"warning: output {o.name!r} is far from the float model ({what}): "
                 f"`onnxq compare {model} {output} --data DATA` names the layers that lose the most; "

@@ -256,6 +256,7 @@ def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]
 
     float_values = produced(float_model)
     quant_values = produced(quant_model)
+    float_names = {n.name for n in float_model.graph if n.name}
     outputs = {v.name for v in float_model.graph.outputs}
     shared = []
     for name, v in float_values.items():
@@ -268,9 +269,12 @@ def shared_float_tensors(float_model, quant_model) -> list[tuple[str, str, str]]
         if v.dtype != ir.DataType.FLOAT or q.dtype not in (None, ir.DataType.FLOAT):
             continue
         # the quantized model's producer where it computes the tensor itself: a BatchNormalization
-        # folded into its Conv keeps its output name, and the node to --exclude is the Conv
+        # folded into its Conv keeps its output name, and the node to --exclude is the Conv. Not a
+        # node the quantizer made (int8-dynamic's "emb/Mul" after a Gather): --exclude takes the
+        # float model's names
         made = q.producer()
-        if made is not None and made.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant", "Identity"):
+        if (made is not None and made.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant", "Identity")
+                and (made.name in float_names or not made.name)):
             producer = made
         shared.append((name, producer.op_type, producer.name or ""))
     return shared

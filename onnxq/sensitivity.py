@@ -77,6 +77,9 @@ class AutoExcludeResult:
     rounds: int
     # per round: (nodes kept in float, worst output SQNR dB, worst top-1 agreement or None)
     history: tuple[tuple[int, float, float | None], ...] = ()
+    # the candidates of the last round that the budget refused, when it refused them all
+    # (the search stopped because nothing fits, not because nothing helps)
+    over_budget: tuple[tuple[str, ...], ...] = ()
 
     def summary(self) -> str:
         worst = min(self.comparison.outputs, key=lambda o: o.sqnr_db)
@@ -179,6 +182,7 @@ def auto_exclude(
                 comparison = measure(excluded)[2]
             quantized_names = {d.node.name for d in report.quantized if d.node.name}
             units: list[tuple[str, ...]] = []
+            refused: list[tuple[str, ...]] = []
             for ranking in (rank_nodes_by_lost_db, rank_nodes_by_added_error):
                 taken = 0
                 for name, _ in ranking(float_model, comparison, quantized_names):
@@ -189,10 +193,14 @@ def auto_exclude(
                     if not fresh or len(quantized_names - set(fresh)) < 1:  # keep something quantized
                         continue
                     if budget is not None and not budget(excluded + fresh):
+                        if fresh not in refused:
+                            refused.append(fresh)
                         continue
                     taken += 1
                     if fresh not in units:
                         units.append(fresh)
+            if not units:
+                return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history), tuple(refused))
             best = None
             for fresh in units:
                 trial = measure(excluded + fresh, per_layer=False)
@@ -296,6 +304,16 @@ def quantize_static_to_target(
         note += (
             f" ({share:.0%} of the multiply-adds, budget {max_float_share:.0%}; {wshare:.1%} of the weights, "
             f"budget {max_float_weight_share:.0%}): " + ", ".join(result.excluded)
+        )
+    if result.over_budget:  # nothing was tried: say what the budget refused and what would let it
+        smallest = min(result.over_budget, key=lambda u: sum(macs.get(n, 0.0) for n in u))
+        needs_macs = sum(macs.get(n, 0.0) for n in (*result.excluded, *smallest)) / total
+        needs_w = sum(params.get(n, 0.0) for n in (*result.excluded, *smallest)) / total_params
+        note += (
+            f"; every candidate is over the float budget ({max_float_share:.0%} of the multiply-adds, "
+            f"{max_float_weight_share:.0%} of the weights): the cheapest, {', '.join(smallest)}, would make it "
+            f"{needs_macs:.0%} / {needs_w:.1%}; raise --float-budget to {max(needs_macs, needs_w) * 100:.0f} or more "
+            "to let the search try it"
         )
     if not result.target_met:  # say so when the search could not see some of the quantized nodes
         from onnxq import irutil

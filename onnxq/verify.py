@@ -10,13 +10,12 @@ from pathlib import Path
 from onnxq.errors import OnnxqError
 
 __all__ = ["check_model_file", "VerificationError", "AgreementSkipped", "agreement_with_float", "AGREEMENT_SAMPLES",
-           "AGREEMENT_MAX_BYTES", "LOW_SQNR_DB", "LOW_TOP1_AGREEMENT"]
+           "AGREEMENT_MAX_BYTES", "LOW_SQNR_DB"]
 
 # samples both models run on after quantizing: seconds, not minutes. 8 overstated a voice
 # detector whose rare quiet frames flip (30.3 dB on the first 8, 20.8 on all 60)
 AGREEMENT_SAMPLES = 32
 LOW_SQNR_DB = 10.0  # below this an output is far enough from the float model to warn
-LOW_TOP1_AGREEMENT = 0.8  # and below this share of the float model's top-1 classes
 AGREEMENT_MAX_BYTES = 2 << 30  # larger float models: no second pair of sessions after quantizing
 TEXT_AGREEMENT_MAX_BYTES = 256 << 20  # token text: checked for encoders this size, not for language models
 

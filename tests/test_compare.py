@@ -208,3 +208,30 @@ def _copy(model):
     import onnx_ir as ir
 
     return ir.from_proto(ir.to_proto(model))
+
+
+def test_layers_are_charged_to_float_model_nodes_not_to_nodes_the_quantizer_made(tmp_path):
+    """int8-dynamic reads an embedding table as int8 rows times their scales: the Mul that
+    computes 'emb' is onnxq's ("embed/Mul"), which --exclude cannot name; compare charges
+    the float model's Gather."""
+    import onnx
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (int64[N, 6] ids) => (float[N, 6, 8] y) {
+        emb = Gather(table, ids)
+        y = MatMul(emb, w)
+    }
+    """
+    model = model_from_text(text, {"table": RNG.standard_normal((100, 64)).astype(np.float32),
+                                   "w": RNG.standard_normal((64, 8)).astype(np.float32)})
+    proto = onnx.load_from_string(to_bytes(model))
+    proto.graph.node[0].name, proto.graph.node[1].name = "embed", "proj"
+    src, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    src.write_bytes(proto.SerializeToString())
+    q, report = onnxq.quantize_with_report(src, onnxq.DynamicInt8(min_weight_elements=0))
+    assert any(n.name.startswith("embed/") for n in q.graph)  # the rewrite made its own nodes
+    onnxq.save(q, out)
+    feeds = [{"ids": RNG.integers(0, 100, (2, 6))} for _ in range(3)]
+    layers = {t.name: t for t in compare_models(src, out, feeds).layers}
+    assert layers["emb"].node == "embed" and layers["emb"].op_type == "Gather", layers["emb"]

@@ -46,3 +46,35 @@ def test_worst_layer_is_kept_in_float_until_target_holds(tmp_path):
 def _save(model, path):
     onnxq.save(model, path)
     return path
+
+
+def test_a_search_that_nothing_fits_says_how_much_budget_would(tmp_path):
+    """Three equal layers are a third of the multiply-adds each, over the default 15 %: the search
+    tries nothing, and the note says so and which --float-budget lets it try (the search
+    used to stop after one round with only "kept 0 node(s) in float")."""
+    import onnx
+
+    from onnxq.sensitivity import quantize_static_to_target
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, 64] x) => (float[N, 64] y) {
+        a = MatMul(x, w1)
+        b = Relu(a)
+        c = MatMul(b, w2)
+        d = Relu(c)
+        y = MatMul(d, w3)
+    }
+    """
+    model = model_from_text(text, {f"w{i}": RNG.standard_normal((64, 64)).astype(np.float32) for i in (1, 2, 3)})
+    proto = onnx.load_from_string(to_bytes(model))
+    for i, node in enumerate(proto.graph.node):
+        node.name = f"n{i}"
+    f = tmp_path / "f.onnx"
+    f.write_bytes(proto.SerializeToString())
+    data = [{"x": RNG.standard_normal((8, 64)).astype(np.float32)} for _ in range(4)]
+    _, report, result = quantize_static_to_target(f, onnxq.StaticInt8(calibration="minmax"), data,
+                                                  AccuracyTarget(min_sqnr_db=99.0))
+    assert not result.target_met and result.excluded == () and result.over_budget
+    note = next(n for n in report.notes if n.startswith("sensitivity: target"))
+    assert "every candidate is over the float budget" in note and "raise --float-budget to 67 or more" in note, note

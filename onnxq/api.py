@@ -263,12 +263,13 @@ def _run_static(recipe: StaticInt8, model: ir.Model, data: Any) -> QuantizeRepor
     from onnxq.passes.infer_shapes import InferShapesPass
 
     InferShapesPass()(model)  # the fold needs to know that x's last axis is the K features
-    from onnxq.passes.fuse_matmul_bias import FuseMatMulBiasPass
+    from onnxq.passes.fold_matmul_output_affine import FoldMatMulOutputAffinePass
 
-    fuse = FuseMatMulBiasPass()
-    if fuse(model).modified:
-        notes.append(f"wrote {fuse.fused} MatMul + bias Add pair(s) on 2-D inputs as Gemm (an int32 bias, one "
-                     "int8 layer)")
+    after = FoldMatMulOutputAffinePass()
+    if after(model).modified:
+        notes.append(f"folded {after.removed} bias/per-feature Mul/Add node(s) after MatMul/Gemm into their weights "
+                     f"and biases" + (f"; {after.gemms} MatMul(s) on 2-D inputs written as Gemm (an int32 bias, one "
+                                      "int8 layer)" if after.gemms else ""))
     fold = FoldMatMulInputAffinePass()
     if fold(model).modified:
         notes.append(f"folded {fold.removed} per-feature Mul/Add node(s) (e.g. a BatchNormalization after "

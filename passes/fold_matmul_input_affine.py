@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnxq import irutil
 
-__all__ = ["FoldMatMulInputAffinePass"]
+__all__ = ["FoldMatMulInputAffinePass", "per_feature_constant"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class _Affine:
     shift: np.ndarray  # float64 [K]
 
 
-def _per_feature(node: ir.Node, features: int) -> tuple[int, np.ndarray] | None:
+def per_feature_constant(node: ir.Node, features: int) -> tuple[int, np.ndarray] | None:
     """(index of the data input, the constant as one value per feature) for a binary op by a
     float32 constant that is a scalar or varies along the last axis only."""
     if node.domain not in ("", "ai.onnx") or len(node.inputs) != 2 or any(v is None for v in node.inputs):
@@ -99,7 +99,7 @@ def _affine_before(v: ir.Value, features: int) -> _Affine | None:
         p = cur.producer()
         if p is None or p.op_type not in ops or (nodes and (len(cur.uses()) != 1 or cur.is_graph_output())):
             continue
-        found = _per_feature(p, features)
+        found = per_feature_constant(p, features)
         if found is None:
             continue
         side, c = found

@@ -467,7 +467,7 @@ def test_whole_map_average_pool_becomes_global_and_runs_in_int8():
 def test_16_bit_activations_with_a_constant_add_operand_below_opset_21():
     """A bias Add's constant is quantized with the activation type: at 16 bits below opset 21
     its DequantizeLinear must be com.microsoft's (ORT refused the model: uint16 input). A 3-D
-    input: on a 2-D one the MatMul + Add is a Gemm with an int32 bias (FuseMatMulBiasPass)."""
+    input: on a 2-D one the MatMul + Add is a Gemm with an int32 bias (FoldMatMulOutputAffinePass)."""
     text = """
     <ir_version: 8, opset_import: ["" : 17]>
     m (float[N, 3, 16] x) => (float[N, 3, 8] y) {

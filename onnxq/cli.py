@@ -284,9 +284,15 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
     if agreement:
         _print_agreement(agreement, model, output)
     if target_missed:  # the model is written (the closest the search got); a build script still has to notice
+        if sensitivity.over_budget:
+            advice = "every candidate was over the float budget: raise --float-budget (the note above says how far)"
+        elif sensitivity.no_gain:
+            advice = ("no node kept in float helped, so a larger --float-budget will not either: try --weight-rounding "
+                      "gptq or another --calibration, --exclude nodes `onnxq compare` names, or lower the target")
+        else:
+            advice = "raise --float-budget, try --weight-rounding gptq, or lower the target"
         click.echo(f"error: accuracy target {accuracy_target.describe()} not met on the calibration data; {output} holds "
-                   "the closest model found. Raise --float-budget, try --weight-rounding gptq, or lower the target "
-                   f"(exit {TARGET_MISSED_EXIT})", err=True)
+                   f"the closest model found; {advice} (exit {TARGET_MISSED_EXIT})", err=True)
         raise SystemExit(TARGET_MISSED_EXIT)
 
 
@@ -324,12 +330,14 @@ def _print_agreement(comparison, model: str, output: str) -> None:
                 "what the model sees in use, leave it out of the calibration data", soft_wrap=True,
             )
         if worst < LOW_SQNR_DB:  # (not on top-1 agreement alone: an embedding's argmax means little)
-            what = f"{worst:.1f} dB" + ("" if median is None or median >= o.sqnr_db - 6 else " for the median sample")
+            what = f"{worst:.1f} dB" + ("" if median is None or median >= o.sqnr_db else " for the median sample")
             console.print(
                 f"warning: output {o.name!r} is far from the float model ({what}): "
                 f"`onnxq compare {model} {output} --data DATA` names the layers that lose the most; "
                 "--exclude them, or let --target-sqnr DB choose (int8-static)", soft_wrap=True,
             )
+    console.print(f"(measured on data the model was calibrated on; `onnxq compare {model} {output} --data HELD_OUT` "
+                  "measures inputs it has not seen)", soft_wrap=True)
 
 
 def _text_calibration(model: str, calib_text: str | None, tokenizer: str | None, recipe, seq_len: int | None = None):
@@ -420,12 +428,23 @@ def _print_summary(report, model: str, output: str, in_bytes: int | None, elapse
     for note in report.notes:
         console.print(f"note: {note}")
     if in_bytes and out_bytes > in_bytes * 1.02:
-        console.print(
-            f"warning: the output is {out_bytes / in_bytes:.0%} of the input's size: the recipe quantized little of "
-            "this model's weights and the rest is stored in float32 (a 16-bit float model's weights are widened); the table "
-            "above says which nodes stayed float and why — another recipe (int8-static, int4-weight-only) or "
-            "--op-types may suit this model better", soft_wrap=True,
-        )
+        from onnxq import modelio
+
+        w_in, w_out = (modelio.model_weight_bytes(modelio.load(p)) for p in (model, output))
+        if w_out < 0.9 * w_in:  # the weights did shrink: the graph grew more than they saved
+            console.print(
+                f"warning: the output is {out_bytes / in_bytes:.0%} of the input's size although its weights went from "
+                f"{w_in / 1e3:.0f} to {w_out / 1e3:.0f} KB: this model is small, and the Quantize/DequantizeLinear "
+                "nodes with their scales take more bytes than int8 saves (and a small model may run no faster in int8; "
+                "compare the latency with onnxq verify --float)", soft_wrap=True,
+            )
+        else:
+            others = [r for r in ("int8-static", "int8-dynamic", "int4-weight-only") if r != report.recipe.name]
+            console.print(
+                f"warning: the output is {out_bytes / in_bytes:.0%} of the input's size: the recipe quantized little of "
+                "this model's weights and the rest stays float; the table above says which nodes stayed float and "
+                f"why — another recipe ({', '.join(others)}) or --op-types may suit this model better", soft_wrap=True,
+            )
 
 
 @main.command()

@@ -130,11 +130,18 @@ def load(path: str | os.PathLike) -> ir.Model:
 
 
 def model_weight_bytes(model: ir.Model) -> int:
+    """Bytes of the model's constant tensors: initializers and the tensors of ``Constant``
+    nodes (Paddle2ONNX and some torch exports keep every weight in one), subgraphs too."""
     total = 0
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 total += value.const_value.nbytes
+        for node in graph:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                attr = node.attributes.get("value")
+                if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                    total += attr.value.nbytes
     return total
 
 

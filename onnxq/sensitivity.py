@@ -80,6 +80,9 @@ class AutoExcludeResult:
     # the candidates of the last round that the budget refused, when it refused them all
     # (the search stopped because nothing fits, not because nothing helps)
     over_budget: tuple[tuple[str, ...], ...] = ()
+    # the candidates of the last round when none of them (nor the best two together) made the
+    # outputs closer to the float model's (the search stopped because nothing helps)
+    no_gain: tuple[tuple[str, ...], ...] = ()
 
     def summary(self) -> str:
         worst = min(self.comparison.outputs, key=lambda o: o.sqnr_db)
@@ -90,20 +93,74 @@ class AutoExcludeResult:
         return text
 
 
+def _charges(float_model, comparison: Comparison, candidates: set[str]):
+    """(node to keep in float, measured tensor) pairs: each measured layer is charged to the
+    node ``onnxq compare`` names for it (a Conv whose BatchNormalization was folded in, the
+    MatMul before a bias Add) when that node is a candidate; a tensor a float op computes
+    (a HardSwish, a Softmax) loses its accuracy where it is quantized for the candidates
+    that read it, so it is charged to them (through Relu/Clip and pass-through ops). Model
+    outputs are charged to the node that computes them."""
+    readers: dict[str, list] = {}
+    for node in float_model.graph:
+        for v in node.inputs:
+            if v is not None and v.name:
+                readers.setdefault(v.name, []).append(node)
+
+    def quantized_readers(name: str, depth: int = 8) -> list[str]:
+        out = []
+        for n in readers.get(name, ()):
+            if n.name in candidates:
+                out.append(n.name)
+            elif depth and n.op_type in _PASS_THROUGH and n.outputs:
+                out.extend(quantized_readers(n.outputs[0].name, depth - 1))
+        return out
+
+    for t in comparison.layers:
+        if t.node in candidates:
+            yield t.node, t
+        else:
+            for name in dict.fromkeys(quantized_readers(t.name)):
+                yield name, t
+    producers = {v.name: n for n in float_model.graph for v in n.outputs if v.name}
+    for o in comparison.outputs:
+        p = producers.get(o.name)
+        if p is not None and p.name in candidates:
+            yield p.name, o
+
+
+def _ranked(float_model, comparison: Comparison, candidates: set[str], measure) -> list[tuple[str, float]]:
+    best: dict[str, float] = {}
+    for name, t in _charges(float_model, comparison, candidates):
+        value = measure(t)
+        if name not in best or value > best[name]:
+            best[name] = value
+    return sorted(best.items(), key=lambda item: item[1], reverse=True)
+
+
+def _upstream_of_output(float_model, comparison: Comparison):
+    """Output tensor name -> (worst input SQNR dB capped, largest input NSR), from the
+    measured inputs of the node that computes it (outputs carry no added figures)."""
+    nsr_of = {t.name: nsr(t.sqnr_db) for t in (*comparison.layers, *comparison.outputs)}
+    db_of = {t.name: min(t.sqnr_db, INPUT_SQNR_DB) for t in (*comparison.layers, *comparison.outputs)}
+    out = {}
+    for node in float_model.graph:
+        for v in node.outputs:
+            if v.name in {o.name for o in comparison.outputs}:
+                ins = [i for i in node.inputs if i is not None]
+                out[v.name] = (min((db_of.get(i.name, INPUT_SQNR_DB) for i in ins), default=INPUT_SQNR_DB),
+                               max((nsr_of.get(i.name, 0.0) for i in ins), default=0.0))
+    return out
+
+
 def rank_nodes_by_added_error(float_model, comparison: Comparison, candidates: set[str]) -> list[tuple[str, float]]:
     """(node name, added NSR) for candidate nodes, worst first."""
-    nsr_of = {t.name: nsr(t.sqnr_db) for t in (*comparison.layers, *comparison.outputs)}
-    ranked = []
-    for node in float_model.graph:
-        if node.name not in candidates or not node.outputs:
-            continue
-        out = node.outputs[0].name
-        if out not in nsr_of:
-            continue
-        upstream = max((nsr_of.get(v.name, 0.0) for v in node.inputs if v is not None), default=0.0)
-        ranked.append((node.name, nsr_of[out] - upstream))
-    ranked.sort(key=lambda item: item[1], reverse=True)
-    return ranked
+    up = _upstream_of_output(float_model, comparison)
+    outputs = {o.name for o in comparison.outputs}
+
+    def added(t) -> float:
+        return nsr(t.sqnr_db) - up[t.name][1] if t.name in outputs and t.name in up else t.added_nsr
+
+    return _ranked(float_model, comparison, candidates, added)
 
 
 def rank_nodes_by_lost_db(float_model, comparison: Comparison, candidates: set[str]) -> list[tuple[str, float]]:
@@ -112,15 +169,13 @@ def rank_nodes_by_lost_db(float_model, comparison: Comparison, candidates: set[s
     every later layer carries; added NSR finds late layers that add much noise in absolute
     terms (and layers that merely amplify their inputs' noise): each misses what the other
     finds, so the search below tries the top of both."""
-    db_of = {t.name: min(t.sqnr_db, INPUT_SQNR_DB) for t in (*comparison.layers, *comparison.outputs)}
-    ranked = []
-    for node in float_model.graph:
-        if node.name not in candidates or not node.outputs or node.outputs[0].name not in db_of:
-            continue
-        upstream = min((db_of.get(v.name, INPUT_SQNR_DB) for v in node.inputs if v is not None), default=INPUT_SQNR_DB)
-        ranked.append((node.name, upstream - db_of[node.outputs[0].name]))
-    ranked.sort(key=lambda item: item[1], reverse=True)
-    return ranked
+    up = _upstream_of_output(float_model, comparison)
+    outputs = {o.name for o in comparison.outputs}
+
+    def lost(t) -> float:
+        return up[t.name][0] - min(t.sqnr_db, INPUT_SQNR_DB) if t.name in outputs and t.name in up else t.added_db
+
+    return _ranked(float_model, comparison, candidates, lost)
 
 
 def _score(comparison: Comparison) -> tuple[float, float]:
@@ -201,13 +256,21 @@ def auto_exclude(
                         units.append(fresh)
             if not units:
                 return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history), tuple(refused))
-            best = None
+            tried = []
             for fresh in units:
-                trial = measure(excluded + fresh, per_layer=False)
-                if best is None or _score(trial[2]) > _score(best[1][2]):
-                    best = (fresh, trial)
-            if best is None or _score(best[1][2]) <= score:
-                break  # nothing within the budget helps
+                tried.append((fresh, measure(excluded + fresh, per_layer=False)))
+            tried.sort(key=lambda t: _score(t[1][2]), reverse=True)
+            best = tried[0]
+            if _score(best[1][2]) <= score and len(tried) > 1:
+                # no node helps alone: a stem conv and the depthwise conv after it can (PP-LCNet)
+                pair = best[0] + tuple(m for m in tried[1][0] if m not in best[0])
+                if len(quantized_names - set(pair)) >= 1 and (budget is None or budget(excluded + pair)):
+                    trial = measure(excluded + pair, per_layer=False)
+                    if _score(trial[2]) > _score(best[1][2]):
+                        best = (pair, trial)
+            if _score(best[1][2]) <= score:  # nothing within the budget helps
+                return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history),
+                                                no_gain=tuple(u for u, _ in tried))
             excluded += best[0]
             model, report, comparison = best[1]
             logger.info("round %d: keeping %s in float (output SQNR %.1f dB)", round_no, ", ".join(best[0]), _score(comparison)[0])
@@ -314,6 +377,11 @@ def quantize_static_to_target(
             f"{max_float_weight_share:.0%} of the weights): the cheapest, {', '.join(smallest)}, would make it "
             f"{needs_macs:.0%} / {needs_w:.1%}; raise --float-budget to {max(needs_macs, needs_w) * 100:.0f} or more "
             "to let the search try it"
+        )
+    if result.no_gain:
+        note += (
+            f"; the search stopped: no candidate kept in float, alone or the best two together, brought the outputs "
+            f"closer to the float model's (tried {'; '.join(', '.join(u) for u in result.no_gain[:6])})"
         )
     if not result.target_met:  # say so when the search could not see some of the quantized nodes
         from onnxq import irutil

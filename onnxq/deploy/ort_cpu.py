@@ -38,14 +38,33 @@ def quiet_session_options(config: Mapping[str, str] | None = None, threads: int 
     return so
 
 
-def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tuple[str, ...], rule: str) -> tuple[list[Finding], dict[str, int]]:
+def _graphs(graph):
+    """``graph`` and its subgraphs (If/Loop bodies), as protos."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
+
+
+def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tuple[str, ...], rule: str,
+                              source_path: str | os.PathLike | None = None) -> tuple[list[Finding], dict[str, int]]:
     """Findings for nodes of ``quantizable`` op types that still read a DequantizeLinear
-    output in an ORT-optimized graph, and the optimized graph's op histogram."""
+    output in an ORT-optimized graph, and the optimized graph's op histogram. With
+    ``source_path`` (the model ORT optimized), an elementwise op whose result the model does
+    not compute with an op of that type is ORT's own (the Mul of a HardSwish it expanded,
+    which the model runs in float by design), not a fallback."""
     import collections
 
     import onnx
 
     proto = onnx.load(str(optimized_path), load_external_data=False)
+    source_values = None
+    if source_path is not None:
+        source = onnx.load(str(source_path), load_external_data=False)
+        source_values = {o: n.op_type for g in _graphs(source.graph) for n in g.node for o in n.output}
     producer = {o: n for n in proto.graph.node for o in n.output}
     consumers = collections.defaultdict(list)
     for n in proto.graph.node:
@@ -73,6 +92,9 @@ def optimized_graph_fallbacks(optimized_path: str | os.PathLike, quantizable: tu
         # a Conv/MatMul/Gemm left next to a DequantizeLinear runs in float whatever follows; an
         # elementwise op, Concat, pool or reshape only when its result is quantized again (one
         # that reads a dequantized value and hands on a float one is a float op by design)
+        if n.op_type not in WEIGHTED_OPS and source_values is not None and not any(
+                source_values.get(o) == n.op_type for o in n.output):
+            continue  # a node ORT made (an expanded HardSwish's Mul), not one of the model's
         if dq_inputs and (n.op_type in WEIGHTED_OPS or requantized(n)):
             findings.append(Finding(rule, FALLBACK, n.name or f"<unnamed {n.op_type}>", n.op_type,
                                     "not fused into an integer kernel: runs in float between DequantizeLinear "
@@ -108,7 +130,7 @@ def verify_ort_cpu(
             report.findings.append(Finding("ORT-LOAD", "error", "", "", f"ONNX Runtime cannot load the model: "
                                            f"{str(e).splitlines()[0][:300]}"))
             return
-        findings, hist = optimized_graph_fallbacks(opt, profile.qdq_op_types, "ORT-FUSE")
+        findings, hist = optimized_graph_fallbacks(opt, profile.qdq_op_types, "ORT-FUSE", path)
     report.findings.extend(findings)
     report.metrics["optimized_ops"] = hist
     run, sess = ort_runner(path, threads=threads, options=quiet_session_options(session_config, threads))

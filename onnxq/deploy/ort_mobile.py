@@ -135,7 +135,7 @@ def verify_ort_mobile(
     report.metrics["reduced_ops_config"] = str(conv.config_path)
     report.metrics["required_ops"] = conv.op_types()
     if conv.optimized_onnx is not None:
-        findings, hist = optimized_graph_fallbacks(conv.optimized_onnx, profile.qdq_op_types, "MOBILE-FUSE")
+        findings, hist = optimized_graph_fallbacks(conv.optimized_onnx, profile.qdq_op_types, "MOBILE-FUSE", path)
         report.findings.extend(findings)
         report.metrics["optimized_ops"] = hist
     # the .ort loads and answers like the .onnx

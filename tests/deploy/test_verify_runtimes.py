@@ -67,6 +67,36 @@ def test_a_float_op_reading_a_dequantized_value_is_not_a_fallback(tmp_path):
     assert r.ok and not [f for f in r.fallbacks if f.rule == "ORT-FUSE"], r.fallbacks
 
 
+def test_a_hard_swish_that_ort_expands_is_not_a_fallback(tmp_path):
+    """ORT CPU runs a HardSwish as the HardSigmoid and Mul of its function body: that
+    unnamed Mul, between the int8 convs' dequantize and quantize, is the model's float
+    HardSwish, not an int8 Mul ORT failed to fuse (PP-LCNet: 28 "<unnamed Mul>" fallbacks
+    for a model with 3 Muls). An int8 Mul of the model that stays unfused is still one."""
+    import numpy as np
+
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(3)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+            c = Conv <pads: ints = [1, 1, 1, 1]> (x, w)
+            h = HardSwish(c)
+            y = Conv <pads: ints = [1, 1, 1, 1]> (h, w2)
+        }
+        """,
+        {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+         "w2": rng.standard_normal((4, 4, 3, 3)).astype(np.float32)},
+    )
+    feeds = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    p = tmp_path / "q.onnx"
+    onnxq.save(onnxq.quantize(model, onnxq.StaticInt8(), data=feeds), p)
+    r = verify(p, "ort-cpu", latency=False)
+    assert r.loaded and any("QLinearConv" in k for k in r.metrics["optimized_ops"])
+    assert not [f for f in r.fallbacks if f.rule == "ORT-FUSE"], r.fallbacks
+
+
 def test_ort_cpu_latency_against_float(tiny_ort_qdq, tiny_float):
     r = verify(tiny_ort_qdq, "ort-cpu", float_model=tiny_float)
     assert set(r.metrics["latency_ms"]) == {"float", "model"} and r.metrics["speedup_vs_float"] > 0

@@ -423,7 +423,8 @@ def _unmatched_patterns(model: ir.Model, recipe: Recipe) -> list[str]:
     names = [n.name for n in irutil.iter_nodes(model.graph) if n.name]
     fields = [f for f in ("exclude", "include", "keep_float", "keep_8bit") if hasattr(recipe, f)]
     return [
-        f"{field} {pattern!r} matches no node name; `onnxq inspect MODEL --json` lists them"
+        f"{field} {pattern!r} matches no node name (a name, or a regex that matches a whole name); "
+        "`onnxq inspect MODEL --json` lists the names under \"nodes\""
         for field in fields for pattern in getattr(recipe, field)
         if not any(name_matches(name, [pattern]) for name in names)
     ]

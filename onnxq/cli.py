@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -34,6 +35,18 @@ class _Group(click.Group):
             raise click.ClickException(
                 f"internal error ({type(e).__name__}: {str(e)[:200]}); rerun with --debug and report it"
             ) from None
+
+
+def _console():
+    """A rich console for the command's report: no markup (names from the model may hold
+    '[...]'), and, when the output is not a terminal (a log, a pipe), 160 columns instead of
+    rich's 80, so that table cells (node names, fix commands) are not cut to '…'."""
+    from rich.console import Console
+
+    console = Console(markup=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(markup=False, width=160)
+    return console
 
 
 @click.group(cls=_Group)
@@ -282,10 +295,12 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
     _print_summary(report, model, output, modelio.source_bytes(qmodel), elapsed)
     if agreement:
-        _print_agreement(agreement, model, output)
+        _print_agreement(agreement, model, output, recipe.name)
     if target_missed:  # the model is written (the closest the search got); a build script still has to notice
         if sensitivity.over_budget:
-            advice = "every candidate was over the float budget: raise --float-budget (the note above says how far)"
+            advice = (("the candidates within the float budget did not help and others were over it"
+                       if sensitivity.no_gain else "every candidate was over the float budget")
+                      + ": raise --float-budget (the note above says how far)")
         elif sensitivity.no_gain:
             advice = ("no node kept in float helped, so a larger --float-budget will not either: try --weight-rounding "
                       "gptq or another --calibration, --exclude nodes `onnxq compare` names, or lower the target")
@@ -304,13 +319,12 @@ def _remove_written(output: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _print_agreement(comparison, model: str, output: str) -> None:
+def _print_agreement(comparison, model: str, output: str, recipe_name: str = "int8-static") -> None:
     """One line per model output: how closely the written model follows the float one."""
-    from rich.console import Console
 
     from onnxq.verify import LOW_SQNR_DB
 
-    console = Console(markup=False)  # names from the model may hold '[...]'
+    console = _console()
     for o in comparison.outputs:
         line = (f"check: {o.name!r} vs the float model, {comparison.samples} calibration samples: "
                 f"SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.4f}")
@@ -334,7 +348,10 @@ def _print_agreement(comparison, model: str, output: str) -> None:
             console.print(
                 f"warning: output {o.name!r} is far from the float model ({what}): "
                 f"`onnxq compare {model} {output} --data DATA` names the layers that lose the most; "
-                "--exclude them, or let --target-sqnr DB choose (int8-static)", soft_wrap=True,
+                + ("keep them in float with --keep-float NAME or at 8 bits with --keep-8bit NAME"
+                   if recipe_name == "int4-weight-only" else
+                   "--exclude them, or let --target-sqnr DB choose" if recipe_name == "int8-static" else
+                   "--exclude them"), soft_wrap=True,
             )
     console.print(f"(measured on data the model was calibrated on; `onnxq compare {model} {output} --data HELD_OUT` "
                   "measures inputs it has not seen)", soft_wrap=True)
@@ -400,10 +417,9 @@ def _print_summary(report, model: str, output: str, in_bytes: int | None, elapse
     import collections
     import os
 
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(markup=False)  # names from the model may hold '[...]'
+    console = _console()
     out_bytes = os.path.getsize(output)
     data = output + ".data"
     if os.path.exists(data):
@@ -461,11 +477,10 @@ def inspect(model, as_json):
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(markup=False)  # names from the model may hold '[...]'
+    console = _console()
     console.print(Text(str(model), style="bold"), f" ir_version {summary.ir_version}  opsets {summary.opsets}")
     console.print(
         f"file {summary.file_bytes / 1e6:.2f} MB, weights {summary.weight_bytes / 1e6:.2f} MB, "
@@ -530,10 +545,9 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     if as_json:
         click.echo(json.dumps(comparison.to_dict(), indent=2, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(markup=False)  # names from the model may hold '[...]'
+    console = _console()
     table = Table(title=f"{Path(quant_model).name} vs {Path(float_model).name}, {comparison.samples} samples")
     for col in ("output", "cosine", "SQNR dB", "max abs error", "top-1 agreement"):
         table.add_column(col, justify="right" if col != "output" else "left")
@@ -596,11 +610,10 @@ def verify_cmd(model, target, data_path, float_model, preprocess, max_samples, t
 def _print_verify(report) -> None:
     import collections
 
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(markup=False)  # names from the model may hold '[...]'
+    console = _console()
     status = Text("OK", style="green") if report.ok else Text("FAILED", style="red")
     console.print(Text(str(report.model), style="bold"), f"on {report.runtime}:", status,
                   f"(loaded: {'yes' if report.loaded else 'no'}, {len(report.errors)} errors, "

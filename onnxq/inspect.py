@@ -44,6 +44,8 @@ class ModelSummary:
     quantized: dict[str, int]
     inputs: list[dict]
     outputs: list[dict]
+    # every node's name and op type (what --exclude / --include / --keep-float match), JSON only
+    nodes: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def is_quantized(self) -> bool:
@@ -95,4 +97,6 @@ def summarize(model: ir.Model, path: str | os.PathLike | None = None) -> ModelSu
         quantized=dict(quantized),
         inputs=_io(model.graph.inputs),
         outputs=_io(model.graph.outputs),
+        nodes=[{"name": n.name or "", "op_type": n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"}
+               for n in irutil.iter_nodes(model.graph)],
     )

@@ -270,7 +270,7 @@ def auto_exclude(
                         best = (pair, trial)
             if _score(best[1][2]) <= score:  # nothing within the budget helps
                 return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history),
-                                                no_gain=tuple(u for u, _ in tried))
+                                                over_budget=tuple(refused), no_gain=tuple(u for u, _ in tried))
             excluded += best[0]
             model, report, comparison = best[1]
             logger.info("round %d: keeping %s in float (output SQNR %.1f dB)", round_no, ", ".join(best[0]), _score(comparison)[0])
@@ -278,6 +278,7 @@ def auto_exclude(
     return model, AutoExcludeResult(excluded, comparison, False, round_no, tuple(history))
 
 
+KEPT_BY_SEARCH = "kept in float by the --target-sqnr / --max-drop search"
 _PASS_THROUGH = ("Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 
 
@@ -355,6 +356,13 @@ def quantize_static_to_target(
         unit=static_exclusion_unit, budget=budget,
     )
     report = last[tuple(result.excluded)]
+    from onnxq.passes.insert_qdq import EXCLUDED
+    from onnxq.selection import Decision
+
+    chosen = set(result.excluded)
+    report = dataclasses.replace(report, decisions=tuple(  # the search's choices are not the user's --exclude
+        Decision(d.node, False, KEPT_BY_SEARCH) if d.reason == EXCLUDED and d.node.name in chosen else d
+        for d in report.decisions))
     what = "met" if result.target_met else "NOT met"
     note = (
         f"sensitivity: target {target.describe()} {what} on the calibration data (best of {len(result.history)} "
@@ -368,12 +376,14 @@ def quantize_static_to_target(
             f" ({share:.0%} of the multiply-adds, budget {max_float_share:.0%}; {wshare:.1%} of the weights, "
             f"budget {max_float_weight_share:.0%}): " + ", ".join(result.excluded)
         )
-    if result.over_budget:  # nothing was tried: say what the budget refused and what would let it
+    if result.over_budget:  # say what the budget refused and what would let the search try it
         smallest = min(result.over_budget, key=lambda u: sum(macs.get(n, 0.0) for n in u))
         needs_macs = sum(macs.get(n, 0.0) for n in (*result.excluded, *smallest)) / total
         needs_w = sum(params.get(n, 0.0) for n in (*result.excluded, *smallest)) / total_params
         note += (
-            f"; every candidate is over the float budget ({max_float_share:.0%} of the multiply-adds, "
+            (f"; the candidates within the budget did not help, and {len(result.over_budget)} other(s) were over "
+             "the float budget" if result.no_gain else "; every candidate is over the float budget")
+            + f" ({max_float_share:.0%} of the multiply-adds, "
             f"{max_float_weight_share:.0%} of the weights): the cheapest, {', '.join(smallest)}, would make it "
             f"{needs_macs:.0%} / {needs_w:.1%}; raise --float-budget to {max(needs_macs, needs_w) * 100:.0f} or more "
             "to let the search try it"

@@ -91,6 +91,7 @@ def test_inspect_json(tiny):
     assert data["op_histogram"] == {"MatMul": 1}
     assert data["quantizable"] == {"MatMul": 1}
     assert data["quantized"] == {}
+    assert [n["op_type"] for n in data["nodes"]] == ["MatMul"]  # the names --exclude matches
 
 
 def test_config_file_and_exclude(tiny, tmp_path):

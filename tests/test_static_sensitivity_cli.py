@@ -65,6 +65,7 @@ def test_target_sqnr_keeps_the_worst_nodes_in_float_and_reports_them(setup, tmp_
     assert re.search(r"kept [1-9]\d* node\(s\) in float \(\d+% of the multiply-adds, budget 100%; [\d.]+% of the weights, budget 100%\): n\d", text)
     kept = [n.name for n in onnx.load(str(out)).graph.node if n.op_type == "MatMul"]
     assert kept  # float MatMuls remain
+    assert "kept in float by the --target-sqnr" in text and "excluded by name" not in text  # not the user's --exclude
     # the rounds only ever add nodes, and the last round is at least as good as the first
     rounds = text.split("sensitivity rounds")[1].split(" check: ")[0].split(" error: ")[0]
     dbs = [float(part.split(" dB")[0].split()[-1]) for part in rounds.split(";")]

@@ -128,7 +128,11 @@ def verify_ort_mobile(
     try:
         conv = convert_to_ort(path, workdir)
     except OnnxqError as e:
-        report.findings.append(Finding("MOBILE-CONVERT", ERROR, "", "", str(e)))
+        message = str(e)
+        if "com.onnxq" in message or "MatMulBlockInt4" in message:
+            message += ("; ORT mobile builds do not carry onnxq's custom-op library: quantize with --format "
+                        "matmulnbits (or qdq) for --target ort-mobile")
+        report.findings.append(Finding("MOBILE-CONVERT", ERROR, "", "", message))
         return
     report.metrics["ort_file"] = str(conv.ort_path)
     report.metrics["ort_bytes"] = conv.ort_path.stat().st_size

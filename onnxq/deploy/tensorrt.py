@@ -113,6 +113,10 @@ def _weighted_both_inputs(view: QdqView) -> Iterator[Finding]:
         b = view.input_dq(node, 1)
         if a is None and b is not None and b.qtype == "int4" and node.op_type in ("MatMul", "Gemm"):
             continue  # INT4 weight-only quantization: activations stay in float by design
+        if a is None and b is not None and b.qtype == "uint4" and node.op_type in ("MatMul", "Gemm"):
+            yield r.finding(node, "weight-only uint4 (asymmetric, with zero points): TensorRT's INT4 weight-only "
+                                  "layers take symmetric int4; quantize with --target tensorrt (symmetric int4)")
+            continue
         if (a is None) != (b is None):
             which = "data" if a is None else "weight"
             yield r.finding(node, f"only one input is quantized (the {which} input is float): the layer runs in "

@@ -166,3 +166,26 @@ def test_qnn_conv_relu_clip_group_is_quantized():
     base.graph.node.append(helper.make_node("Identity", ["c"], ["y"], name="out"))
     bad = check_structure(ir.serde.deserialize_model(base), "qnn")
     assert {f.node for f in _rule_ids(bad, "QNN003")} == {"conv", "clip"}
+
+
+def test_tensorrt_asymmetric_int4_weight_only_names_the_fix(tmp_path):
+    """A uint4 (zero-point) weight-only MatMul is not TensorRT's INT4 weight-only form; the
+    finding says so and how to get symmetric int4, not "quantize both inputs"."""
+    import numpy as np
+
+    import onnxq
+    from tests.helpers import model_from_text
+
+    rng = np.random.default_rng(1)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 64] x) => (float[N, 32] y) {
+            y = MatMul(x, w)
+        }
+        """,
+        {"w": rng.standard_normal((64, 32)).astype(np.float32)},
+    )
+    q = onnxq.quantize(model, onnxq.WeightOnlyInt4(block_size=32, symmetric=False, format="qdq"))
+    found = [f for f in check_structure(q, "tensorrt") if f.rule == "TRT007"]
+    assert found and "symmetric int4" in found[0].message and "both inputs" not in found[0].message

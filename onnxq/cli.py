@@ -616,8 +616,8 @@ def _print_verify(report) -> None:
     console = _console()
     status = Text("OK", style="green") if report.ok else Text("FAILED", style="red")
     console.print(Text(str(report.model), style="bold"), f"on {report.runtime}:", status,
-                  f"(loaded: {'yes' if report.loaded else 'no'}, {len(report.errors)} errors, "
-                  f"{len(report.fallbacks)} float fallbacks)")
+                  f"({'rules checked, not run' if report.structural else 'loaded: ' + ('yes' if report.loaded else 'no')}, "
+                  f"{len(report.errors)} errors, {len(report.fallbacks)} float fallbacks)")
     if report.findings:
         table = Table(title="findings")
         for col in ("rule", "severity", "count", "nodes", "what"):

@@ -58,6 +58,8 @@ class DeployReport:
     findings: list[Finding] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # checked against the runtime's documented rules only (TensorRT, QNN: they cannot run here)
+    structural: bool = False
 
     def by_severity(self, severity: str) -> list[Finding]:
         return [f for f in self.findings if f.severity == severity]

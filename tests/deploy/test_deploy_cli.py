@@ -29,6 +29,8 @@ def test_verify_rule_break_exits_1_and_names_the_rule(tiny_ort_qdq):
     res = _run("verify", tiny_ort_qdq, "--target", "tensorrt", "--no-latency")
     assert res.exit_code == 1
     assert "TRT001" in res.output and "FAILED" in res.output
+    # a structural check runs nothing: no "loaded", no advice to pass real inputs
+    assert "rules checked, not run" in res.output and "loaded" not in res.output and "--data" not in res.output
 
 
 def test_verify_strict_fails_on_fallbacks(tmp_path):

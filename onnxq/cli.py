@@ -94,7 +94,7 @@ def _split_csv(values: tuple[str, ...]) -> tuple[str, ...]:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=str))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str), help="Output .onnx path.")
-@click.option("--recipe", "recipe_name", default=None, help="int8-dynamic, int8-static or int4-weight-only.")
+@click.option("--recipe", "recipe_name", default=None, help="int8-dynamic, int8-static or int4-weight-only (default: int4-weight-only when an int4 option is given, int8-static with --calib-data/--calib-images, else int8-dynamic).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=str), help="Recipe TOML file.")
 @click.option("--exclude", multiple=True, help="Node names or regexes to leave in float (repeatable, comma-separated).")
 @click.option("--include", multiple=True, help="Only quantize nodes with these names or regexes.")

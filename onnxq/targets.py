@@ -516,6 +516,12 @@ def export_for_target(output, target: str | TargetProfile) -> tuple[str, ...]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.ort.", dir=out.parent))
     try:
         conv = convert_to_ort(out, tmp, save_optimized_onnx=False)
+        # the config's header names the model it came from: the .ort's final place, not the temp folder
+        final = str(out.parent.resolve() / conv.ort_path.name)
+        lines = conv.config_path.read_text().splitlines(keepends=True)
+        conv.config_path.write_text("".join(
+            f"# - {final}\n" if ln.startswith("# - ") and ln.rstrip().endswith(conv.ort_path.name) else ln
+            for ln in lines))
         with signals_deferred():
             for f in (conv.config_path, conv.ort_path):  # the .ort last: it is what gets deployed
                 os.replace(f, out.parent / f.name)

@@ -106,6 +106,8 @@ def test_quantize_for_ort_mobile_writes_the_ort_file(tiny_float, tiny_data, tmp_
     assert res.exit_code == 0, res.output
     ort_file = tmp_path / "m.ort"
     assert ort_file.is_file() and (tmp_path / "m.required_operators_and_types.config").is_file()
+    header = (tmp_path / "m.required_operators_and_types.config").read_text().splitlines()[:2]
+    assert header[1] == f"# - {ort_file.resolve()}", header  # the .ort where it is, not the temp folder
     assert not (tmp_path / "m.optimized.onnx").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert not leftovers, leftovers  # converted in a temp folder, moved into place, folder removed

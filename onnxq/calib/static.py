@@ -671,7 +671,8 @@ def _choose_calibration(model, recipe, float_nodes, alternatives, biases, weight
 
     floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
     names = [v.name for v in model.graph.outputs if v.dtype in floats]
-    feeds = [ort_feed(f) for f in data.feeds(input_specs(model), limit=AUTO_SAMPLES)]
+    limit = min(AUTO_SAMPLES, recipe.max_samples) if recipe.max_samples else AUTO_SAMPLES  # never past --max-samples
+    feeds = [ort_feed(f) for f in data.feeds(input_specs(model), limit=limit)]
     if not names or not feeds:
         return "mse", {}
     ref_session = _session(model.clone(), 0)  # weights shared; _session retypes bfloat16 inputs

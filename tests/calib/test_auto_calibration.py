@@ -96,3 +96,24 @@ def test_outputs_the_float_model_leaves_nan_are_not_scored():
     _, report = onnxq.quantize_with_report(model, onnxq.StaticInt8(), data=data)
     note = next(n for n in report.notes if n.startswith("calibration auto"))
     assert "inf dB" not in note and "nan dB" not in note, note
+
+
+def test_auto_scores_no_sample_past_max_samples():
+    """--max-samples bounds what is read: auto scored its candidates on up to 32 samples even
+    with max_samples=4 (the note then mixed calibrated and unseen samples)."""
+    data = [{"x": np.abs(RNG.standard_t(1.5, (4, 16))).astype(np.float32)} for _ in range(12)]
+    reads = []
+
+    def source():
+        count = 0
+        for d in data:
+            count += 1
+            reads[-1] = count
+            yield d
+
+    def fresh():
+        reads.append(0)
+        return source()
+
+    onnxq.quantize(ir.from_proto(ir.to_proto(_model())), StaticInt8(max_samples=4), fresh)
+    assert reads and max(reads) <= 5, reads  # 4 samples, and one look past the limit

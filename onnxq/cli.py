@@ -563,8 +563,12 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     worst = comparison.worst_layers(5)
     if worst:
         console.print("worst layers (most SQNR lost between their inputs and output; keep one in float with --exclude NODE):")
+        readers = _weighted_readers(float_model, {t.name for t in worst if t.op_type not in _WEIGHTED_OP_TYPES})
         for t in worst:
-            console.print(f"  loses {t.added_db:5.1f} dB (output {t.sqnr_db:5.1f} dB)  node {t.node or '?'} ({t.op_type}) → {t.name}")
+            line = f"  loses {t.added_db:5.1f} dB (output {t.sqnr_db:5.1f} dB)  node {t.node or '?'} ({t.op_type}) → {t.name}"
+            if readers.get(t.name):  # a float op: its result loses accuracy where it is quantized for these
+                line += f"; quantized for {', '.join(readers[t.name][:3])}: --exclude that to keep it float"
+            console.print(line)
     if html_path:
         console.print(f"report written to {html_path}")
 
@@ -605,6 +609,38 @@ def verify_cmd(model, target, data_path, float_model, preprocess, max_samples, t
         _print_verify(report)
     if failed:
         raise click.exceptions.Exit(1)
+
+
+_WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _weighted_readers(model_path: str, tensors: set[str]) -> dict[str, list[str]]:
+    """For each tensor, the named Conv/MatMul/Gemm nodes of the model that read it (through
+    reshapes and Relu/Clip): where a float op's result is quantized."""
+    if not tensors:
+        return {}
+    import collections
+
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    users = collections.defaultdict(list)
+    for node in graph.node:
+        for i in node.input:
+            users[i].append(node)
+    through = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip")
+
+    def find(name: str, depth: int = 6) -> list[str]:
+        out = []
+        for n in users.get(name, ()):
+            if n.op_type in _WEIGHTED_OP_TYPES and n.name:
+                out.append(n.name)
+            elif n.op_type in through and depth:
+                for o in n.output:
+                    out.extend(find(o, depth - 1))
+        return out
+
+    return {t: list(dict.fromkeys(find(t))) for t in tensors}
 
 
 def _print_verify(report) -> None:

@@ -380,3 +380,28 @@ def test_one_outsized_calibration_sample_is_named_by_the_check(tmp_path):
     r = CliRunner().invoke(main, ["compare", str(src), str(tmp_path / "q.onnx"), "--data", str(tmp_path / "cal.npz"),
                                   "--no-layers"])
     assert r.exit_code == 0 and "sample 5 holds" in " ".join(r.output.split()), r.output
+
+
+def test_a_float_op_in_the_worst_layers_names_the_node_to_exclude(tmp_path):
+    """A HardSwish/Softmax cannot be --excluded (it is float); its result loses accuracy where
+    it is quantized for the next conv/MatMul, which compare names instead."""
+    from onnxq.cli import _weighted_readers
+
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
+            c = Conv <pads: ints = [1, 1, 1, 1]> (x, w0)
+            h = HardSwish(c)
+            r = Relu(h)
+            y = Conv <pads: ints = [1, 1, 1, 1]> (r, w1)
+        }
+        """,
+        {"w0": np.zeros((4, 3, 3, 3), np.float32), "w1": np.zeros((4, 4, 3, 3), np.float32)},
+    )
+    proto = onnx.load_from_string(to_bytes(model))
+    for node, name in zip(proto.graph.node, ["stem", "hs", "act", "conv1"]):
+        node.name = name
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    assert _weighted_readers(str(path), {"h", "c"}) == {"h": ["conv1"], "c": []}

@@ -501,6 +501,16 @@ def export_for_target(output, target: str | TargetProfile) -> tuple[str, ...]:
     from pathlib import Path
 
     profile = get_target(target)
+    if profile.name in ("tensorrt", "qnn"):  # runtimes that cannot run here: their documented rules
+        from onnxq.deploy import check_structure
+        from onnxq.deploy.report import ERROR
+
+        broken = sorted({f.rule for f in check_structure(output, profile) if f.severity == ERROR})
+        if broken:
+            return (f"{profile.name}: the written model breaks {len(broken)} of its documented rules "
+                    f"({', '.join(broken)}): `onnxq verify {output} --target {profile.name}` names the nodes "
+                    "and the fix",)
+        return ()
     if profile.name != "ort-mobile":
         return ()
     import os

@@ -193,3 +193,28 @@ def test_random_feeds_pick_symbolic_sizes_the_model_runs_with():
     feeds, where = input_feeds(model)
     assert feeds[0]["x"].shape == (1, 16) and feeds[0]["state"].shape == (2, 1, 3)
     assert "symbolic sizes: x [1, 16], state [2, 1, 3]" in where
+
+
+def test_quantize_for_qnn_says_which_of_its_rules_the_output_breaks(tmp_path):
+    """A dynamic batch axis breaks QNN005 (static shapes): the quantize summary says so and
+    where to read the fix, instead of exiting 0 with a model the runtime refuses."""
+    import numpy as np
+
+    from tests.helpers import model_from_text, to_bytes
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(to_bytes(model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 64] x) => (float[N, 32] y) {
+            y = MatMul(x, w)
+        }
+        """,
+        {"w": rng.standard_normal((64, 32)).astype(np.float32)})))
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 4, 64)).astype(np.float32))
+    res = _run("quantize", src, "-o", tmp_path / "q.onnx", "--recipe", "int8-static", "--calib-data",
+               tmp_path / "c.npz", "--target", "qnn")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "qnn: the written model breaks 1 of its documented rules (QNN005)" in text, text

@@ -295,7 +295,7 @@ def quantize(model, output, recipe_name, config_path, exclude, include, op_types
         report = dataclasses.replace(report, notes=tuple(report.notes) + export_for_target(output, target))
     _print_summary(report, model, output, modelio.source_bytes(qmodel), elapsed)
     if agreement:
-        _print_agreement(agreement, model, output, recipe.name)
+        _print_agreement(agreement, model, output, recipe.name, held_out="--text HELD_OUT.txt" if calib_text else "--data HELD_OUT")
     if target_missed:  # the model is written (the closest the search got); a build script still has to notice
         if sensitivity.over_budget:
             advice = (("the candidates within the float budget did not help and others were over it"
@@ -319,7 +319,8 @@ def _remove_written(output: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def _print_agreement(comparison, model: str, output: str, recipe_name: str = "int8-static") -> None:
+def _print_agreement(comparison, model: str, output: str, recipe_name: str = "int8-static",
+                     held_out: str = "--data HELD_OUT") -> None:
     """One line per model output: how closely the written model follows the float one."""
 
     from onnxq.verify import LOW_SQNR_DB
@@ -353,7 +354,7 @@ def _print_agreement(comparison, model: str, output: str, recipe_name: str = "in
                    "--exclude them, or let --target-sqnr DB choose" if recipe_name == "int8-static" else
                    "--exclude them"), soft_wrap=True,
             )
-    console.print(f"(measured on data the model was calibrated on; `onnxq compare {model} {output} --data HELD_OUT` "
+    console.print(f"(measured on data the model was calibrated on; `onnxq compare {model} {output} {held_out}` "
                   "measures inputs it has not seen)", soft_wrap=True)
 
 
@@ -507,11 +508,14 @@ def inspect(model, as_json):
 @click.option("--data", "data_path", type=click.Path(path_type=str), help="Samples: an .npz or a folder of .npy/.npz.")
 @click.option("--images", "images_dir", type=click.Path(file_okay=False, path_type=str), help="A folder of images.")
 @click.option("--preprocess", default=None, help='With --images: e.g. "imagenet" or "resize=256 crop=224 layout=NHWC".')
+@click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=str), help="A text model: one sample per line of this file (or token ids in a .npy).")
+@click.option("--tokenizer", default=None, type=click.Path(dir_okay=False, path_type=str), help="With --text: a tokenizer.json (default: the one beside FLOAT_MODEL).")
 @click.option("--max-samples", type=int, default=None, help="Compare on at most this many samples.")
 @click.option("--no-layers", is_flag=True, help="Only the outputs, not the per-layer table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=str), help="Write an HTML report.")
-def compare(float_model, quant_model, data_path, images_dir, preprocess, max_samples, no_layers, as_json, html_path):
+def compare(float_model, quant_model, data_path, images_dir, preprocess, text_path, tokenizer, max_samples, no_layers,
+            as_json, html_path):
     """Measure how far QUANT_MODEL is from FLOAT_MODEL: per output and per layer."""
     import json
     import math
@@ -522,11 +526,19 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, max_sam
     from onnxq.compare import compare_models
     from onnxq.errors import OnnxqError
 
-    if data_path is not None and images_dir is not None:
-        raise OnnxqError("give either --data or --images, not both")
-    if data_path is None and images_dir is None:
-        raise OnnxqError("give the samples to compare on: --data FILE_OR_FOLDER or --images FOLDER")
-    if images_dir is not None:
+    if sum(v is not None for v in (data_path, images_dir, text_path)) > 1:
+        raise OnnxqError("give one of --data, --images and --text")
+    if data_path is None and images_dir is None and text_path is None:
+        raise OnnxqError("give the samples to compare on: --data FILE_OR_FOLDER, --images FOLDER or --text FILE")
+    if tokenizer is not None and text_path is None:
+        raise OnnxqError("--tokenizer applies with --text")
+    if text_path is not None:
+        from onnxq.recipes import StaticInt8
+
+        # one sample per line, framed and cut as int8-static's --calib-text makes them
+        source = _text_calibration(float_model, text_path, tokenizer,
+                                   StaticInt8(max_samples=max_samples or 0)).as_calibration_data()
+    elif images_dir is not None:
         from onnxq.preprocess import from_images, parse_preprocess
 
         source = from_images(images_dir, parse_preprocess(preprocess))

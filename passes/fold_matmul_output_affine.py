@@ -140,8 +140,11 @@ class FoldMatMulOutputAffinePass(ir.passes.InPlacePass):
         c_value = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
         if c_value is not None:
             bias = bias + np.broadcast_to(irutil.const_array(c_value).astype(np.float64).reshape(-1), bias.shape) * gain
-        w_out = irutil.add_initializer(graph, names(f"{w_value.name or 'weight'}_folded"),
-                                       new_w.T.copy() if trans_b else new_w)
+        if np.all(gain == 1.0):  # only shifts: the weight itself is unchanged (and may be shared)
+            w_out = w_value
+        else:
+            w_out = irutil.add_initializer(graph, names(f"{w_value.name or 'weight'}_folded"),
+                                           new_w.T.copy() if trans_b else new_w)
         b_out = irutil.add_initializer(graph, names(f"{node.name or 'dense'}_bias"), bias.astype(np.float32))
         last = chain[-1]
         params = [p for n in (node, *chain) for p in n.inputs if p is not None and irutil.is_constant(p)]

@@ -1,6 +1,8 @@
 """Calibration from text (``--calib-text``): samples framed like real inputs, and int8-static
 on token text (one sample per line)."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -64,8 +66,14 @@ def test_int8_static_calibrates_on_text_lines(tmp_path, bert_tokenizer):
     assert "on 20 samples" in r.output
     assert "--recipe int8-dynamic" in r.output  # the note for text models
     assert "check: " in r.output and "calibration samples: SQNR" in r.output  # small text models are checked
+    assert "--text HELD_OUT.txt" in " ".join(r.output.split())
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops.count("QuantizeLinear") >= 2
+    held = _lines(tmp_path, [int(n) for n in RNG.integers(3, 30, 6)])  # compare on other lines of text
+    r = CliRunner().invoke(main, ["compare", str(model), str(out), "--text", str(held), "--tokenizer",
+                                  str(bert_tokenizer), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["samples"] == 6
     r = CliRunner().invoke(main, ["quantize", str(model), "-o", str(tmp_path / "x.onnx"), "--recipe", "int8-dynamic",
                                   "--calib-text", str(text)])
     assert r.exit_code != 0 and "int8-static and int4-weight-only" in r.output

@@ -201,3 +201,27 @@ def test_the_folded_batch_norm_quantizes_far_better(monkeypatch):
     monkeypatch.setattr(FoldMatMulOutputAffinePass, "call", lambda self, m: ir_mod.passes.PassResult(m, False))
     unfolded = sqnr(onnxq.StaticInt8(calibration="minmax"))
     assert folded > 35 and folded > unfolded + 4, (folded, unfolded)  # 38.2 vs 31.8 dB
+
+
+def test_a_bias_fold_keeps_a_shared_weight_shared():
+    """Only shifts (a bias Add): the weight is unchanged, so two layers that share it still
+    read one initializer (a copy each would double its bytes)."""
+    from tests.helpers import model_from_text
+
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    m (float[N, 16] x) => (float[N, 8] y, float[N, 8] z) {
+        a = MatMul(x, w)
+        y = Add(a, b1)
+        c = MatMul(x, w)
+        z = Add(c, b2)
+    }
+    """
+    model = model_from_text(text, {"w": RNG.standard_normal((16, 8)).astype(np.float32),
+                                   "b1": RNG.standard_normal(8).astype(np.float32),
+                                   "b2": RNG.standard_normal(8).astype(np.float32)})
+    InferShapesPass()(model)
+    folded = assert_pass_idempotent(FoldMatMulOutputAffinePass, model)
+    gemms = [n for n in folded.graph if n.op_type == "Gemm"]
+    assert len(gemms) == 2 and gemms[0].inputs[1] is gemms[1].inputs[1]
+    assert sum(v.const_value.size for v in folded.graph.initializers.values()) == 16 * 8 + 8 + 8

@@ -105,7 +105,7 @@ def test_cli_compare_needs_data(tmp_path):
     r = CliRunner().invoke(main, ["compare", str(f), str(f)])
     assert r.exit_code != 0 and "--data" in r.output
     r = CliRunner().invoke(main, ["compare", str(f), str(f), "--data", str(tmp_path), "--images", str(tmp_path)])
-    assert r.exit_code != 0 and "either --data or --images, not both" in r.output
+    assert r.exit_code != 0 and "give one of --data, --images and --text" in r.output
 
 
 def test_channel_rescaled_tensors_are_divided_out(tmp_path):

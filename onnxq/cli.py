@@ -431,13 +431,19 @@ def _print_summary(report, model: str, output: str, in_bytes: int | None, elapse
     table.add_column("skipped", justify="right")
     table.add_column("why skipped")
     by_op: dict[str, list] = collections.defaultdict(list)
+    shape_math = 0  # integer tensors (shape arithmetic of exporters): never quantized, not worth a row
     for d in report.decisions:
+        if not d.selected and _integer_only(d.node):
+            shape_math += 1
+            continue
         by_op[d.node.op_type].append(d)
     for op, ds in sorted(by_op.items()):
         reasons = collections.Counter(d.reason for d in ds if not d.selected)
         why = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
         table.add_row(op, str(sum(d.selected for d in ds)), str(sum(not d.selected for d in ds)), why)
     console.print(table)
+    if shape_math:
+        console.print(f"({shape_math} node(s) on integer tensors, shape arithmetic, not listed)")
     if in_bytes:
         console.print(
             f"size {in_bytes / 1e6:.2f} MB → {out_bytes / 1e6:.2f} MB ({out_bytes / in_bytes:.1%}), {elapsed:.1f} s"
@@ -624,6 +630,16 @@ def verify_cmd(model, target, data_path, float_model, preprocess, max_samples, t
 
 
 _WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _integer_only(node) -> bool:
+    """Whether every typed tensor a node reads and writes is an integer one (int64 shape math)."""
+    import onnx_ir as ir
+
+    ints = (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.INT16, ir.DataType.INT8, ir.DataType.UINT8,
+            ir.DataType.BOOL)
+    values = [v for v in (*node.inputs, *node.outputs) if v is not None and v.dtype is not None]
+    return bool(values) and all(v.dtype in ints for v in values)
 
 
 def _weighted_readers(model_path: str, tensors: set[str]) -> dict[str, list[str]]:

@@ -405,3 +405,31 @@ def test_a_float_op_in_the_worst_layers_names_the_node_to_exclude(tmp_path):
     path = tmp_path / "m.onnx"
     path.write_bytes(proto.SerializeToString())
     assert _weighted_readers(str(path), {"h", "c"}) == {"h": ["conv1"], "c": []}
+
+
+def test_shape_arithmetic_is_not_listed_as_skipped_nodes(tmp_path):
+    """An exporter's int64 shape math (Shape -> Gather -> Concat -> Reshape) is not a
+    quantization candidate worth a row: it is counted in one line instead."""
+    rng = np.random.default_rng(8)
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        m (float[N, 64] x) => (float[N, 32] y) {
+            s = Shape(x)
+            n = Gather <axis: int = 0> (s, zero)
+            shape = Concat <axis: int = 0> (n, thirtytwo)
+            h = MatMul(x, w)
+            y = Reshape(h, shape)
+        }
+        """,
+        {"w": rng.standard_normal((64, 32)).astype(np.float32), "zero": np.array([0], np.int64),
+         "thirtytwo": np.array([32], np.int64)},
+    )
+    src = tmp_path / "m.onnx"
+    src.write_bytes(to_bytes(model))
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((8, 2, 64)).astype(np.float32))
+    r = CliRunner().invoke(main, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--recipe", "int8-static",
+                                  "--calib-data", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "on integer tensors, shape arithmetic, not listed" in text and "INT64" not in text, r.output

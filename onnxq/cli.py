@@ -319,6 +319,14 @@ def _remove_written(output: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def _median_note(sqnr_db: float | None, median_db: float | None) -> str:
+    """", per-sample median SQNR X dB" where the pooled SQNR is more than 6 dB above the median
+    sample's (a few large samples make the pooled figure), else ""."""
+    if sqnr_db is None or median_db is None or median_db >= sqnr_db - 6:
+        return ""
+    return f", per-sample median SQNR {median_db:.1f} dB"
+
+
 def _print_agreement(comparison, model: str, output: str, recipe_name: str = "int8-static",
                      held_out: str = "--data HELD_OUT") -> None:
     """One line per model output: how closely the written model follows the float one."""
@@ -330,8 +338,7 @@ def _print_agreement(comparison, model: str, output: str, recipe_name: str = "in
         line = (f"check: {o.name!r} vs the float model, {comparison.samples} calibration samples: "
                 f"SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.4f}")
         median = o.median_sample_sqnr_db
-        if median is not None and median < o.sqnr_db - 6:  # the pooled figure is a few large samples'
-            line += f", per-sample median SQNR {median:.1f} dB"
+        line += _median_note(o.sqnr_db, median)
         if o.top1_agreement is not None:
             line += f", top-1 agreement {o.top1_agreement:.0%}"
         console.print(line, soft_wrap=True)
@@ -581,7 +588,9 @@ def compare(float_model, quant_model, data_path, images_dir, preprocess, text_pa
     worst = comparison.worst_layers(5)
     if worst:
         console.print("worst layers (most SQNR lost between their inputs and output; keep one in float with --exclude NODE):")
-        readers = _weighted_readers(float_model, {t.name for t in worst if t.op_type not in _WEIGHTED_OP_TYPES})
+        from onnxq.deploy.graph import WEIGHTED_OPS
+
+        readers = _weighted_readers(float_model, {t.name for t in worst if t.op_type not in WEIGHTED_OPS})
         for t in worst:
             line = f"  loses {t.added_db:5.1f} dB (output {t.sqnr_db:5.1f} dB)  node {t.node or '?'} ({t.op_type}) → {t.name}"
             if readers.get(t.name):  # a float op: its result loses accuracy where it is quantized for these
@@ -629,9 +638,6 @@ def verify_cmd(model, target, data_path, float_model, preprocess, max_samples, t
         raise click.exceptions.Exit(1)
 
 
-_WEIGHTED_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
 def _integer_only(node) -> bool:
     """Whether every typed tensor a node reads and writes is an integer one (int64 shape math)."""
     import onnx_ir as ir
@@ -645,30 +651,12 @@ def _integer_only(node) -> bool:
 def _weighted_readers(model_path: str, tensors: set[str]) -> dict[str, list[str]]:
     """For each tensor, the named Conv/MatMul/Gemm nodes of the model that read it (through
     reshapes and Relu/Clip): where a float op's result is quantized."""
-    if not tensors:
-        return {}
-    import collections
+    from onnxq import modelio
+    from onnxq.compare import readers_through
+    from onnxq.deploy.graph import WEIGHTED_OPS
 
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    users = collections.defaultdict(list)
-    for node in graph.node:
-        for i in node.input:
-            users[i].append(node)
-    through = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Relu", "Clip")
-
-    def find(name: str, depth: int = 6) -> list[str]:
-        out = []
-        for n in users.get(name, ()):
-            if n.op_type in _WEIGHTED_OP_TYPES and n.name:
-                out.append(n.name)
-            elif n.op_type in through and depth:
-                for o in n.output:
-                    out.extend(find(o, depth - 1))
-        return out
-
-    return {t: list(dict.fromkeys(find(t))) for t in tensors}
+    return readers_through(modelio.load(model_path), tensors, lambda n: n.op_type in WEIGHTED_OPS and bool(n.name),
+                           depth=6)
 
 
 def _print_verify(report) -> None:
@@ -697,9 +685,7 @@ def _print_verify(report) -> None:
     for name, e in (m.get("error_vs_float") or {}).items():
         top1 = "" if e.get("top1_agreement") is None else f", top-1 agreement {e['top1_agreement']:.1%}"
         sqnr = "inf" if e.get("sqnr_db") is None else f"{e['sqnr_db']:.1f}"
-        median = e.get("median_sample_sqnr_db")
-        spread = "" if median is None or e.get("sqnr_db") is None or median >= e["sqnr_db"] - 6 else (
-            f", per-sample median SQNR {median:.1f} dB")
+        spread = _median_note(e.get("sqnr_db"), e.get("median_sample_sqnr_db"))
         console.print(f"vs float, output {name}: cosine {e['cosine']:.5f}, SQNR {sqnr} dB{spread}, max abs error "
                       f"{e['max_abs_error']:.4g}{top1}")
         if e.get("dominant_sample") is not None:

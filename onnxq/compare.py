@@ -447,6 +447,33 @@ def compare_models(
     )
 
 
+# ops a tensor passes through unchanged in value or only clipped, on its way to the node it feeds
+THROUGH_OPS = ("Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def readers_through(model, tensors: Iterable[str], accept: Callable, depth: int = 8) -> dict[str, list[str]]:
+    """For each tensor, the names of the nodes of ``model`` (an onnx_ir model, root graph)
+    that ``accept`` among its readers, looking through :data:`THROUGH_OPS`: where a float op's
+    result gets quantized (the Conv or MatMul it feeds), the node that ``--exclude`` can name."""
+    readers: dict[str, list] = collections.defaultdict(list)
+    for node in model.graph:
+        for v in node.inputs:
+            if v is not None and v.name:
+                readers[v.name].append(node)
+
+    def find(name: str, depth: int) -> list[str]:
+        out = []
+        for n in readers.get(name, ()):
+            if accept(n):
+                out.append(n.name)
+            elif depth and n.op_type in THROUGH_OPS:
+                for o in n.outputs:
+                    out.extend(find(o.name, depth - 1))
+        return out
+
+    return {t: list(dict.fromkeys(find(t, depth))) for t in tensors}
+
+
 def _inline_taken_branches(float_model, quant_model, feed, session_factory) -> dict[str, bool]:
     """Inline, in both models, the branch each top-level If of the float model takes on
     ``feed`` (its condition computed by the float model), so that the layers inside it can be

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from onnxq.compare import INPUT_SQNR_DB, Comparison, compare_models, nsr
+from onnxq.compare import INPUT_SQNR_DB, THROUGH_OPS, Comparison, compare_models, nsr, readers_through
 
 __all__ = [
     "AccuracyTarget",
@@ -100,26 +100,13 @@ def _charges(float_model, comparison: Comparison, candidates: set[str]):
     (a HardSwish, a Softmax) loses its accuracy where it is quantized for the candidates
     that read it, so it is charged to them (through Relu/Clip and pass-through ops). Model
     outputs are charged to the node that computes them."""
-    readers: dict[str, list] = {}
-    for node in float_model.graph:
-        for v in node.inputs:
-            if v is not None and v.name:
-                readers.setdefault(v.name, []).append(node)
-
-    def quantized_readers(name: str, depth: int = 8) -> list[str]:
-        out = []
-        for n in readers.get(name, ()):
-            if n.name in candidates:
-                out.append(n.name)
-            elif depth and n.op_type in _PASS_THROUGH and n.outputs:
-                out.extend(quantized_readers(n.outputs[0].name, depth - 1))
-        return out
-
+    readers = readers_through(float_model, {t.name for t in comparison.layers if t.node not in candidates},
+                              lambda n: n.name in candidates)
     for t in comparison.layers:
         if t.node in candidates:
             yield t.node, t
         else:
-            for name in dict.fromkeys(quantized_readers(t.name)):
+            for name in readers[t.name]:
                 yield name, t
     producers = {v.name: n for n in float_model.graph for v in n.outputs if v.name}
     for o in comparison.outputs:
@@ -279,7 +266,6 @@ def auto_exclude(
 
 
 KEPT_BY_SEARCH = "kept in float by the --target-sqnr / --max-drop search"
-_PASS_THROUGH = ("Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 
 
 def static_exclusion_unit(float_model, name: str, quantized: set[str]) -> tuple[str, ...]:
@@ -296,7 +282,7 @@ def static_exclusion_unit(float_model, name: str, quantized: set[str]) -> tuple[
         if v is None or v.const_value is not None:
             continue
         p = v.producer()
-        while p is not None and p.op_type in _PASS_THROUGH and p.name not in quantized and p.inputs:
+        while p is not None and p.op_type in THROUGH_OPS and p.name not in quantized and p.inputs:
             p = p.inputs[0].producer() if p.inputs[0] is not None else None
         if p is not None and p.name in quantized and p.name not in out:
             out.append(p.name)

@@ -37,7 +37,7 @@ _NUMPY_TYPES = {ir.DataType.FLOAT16: np.float16, ir.DataType.BFLOAT16: ml_dtypes
 _KEEP_FOR = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
-def _narrowable(value: ir.Value, graph: ir.Graph, min_elements: int) -> bool:
+def _narrowable(value: ir.Value, min_elements: int) -> bool:
     tensor = value.const_value
     if tensor is None or tensor.dtype != ir.DataType.FLOAT or value.is_graph_input() or value.is_graph_output():
         return False
@@ -66,7 +66,7 @@ class NarrowFloatWeightsPass(ir.passes.InPlacePass):
         for graph in irutil.iter_graphs(model.graph):
             casts = []
             for value in list(graph.initializers.values()):
-                if not _narrowable(value, graph, self.min_elements):
+                if not _narrowable(value, self.min_elements):
                     continue
                 array = value.const_value.numpy()
                 small = array.astype(narrow)

@@ -156,7 +156,7 @@ def verify(
         report.notes.append(f"{profile.runtime} cannot run here: checked against its documented QDQ rules")
         if float_path is None:  # nothing runs: what the inputs were is beside the point
             report.notes = [n for n in report.notes if not n.startswith("inputs: ")]
-        if float_path is not None:
+        else:
             from onnxq.deploy.common import compare_runners, ort_runner
             from onnxq.deploy.ort_cpu import quiet_session_options
 
